@@ -1,0 +1,217 @@
+//! Operations endpoints, served on their own single-threaded runtime so a busy data path
+//! never starves them: admin (config dump, logging, quit) on localhost, Prometheus metrics,
+//! and readiness (protocols.md §7). Admin is never bound in a pod's namespace (invariant P13).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::readiness::Readiness;
+use crate::state::StateStore;
+use crate::telemetry::LogHandle;
+use crate::tls::certs::CertManager;
+
+/// Extra sections for the config dump (e.g. the in-pod workload manager).
+pub type DumpExtra = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+pub struct AdminState {
+    pub cfg: Arc<Config>,
+    pub state: StateStore,
+    pub certs: Arc<CertManager>,
+    pub log: Arc<LogHandle>,
+    pub metrics: PrometheusHandle,
+    pub ready: Readiness,
+    pub quit: mpsc::Sender<()>,
+    pub extra: Option<DumpExtra>,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+#[derive(Clone, Copy)]
+enum Server {
+    Admin,
+    Stats,
+    Readiness,
+}
+
+/// Binds the three servers now (so a port conflict fails startup) and serves them on a
+/// dedicated thread. Returns the bound addresses.
+pub fn start(admin: Arc<AdminState>) -> std::io::Result<[SocketAddr; 3]> {
+    let bind = |a: SocketAddr| -> std::io::Result<std::net::TcpListener> {
+        let l = std::net::TcpListener::bind(a).or_else(|e| match a {
+            // Fall back to IPv4 when the namespace has no IPv6.
+            SocketAddr::V6(v6) if v6.ip().is_unspecified() => std::net::TcpListener::bind(("0.0.0.0", a.port())),
+            _ => Err(e),
+        })?;
+        l.set_nonblocking(true)?;
+        Ok(l)
+    };
+    let listeners = [
+        (bind(admin.cfg.admin_addr)?, Server::Admin),
+        (bind(admin.cfg.stats_addr)?, Server::Stats),
+        (bind(admin.cfg.readiness_addr)?, Server::Readiness),
+    ];
+    let addrs = [listeners[0].0.local_addr()?, listeners[1].0.local_addr()?, listeners[2].0.local_addr()?];
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name("ferry-admin".into()).spawn(move || {
+        rt.block_on(async move {
+            let mut tasks = Vec::new();
+            for (l, kind) in listeners {
+                match TcpListener::from_std(l) {
+                    Ok(l) => tasks.push(tokio::spawn(serve(l, kind, admin.clone()))),
+                    Err(e) => tracing::error!(error = %e, "admin listener failed"),
+                }
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+        })
+    })?;
+    Ok(addrs)
+}
+
+async fn serve(l: TcpListener, kind: Server, admin: Arc<AdminState>) {
+    loop {
+        let Ok((s, _)) = l.accept().await else { continue };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(route(kind, &admin, req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
+        });
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body.into())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+fn route(kind: Server, a: &AdminState, req: Request<Incoming>) -> Resp {
+    let path = req.uri().path();
+    match (kind, path) {
+        (Server::Readiness, "/healthz/ready") if req.method() == Method::GET => readiness(a),
+        (Server::Readiness, "/healthz/ready") => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+        (Server::Stats, "/metrics" | "/stats/prometheus") => metrics(a, &req),
+        (Server::Admin, "/config_dump") => json_resp(config_dump(a)),
+        (Server::Admin, "/logging") if req.method() == Method::POST => logging(a, req.uri().query().unwrap_or("")),
+        (Server::Admin, "/quitquitquit") if req.method() == Method::POST => {
+            let _ = a.quit.try_send(());
+            text(StatusCode::OK, "shutting down\n")
+        }
+        (Server::Admin, "/logging" | "/quitquitquit") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
+        (Server::Admin, "/") => text(StatusCode::OK, "ferry admin\n  GET  /config_dump\n  POST /logging[?level=<filter>|?reset]\n  POST /quitquitquit\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn readiness(a: &AdminState) -> Resp {
+    let pending = a.ready.pending();
+    if pending.is_empty() {
+        text(StatusCode::OK, "ready\n")
+    } else {
+        text(StatusCode::INTERNAL_SERVER_ERROR, format!("not ready, pending: {}\n", pending.join(", ")))
+    }
+}
+
+fn metrics(a: &AdminState, req: &Request<Incoming>) -> Resp {
+    let openmetrics = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    let mut body = a.metrics.render();
+    let ctype = if openmetrics {
+        body.push_str("# EOF\n");
+        "application/openmetrics-text;charset=utf-8;version=1.0.0"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    let mut r = text(StatusCode::OK, body);
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(ctype));
+    r
+}
+
+fn logging(a: &AdminState, query: &str) -> Resp {
+    let mut level = None;
+    let mut reset = false;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("level", v)) => level = Some(v.to_string()),
+            None if pair == "reset" => reset = true,
+            _ => return text(StatusCode::BAD_REQUEST, format!("unknown parameter {pair:?}; use level=<filter> or reset\n")),
+        }
+    }
+    let result = match (level, reset) {
+        (Some(l), false) => a.log.set(&l),
+        (None, true) => a.log.reset(),
+        (None, false) => Ok(()),
+        (Some(_), true) => Err("use either level or reset".to_string()),
+    };
+    match result {
+        Ok(()) => text(StatusCode::OK, format!("current log level: {}\n", a.log.current())),
+        Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    }
+}
+
+fn json_resp(v: serde_json::Value) -> Resp {
+    let body = serde_json::to_string_pretty(&v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    let mut r = text(StatusCode::OK, body);
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    r
+}
+
+fn config_dump(a: &AdminState) -> serde_json::Value {
+    let snap = a.state.snapshot();
+    let workloads: Vec<_> = snap.workloads().map(|w| &**w).collect();
+    let services: Vec<_> = snap.services().map(|s| &**s).collect();
+    let policies: Vec<_> = snap.policies().map(|p| &**p).collect();
+    let c = &a.cfg;
+    let mut v = json!({
+        "stateVersion": snap.version,
+        "workloads": workloads,
+        "services": services,
+        "policies": policies,
+        "certificates": a.certs.dump(),
+        "readiness": { "ready": a.ready.is_ready(), "pending": a.ready.pending() },
+        "config": {
+            "mode": format!("{:?}", c.mode).to_lowercase(),
+            "workloadInfo": c.workload_info.as_ref().map(|w| format!("{}/{}/{}", w.namespace, w.name, w.service_account)),
+            "nodeName": c.node_name,
+            "clusterId": c.cluster_id,
+            "trustDomain": c.trust_domain,
+            "caDir": c.ca_dir,
+            "packetMark": c.packet_mark,
+            "origSrc": c.orig_src,
+            "poolMaxStreamsPerConnection": c.h2.max_streams_per_conn,
+            "http2StreamWindowSize": c.h2.stream_window,
+            "http2ConnectionWindowSize": c.h2.connection_window,
+            "http2FrameSize": c.h2.frame_size,
+            "terminationDeadlineSeconds": c.termination_deadline.as_secs_f64(),
+            "workerThreads": c.worker_threads,
+            "secretTtlSeconds": c.secret_ttl.as_secs(),
+        },
+    });
+    if let (Some(extra), Some(obj)) = (&a.extra, v.as_object_mut()) {
+        if let serde_json::Value::Object(m) = extra() {
+            obj.extend(m);
+        }
+    }
+    v
+}

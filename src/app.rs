@@ -1,0 +1,138 @@
+//! `ferry proxy`: wires state, certificates, the data-path runtime, the admin runtime and
+//! graceful shutdown together. SIGTERM, SIGINT or `POST /quitquitquit` start the drain:
+//! listeners close at once, open connections get `CONNECTION_TERMINATION_DEADLINE` to finish.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::admin::{self, AdminState};
+use crate::config::{Config, LocalSource, ProxyArgs, ProxyMode};
+use crate::drain;
+use crate::proxy::socket::{LocalSockets, SocketOptions};
+use crate::proxy::{ProxyInputs, WorkloadProxy};
+use crate::readiness::Readiness;
+use crate::state::{local, StateStore};
+use crate::telemetry::{self, LogHandle};
+use crate::tls::ca::LocalCa;
+use crate::tls::certs::CertManager;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    LocalConfig(#[from] local::LocalConfigError),
+    #[error("{0}")]
+    Ca(#[from] crate::tls::ca::CaError),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AppError {
+    let what = what.into();
+    move |source| AppError::Io { what, source }
+}
+
+pub fn run_proxy(args: ProxyArgs) -> Result<(), AppError> {
+    let log_format = args.log_format;
+    let log_level = args.log_level.clone();
+    let cfg = Arc::new(args.into_config()?);
+    let log = Arc::new(telemetry::init_logging(log_format, log_level));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.worker_threads)
+        .thread_name("ferry-worker")
+        .enable_all()
+        .build()
+        .map_err(io("cannot start the data-path runtime"))?;
+    rt.block_on(serve(cfg, log))
+}
+
+fn load_state(cfg: &Config) -> Result<StateStore, AppError> {
+    let store = StateStore::new();
+    match &cfg.local {
+        LocalSource::File(p) => {
+            store.replace(local::load_file(p)?);
+            tokio::spawn(local::watch_file(p.clone(), store.clone(), cfg.local_poll));
+        }
+        LocalSource::Inline(y) => {
+            store.replace(local::parse(y, "LOCAL_XDS")?);
+        }
+        LocalSource::None => {
+            tracing::warn!("no state source (LOCAL_XDS_PATH/LOCAL_XDS): every workload is unknown, so outbound connections will be refused");
+        }
+    }
+    Ok(store)
+}
+
+async fn serve(cfg: Arc<Config>, log: Arc<LogHandle>) -> Result<(), AppError> {
+    let ready = Readiness::new();
+    let state_block = ready.block("state manager");
+    let proxy_block = ready.block("proxy");
+    let state = load_state(&cfg)?;
+    drop(state_block);
+    let ca = LocalCa::load(&cfg.ca_dir)?;
+    let certs = CertManager::new(Arc::new(ca), cfg.secret_ttl);
+    let inputs = Arc::new(ProxyInputs { cfg: cfg.clone(), state: state.clone(), certs: certs.clone() });
+    let (quit_tx, mut quit_rx) = mpsc::channel(1);
+    let admin = Arc::new(AdminState {
+        cfg: cfg.clone(),
+        state,
+        certs,
+        log,
+        metrics: telemetry::metrics::install(),
+        ready: ready.clone(),
+        quit: quit_tx,
+        extra: None,
+    });
+    let addrs = admin::start(admin).map_err(io("cannot bind the admin, metrics or readiness port"))?;
+    let (trigger, drain) = drain::new();
+    match cfg.mode {
+        ProxyMode::Dedicated => start_dedicated(&inputs, &cfg, drain)?,
+        ProxyMode::Shared => {
+            return Err(AppError::Unsupported(
+                "in-pod (shared) mode needs the ZDS workload manager, which this build does not have yet; run with PROXY_MODE=dedicated".into(),
+            ))
+        }
+    }
+    drop(proxy_block);
+    tracing::info!(admin = %addrs[0], metrics = %addrs[1], readiness = %addrs[2], mode = ?cfg.mode, "ferry proxy ready");
+    wait_for_shutdown(&mut quit_rx).await;
+    tracing::info!(deadline = ?cfg.termination_deadline, "draining: listeners closed, open connections may finish");
+    let clean = trigger.drain(cfg.termination_deadline).await;
+    tracing::info!(clean, "drain complete; exiting");
+    Ok(())
+}
+
+fn start_dedicated(inputs: &Arc<ProxyInputs>, cfg: &Config, drain: drain::DrainWatch) -> Result<(), AppError> {
+    let info = cfg.workload_info.clone().ok_or_else(|| AppError::Unsupported("dedicated mode needs PROXY_WORKLOAD_INFO".into()))?;
+    let sockets = Arc::new(LocalSockets {
+        opts: SocketOptions { mark: cfg.packet_mark, reuse_port: cfg.port_reuse, keepalive: cfg.keepalive },
+    });
+    let (px, listeners) = WorkloadProxy::bind(inputs.clone(), info.clone(), sockets).map_err(io("cannot bind the proxy ports"))?;
+    let snap = inputs.state.snapshot();
+    match snap.find_workload(&info.namespace, &info.name, Some(&info.service_account)).map(|w| w.identity()) {
+        Some(Ok(id)) => inputs.certs.prefetch(&id),
+        Some(Err(e)) => tracing::warn!(workload = %info, error = %e, "served workload has an invalid identity"),
+        None => tracing::warn!(workload = %info, "served workload is not in the state; connections will be refused until it appears"),
+    }
+    tracing::info!(workload = %info, original_source = px.orig_src, "dedicated proxy listening on 15001, 15006, 15008");
+    tokio::spawn(px.run(listeners, drain));
+    Ok(())
+}
+
+async fn wait_for_shutdown(quit: &mut mpsc::Receiver<()>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::warn!("cannot install signal handlers; only /quitquitquit will stop the proxy");
+        quit.recv().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+        _ = quit.recv() => tracing::info!("shutdown requested on /quitquitquit"),
+    }
+}

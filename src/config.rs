@@ -1,0 +1,466 @@
+//! `ferry proxy` configuration: command-line flags, each also read from the environment
+//! variable Istio's ztunnel uses for it (protocols.md §6), so ferry drops into an existing
+//! ztunnel deployment. Parsing produces a validated [`Config`]; nothing downstream re-checks.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::builder::BoolishValueParser;
+
+use crate::identity::{Identity, DEFAULT_TRUST_DOMAIN};
+use crate::proxy::socket::Keepalive;
+use crate::telemetry::LogFormat;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProxyMode {
+    /// One node proxy serves every enrolled pod, with listeners inside each pod's network
+    /// namespace (handed over by the node agent through ZDS).
+    Shared,
+    /// The proxy serves one workload from inside that workload's network namespace.
+    Dedicated,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "Proxy")]
+pub struct ProxyArgs {
+    /// Proxy mode.
+    #[arg(long, env = "PROXY_MODE", value_enum, default_value = "shared", ignore_case = true)]
+    pub mode: ProxyMode,
+
+    /// Dedicated mode: the workload served, as <namespace>/<name>/<service-account>.
+    #[arg(long, env = "PROXY_WORKLOAD_INFO", value_name = "NS/NAME/SA")]
+    pub workload_info: Option<String>,
+
+    /// Local state file (workloads, services, policies) in ztunnel's local-config schema.
+    /// Re-read when it changes; a bad file is reported and the last good state kept.
+    #[arg(long, env = "LOCAL_XDS_PATH", value_name = "FILE", conflicts_with = "local_xds")]
+    pub local_xds_path: Option<PathBuf>,
+
+    /// Local state as inline YAML (same schema as --local-xds-path).
+    #[arg(long, env = "LOCAL_XDS", value_name = "YAML")]
+    pub local_xds: Option<String>,
+
+    /// How often the local state file is checked for changes.
+    #[arg(long, env = "FERRY_LOCAL_XDS_POLL", value_parser = parse_duration, default_value = "1s")]
+    pub local_xds_poll: Duration,
+
+    /// xDS (WDS) server address. ferry does not implement the xDS client yet: only the empty
+    /// value (no xDS, local state only) is accepted.
+    #[arg(long, env = "XDS_ADDRESS", default_value = "")]
+    pub xds_address: String,
+
+    /// Built-in CA directory in Istio's plugged-in CA layout (ca-cert.pem, ca-key.pem,
+    /// root-cert.pem, cert-chain.pem); create one with `ferry ca init`.
+    #[arg(long, env = "FERRY_CA_DIR", value_name = "DIR")]
+    pub ca_dir: Option<PathBuf>,
+
+    /// Istio CA address. ferry does not implement the CA client yet: use --ca-dir.
+    #[arg(long, env = "CA_ADDRESS", default_value = "")]
+    pub ca_address: String,
+
+    /// Workload certificate lifetime requested from the CA.
+    #[arg(long, env = "SECRET_TTL", value_parser = parse_duration, default_value = "24h")]
+    pub secret_ttl: Duration,
+
+    /// Trust domain for identities whose workload entry names none.
+    #[arg(long, env = "TRUST_DOMAIN", default_value = DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+
+    /// Name of the node this proxy runs on; workloads with this `node` are local.
+    #[arg(long, env = "NODE_NAME", default_value = "")]
+    pub node_name: String,
+
+    /// Cluster ID (metrics labels, baggage). ISTIO_META_CLUSTER_ID is also honoured.
+    #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
+    pub cluster_id: String,
+
+    /// Mark set on the proxy's sockets so the capture rules skip them. Default: 1337 in shared
+    /// mode, unset in dedicated mode.
+    #[arg(long, env = "PACKET_MARK")]
+    pub packet_mark: Option<u32>,
+
+    /// Deliver inbound connections from the original client IP (IP_TRANSPARENT): "true"
+    /// (failure is fatal), "false", or unset for best effort.
+    #[arg(long, env = "ENABLE_ORIG_SRC", value_parser = BoolishValueParser::new())]
+    pub enable_orig_src: Option<bool>,
+
+    /// Listen on IPv6 as well as IPv4.
+    #[arg(long, env = "IPV6_ENABLED", value_parser = BoolishValueParser::new(), default_value = "true")]
+    pub ipv6_enabled: bool,
+
+    /// Set SO_REUSEPORT on listeners so a new proxy can bind while the old one drains.
+    #[arg(long, env = "INPOD_PORT_REUSE", value_parser = BoolishValueParser::new(), default_value = "true")]
+    pub inpod_port_reuse: bool,
+
+    /// Maximum streams opened on one pooled HBONE connection before a new one is dialled.
+    #[arg(long, env = "POOL_MAX_STREAMS_PER_CONNECTION", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub pool_max_streams_per_connection: u32,
+
+    /// Idle time after which a pooled HBONE connection is released.
+    #[arg(long, env = "POOL_UNUSED_RELEASE_TIMEOUT", value_parser = parse_duration, default_value = "5m")]
+    pub pool_unused_release_timeout: Duration,
+
+    /// HTTP/2 per-stream flow-control window, bytes.
+    #[arg(long, env = "HTTP2_STREAM_WINDOW_SIZE", default_value_t = 4 * 1024 * 1024)]
+    pub http2_stream_window_size: u32,
+
+    /// HTTP/2 connection flow-control window, bytes.
+    #[arg(long, env = "HTTP2_CONNECTION_WINDOW_SIZE", default_value_t = 16 * 1024 * 1024)]
+    pub http2_connection_window_size: u32,
+
+    /// HTTP/2 maximum frame size, bytes (16384..=16777215).
+    #[arg(long, env = "HTTP2_FRAME_SIZE", default_value_t = 1024 * 1024)]
+    pub http2_frame_size: u32,
+
+    /// How long open connections may finish after SIGTERM before they are closed. Default 5s,
+    /// or TERMINATION_GRACE_PERIOD_SECONDS - 5 when that is over 10.
+    #[arg(long, env = "CONNECTION_TERMINATION_DEADLINE", value_parser = parse_duration)]
+    pub connection_termination_deadline: Option<Duration>,
+
+    /// Pod termination grace period, used to derive the termination deadline.
+    #[arg(long, env = "TERMINATION_GRACE_PERIOD_SECONDS")]
+    pub termination_grace_period_seconds: Option<u64>,
+
+    /// Data-path worker threads: a number, or a percentage of the CPUs ("50%").
+    #[arg(long, env = "ZTUNNEL_WORKER_THREADS", default_value = "2")]
+    pub worker_threads: String,
+
+    /// TCP keepalive on every proxied socket.
+    #[arg(long, env = "KEEPALIVE_ENABLED", value_parser = BoolishValueParser::new(), default_value = "true")]
+    pub keepalive_enabled: bool,
+    /// TCP keepalive idle time.
+    #[arg(long, env = "KEEPALIVE_TIME", value_parser = parse_duration, default_value = "180s")]
+    pub keepalive_time: Duration,
+    /// TCP keepalive probe interval.
+    #[arg(long, env = "KEEPALIVE_INTERVAL", value_parser = parse_duration, default_value = "180s")]
+    pub keepalive_interval: Duration,
+    /// TCP keepalive probes before the connection is dropped.
+    #[arg(long, env = "KEEPALIVE_RETRIES", default_value_t = 9)]
+    pub keepalive_retries: u32,
+    /// Also set TCP_USER_TIMEOUT (keepalive time + retries * interval).
+    #[arg(long, env = "USER_TIMEOUT_ENABLED", value_parser = BoolishValueParser::new(), default_value = "false")]
+    pub user_timeout_enabled: bool,
+
+    /// Return `baggage` describing the destination on HBONE responses.
+    #[arg(long, env = "ENABLE_RESPONSE_BAGGAGE", value_parser = BoolishValueParser::new(), default_value = "true")]
+    pub enable_response_baggage: bool,
+
+    /// TLS 1.2 for HBONE. ferry speaks TLS 1.3 only; "true" is refused.
+    #[arg(long, env = "TLS12_ENABLED", value_parser = BoolishValueParser::new(), default_value = "false")]
+    pub tls12_enabled: bool,
+
+    /// Deadline for a peer to complete the TLS and HTTP/2 handshakes on 15008.
+    #[arg(long, env = "FERRY_HANDSHAKE_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    pub handshake_timeout: Duration,
+
+    /// Admin server (config dump, logging, quit); keep it on localhost.
+    #[arg(long, env = "FERRY_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
+    pub admin_addr: SocketAddr,
+
+    /// Prometheus metrics server (/metrics, /stats/prometheus).
+    #[arg(long, env = "FERRY_STATS_ADDR", default_value = "[::]:15020")]
+    pub stats_addr: SocketAddr,
+
+    /// Readiness server (/healthz/ready).
+    #[arg(long, env = "FERRY_READINESS_ADDR", default_value = "[::]:15021")]
+    pub readiness_addr: SocketAddr,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "plain", ignore_case = true)]
+    pub log_format: LogFormat,
+
+    /// Initial log filter (RUST_LOG syntax, e.g. "info,access=info"); default RUST_LOG or info.
+    #[arg(long, env = "FERRY_LOG")]
+    pub log_level: Option<String>,
+}
+
+/// Which local state source to load.
+#[derive(Clone, Debug)]
+pub enum LocalSource {
+    None,
+    File(PathBuf),
+    Inline(String),
+}
+
+/// The workload a dedicated-mode proxy serves.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct WorkloadInfo {
+    pub namespace: String,
+    pub name: String,
+    pub service_account: String,
+}
+
+impl std::fmt::Display for WorkloadInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{} (service account {})", self.namespace, self.name, self.service_account)
+    }
+}
+
+/// Ports ferry owns in every namespace it serves; configurable only for in-process tests.
+#[derive(Clone, Copy, Debug)]
+pub struct Ports {
+    pub outbound: u16,
+    pub inbound_plaintext: u16,
+    pub hbone: u16,
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Ports {
+            outbound: crate::proxy::OUTBOUND_PORT,
+            inbound_plaintext: crate::proxy::INBOUND_PLAINTEXT_PORT,
+            hbone: crate::proxy::HBONE_PORT,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct H2Config {
+    pub stream_window: u32,
+    pub connection_window: u32,
+    pub frame_size: u32,
+    pub max_streams_per_conn: u32,
+    pub pool_idle_timeout: Duration,
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+}
+
+/// Validated proxy configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub mode: ProxyMode,
+    pub workload_info: Option<WorkloadInfo>,
+    pub local: LocalSource,
+    pub local_poll: Duration,
+    pub ca_dir: PathBuf,
+    pub secret_ttl: Duration,
+    pub trust_domain: String,
+    pub node_name: String,
+    pub cluster_id: String,
+    pub packet_mark: Option<u32>,
+    pub orig_src: Option<bool>,
+    pub ipv6: bool,
+    pub port_reuse: bool,
+    pub h2: H2Config,
+    pub termination_deadline: Duration,
+    pub worker_threads: usize,
+    pub keepalive: Keepalive,
+    pub response_baggage: bool,
+    pub handshake_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub admin_addr: SocketAddr,
+    pub stats_addr: SocketAddr,
+    pub readiness_addr: SocketAddr,
+    pub ports: Ports,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn invalid(msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(msg.into())
+}
+
+impl ProxyArgs {
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        if !self.xds_address.is_empty() {
+            return Err(invalid(format!(
+                "XDS_ADDRESS={:?}: ferry has no xDS client yet; unset it (or set it to \"\") and provide state with LOCAL_XDS_PATH",
+                self.xds_address
+            )));
+        }
+        if !self.ca_address.is_empty() {
+            return Err(invalid("CA_ADDRESS is set, but ferry has no Istio CA client yet; use --ca-dir/FERRY_CA_DIR"));
+        }
+        if self.tls12_enabled {
+            return Err(invalid("TLS12_ENABLED=true: ferry speaks TLS 1.3 only on HBONE"));
+        }
+        let ca_dir = self.ca_dir.clone().ok_or_else(|| {
+            invalid("no certificate authority: set --ca-dir/FERRY_CA_DIR (create one with `ferry ca init DIR`)")
+        })?;
+        if !(16_384..=16_777_215).contains(&self.http2_frame_size) {
+            return Err(invalid(format!("HTTP2_FRAME_SIZE={} must be within 16384..=16777215", self.http2_frame_size)));
+        }
+        if self.http2_stream_window_size == 0 || self.http2_connection_window_size < self.http2_stream_window_size {
+            return Err(invalid("HTTP2_CONNECTION_WINDOW_SIZE must be at least HTTP2_STREAM_WINDOW_SIZE, and both > 0"));
+        }
+        Identity::new(&self.trust_domain, "x", "x").map_err(|_| invalid(format!("invalid TRUST_DOMAIN {:?}", self.trust_domain)))?;
+        let workload_info = self.workload_info.as_deref().map(parse_workload_info).transpose()?;
+        if self.mode == ProxyMode::Dedicated && workload_info.is_none() {
+            return Err(invalid("dedicated mode needs PROXY_WORKLOAD_INFO=<namespace>/<name>/<service-account>"));
+        }
+        let local = match (self.local_xds_path.clone(), self.local_xds.clone()) {
+            (Some(p), None) => LocalSource::File(p),
+            (None, Some(y)) => LocalSource::Inline(y),
+            (None, None) => LocalSource::None,
+            (Some(_), Some(_)) => return Err(invalid("set LOCAL_XDS_PATH or LOCAL_XDS, not both")),
+        };
+        let cluster_id = std::env::var("ISTIO_META_CLUSTER_ID").ok().filter(|s| !s.is_empty()).unwrap_or(self.cluster_id.clone());
+        let packet_mark = match (self.mode, self.packet_mark) {
+            (ProxyMode::Shared, None) => Some(crate::proxy::DEFAULT_PACKET_MARK),
+            (_, m) => m,
+        };
+        Ok(Config {
+            mode: self.mode,
+            workload_info,
+            local,
+            local_poll: self.local_xds_poll,
+            ca_dir,
+            secret_ttl: self.secret_ttl,
+            trust_domain: self.trust_domain.clone(),
+            node_name: self.node_name.clone(),
+            cluster_id,
+            packet_mark,
+            orig_src: self.enable_orig_src,
+            ipv6: self.ipv6_enabled,
+            port_reuse: self.inpod_port_reuse,
+            h2: H2Config {
+                stream_window: self.http2_stream_window_size,
+                connection_window: self.http2_connection_window_size,
+                frame_size: self.http2_frame_size,
+                max_streams_per_conn: self.pool_max_streams_per_connection,
+                pool_idle_timeout: self.pool_unused_release_timeout,
+                ping_interval: Duration::from_secs(10),
+                ping_timeout: Duration::from_secs(20),
+            },
+            termination_deadline: termination_deadline(self.connection_termination_deadline, self.termination_grace_period_seconds),
+            worker_threads: parse_worker_threads(&self.worker_threads)?,
+            keepalive: Keepalive {
+                enabled: self.keepalive_enabled,
+                time: self.keepalive_time,
+                interval: self.keepalive_interval,
+                retries: self.keepalive_retries,
+                user_timeout: self.user_timeout_enabled,
+            },
+            response_baggage: self.enable_response_baggage,
+            handshake_timeout: self.handshake_timeout,
+            connect_timeout: Duration::from_secs(10),
+            admin_addr: self.admin_addr,
+            stats_addr: self.stats_addr,
+            readiness_addr: self.readiness_addr,
+            ports: Ports::default(),
+        })
+    }
+}
+
+/// `<namespace>/<name>/<service-account>`.
+pub fn parse_workload_info(s: &str) -> Result<WorkloadInfo, ConfigError> {
+    let parts: Vec<&str> = s.split('/').collect();
+    match parts.as_slice() {
+        [ns, name, sa] if !ns.is_empty() && !name.is_empty() && !sa.is_empty() => Ok(WorkloadInfo {
+            namespace: ns.to_string(),
+            name: name.to_string(),
+            service_account: sa.to_string(),
+        }),
+        _ => Err(invalid(format!("PROXY_WORKLOAD_INFO={s:?} is not <namespace>/<name>/<service-account>"))),
+    }
+}
+
+/// Istio's rule: explicit deadline, else grace period - 5 s when the grace period exceeds 10 s,
+/// else 5 s; never below 1 s.
+fn termination_deadline(explicit: Option<Duration>, grace: Option<u64>) -> Duration {
+    let d = match (explicit, grace) {
+        (Some(d), _) => d,
+        (None, Some(g)) if g > 10 => Duration::from_secs(g - 5),
+        _ => Duration::from_secs(5),
+    };
+    d.max(Duration::from_secs(1))
+}
+
+fn parse_worker_threads(s: &str) -> Result<usize, ConfigError> {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let n = match s.strip_suffix('%') {
+        Some(p) => {
+            let pct: f64 = p.trim().parse().map_err(|_| invalid(format!("ZTUNNEL_WORKER_THREADS={s:?} is not a percentage")))?;
+            if !(pct > 0.0 && pct <= 100.0) {
+                return Err(invalid(format!("ZTUNNEL_WORKER_THREADS={s:?} must be within (0%, 100%]")));
+            }
+            ((cpus as f64) * pct / 100.0).ceil() as usize
+        }
+        None => s.trim().parse().map_err(|_| invalid(format!("ZTUNNEL_WORKER_THREADS={s:?} is not a number")))?,
+    };
+    if n == 0 {
+        return Err(invalid("ZTUNNEL_WORKER_THREADS must be at least 1"));
+    }
+    Ok(n)
+}
+
+/// Go-style durations (`500ms`, `10s`, `5m`, `24h`, `1h30m`) plus days (`30d`); a bare
+/// number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    if rest.is_empty() {
+        return Err("empty duration".into());
+    }
+    while !rest.is_empty() {
+        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or(format!("{s:?}: missing unit"))?;
+        let (num, tail) = rest.split_at(num_end);
+        let value: f64 = num.parse().map_err(|_| format!("{s:?}: bad number {num:?}"))?;
+        let unit_end = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
+        let (unit, next) = tail.split_at(unit_end);
+        let scale = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "d" => 86400.0,
+            _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)")),
+        };
+        total += Duration::try_from_secs_f64(value * scale).map_err(|e| format!("{s:?}: {e}"))?;
+        rest = next;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        for bad in ["", "5x", "s", "1h30", "-5s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn termination_deadline_rules() {
+        assert_eq!(termination_deadline(None, None), Duration::from_secs(5));
+        assert_eq!(termination_deadline(None, Some(30)), Duration::from_secs(25));
+        assert_eq!(termination_deadline(None, Some(10)), Duration::from_secs(5));
+        assert_eq!(termination_deadline(Some(Duration::ZERO), None), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn workload_info() {
+        let w = parse_workload_info("ns/name/sa").unwrap();
+        assert_eq!((w.namespace.as_str(), w.name.as_str(), w.service_account.as_str()), ("ns", "name", "sa"));
+        for bad in ["ns/name", "ns//sa", "a/b/c/d", ""] {
+            assert!(parse_workload_info(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn worker_threads() {
+        assert_eq!(parse_worker_threads("3").unwrap(), 3);
+        assert!(parse_worker_threads("100%").unwrap() >= 1);
+        assert!(parse_worker_threads("0").is_err());
+        assert!(parse_worker_threads("150%").is_err());
+        assert!(parse_worker_threads("x").is_err());
+    }
+}

@@ -1,0 +1,162 @@
+//! HBONE: TCP tunnelled in HTTP/2 CONNECT streams over mutual TLS 1.3 (protocols.md §1).
+//!
+//! [`client`] dials and pools tunnels (one TLS connection per source/destination identity pair,
+//! never shared across identities); [`server`] accepts them and hands each CONNECT stream to a
+//! handler. The headers ztunnel sends (`baggage`, `forwarded`, `traceparent`) are built here.
+
+pub mod client;
+pub mod server;
+
+use std::fmt::Write;
+use std::net::{IpAddr, SocketAddr};
+
+use bytes::Bytes;
+use h2::{RecvStream, SendStream};
+use http::HeaderMap;
+
+use crate::state::model::Workload;
+
+/// One CONNECT stream: the byte pipe of one proxied TCP connection.
+pub struct H2Stream {
+    pub send: SendStream<Bytes>,
+    pub recv: RecvStream,
+}
+
+/// A CONNECT `:authority`: `ip:port` (IPv6 bracketed) or `host:port`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Authority {
+    Addr(SocketAddr),
+    Host(String, u16),
+}
+
+/// Parses an authority as ip:port first, then host:port; anything else is `None` (a 400).
+pub fn parse_authority(s: &str) -> Option<Authority> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Some(Authority::Addr(a));
+    }
+    let (host, port) = s.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let valid_host = !host.is_empty()
+        && host.len() <= 253
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !host.starts_with('.')
+        && !host.starts_with('-');
+    valid_host.then(|| Authority::Host(host.to_string(), port))
+}
+
+/// `ip:port` with IPv6 in brackets, the form used on the wire.
+pub fn authority_string(a: SocketAddr) -> String {
+    a.to_string()
+}
+
+/// The `baggage` header describing workload `w` (protocols.md §1.5).
+pub fn baggage(w: &Workload, cluster_default: &str) -> String {
+    let cluster = if w.cluster_id.is_empty() { cluster_default } else { &w.cluster_id };
+    let name = if w.workload_name.is_empty() { &w.name } else { &w.workload_name };
+    let kind = format!("k8s.{}.name", w.workload_type.as_str());
+    let entries = [
+        ("k8s.cluster.name", cluster),
+        ("k8s.namespace.name", w.namespace.as_str()),
+        (kind.as_str(), name.as_str()),
+        ("service.name", w.canonical_name.as_str()),
+        ("service.version", w.canonical_revision.as_str()),
+        ("cloud.region", w.locality.region.as_str()),
+        ("cloud.availability_zone", w.locality.zone.as_str()),
+    ];
+    let mut out = String::new();
+    for (k, v) in entries.iter().filter(|(_, v)| !v.is_empty()) {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        let _ = write!(out, "{k}={v}");
+    }
+    out
+}
+
+/// What a peer's `baggage` says about it; used only for labels, never for decisions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Baggage {
+    pub cluster: Option<String>,
+    pub namespace: Option<String>,
+    pub workload: Option<String>,
+    pub service: Option<String>,
+    pub version: Option<String>,
+}
+
+pub fn parse_baggage(headers: &HeaderMap) -> Baggage {
+    let mut b = Baggage::default();
+    for value in headers.get_all("baggage") {
+        let Ok(s) = value.to_str() else { continue };
+        for entry in s.split(',') {
+            let Some((k, v)) = entry.trim().split_once('=') else { continue };
+            let v = Some(v.trim().to_string()).filter(|v| !v.is_empty() && v.len() <= 253);
+            match k.trim() {
+                "k8s.cluster.name" => b.cluster = v,
+                "k8s.namespace.name" => b.namespace = v,
+                "k8s.deployment.name" | "k8s.cronjob.name" | "k8s.pod.name" | "k8s.job.name" => b.workload = v,
+                "service.name" => b.service = v,
+                "service.version" => b.version = v,
+                _ => {}
+            }
+        }
+    }
+    b
+}
+
+/// RFC 7239 `forwarded` for the original client, with the service host when known.
+pub fn forwarded(client: SocketAddr, host: Option<&str>) -> String {
+    match host {
+        Some(h) => format!("for=\"{client}\";host={h}"),
+        None => format!("for=\"{client}\""),
+    }
+}
+
+/// A random W3C `traceparent` (for correlating logs across hops).
+pub fn traceparent() -> String {
+    format!("00-{:032x}-{:016x}-00", fastrand::u128(1..), fastrand::u64(1..))
+}
+
+/// Whether `ip` is a loopback or unspecified address (never a legitimate tunnel target).
+pub fn is_local_only(ip: IpAddr) -> bool {
+    ip.is_loopback() || ip.is_unspecified()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorities() {
+        assert_eq!(parse_authority("10.0.0.1:80"), Some(Authority::Addr("10.0.0.1:80".parse().unwrap())));
+        assert_eq!(parse_authority("[fd00::5]:8080"), Some(Authority::Addr("[fd00::5]:8080".parse().unwrap())));
+        assert_eq!(parse_authority("reviews.default.svc.cluster.local:9080"), Some(Authority::Host("reviews.default.svc.cluster.local".into(), 9080)));
+        for bad in ["", "10.0.0.1", "10.0.0.1:", "10.0.0.1:99999", "fd00::5:80x", ":80", "a b:80", "host:port", "-x:1", "a/b:80", "a\0:80", "[fd00::5]"] {
+            assert_eq!(parse_authority(bad), None, "{bad:?}");
+        }
+        assert_eq!(authority_string("[fd00::5]:8080".parse().unwrap()), "[fd00::5]:8080");
+    }
+
+    #[test]
+    fn baggage_round_trip() {
+        let mut w = Workload::new("u", "ns", "pod-1");
+        w.workload_name = "reviews".into();
+        w.canonical_name = "reviews".into();
+        w.canonical_revision = "v1".into();
+        let b = baggage(&w, "Kubernetes");
+        assert_eq!(b, "k8s.cluster.name=Kubernetes,k8s.namespace.name=ns,k8s.deployment.name=reviews,service.name=reviews,service.version=v1");
+        let mut h = HeaderMap::new();
+        h.insert("baggage", b.parse().unwrap());
+        let p = parse_baggage(&h);
+        assert_eq!(p.workload.as_deref(), Some("reviews"));
+        assert_eq!(p.namespace.as_deref(), Some("ns"));
+    }
+
+    #[test]
+    fn headers() {
+        assert_eq!(forwarded("10.0.0.1:5000".parse().unwrap(), None), "for=\"10.0.0.1:5000\"");
+        assert_eq!(forwarded("[fd00::1]:5000".parse().unwrap(), Some("a.b.svc")), "for=\"[fd00::1]:5000\";host=a.b.svc");
+        let t = traceparent();
+        assert_eq!(t.len(), 55);
+        assert!(t.starts_with("00-") && t.ends_with("-00"));
+    }
+}

@@ -1,0 +1,117 @@
+//! The HBONE listener side of one TLS connection: handshake (bounded by a deadline, so a
+//! half-open peer cannot hold a slot; invariant P10), peer identity, HTTP/2 with Istio's server
+//! settings, keepalive PINGs, and GOAWAY on drain. Each CONNECT stream goes to a handler task.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::RecvStream;
+use http::Request;
+use rustls::ServerConfig;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::H2Config;
+use crate::drain::DrainWatch;
+use crate::identity::Identity;
+use crate::tls::verify::leaf_identity;
+use crate::tls::ALPN_H2;
+
+/// What the listener learned about one TLS connection.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// The address the connection arrived on (the pod IP in the destination's namespace).
+    pub local: SocketAddr,
+    pub identity: Identity,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("TLS handshake failed: {}", crate::tls::describe_tls_error(.0))]
+    Tls(std::io::Error),
+    #[error("handshake did not complete within {0:?}")]
+    Timeout(Duration),
+    #[error("peer did not negotiate ALPN h2")]
+    Alpn,
+    #[error("peer identity: {0}")]
+    Identity(#[from] crate::tls::verify::PeerIdentityError),
+    #[error("HTTP/2: {0}")]
+    H2(#[from] h2::Error),
+}
+
+/// Handles one CONNECT stream; implemented by the inbound proxy.
+pub trait StreamHandler: Send + Sync + 'static {
+    fn handle(
+        self: Arc<Self>,
+        req: Request<RecvStream>,
+        respond: SendResponse<Bytes>,
+        conn: Arc<ConnInfo>,
+        drain: DrainWatch,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static;
+}
+
+/// Serves one accepted TCP connection on the HBONE port until the peer leaves, keepalive
+/// fails, or the drain forces it closed.
+pub async fn serve<H: StreamHandler>(
+    tcp: TcpStream,
+    tls: Arc<ServerConfig>,
+    cfg: &H2Config,
+    handshake_timeout: Duration,
+    drain: DrainWatch,
+    handler: Arc<H>,
+) -> Result<(), ServeError> {
+    let (peer, local) = (tcp.peer_addr().map_err(ServeError::Tls)?, tcp.local_addr().map_err(ServeError::Tls)?);
+    let handshake = async {
+        let stream = TlsAcceptor::from(tls).accept(tcp).await.map_err(ServeError::Tls)?;
+        let (_, session) = stream.get_ref();
+        if session.alpn_protocol() != Some(ALPN_H2) {
+            return Err(ServeError::Alpn);
+        }
+        let leaf = session.peer_certificates().and_then(|c| c.first()).ok_or(ServeError::Alpn)?;
+        let identity = leaf_identity(leaf)?;
+        let conn = h2::server::Builder::new()
+            .initial_window_size(cfg.stream_window)
+            .initial_connection_window_size(cfg.connection_window)
+            .max_frame_size(cfg.frame_size)
+            .max_header_list_size(64 * 1024)
+            .max_concurrent_streams(200)
+            .max_send_buffer_size(400 * 1024)
+            .handshake::<_, Bytes>(stream)
+            .await?;
+        Ok::<_, ServeError>((conn, identity))
+    };
+    let (mut conn, identity) = tokio::time::timeout(handshake_timeout, handshake)
+        .await
+        .map_err(|_| ServeError::Timeout(handshake_timeout))??;
+    let info = Arc::new(ConnInfo { peer: crate::proxy::socket::canonical(peer), local: crate::proxy::socket::canonical(local), identity });
+    let keepalive = super::client::keepalive(conn.ping_pong(), cfg.ping_interval, cfg.ping_timeout);
+    tokio::pin!(keepalive);
+    let mut goaway_sent = false;
+    loop {
+        tokio::select! {
+            next = conn.accept() => match next {
+                Some(Ok((req, respond))) => {
+                    tokio::spawn(handler.clone().handle(req, respond, info.clone(), drain.clone()));
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(peer = %info.peer, error = %e, "HBONE connection error");
+                    return Err(e.into());
+                }
+                None => return Ok(()),
+            },
+            _ = drain.draining(), if !goaway_sent => {
+                conn.graceful_shutdown();
+                goaway_sent = true;
+            }
+            _ = drain.forced() => return Ok(()),
+            _ = &mut keepalive => {
+                tracing::warn!(peer = %info.peer, "HBONE keepalive timed out; closing the connection");
+                return Ok(());
+            }
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! The `ferry` binary: one executable, roles as subcommands.
+#![deny(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use ferry::config::{parse_duration, ProxyArgs};
+
+#[derive(Parser)]
+#[command(name = "ferry", version, about = "Ambient-mode service mesh dataplane (HBONE node proxy)", propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the node proxy: HBONE tunnels between workloads (Istio ztunnel compatible).
+    Proxy(Box<ProxyArgs>),
+    /// Manage ferry's built-in certificate authority.
+    Ca {
+        #[command(subcommand)]
+        cmd: CaCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCmd {
+    /// Create a root and an intermediate CA in DIR, in Istio's plugged-in CA layout
+    /// (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem). Proxies given the same
+    /// --ca-dir share one root. Refuses to overwrite existing CA files.
+    Init(CaInitArgs),
+}
+
+#[derive(clap::Args)]
+struct CaInitArgs {
+    /// Directory to create the CA in (created if missing).
+    dir: PathBuf,
+    /// Lifetime of the root certificate (e.g. 87600h, 3650d).
+    #[arg(long, value_parser = parse_duration, default_value = "3650d")]
+    root_validity: Duration,
+    /// Lifetime of the intermediate (signing) certificate.
+    #[arg(long, value_parser = parse_duration, default_value = "1825d")]
+    ca_validity: Duration,
+    /// Organization name in the CA certificates' subjects.
+    #[arg(long, default_value = "ferry")]
+    organization: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Proxy(args) => ferry::app::run_proxy(*args).map_err(|e| e.to_string()),
+        Cmd::Ca { cmd: CaCmd::Init(a) } => ca_init(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn ca_init(a: CaInitArgs) -> Result<(), String> {
+    if a.ca_validity > a.root_validity {
+        return Err("--ca-validity must not exceed --root-validity".into());
+    }
+    let opts = ferry::tls::ca::InitOptions { root_validity: a.root_validity, ca_validity: a.ca_validity, organization: a.organization };
+    ferry::tls::ca::init(&a.dir, &opts).map_err(|e| e.to_string())?;
+    println!("created a ferry CA in {}", a.dir.display());
+    Ok(())
+}

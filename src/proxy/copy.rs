@@ -1,0 +1,169 @@
+//! Moving bytes: TCP <-> TCP and TCP <-> an HBONE stream (protocols.md §1.7).
+//!
+//! Half-close is carried end to end: a TCP FIN becomes END_STREAM (or a FIN on the other
+//! socket) and vice versa. A reset or error on either side aborts both. Buffers are allocated
+//! only when a socket is readable and released when it drains, so an idle connection holds no
+//! copy buffer; read sizes grow while reads fill the buffer (bulk transfers) up to `MAX_CHUNK`.
+
+use std::io;
+use std::net::Shutdown;
+
+use bytes::{Bytes, BytesMut};
+use h2::{Reason, RecvStream, SendStream};
+use metrics::Counter;
+use socket2::SockRef;
+use tokio::net::TcpStream;
+
+use crate::hbone::H2Stream;
+
+const MIN_CHUNK: usize = 16 * 1024;
+const MAX_CHUNK: usize = 256 * 1024;
+
+/// Bytes moved in each direction, and the first error, if any.
+#[derive(Debug, Default)]
+pub struct CopyResult {
+    /// Downstream to upstream.
+    pub received: u64,
+    /// Upstream to downstream.
+    pub sent: u64,
+    pub error: Option<io::Error>,
+}
+
+/// Copies between two TCP connections until both directions are closed.
+pub async fn tcp_tcp(down: &TcpStream, up: &TcpStream, rx: &Counter, tx: &Counter) -> CopyResult {
+    let mut res = CopyResult::default();
+    let a = tcp_to_tcp(down, up, rx, &mut res.received);
+    let b = tcp_to_tcp(up, down, tx, &mut res.sent);
+    if let Err(e) = tokio::try_join!(a, b) {
+        crate::proxy::socket::set_reset_on_close(down);
+        crate::proxy::socket::set_reset_on_close(up);
+        res.error = Some(e);
+    }
+    res
+}
+
+/// Copies between a TCP connection and an HBONE stream. `tcp_is_downstream` says which side
+/// the client is on, for the direction of the counters.
+pub async fn tcp_h2(tcp: &TcpStream, stream: H2Stream, tcp_is_downstream: bool, rx: &Counter, tx: &Counter) -> CopyResult {
+    let H2Stream { mut send, mut recv } = stream;
+    let (mut up_bytes, mut down_bytes) = (0u64, 0u64);
+    let (to_h2_counter, to_tcp_counter) = if tcp_is_downstream { (rx, tx) } else { (tx, rx) };
+    let a = tcp_to_h2(tcp, &mut send, to_h2_counter, &mut up_bytes);
+    let b = h2_to_tcp(&mut recv, tcp, to_tcp_counter, &mut down_bytes);
+    let error = match tokio::try_join!(a, b) {
+        Ok(_) => None,
+        Err(e) => {
+            send.send_reset(Reason::CANCEL);
+            crate::proxy::socket::set_reset_on_close(tcp);
+            Some(e)
+        }
+    };
+    if tcp_is_downstream {
+        CopyResult { received: up_bytes, sent: down_bytes, error }
+    } else {
+        CopyResult { received: down_bytes, sent: up_bytes, error }
+    }
+}
+
+/// Reads into a fresh buffer once `r` is readable; `Ok(None)` is EOF.
+async fn read_chunk(r: &TcpStream, chunk: &mut usize) -> io::Result<Option<BytesMut>> {
+    loop {
+        r.readable().await?;
+        let mut buf = BytesMut::with_capacity(*chunk);
+        match r.try_read_buf(&mut buf) {
+            Ok(0) => return Ok(None),
+            Ok(n) => {
+                *chunk = if n == *chunk { (*chunk * 2).min(MAX_CHUNK) } else { (*chunk / 2).max(MIN_CHUNK) };
+                return Ok(Some(buf));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn write_all(w: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        w.writable().await?;
+        match w.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn shutdown_write(w: &TcpStream) {
+    // ENOTCONN after a peer reset is harmless: the other direction reports the error.
+    let _ = SockRef::from(w).shutdown(Shutdown::Write);
+}
+
+async fn tcp_to_tcp(r: &TcpStream, w: &TcpStream, counter: &Counter, total: &mut u64) -> io::Result<()> {
+    let mut chunk = MIN_CHUNK;
+    while let Some(buf) = read_chunk(r, &mut chunk).await? {
+        write_all(w, &buf).await?;
+        counter.increment(buf.len() as u64);
+        *total += buf.len() as u64;
+    }
+    shutdown_write(w);
+    Ok(())
+}
+
+async fn tcp_to_h2(r: &TcpStream, send: &mut SendStream<Bytes>, counter: &Counter, total: &mut u64) -> io::Result<()> {
+    let mut chunk = MIN_CHUNK;
+    while let Some(buf) = read_chunk(r, &mut chunk).await? {
+        let n = buf.len() as u64;
+        send_h2(send, buf.freeze()).await?;
+        counter.increment(n);
+        *total += n;
+    }
+    send.send_data(Bytes::new(), true).map_err(h2_io)?;
+    Ok(())
+}
+
+/// Sends `data`, waiting for flow-control capacity as the peer grants it.
+async fn send_h2(send: &mut SendStream<Bytes>, mut data: Bytes) -> io::Result<()> {
+    while !data.is_empty() {
+        send.reserve_capacity(data.len());
+        let granted = std::future::poll_fn(|cx| send.poll_capacity(cx))
+            .await
+            .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "HBONE stream closed by peer"))?
+            .map_err(h2_io)?;
+        if granted == 0 {
+            continue;
+        }
+        let part = data.split_to(granted.min(data.len()));
+        send.send_data(part, false).map_err(h2_io)?;
+    }
+    Ok(())
+}
+
+async fn h2_to_tcp(recv: &mut RecvStream, w: &TcpStream, counter: &Counter, total: &mut u64) -> io::Result<()> {
+    loop {
+        match recv.data().await {
+            None => break,
+            Some(Ok(data)) => {
+                write_all(w, &data).await?;
+                let _ = recv.flow_control().release_capacity(data.len());
+                counter.increment(data.len() as u64);
+                *total += data.len() as u64;
+            }
+            // A reset with NO_ERROR or CANCEL is a clean end of the peer's data.
+            Some(Err(e)) if matches!(e.reason(), Some(Reason::NO_ERROR) | Some(Reason::CANCEL)) => break,
+            Some(Err(e)) => return Err(h2_io(e)),
+        }
+    }
+    shutdown_write(w);
+    Ok(())
+}
+
+fn h2_io(e: h2::Error) -> io::Error {
+    if e.is_io() {
+        return e.into_io().unwrap_or_else(|| io::Error::other("HTTP/2 I/O error"));
+    }
+    match e.reason() {
+        Some(Reason::STREAM_CLOSED) => io::Error::new(io::ErrorKind::BrokenPipe, e.to_string()),
+        _ => io::Error::new(io::ErrorKind::ConnectionReset, e.to_string()),
+    }
+}

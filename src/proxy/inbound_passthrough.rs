@@ -1,0 +1,58 @@
+//! Inbound plaintext (15006): TCP from a client outside the mesh, redirected to us by the pod's
+//! PREROUTING rule. The connection has no verified identity, so policies see only addresses
+//! and ports (positive identity matches never hold). Denied connections are reset.
+
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+
+use super::copy;
+use super::route::is_own_port;
+use super::socket::{canonical, original_dst, set_reset_on_close};
+use super::{until_forced, ProxyError, WorkloadProxy};
+use crate::drain::DrainWatch;
+use crate::rbac::{self, ConnAttrs, Decision};
+use crate::telemetry::conn::{ConnRecord, Direction, Failure};
+
+pub async fn handle(px: Arc<WorkloadProxy>, down: TcpStream, drain: DrainWatch) {
+    px.sockets.tune(&down);
+    let (Ok(peer), Ok(orig)) = (down.peer_addr(), original_dst(&down)) else { return };
+    let mut rec = ConnRecord::new(Direction::Inbound, canonical(peer), orig);
+    match proxy(&px, &down, &mut rec, &drain).await {
+        Ok(res) => {
+            let failure = res.error.map(|e| Failure { flags: "-", error: e.to_string() });
+            rec.finish(res.received, res.sent, failure);
+        }
+        Err(e) => {
+            tracing::debug!(src = %rec.src_addr, dst = %orig, error = %e, "inbound plaintext connection refused");
+            set_reset_on_close(&down);
+            rec.finish(0, 0, Some(Failure { flags: e.response_flags(), error: e.to_string() }));
+        }
+    }
+}
+
+async fn proxy(px: &WorkloadProxy, down: &TcpStream, rec: &mut ConnRecord, drain: &DrainWatch) -> Result<copy::CopyResult, ProxyError> {
+    let local = px.local_workload().await?;
+    let dst = rec.dst_addr;
+    if !local.addresses.contains(&dst.ip()) {
+        return Err(ProxyError::NotLocal(dst));
+    }
+    if is_own_port(&px.inputs.cfg.ports, dst.port()) {
+        return Err(ProxyError::Inbound(super::route::InboundError::SelfCall(dst.port())));
+    }
+    let snap = px.inputs.state.snapshot();
+    if let Some(src) = snap.workload_by_addr(&local.network, rec.src_addr.ip()) {
+        rec.source_workload(src, None);
+    }
+    rec.destination_workload(&local, local.identity().ok().as_ref());
+    let attrs = ConnAttrs { src_ip: rec.src_addr.ip(), src_identity: None, dst };
+    if let Decision::Deny { reason, .. } = rbac::evaluate(&snap, &local, &attrs) {
+        return Err(ProxyError::Denied(reason));
+    }
+    let source = (px.orig_src && rec.src_addr.ip() != dst.ip()).then_some(rec.src_addr.ip());
+    let up = super::socket::connect(px.sockets.as_ref(), dst, source, px.inputs.cfg.connect_timeout)
+        .await
+        .map_err(|source| ProxyError::Connect { addr: dst, source })?;
+    let counters = rec.established();
+    Ok(until_forced(drain, copy::tcp_tcp(down, &up, &counters.received, &counters.sent)).await)
+}

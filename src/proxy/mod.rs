@@ -1,0 +1,205 @@
+//! The L4 data path of one served workload: outbound capture (15001), inbound HBONE (15008)
+//! and inbound plaintext (15006), all with sockets from the workload's [`SocketFactory`].
+//!
+//! Each path reads as accept, decide, connect, copy. Errors are one enum, mapped to HTTP status
+//! (inbound HBONE) and Istio response flags in one place ([`ProxyError`]).
+
+pub mod copy;
+pub mod inbound;
+pub mod inbound_passthrough;
+pub mod outbound;
+pub mod route;
+pub mod socket;
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::config::{Config, WorkloadInfo};
+use crate::drain::DrainWatch;
+use crate::hbone::client::{HboneError, Pool};
+use crate::identity::Identity;
+use crate::state::model::Workload;
+use crate::state::StateStore;
+use crate::tls::certs::{CertError, CertManager};
+use socket::SocketFactory;
+
+pub const OUTBOUND_PORT: u16 = 15001;
+pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
+pub const HBONE_PORT: u16 = 15008;
+/// Admin, metrics and readiness: never valid proxy destinations.
+pub const ADMIN_PORTS: [u16; 3] = [15000, 15020, 15021];
+pub const DEFAULT_PACKET_MARK: u32 = 1337;
+
+/// How long a connection waits for its workload to appear in state (protocols.md §3.4).
+const LOCAL_WORKLOAD_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("served workload {0} is not in the state (yet)")]
+    LocalWorkloadUnknown(String),
+    #[error("served workload has an invalid identity: {0}")]
+    BadIdentity(String),
+    #[error(transparent)]
+    Route(#[from] route::RouteError),
+    #[error(transparent)]
+    Inbound(#[from] route::InboundError),
+    #[error(transparent)]
+    Hbone(#[from] HboneError),
+    #[error(transparent)]
+    Cert(#[from] CertError),
+    #[error("cannot connect to {addr}: {source}")]
+    Connect { addr: SocketAddr, source: io::Error },
+    #[error("{0}")]
+    Denied(String),
+    #[error("method {0} is not CONNECT")]
+    NotConnect(String),
+    #[error("unparsable authority {0:?}")]
+    BadAuthority(String),
+    #[error("plaintext destination {0} is not an address of the served workload")]
+    NotLocal(SocketAddr),
+}
+
+impl ProxyError {
+    /// Istio's `response_flags` label value.
+    pub fn response_flags(&self) -> &'static str {
+        match self {
+            ProxyError::Denied(_) => "DENY",
+            ProxyError::Hbone(e) => e.response_flags(),
+            ProxyError::Cert(_) | ProxyError::BadIdentity(_) => "IDENTITY_ERROR",
+            _ => "CONNECT",
+        }
+    }
+
+    /// The HTTP status an inbound CONNECT gets for this error (protocols.md §1.6).
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NotConnect(_) | ProxyError::BadAuthority(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Inbound(route::InboundError::IpMismatch { .. }) => StatusCode::BAD_REQUEST,
+            ProxyError::Denied(_) => StatusCode::UNAUTHORIZED,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// Everything the proxies of one node share.
+pub struct ProxyInputs {
+    pub cfg: Arc<Config>,
+    pub state: StateStore,
+    pub certs: Arc<CertManager>,
+}
+
+/// The proxy of one served workload.
+pub struct WorkloadProxy {
+    pub inputs: Arc<ProxyInputs>,
+    pub info: WorkloadInfo,
+    pub sockets: Arc<dyn SocketFactory>,
+    pub pool: Arc<Pool>,
+    /// Deliver inbound connections from the client's own IP (IP_TRANSPARENT works here).
+    pub orig_src: bool,
+}
+
+/// The three listeners of one served workload.
+pub struct Listeners {
+    pub outbound: TcpListener,
+    pub inbound_plaintext: TcpListener,
+    pub hbone: TcpListener,
+}
+
+impl Listeners {
+    pub fn addrs(&self) -> io::Result<(SocketAddr, SocketAddr, SocketAddr)> {
+        Ok((self.outbound.local_addr()?, self.inbound_plaintext.local_addr()?, self.hbone.local_addr()?))
+    }
+}
+
+impl WorkloadProxy {
+    /// Binds the listeners for `info` with `sockets` (in that workload's namespace).
+    pub fn bind(inputs: Arc<ProxyInputs>, info: WorkloadInfo, sockets: Arc<dyn SocketFactory>) -> io::Result<(Arc<Self>, Listeners)> {
+        let cfg = inputs.cfg.clone();
+        let want_transparent = cfg.orig_src != Some(false);
+        let (outbound, _) = listen_any(sockets.as_ref(), cfg.ports.outbound, cfg.ipv6, false)?;
+        let (inbound_plaintext, t1) = listen_any(sockets.as_ref(), cfg.ports.inbound_plaintext, cfg.ipv6, want_transparent)?;
+        let (hbone, t2) = listen_any(sockets.as_ref(), cfg.ports.hbone, cfg.ipv6, want_transparent)?;
+        let orig_src = want_transparent && t1 && t2;
+        if cfg.orig_src == Some(true) && !orig_src {
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "ENABLE_ORIG_SRC=true but IP_TRANSPARENT is not permitted (needs CAP_NET_ADMIN)"));
+        }
+        let pool = Pool::new(sockets.clone(), cfg.h2.clone(), cfg.connect_timeout, cfg.handshake_timeout);
+        let px = Arc::new(WorkloadProxy { inputs, info, sockets, pool, orig_src });
+        Ok((px, Listeners { outbound, inbound_plaintext, hbone }))
+    }
+
+    /// Serves until `drain` starts; open connections then finish under the drain's control.
+    pub async fn run(self: Arc<Self>, l: Listeners, drain: DrainWatch) {
+        let (px1, px2, px3) = (self.clone(), self.clone(), self.clone());
+        tokio::join!(
+            accept_loop(l.outbound, drain.clone(), "outbound", move |s, d| outbound::handle(px1.clone(), s, d)),
+            accept_loop(l.inbound_plaintext, drain.clone(), "inbound plaintext", move |s, d| inbound_passthrough::handle(px2.clone(), s, d)),
+            accept_loop(l.hbone, drain.clone(), "inbound HBONE", move |s, d| inbound::handle_connection(px3.clone(), s, d)),
+        );
+    }
+
+    /// The served workload as the current state describes it, waiting briefly for state.
+    pub async fn local_workload(&self) -> Result<Arc<Workload>, ProxyError> {
+        let info = &self.info;
+        self.inputs
+            .state
+            .wait_for(LOCAL_WORKLOAD_WAIT, |s| s.find_workload(&info.namespace, &info.name, Some(&info.service_account)).cloned())
+            .await
+            .ok_or_else(|| ProxyError::LocalWorkloadUnknown(info.to_string()))
+    }
+
+    pub fn identity(&self, w: &Workload) -> Result<Identity, ProxyError> {
+        w.identity().map_err(|e| ProxyError::BadIdentity(e.to_string()))
+    }
+}
+
+/// Binds `[::]:port` (dual stack) or, without IPv6, `0.0.0.0:port`.
+fn listen_any(sockets: &dyn SocketFactory, port: u16, ipv6: bool, transparent: bool) -> io::Result<(TcpListener, bool)> {
+    if ipv6 {
+        match sockets.listen(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port), transparent) {
+            Ok(l) => return Ok(l),
+            // EAFNOSUPPORT / EADDRNOTAVAIL: no IPv6 in this namespace.
+            Err(e) if matches!(e.raw_os_error(), Some(97) | Some(99)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    sockets.listen(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port), transparent)
+}
+
+async fn accept_loop<F, Fut>(listener: TcpListener, drain: DrainWatch, name: &'static str, handle: F)
+where
+    F: Fn(TcpStream, DrainWatch) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => { tokio::spawn(handle(s, drain.clone())); }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(listener = name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = drain.draining() => break,
+        }
+    }
+    tracing::debug!(listener = name, "listener closed for drain");
+}
+
+/// Runs the copy phase of a connection until it ends or the drain deadline forces it closed.
+pub async fn until_forced(drain: &DrainWatch, copy: impl Future<Output = copy::CopyResult>) -> copy::CopyResult {
+    tokio::select! {
+        r = copy => r,
+        _ = drain.forced() => copy::CopyResult {
+            error: Some(io::Error::new(io::ErrorKind::ConnectionAborted, "closed at the drain deadline")),
+            ..Default::default()
+        },
+    }
+}

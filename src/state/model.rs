@@ -1,0 +1,382 @@
+//! The workload/service/authorization model ferry routes and authorizes on (WDS, protocols.md §4.7).
+//!
+//! These are validated, typed values: every address parsed, every enum known. Sources (the
+//! local YAML file, later WDS and the cluster-state translation) convert into these types and
+//! reject what does not fit, so the data path never re-validates.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+use crate::identity::{Identity, IdentityError, DEFAULT_SERVICE_ACCOUNT, DEFAULT_TRUST_DOMAIN};
+
+/// Service port to target port.
+pub type PortMap = BTreeMap<u16, u16>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
+pub enum TunnelProtocol {
+    #[default]
+    #[serde(rename = "TCP")]
+    None,
+    #[serde(rename = "HBONE")]
+    Hbone,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
+pub enum HealthStatus {
+    #[default]
+    Healthy,
+    Unhealthy,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkloadType {
+    #[default]
+    Deployment,
+    Cronjob,
+    Pod,
+    Job,
+}
+
+impl WorkloadType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadType::Deployment => "deployment",
+            WorkloadType::Cronjob => "cronjob",
+            WorkloadType::Pod => "pod",
+            WorkloadType::Job => "job",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
+pub enum NetworkMode {
+    #[default]
+    Standard,
+    HostNetwork,
+}
+
+/// An IP address qualified by the network it is reachable in ("" = the default network).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct NetworkAddress {
+    pub network: String,
+    pub address: IpAddr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum GatewayDestination {
+    Address(NetworkAddress),
+    Hostname { namespace: String, hostname: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayAddress {
+    pub destination: GatewayDestination,
+    pub hbone_mtls_port: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize)]
+pub struct Locality {
+    pub region: String,
+    pub zone: String,
+    pub subzone: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum AppTunnelProtocol {
+    None,
+    Proxy,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ApplicationTunnel {
+    pub protocol: AppTunnelProtocol,
+    /// `None` keeps the original destination port.
+    pub port: Option<u16>,
+}
+
+/// A pod (or other endpoint) as WDS describes it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Workload {
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    pub addresses: Vec<IpAddr>,
+    pub hostname: String,
+    pub network: String,
+    pub protocol: TunnelProtocol,
+    pub trust_domain: String,
+    pub service_account: String,
+    pub waypoint: Option<GatewayAddress>,
+    pub network_gateway: Option<GatewayAddress>,
+    pub node: String,
+    pub canonical_name: String,
+    pub canonical_revision: String,
+    pub workload_type: WorkloadType,
+    pub workload_name: String,
+    pub native_tunnel: bool,
+    pub application_tunnel: Option<ApplicationTunnel>,
+    /// `namespace/hostname` of each service this workload is an endpoint of, with its port map.
+    pub services: BTreeMap<String, PortMap>,
+    pub authorization_policies: Vec<String>,
+    pub status: HealthStatus,
+    pub cluster_id: String,
+    pub locality: Locality,
+    pub network_mode: NetworkMode,
+    pub capacity: u32,
+}
+
+impl Workload {
+    /// The workload's SPIFFE identity, with Istio's defaults for an empty trust domain or
+    /// service account.
+    pub fn identity(&self) -> Result<Identity, IdentityError> {
+        let td = if self.trust_domain.is_empty() { DEFAULT_TRUST_DOMAIN } else { &self.trust_domain };
+        let sa = if self.service_account.is_empty() { DEFAULT_SERVICE_ACCOUNT } else { &self.service_account };
+        Identity::new(td, &self.namespace, sa)
+    }
+
+    /// A minimal workload, for tests and translations that fill in the rest.
+    pub fn new(uid: &str, namespace: &str, name: &str) -> Self {
+        Workload {
+            uid: uid.to_string(),
+            name: name.to_string(),
+            namespace: namespace.to_string(),
+            addresses: Vec::new(),
+            hostname: String::new(),
+            network: String::new(),
+            protocol: TunnelProtocol::None,
+            trust_domain: String::new(),
+            service_account: String::new(),
+            waypoint: None,
+            network_gateway: None,
+            node: String::new(),
+            canonical_name: String::new(),
+            canonical_revision: String::new(),
+            workload_type: WorkloadType::Deployment,
+            workload_name: String::new(),
+            native_tunnel: false,
+            application_tunnel: None,
+            services: BTreeMap::new(),
+            authorization_policies: Vec::new(),
+            status: HealthStatus::Healthy,
+            cluster_id: String::new(),
+            locality: Locality::default(),
+            network_mode: NetworkMode::Standard,
+            capacity: 1,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum LbScope {
+    Region,
+    Zone,
+    Subzone,
+    Node,
+    Cluster,
+    Network,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
+pub enum LbMode {
+    #[default]
+    Standard,
+    Strict,
+    Failover,
+    Passthrough,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
+pub enum HealthPolicy {
+    #[default]
+    OnlyHealthy,
+    AllowAll,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancing {
+    pub routing_preference: Vec<LbScope>,
+    pub mode: LbMode,
+    pub health_policy: HealthPolicy,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
+pub enum IpFamilies {
+    #[default]
+    Automatic,
+    Ipv4Only,
+    Ipv6Only,
+    Dual,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
+pub enum Visibility {
+    #[default]
+    Public,
+    Namespace,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CidrVip {
+    pub network: String,
+    pub cidr: IpNet,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WeightedWaypoint {
+    pub destination: GatewayAddress,
+    pub weight: u32,
+}
+
+/// A Kubernetes service (or ServiceEntry) as WDS describes it. Endpoints are not stored here:
+/// they are derived from workloads' `services` maps when the snapshot is indexed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Service {
+    pub name: String,
+    pub namespace: String,
+    pub hostname: String,
+    pub vips: Vec<NetworkAddress>,
+    pub cidr_vips: Vec<CidrVip>,
+    pub ports: PortMap,
+    pub subject_alt_names: Vec<String>,
+    pub waypoint: Option<GatewayAddress>,
+    pub weighted_waypoints: Vec<WeightedWaypoint>,
+    pub load_balancing: Option<LoadBalancing>,
+    pub ip_families: IpFamilies,
+    pub canonical: bool,
+    pub visibility: Visibility,
+}
+
+impl Service {
+    /// The key workloads use to name this service: `namespace/hostname`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.hostname)
+    }
+
+    pub fn new(namespace: &str, name: &str, hostname: &str) -> Self {
+        Service {
+            name: name.to_string(),
+            namespace: namespace.to_string(),
+            hostname: hostname.to_string(),
+            vips: Vec::new(),
+            cidr_vips: Vec::new(),
+            ports: PortMap::new(),
+            subject_alt_names: Vec::new(),
+            waypoint: None,
+            weighted_waypoints: Vec::new(),
+            load_balancing: None,
+            ip_families: IpFamilies::Automatic,
+            canonical: false,
+            visibility: Visibility::Public,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum PolicyScope {
+    Global,
+    Namespace,
+    WorkloadSelector,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum PolicyAction {
+    Allow,
+    Deny,
+}
+
+/// Istio's string match forms. Matching is by byte comparison only, never by regular expression.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum StringMatch {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Presence,
+}
+
+impl StringMatch {
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            StringMatch::Exact(s) => value == s,
+            StringMatch::Prefix(s) => value.starts_with(s.as_str()),
+            StringMatch::Suffix(s) => value.ends_with(s.as_str()),
+            StringMatch::Presence => !value.is_empty(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAccountMatch {
+    pub namespace: String,
+    pub service_account: String,
+}
+
+/// One match of a clause; every populated field must hold.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Match {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<StringMatch>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_namespaces: Vec<StringMatch>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub principals: Vec<StringMatch>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_principals: Vec<StringMatch>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub source_ips: Vec<IpNet>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_source_ips: Vec<IpNet>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub destination_ips: Vec<IpNet>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_destination_ips: Vec<IpNet>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub destination_ports: Vec<u16>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_destination_ports: Vec<u16>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub service_accounts: Vec<ServiceAccountMatch>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_service_accounts: Vec<ServiceAccountMatch>,
+}
+
+/// A clause matches if any of its matches does (an empty clause matches).
+pub type Clause = Vec<Match>;
+/// A rule matches if every clause does.
+pub type Rule = Vec<Clause>;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Authorization {
+    pub name: String,
+    pub namespace: String,
+    pub scope: PolicyScope,
+    pub action: PolicyAction,
+    pub dry_run: bool,
+    pub rules: Vec<Rule>,
+}
+
+impl Authorization {
+    /// The key workloads reference policies by: `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A resolved destination for logging and metrics: the address and, when known, who owns it.
+#[derive(Clone, Debug)]
+pub struct Destination {
+    pub addr: SocketAddr,
+    pub workload: Option<std::sync::Arc<Workload>>,
+    pub service: Option<std::sync::Arc<Service>>,
+}

@@ -1,0 +1,150 @@
+//! Istio's TCP metrics (protocols.md §7): names, the traffic label set, and the exporter.
+//!
+//! Each connection resolves its labels once and holds counter handles, so the per-chunk cost of
+//! byte accounting on the data path is one atomic add.
+
+use std::sync::OnceLock;
+
+use metrics::{Counter, Label};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::identity::Identity;
+use crate::state::model::{Service, Workload};
+
+pub const OPENED: &str = "istio_tcp_connections_opened_total";
+pub const CLOSED: &str = "istio_tcp_connections_closed_total";
+pub const FAILED: &str = "istio_tcp_connections_failed_total";
+pub const RECEIVED: &str = "istio_tcp_received_bytes_total";
+pub const SENT: &str = "istio_tcp_sent_bytes_total";
+
+const UNKNOWN: &str = "unknown";
+
+/// Installs the process-wide Prometheus recorder (idempotent).
+pub fn install() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; ferry metrics will not be exported");
+            }
+            metrics::gauge!("istio_build", "component" => "ferry", "tag" => env!("CARGO_PKG_VERSION")).set(1.0);
+            handle
+        })
+        .clone()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reporter {
+    Source,
+    Destination,
+}
+
+/// One side (source or destination) of the traffic labels.
+#[derive(Clone, Debug, Default)]
+pub struct Peer {
+    pub workload: Option<String>,
+    pub canonical_service: Option<String>,
+    pub canonical_revision: Option<String>,
+    pub namespace: Option<String>,
+    pub principal: Option<String>,
+    pub cluster: Option<String>,
+}
+
+impl Peer {
+    /// Labels for a workload known from state; `principal` only when verified by mTLS.
+    pub fn from_workload(w: &Workload, principal: Option<&Identity>) -> Peer {
+        let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        Peer {
+            workload: nonempty(&w.workload_name).or_else(|| nonempty(&w.name)),
+            canonical_service: nonempty(&w.canonical_name).or_else(|| nonempty(&w.name)),
+            canonical_revision: nonempty(&w.canonical_revision).or_else(|| Some("latest".into())),
+            namespace: nonempty(&w.namespace),
+            principal: principal.map(|p| p.to_string()),
+            cluster: nonempty(&w.cluster_id).or_else(|| Some("Kubernetes".into())),
+        }
+    }
+
+    /// Labels for a peer known only by its verified identity.
+    pub fn from_identity(id: &Identity) -> Peer {
+        Peer { namespace: Some(id.namespace().to_string()), principal: Some(id.to_string()), ..Default::default() }
+    }
+}
+
+/// The full Istio traffic label set of one connection.
+#[derive(Clone, Debug)]
+pub struct TrafficLabels {
+    pub reporter: Reporter,
+    pub source: Peer,
+    pub destination: Peer,
+    pub service: Option<(String, String, String)>,
+    pub mtls: bool,
+}
+
+impl TrafficLabels {
+    pub fn new(reporter: Reporter) -> Self {
+        TrafficLabels { reporter, source: Peer::default(), destination: Peer::default(), service: None, mtls: false }
+    }
+
+    pub fn set_service(&mut self, s: &Service) {
+        self.service = Some((s.hostname.clone(), s.namespace.clone(), s.name.clone()));
+    }
+
+    pub fn to_labels(&self, response_flags: &str) -> Vec<Label> {
+        let v = |o: &Option<String>| o.clone().unwrap_or_else(|| UNKNOWN.to_string());
+        let (s, d) = (&self.source, &self.destination);
+        let (svc_host, svc_ns, svc_name) = match &self.service {
+            Some((h, n, name)) => (h.clone(), n.clone(), name.clone()),
+            None => (UNKNOWN.into(), UNKNOWN.into(), UNKNOWN.into()),
+        };
+        vec![
+            Label::new("reporter", if self.reporter == Reporter::Source { "source" } else { "destination" }),
+            Label::new("source_workload", v(&s.workload)),
+            Label::new("source_canonical_service", v(&s.canonical_service)),
+            Label::new("source_canonical_revision", v(&s.canonical_revision)),
+            Label::new("source_workload_namespace", v(&s.namespace)),
+            Label::new("source_principal", v(&s.principal)),
+            Label::new("source_app", v(&s.canonical_service)),
+            Label::new("source_version", v(&s.canonical_revision)),
+            Label::new("source_cluster", v(&s.cluster)),
+            Label::new("destination_service", svc_host),
+            Label::new("destination_service_namespace", svc_ns),
+            Label::new("destination_service_name", svc_name),
+            Label::new("destination_workload", v(&d.workload)),
+            Label::new("destination_canonical_service", v(&d.canonical_service)),
+            Label::new("destination_canonical_revision", v(&d.canonical_revision)),
+            Label::new("destination_workload_namespace", v(&d.namespace)),
+            Label::new("destination_principal", v(&d.principal)),
+            Label::new("destination_app", v(&d.canonical_service)),
+            Label::new("destination_version", v(&d.canonical_revision)),
+            Label::new("destination_cluster", v(&d.cluster)),
+            Label::new("request_protocol", "tcp"),
+            Label::new("response_flags", response_flags.to_string()),
+            Label::new("connection_security_policy", if self.mtls { "mutual_tls" } else { UNKNOWN }),
+        ]
+    }
+}
+
+/// Byte counters of an established connection.
+#[derive(Clone)]
+pub struct ByteCounters {
+    /// Downstream to upstream ("received" by the proxy, Istio's request bytes).
+    pub received: Counter,
+    /// Upstream to downstream ("sent" to the client, Istio's response bytes).
+    pub sent: Counter,
+}
+
+impl ByteCounters {
+    pub fn new(labels: &[Label]) -> Self {
+        ByteCounters {
+            received: metrics::counter!(RECEIVED, labels.to_vec()),
+            sent: metrics::counter!(SENT, labels.to_vec()),
+        }
+    }
+
+    /// Counters that record nothing (for paths that are not reported).
+    pub fn noop() -> Self {
+        ByteCounters { received: Counter::noop(), sent: Counter::noop() }
+    }
+}

@@ -1,0 +1,288 @@
+//! mTLS for HBONE (protocols.md §1.2): TLS 1.3 only, AES-GCM suites, ALPN `h2`, mandatory client
+//! certificates, no SNI, no session resumption. One [`WorkloadCert`] per local identity carries
+//! its ready-built server config; client configs are built per pooled connection because the
+//! expected peer identities are part of the verifier.
+
+pub mod ca;
+pub mod certs;
+pub mod verify;
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use rustls::client::{ResolvesClientCert, Resumption};
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore, ServerConfig, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use serde::Serialize;
+
+use crate::identity::Identity;
+use verify::{leaf_identity, ExpectedIdentityVerifier, TrustDomainVerifier};
+
+pub const ALPN_H2: &[u8] = b"h2";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("certificate chain from the CA is empty or has no root")]
+    ShortChain,
+    #[error("cannot parse PEM certificate: {0}")]
+    Pem(String),
+    #[error("CA returned a certificate for {got}, but {want} was requested")]
+    WrongIdentity { got: String, want: String },
+    #[error("certificate identity: {0}")]
+    Identity(#[from] verify::PeerIdentityError),
+    #[error("cannot parse certificate validity: {0}")]
+    Validity(String),
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("no usable root certificate: {0}")]
+    Roots(String),
+}
+
+/// ring, restricted to TLS 1.3 AES-GCM suites (AES-256 first, like Istio); default key exchange
+/// groups (X25519, P-256, P-384).
+pub fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| {
+            let mut p = rustls::crypto::ring::default_provider();
+            p.cipher_suites = vec![
+                rustls::crypto::ring::cipher_suite::TLS13_AES_256_GCM_SHA384,
+                rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256,
+            ];
+            Arc::new(p)
+        })
+        .clone()
+}
+
+/// A workload certificate with everything needed to serve and dial as that identity.
+#[derive(Debug)]
+pub struct WorkloadCert {
+    pub identity: Identity,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    /// Leaf first, then intermediates (never the root).
+    pub chain: Vec<CertificateDer<'static>>,
+    pub roots: Vec<CertificateDer<'static>>,
+    certified: Arc<CertifiedKey>,
+    root_store: Arc<RootCertStore>,
+    server_config: Arc<ServerConfig>,
+}
+
+impl WorkloadCert {
+    /// Builds a workload certificate from a CA response (`[leaf, intermediates.., root bundle]`,
+    /// protocols.md §5) and the private key that signed the CSR. The leaf must carry exactly
+    /// `identity` (invariant P1: never present an identity that was not asked for).
+    pub fn from_ca_response(identity: Identity, key_pkcs8: Vec<u8>, pems: &[String]) -> Result<Self, TlsError> {
+        let (leaf_pem, rest) = pems.split_first().ok_or(TlsError::ShortChain)?;
+        let (root_pem, intermediates) = rest.split_last().ok_or(TlsError::ShortChain)?;
+        let leaf = parse_certs(leaf_pem)?.into_iter().next().ok_or(TlsError::ShortChain)?;
+        let got = leaf_identity(&leaf)?;
+        if got != identity {
+            return Err(TlsError::WrongIdentity { got: got.to_string(), want: identity.to_string() });
+        }
+        let roots = parse_certs(root_pem)?;
+        let mut chain = vec![leaf];
+        for pem in intermediates {
+            chain.extend(parse_certs(pem)?.into_iter().filter(|c| !roots.contains(c)));
+        }
+        Self::assemble(identity, PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pkcs8)), chain, roots)
+    }
+
+    fn assemble(
+        identity: Identity,
+        key: PrivateKeyDer<'static>,
+        chain: Vec<CertificateDer<'static>>,
+        roots: Vec<CertificateDer<'static>>,
+    ) -> Result<Self, TlsError> {
+        let (not_before, not_after) = validity(&chain[0])?;
+        let mut store = RootCertStore::empty();
+        for r in &roots {
+            store.add(r.clone()).map_err(|e| TlsError::Roots(e.to_string()))?;
+        }
+        let root_store = Arc::new(store);
+        let signer = provider().key_provider.load_private_key(key)?;
+        let certified = Arc::new(CertifiedKey::new(chain.clone(), signer));
+        let server_config = server_config(&identity, root_store.clone(), certified.clone())?;
+        Ok(WorkloadCert { identity, not_before, not_after, chain, roots, certified, root_store, server_config })
+    }
+
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        self.server_config.clone()
+    }
+
+    /// A client config presenting this certificate that accepts only a peer proving one of
+    /// `expected`.
+    pub fn client_config(&self, expected: Vec<Identity>) -> Arc<ClientConfig> {
+        let p = provider();
+        let verifier = ExpectedIdentityVerifier::new(self.root_store.clone(), expected, p.signature_verification_algorithms);
+        let mut c = ClientConfig::builder_with_provider(p)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("the ring provider supports TLS 1.3")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_client_cert_resolver(Arc::new(FixedCert(self.certified.clone())));
+        c.alpn_protocols = vec![ALPN_H2.to_vec()];
+        c.resumption = Resumption::disabled();
+        c.enable_sni = false;
+        Arc::new(c)
+    }
+
+    /// Istio refreshes at half-life (protocols.md §5).
+    pub fn refresh_at(&self) -> SystemTime {
+        let life = self.not_after.duration_since(self.not_before).unwrap_or(Duration::ZERO);
+        self.not_before + life / 2
+    }
+
+    pub fn is_valid_at(&self, t: SystemTime) -> bool {
+        t >= self.not_before && t < self.not_after
+    }
+
+    pub fn dump(&self) -> CertDump {
+        CertDump {
+            identity: self.identity.to_string(),
+            not_before: humantime(self.not_before),
+            not_after: humantime(self.not_after),
+            refresh_at: humantime(self.refresh_at()),
+            chain: self.chain.iter().map(|c| describe(c)).collect(),
+            roots: self.roots.iter().map(|c| describe(c)).collect(),
+        }
+    }
+}
+
+/// An operator-readable description of a TLS I/O error (rustls wraps ferry's own certificate
+/// errors in an opaque variant whose Display is a Debug dump).
+pub fn describe_tls_error(e: &std::io::Error) -> String {
+    let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+    match inner {
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(o))) => format!("invalid peer certificate: {}", o.0),
+        Some(r) => r.to_string(),
+        None => e.to_string(),
+    }
+}
+
+/// The server name rustls requires; never sent (SNI off) and never checked.
+pub fn dummy_server_name() -> ServerName<'static> {
+    ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into())
+}
+
+fn server_config(identity: &Identity, roots: Arc<RootCertStore>, cert: Arc<CertifiedKey>) -> Result<Arc<ServerConfig>, TlsError> {
+    let p = provider();
+    let inner = WebPkiClientVerifier::builder_with_provider(roots, p.clone())
+        .build()
+        .map_err(|e| TlsError::Roots(e.to_string()))?;
+    let verifier = TrustDomainVerifier::new(inner, identity.trust_domain().to_string());
+    let mut c = ServerConfig::builder_with_provider(p)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_cert_resolver(Arc::new(FixedCert(cert)));
+    c.alpn_protocols = vec![ALPN_H2.to_vec()];
+    c.session_storage = Arc::new(NoServerSessionStorage {});
+    c.send_tls13_tickets = 0;
+    Ok(Arc::new(c))
+}
+
+#[derive(Debug)]
+struct FixedCert(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for FixedCert {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+impl ResolvesClientCert for FixedCert {
+    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+pub fn parse_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
+    let certs = certs.map_err(|e| TlsError::Pem(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem("no CERTIFICATE block".into()));
+    }
+    Ok(certs)
+}
+
+fn validity(der: &CertificateDer<'_>) -> Result<(SystemTime, SystemTime), TlsError> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, c) = X509Certificate::from_der(der).map_err(|e| TlsError::Validity(e.to_string()))?;
+    let t = |ts: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(ts.max(0) as u64);
+    Ok((t(c.validity().not_before.timestamp()), t(c.validity().not_after.timestamp())))
+}
+
+/// A certificate as the config dump shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertDump {
+    pub identity: String,
+    pub not_before: String,
+    pub not_after: String,
+    pub refresh_at: String,
+    pub chain: Vec<CertSummary>,
+    pub roots: Vec<CertSummary>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertSummary {
+    pub subject: String,
+    pub serial: String,
+    pub not_before: String,
+    pub not_after: String,
+    pub uri_sans: Vec<String>,
+}
+
+fn describe(der: &CertificateDer<'_>) -> CertSummary {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    match X509Certificate::from_der(der) {
+        Ok((_, c)) => CertSummary {
+            subject: c.subject().to_string(),
+            serial: c.raw_serial_as_string(),
+            not_before: c.validity().not_before.to_string(),
+            not_after: c.validity().not_after.to_string(),
+            uri_sans: c
+                .subject_alternative_name()
+                .ok()
+                .flatten()
+                .map(|s| {
+                    s.value
+                        .general_names
+                        .iter()
+                        .filter_map(|n| match n {
+                            x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
+                            _ => None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        },
+        Err(e) => CertSummary {
+            subject: format!("<unparsable: {e}>"),
+            serial: String::new(),
+            not_before: String::new(),
+            not_after: String::new(),
+            uri_sans: Vec::new(),
+        },
+    }
+}
+
+/// RFC 3339 UTC, to the second.
+pub fn humantime(t: SystemTime) -> String {
+    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    match time::OffsetDateTime::from_unix_timestamp(secs) {
+        Ok(dt) => dt.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        Err(_) => secs.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;
