@@ -84,7 +84,7 @@ pub fn nft_install(c: &RedirectConfig) -> String {
             let _ = writeln!(s, "    meta l4proto tcp ip6 daddr != ::1 tcp dport != {} {mark} redirect to :{}", c.hbone_port, c.inbound_plaintext_port);
         }
     }
-    let _ = writeln!(s, "  }}\n  chain output_nat {{\n    type nat hook output priority dstnat; policy accept;");
+    let _ = writeln!(s, "  }}\n  chain output_nat {{\n    type nat hook output priority -100; policy accept;");
     let _ = writeln!(s, "    ip daddr {} meta l4proto tcp accept", c.probe_v4);
     let _ = writeln!(s, "    meta l4proto tcp meta mark & {MARK_MASK:#x} == {CONNMARK:#x} accept");
     let _ = writeln!(s, "    oifname \"lo\" ip daddr != 127.0.0.1 accept");

@@ -1,0 +1,234 @@
+//! The HBONE listener against malformed and hostile input, in process on 127.0.0.1: every
+//! refusal gets the status protocols.md §1.6 prescribes and never disturbs other clients.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use ferry::hbone::client::{Pool, PoolKey};
+use ferry::proxy::socket::{Keepalive, LocalSockets, SocketOptions};
+use ferry::proxy::{ProxyInputs, WorkloadProxy};
+use ferry::state::{local, StateStore};
+use ferry::tls::WorkloadCert;
+use http::{Method, Request, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+struct Harness {
+    _dir: TempDir,
+    hbone: SocketAddr,
+    outbound: SocketAddr,
+    echo: SocketAddr,
+    client_cert: Arc<WorkloadCert>,
+    server_id: ferry::identity::Identity,
+    _drain: ferry::drain::DrainTrigger,
+}
+
+async fn echo_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                // Read to EOF first: the reply proves the client's half-close arrived.
+                let _ = s.read_to_end(&mut buf).await;
+                let _ = s.write_all(&buf).await;
+            });
+        }
+    });
+    addr
+}
+
+async fn harness(policies: &str) -> Harness {
+    let dir = TempDir::new("hbone");
+    new_ca(dir.path());
+    let echo = echo_server().await;
+    let ports = [free_port(), free_port(), free_port()];
+    let yaml = format!(
+        r#"
+workloads:
+- {{uid: srv, name: server, namespace: default, serviceAccount: server, workloadIps: ["127.0.0.1"], protocol: HBONE,
+   services: {{"default/echo.default.svc.cluster.local": {{80: {echo_port}}}}}}}
+- {{uid: cli, name: client, namespace: default, serviceAccount: client, workloadIps: ["127.0.0.2"], protocol: HBONE}}
+services:
+- {{name: echo, namespace: default, hostname: echo.default.svc.cluster.local, vips: ["/10.96.0.10"], ports: {{80: 0}}}}
+{policies}
+"#,
+        echo_port = echo.port()
+    );
+    let mut cfg = config(&["--mode", "dedicated", "--workload-info", "default/server/server", "--ca-dir", dir.path().to_str().unwrap(), "--handshake-timeout", "300ms"]);
+    cfg.ports = ferry::config::Ports { outbound: ports[0], inbound_plaintext: ports[1], hbone: ports[2] };
+    cfg.ipv6 = false;
+    cfg.orig_src = Some(false);
+    let certs = cert_manager(dir.path());
+    let state = StateStore::from_input(local::parse(&yaml, "test").unwrap());
+    let inputs = Arc::new(ProxyInputs { cfg: Arc::new(cfg.clone()), state, certs: certs.clone() });
+    let sockets = Arc::new(LocalSockets { opts: SocketOptions { mark: None, reuse_port: true, keepalive: Keepalive::default() } });
+    let info = ferry::config::parse_workload_info("default/server/server").unwrap();
+    let (px, listeners) = WorkloadProxy::bind(inputs, info, sockets).unwrap();
+    let (outbound, _, hbone) = listeners.addrs().unwrap();
+    let (trigger, drain) = ferry::drain::new();
+    tokio::spawn(px.run(listeners, drain));
+    let client_cert = certs.fetch(&id("default", "client")).await.unwrap();
+    Harness {
+        _dir: dir,
+        hbone: SocketAddr::new("127.0.0.1".parse().unwrap(), hbone.port()),
+        outbound: SocketAddr::new("127.0.0.1".parse().unwrap(), outbound.port()),
+        echo,
+        client_cert,
+        server_id: id("default", "server"),
+        _drain: trigger,
+    }
+}
+
+/// A raw HTTP/2 client over mTLS, so tests can send what ferry's own client never would.
+async fn raw_client(h: &Harness) -> h2::client::SendRequest<Bytes> {
+    let tcp = TcpStream::connect(h.hbone).await.unwrap();
+    let cfg = h.client_cert.client_config(vec![h.server_id.clone()]);
+    let tls = tokio_rustls::TlsConnector::from(cfg).connect(ferry::tls::dummy_server_name(), tcp).await.unwrap();
+    let (send, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+async fn status_of(h: &Harness, method: Method, uri: &str) -> StatusCode {
+    let mut send = raw_client(h).await.ready().await.unwrap();
+    let req = Request::builder().method(method).uri(uri).body(()).unwrap();
+    let (resp, _stream) = send.send_request(req, false).unwrap();
+    resp.await.unwrap().status()
+}
+
+#[tokio::test]
+async fn connect_round_trip_with_half_close() {
+    let h = harness("").await;
+    let mut send = raw_client(&h).await.ready().await.unwrap();
+    let req = Request::builder().method(Method::CONNECT).uri(format!("127.0.0.1:{}", h.echo.port())).body(()).unwrap();
+    let (resp, mut stream) = send.send_request(req, false).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let baggage = resp.headers().get("baggage").unwrap().to_str().unwrap();
+    assert!(baggage.contains("k8s.namespace.name=default"), "{baggage}");
+    stream.send_data(Bytes::from_static(b"hello through the tunnel"), true).unwrap();
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        got.extend_from_slice(&chunk);
+    }
+    assert_eq!(got, b"hello through the tunnel");
+}
+
+#[tokio::test]
+async fn service_hostname_authority_maps_to_the_target_port() {
+    let h = harness("").await;
+    assert_eq!(status_of(&h, Method::CONNECT, "echo.default.svc.cluster.local:80").await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn malformed_requests_get_the_prescribed_status() {
+    let h = harness("").await;
+    let echo = h.echo.port();
+    let cases: Vec<(&str, Method, String, StatusCode)> = vec![
+        ("GET is not CONNECT", Method::GET, format!("https://127.0.0.1:{echo}/"), StatusCode::BAD_REQUEST),
+        ("POST is not CONNECT", Method::POST, format!("https://127.0.0.1:{echo}/x"), StatusCode::BAD_REQUEST),
+        ("authority without port", Method::CONNECT, "127.0.0.1".into(), StatusCode::BAD_REQUEST),
+        ("garbage authority", Method::CONNECT, "not_a_host:xx".into(), StatusCode::BAD_REQUEST),
+        ("another IP than the tunnel reached", Method::CONNECT, format!("10.1.2.3:{echo}"), StatusCode::BAD_REQUEST),
+        ("unknown service hostname", Method::CONNECT, "nope.default.svc.cluster.local:80".into(), StatusCode::SERVICE_UNAVAILABLE),
+        ("service port without mapping", Method::CONNECT, "echo.default.svc.cluster.local:81".into(), StatusCode::SERVICE_UNAVAILABLE),
+        ("the proxy's own HBONE port", Method::CONNECT, format!("127.0.0.1:{}", h.hbone.port()), StatusCode::SERVICE_UNAVAILABLE),
+        ("the admin port", Method::CONNECT, "127.0.0.1:15000".into(), StatusCode::SERVICE_UNAVAILABLE),
+        ("nothing listening", Method::CONNECT, format!("127.0.0.1:{}", free_port()), StatusCode::SERVICE_UNAVAILABLE),
+    ];
+    for (name, method, uri, want) in cases {
+        assert_eq!(status_of(&h, method, &uri).await, want, "{name}");
+    }
+    // After all of that, the listener still serves.
+    assert_eq!(status_of(&h, Method::CONNECT, &format!("127.0.0.1:{echo}")).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn policy_denial_is_401() {
+    let h = harness(
+        r#"policies:
+- name: no-client
+  namespace: default
+  scope: Namespace
+  action: Deny
+  rules: [[[{principals: [!Exact "cluster.local/ns/default/sa/client"]}]]]"#,
+    )
+    .await;
+    assert_eq!(status_of(&h, Method::CONNECT, &format!("127.0.0.1:{}", h.echo.port())).await, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn garbage_and_half_handshakes_are_closed_without_harm() {
+    let h = harness("").await;
+    let mut garbage = TcpStream::connect(h.hbone).await.unwrap();
+    garbage.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x00\x01\x02\xff").await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), garbage.read(&mut buf)).await.unwrap().unwrap_or(0);
+    assert!(n < 64, "the server answers garbage with at most a TLS alert, then closes");
+
+    // A TLS record header promising more bytes than ever arrive: closed at the handshake deadline.
+    let mut half = TcpStream::connect(h.hbone).await.unwrap();
+    half.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await.unwrap();
+    let start = std::time::Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(5), half.read(&mut buf)).await.expect("server must close a stalled handshake");
+    assert!(matches!(r, Ok(0) | Err(_)), "closed, not answered");
+    assert!(start.elapsed() >= Duration::from_millis(250), "closed by the deadline, not at once");
+
+    // A TCP connection that never speaks is closed at the same deadline.
+    let mut silent = TcpStream::connect(h.hbone).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf)).await.expect("silent peer must be closed");
+    assert!(matches!(r, Ok(0) | Err(_)));
+
+    assert_eq!(status_of(&h, Method::CONNECT, &format!("127.0.0.1:{}", h.echo.port())).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn outbound_to_own_port_is_refused_not_looped() {
+    let h = harness("").await;
+    // Not redirected, so the original destination is the listener itself: a loop.
+    let mut s = TcpStream::connect(h.outbound).await.unwrap();
+    let _ = s.write_all(b"ping").await;
+    let mut buf = [0u8; 8];
+    let r = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.unwrap();
+    assert!(matches!(r, Ok(0) | Err(_)), "loop must be refused: {r:?}");
+}
+
+#[tokio::test]
+async fn pool_never_shares_a_connection_across_identities() {
+    let h = harness("").await;
+    let dir = TempDir::new("pool");
+    let _ = dir;
+    let sockets = Arc::new(LocalSockets { opts: SocketOptions { mark: None, reuse_port: false, keepalive: Keepalive::default() } });
+    let cfg = config(&["--mode", "dedicated", "--workload-info", "a/b/c", "--ca-dir", "/nonexistent"]);
+    let pool = Pool::new(sockets, cfg.h2.clone(), Duration::from_secs(5), Duration::from_secs(5));
+    let req = || Request::builder().method(Method::CONNECT).uri(format!("127.0.0.1:{}", h.echo.port())).body(()).unwrap();
+    let client = id("default", "client");
+    let src: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let key = PoolKey::new(client.clone(), vec![h.server_id.clone()], src, h.hbone);
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        streams.push(pool.connect(&key, &h.client_cert, req()).await.unwrap());
+    }
+    assert_eq!(pool.pooled(), 1, "five streams, one pooled connection");
+    let other_src = PoolKey::new(client.clone(), vec![h.server_id.clone()], "127.0.0.3".parse().unwrap(), h.hbone);
+    streams.push(pool.connect(&other_src, &h.client_cert, req()).await.unwrap());
+    let other_sans = PoolKey::new(client, vec![h.server_id.clone(), id("default", "extra")], src, h.hbone);
+    streams.push(pool.connect(&other_sans, &h.client_cert, req()).await.unwrap());
+    assert_eq!(pool.pooled(), 3, "a different source IP or SAN set gets its own connection");
+    // A pool key whose expected identity the server cannot prove never gets a stream.
+    let wrong = PoolKey::new(id("default", "client"), vec![id("default", "payments")], src, h.hbone);
+    let e = pool.connect(&wrong, &h.client_cert, req()).await.err().unwrap();
+    assert_eq!(e.response_flags(), "IDENTITY_ERROR", "{e}");
+    assert!(e.to_string().contains("is not one of the expected identities"), "{e}");
+}

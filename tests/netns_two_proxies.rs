@@ -1,0 +1,263 @@
+//! Issue 2's end-to-end check on real kernel networking (root only; fails without root):
+//! two network namespaces on a veth pair, one ferry proxy in each (dedicated mode, shared CA
+//! directory, one local config file), outbound TCP redirected to 15001 by ferry's nftables
+//! rules. Shows: echo through the tunnel (pod IP and service VIP); both identities in the
+//! destination's metrics and access log with mutual_tls; the client's IP preserved; a canary
+//! never on the wire (only TLS to 15008); and an impostor's certificate refused.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::netns::*;
+use common::TempDir;
+
+const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+const STATE: &str = r#"
+workloads:
+- uid: Kubernetes//Pod/default/client-0
+  name: client
+  namespace: default
+  serviceAccount: client
+  workloadIps: ["198.18.0.1"]
+  protocol: HBONE
+  node: node-a
+  canonicalName: client
+- uid: Kubernetes//Pod/default/server-0
+  name: server
+  namespace: default
+  serviceAccount: server
+  workloadIps: ["198.18.0.2"]
+  protocol: HBONE
+  node: node-b
+  canonicalName: echo
+  canonicalRevision: v1
+  services:
+    "default/echo.default.svc.cluster.local":
+      80: 8080
+- uid: Kubernetes//Pod/default/payments-0
+  name: payments
+  namespace: default
+  serviceAccount: payments
+  workloadIps: ["198.18.1.3"]
+  protocol: HBONE
+services:
+- name: echo
+  namespace: default
+  hostname: echo.default.svc.cluster.local
+  vips: ["/198.19.0.10"]
+  ports:
+    80: 8080
+policies:
+- name: only-client
+  namespace: default
+  scope: Namespace
+  action: Allow
+  rules:
+  - - - principals: [!Exact "cluster.local/ns/default/sa/client"]
+"#;
+
+/// The impostor's own view: it claims payments' IP but holds the "attacker" identity.
+const IMPOSTOR_STATE: &str = r#"
+workloads:
+- uid: Kubernetes//Pod/default/payments-0
+  name: payments
+  namespace: default
+  serviceAccount: attacker
+  workloadIps: ["198.18.1.3"]
+  protocol: HBONE
+"#;
+
+fn start_proxy(ns: &Ns, workload: &str, state: &Path, ca: &Path, log: &Path) -> Proc {
+    let out = std::fs::File::create(log).unwrap();
+    let child = ns
+        .command(FERRY)
+        .arg("proxy")
+        .env_clear()
+        .env("PROXY_MODE", "dedicated")
+        .env("PROXY_WORKLOAD_INFO", workload)
+        .env("LOCAL_XDS_PATH", state)
+        .env("FERRY_CA_DIR", ca)
+        .env("PACKET_MARK", "1337")
+        .env("ENABLE_ORIG_SRC", "true")
+        .env("LOG_FORMAT", "json")
+        .env("IPV6_ENABLED", "false")
+        .stdout(Stdio::null())
+        .stderr(out)
+        .spawn()
+        .expect("spawn ferry");
+    Proc(child)
+}
+
+fn access_lines(log: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "access")
+        .collect()
+}
+
+fn metric_line<'a>(metrics: &'a str, name: &str, labels: &[(&str, &str)]) -> Option<&'a str> {
+    metrics.lines().find(|l| l.starts_with(&format!("{name}{{")) && labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+}
+
+#[test]
+fn two_namespaces_hbone_end_to_end() {
+    require_root();
+    let dir = TempDir::new("two-ns");
+    let ca = dir.path().join("ca");
+    let st = Command::new(FERRY).args(["ca", "init"]).arg(&ca).status().unwrap();
+    assert!(st.success(), "ferry ca init failed");
+    let state = dir.path().join("state.yaml");
+    std::fs::write(&state, STATE).unwrap();
+    let impostor_state = dir.path().join("impostor.yaml");
+    std::fs::write(&impostor_state, IMPOSTOR_STATE).unwrap();
+
+    let (a, b, c) = (Ns::new("a"), Ns::new("b"), Ns::new("c"));
+    veth(&a, "eth0", "198.18.0.1", &b, "eth0", "198.18.0.2");
+    veth(&a, "eth1", "198.18.1.1", &c, "eth0", "198.18.1.3");
+    a.exec("ip route add 198.19.0.0/16 dev eth0");
+    for ns in [&a, &b, &c] {
+        install_redirect(ns);
+    }
+    let b_peers = echo_server(&b, "0.0.0.0:8080");
+    let c_peers = echo_server(&c, "0.0.0.0:8080");
+
+    let logs = [dir.path().join("a.log"), dir.path().join("b.log"), dir.path().join("c.log")];
+    let mut pa = start_proxy(&a, "default/client/client", &state, &ca, &logs[0]);
+    let mut pb = start_proxy(&b, "default/server/server", &state, &ca, &logs[1]);
+    let mut pc = start_proxy(&c, "default/payments/attacker", &impostor_state, &ca, &logs[2]);
+    wait_ready(&a, &mut pa, &logs[0]);
+    wait_ready(&b, &mut pb, &logs[1]);
+    wait_ready(&c, &mut pc, &logs[2]);
+
+    // Capture everything on the A<->B link while the canary crosses it.
+    let pcap = dir.path().join("ab.pcap");
+    let cap_log = dir.path().join("tcpdump.log");
+    let mut tcpdump = Proc(
+        a.command("tcpdump")
+            .args(["-i", "eth0", "-n", "-U", "--immediate-mode", "-s", "0", "-w"])
+            .arg(&pcap)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&cap_log).unwrap())
+            .spawn()
+            .expect("tcpdump must be installed (.ci/run installs it)"),
+    );
+    wait_for(|| std::fs::read_to_string(&cap_log).unwrap_or_default().contains("listening on"), "tcpdump to start");
+
+    let canary = format!("FERRY-CANARY-{:016x}", fastrand::u64(..));
+    let payload = canary.repeat(64).into_bytes();
+    let got = echo_roundtrip(&a, "198.18.0.2:8080", payload.clone()).expect("echo via pod IP");
+    assert_eq!(got, payload, "echo through the tunnel (pod IP)");
+    let got = echo_roundtrip(&a, "198.19.0.10:80", payload.clone()).expect("echo via service VIP");
+    assert_eq!(got, payload, "echo through the tunnel (service VIP)");
+
+    // The impostor presents a valid certificate from the same CA, for the wrong identity.
+    let refused = echo_roundtrip(&a, "198.18.1.3:8080", b"secret for payments".to_vec());
+    assert!(refused.as_deref().unwrap_or_default().is_empty(), "nothing may come back from an impostor: {refused:?}");
+    assert!(c_peers.lock().unwrap().is_empty(), "the impostor's application must never be reached");
+
+    std::thread::sleep(Duration::from_millis(500));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(tcpdump.0.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let _ = tcpdump.0.wait();
+
+    // The wire: no canary bytes, and every TCP segment is to or from 15008.
+    let raw = std::fs::read(&pcap).unwrap();
+    let dump = Command::new("tcpdump").args(["-nn", "-r"]).arg(&pcap).output().unwrap();
+    assert!(raw.len() > 1000, "the capture must have seen the traffic ({} bytes): {}\n{}", raw.len(), String::from_utf8_lossy(&dump.stdout), std::fs::read_to_string(&cap_log).unwrap_or_default());
+    assert!(!raw.windows(13).any(|w| w == b"FERRY-CANARY-"), "plaintext canary found on the veth");
+    let other = Command::new("tcpdump").args(["-nn", "-r"]).arg(&pcap).arg("tcp and not port 15008").output().unwrap();
+    assert!(other.status.success());
+    let other = String::from_utf8_lossy(&other.stdout);
+    assert!(other.trim().is_empty(), "TCP other than HBONE on the wire:\n{other}");
+    let hbone = Command::new("tcpdump").args(["-nn", "-r"]).arg(&pcap).arg("tcp port 15008").output().unwrap();
+    assert!(String::from_utf8_lossy(&hbone.stdout).lines().count() > 10, "HBONE traffic must be on the wire");
+
+    // The application saw the client's own address (original source preserved).
+    let peers = b_peers.lock().unwrap().clone();
+    assert_eq!(peers.len(), 2);
+    assert!(peers.iter().all(|p| p.ip().to_string() == "198.18.0.1"), "server saw {peers:?}");
+
+    // Destination metrics name both identities over mutual TLS.
+    let (status, metrics) = http_get(&b, "127.0.0.1:15020", "/metrics").expect("metrics");
+    assert_eq!(status, 200);
+    let line = metric_line(
+        &metrics,
+        "istio_tcp_connections_opened_total",
+        &[
+            ("reporter", "destination"),
+            ("source_principal", "spiffe://cluster.local/ns/default/sa/client"),
+            ("destination_principal", "spiffe://cluster.local/ns/default/sa/server"),
+            ("connection_security_policy", "mutual_tls"),
+            ("source_workload", "client"),
+            ("destination_canonical_service", "echo"),
+            ("response_flags", "-"),
+        ],
+    );
+    let line = line.unwrap_or_else(|| panic!("no matching opened metric in:\n{metrics}"));
+    assert!(line.trim_end().ends_with(" 2"), "two connections: {line}");
+    assert!(metric_line(&metrics, "istio_tcp_received_bytes_total", &[("reporter", "destination")]).is_some());
+    let closed = metric_line(&metrics, "istio_tcp_connections_closed_total", &[("reporter", "destination"), ("source_principal", "spiffe://cluster.local/ns/default/sa/client")]);
+    assert!(closed.is_some(), "closed counter");
+
+    // Destination access log: one line per connection with both identities.
+    let lines = access_lines(&logs[1]);
+    let ok: Vec<_> = lines.iter().filter(|l| l["message"] == "connection complete").collect();
+    assert_eq!(ok.len(), 2, "access log lines: {lines:#?}");
+    for l in ok {
+        assert_eq!(l["src.identity"], "spiffe://cluster.local/ns/default/sa/client");
+        assert_eq!(l["dst.identity"], "spiffe://cluster.local/ns/default/sa/server");
+        assert_eq!(l["connection_security_policy"], "mutual_tls");
+        assert_eq!(l["direction"], "inbound");
+        assert_eq!(l["bytes_recv"].as_u64(), Some(payload.len() as u64));
+        assert_eq!(l["bytes_sent"].as_u64(), Some(payload.len() as u64));
+        assert_eq!(l["dst.addr"], "198.18.0.2:8080");
+    }
+
+    // The source refused the impostor and says why.
+    let a_lines = access_lines(&logs[0]);
+    let refused = a_lines
+        .iter()
+        .find(|l| l["dst.hbone_addr"] == "198.18.1.3:15008")
+        .unwrap_or_else(|| panic!("no access log for the impostor connection: {a_lines:#?}"));
+    assert_eq!(refused["response_flags"], "IDENTITY_ERROR");
+    let err = refused["error"].as_str().unwrap();
+    assert!(err.contains("spiffe://cluster.local/ns/default/sa/attacker is not one of the expected identities"), "{err}");
+    let (_, a_metrics) = http_get(&a, "127.0.0.1:15020", "/metrics").expect("metrics");
+    assert!(metric_line(&a_metrics, "istio_tcp_connections_failed_total", &[("reporter", "source"), ("response_flags", "IDENTITY_ERROR")]).is_some(), "{a_metrics}");
+
+    // Graceful shutdown on SIGTERM.
+    for p in [&mut pa, &mut pb, &mut pc] {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.0.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    }
+    for (p, log) in [(&mut pa, &logs[0]), (&mut pb, &logs[1])] {
+        let status = wait_exit(p);
+        assert!(status.success(), "proxy exit on SIGTERM: {status}; log: {}", std::fs::read_to_string(log).unwrap_or_default());
+    }
+}
+
+fn wait_for(mut f: impl FnMut() -> bool, what: &str) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(15) {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn wait_exit(p: &mut Proc) -> std::process::ExitStatus {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(s) = p.0.try_wait().unwrap() {
+            return s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "proxy did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
