@@ -80,17 +80,18 @@ pub struct ProxyArgs {
     #[arg(long, env = "PACKET_MARK")]
     pub packet_mark: Option<u32>,
 
-    /// Deliver inbound connections from the original client IP (IP_TRANSPARENT): "true"
-    /// (failure is fatal), "false", or unset for best effort.
+    /// Deliver inbound connections from the original client IP (IP_TRANSPARENT + the table-100
+    /// policy route the node agent installs): "true" (failure is fatal), "false", or unset:
+    /// best effort in shared mode, off in dedicated mode.
     #[arg(long, env = "ENABLE_ORIG_SRC", value_parser = BoolishValueParser::new())]
     pub enable_orig_src: Option<bool>,
 
     /// Listen on IPv6 as well as IPv4.
-    #[arg(long, env = "IPV6_ENABLED", value_parser = BoolishValueParser::new(), default_value = "true")]
+    #[arg(long, env = "IPV6_ENABLED", action = clap::ArgAction::Set, value_parser = BoolishValueParser::new(), default_value = "true")]
     pub ipv6_enabled: bool,
 
     /// Set SO_REUSEPORT on listeners so a new proxy can bind while the old one drains.
-    #[arg(long, env = "INPOD_PORT_REUSE", value_parser = BoolishValueParser::new(), default_value = "true")]
+    #[arg(long, env = "INPOD_PORT_REUSE", action = clap::ArgAction::Set, value_parser = BoolishValueParser::new(), default_value = "true")]
     pub inpod_port_reuse: bool,
 
     /// Maximum streams opened on one pooled HBONE connection before a new one is dialled.
@@ -127,7 +128,7 @@ pub struct ProxyArgs {
     pub worker_threads: String,
 
     /// TCP keepalive on every proxied socket.
-    #[arg(long, env = "KEEPALIVE_ENABLED", value_parser = BoolishValueParser::new(), default_value = "true")]
+    #[arg(long, env = "KEEPALIVE_ENABLED", action = clap::ArgAction::Set, value_parser = BoolishValueParser::new(), default_value = "true")]
     pub keepalive_enabled: bool,
     /// TCP keepalive idle time.
     #[arg(long, env = "KEEPALIVE_TIME", value_parser = parse_duration, default_value = "180s")]
@@ -139,15 +140,15 @@ pub struct ProxyArgs {
     #[arg(long, env = "KEEPALIVE_RETRIES", default_value_t = 9)]
     pub keepalive_retries: u32,
     /// Also set TCP_USER_TIMEOUT (keepalive time + retries * interval).
-    #[arg(long, env = "USER_TIMEOUT_ENABLED", value_parser = BoolishValueParser::new(), default_value = "false")]
+    #[arg(long, env = "USER_TIMEOUT_ENABLED", action = clap::ArgAction::Set, value_parser = BoolishValueParser::new(), default_value = "false")]
     pub user_timeout_enabled: bool,
 
     /// Return `baggage` describing the destination on HBONE responses.
-    #[arg(long, env = "ENABLE_RESPONSE_BAGGAGE", value_parser = BoolishValueParser::new(), default_value = "true")]
+    #[arg(long, env = "ENABLE_RESPONSE_BAGGAGE", action = clap::ArgAction::Set, value_parser = BoolishValueParser::new(), default_value = "true")]
     pub enable_response_baggage: bool,
 
     /// TLS 1.2 for HBONE. ferry speaks TLS 1.3 only; "true" is refused.
-    #[arg(long, env = "TLS12_ENABLED", value_parser = BoolishValueParser::new(), default_value = "false")]
+    #[arg(long, env = "TLS12_ENABLED", action = clap::ArgAction::Set, value_parser = BoolishValueParser::new(), default_value = "false")]
     pub tls12_enabled: bool,
 
     /// Deadline for a peer to complete the TLS and HTTP/2 handshakes on 15008.
@@ -315,7 +316,12 @@ impl ProxyArgs {
             node_name: self.node_name.clone(),
             cluster_id,
             packet_mark,
-            orig_src: self.enable_orig_src,
+            // Without the agent's policy routing, replies to a spoofed source would leave the
+            // namespace instead of returning to the proxy; dedicated mode opts in explicitly.
+            orig_src: match (self.mode, self.enable_orig_src) {
+                (ProxyMode::Dedicated, None) => Some(false),
+                (_, v) => v,
+            },
             ipv6: self.ipv6_enabled,
             port_reuse: self.inpod_port_reuse,
             h2: H2Config {

@@ -232,3 +232,41 @@ async fn pool_never_shares_a_connection_across_identities() {
     assert_eq!(e.response_flags(), "IDENTITY_ERROR", "{e}");
     assert!(e.to_string().contains("is not one of the expected identities"), "{e}");
 }
+
+#[tokio::test]
+async fn drain_lets_open_streams_finish_then_forces_the_rest() {
+    let mut h = harness("").await;
+    let (mut finishing, mut finishing_body) = open_stream(&h).await;
+    let (_straggler, mut straggler_body) = open_stream(&h).await;
+    finishing.send_data(Bytes::from_static(b"first half "), false).unwrap();
+
+    let (trigger, _) = ferry::drain::new();
+    let trigger = std::mem::replace(&mut h._drain, trigger);
+    let drained = tokio::spawn(trigger.drain(Duration::from_millis(800)));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(TcpStream::connect(h.hbone).await.is_err(), "the listener closes as soon as the drain starts");
+
+    // The open stream still works during the grace period.
+    finishing.send_data(Bytes::from_static(b"second half"), true).unwrap();
+    let mut got = Vec::new();
+    while let Some(chunk) = finishing_body.data().await {
+        got.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(got, b"first half second half");
+
+    // The straggler is cut at the deadline.
+    let start = std::time::Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(5), straggler_body.data()).await.expect("straggler must be closed");
+    assert!(end.is_none() || end.unwrap().is_err());
+    assert!(start.elapsed() >= Duration::from_millis(400), "closed at the deadline, not before");
+    assert!(!drained.await.unwrap(), "the drain reports that it had to force connections closed");
+}
+
+async fn open_stream(h: &Harness) -> (h2::SendStream<Bytes>, h2::RecvStream) {
+    let mut send = raw_client(h).await.ready().await.unwrap();
+    let uri = format!("127.0.0.1:{}", h.echo.port());
+    let (resp, stream) = send.send_request(Request::builder().method(Method::CONNECT).uri(uri).body(()).unwrap(), false).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    (stream, resp.into_body())
+}

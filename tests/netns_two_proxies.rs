@@ -230,8 +230,34 @@ fn two_namespaces_hbone_end_to_end() {
     let (_, a_metrics) = http_get(&a, "127.0.0.1:15020", "/metrics").expect("metrics");
     assert!(metric_line(&a_metrics, "istio_tcp_connections_failed_total", &[("reporter", "source"), ("response_flags", "IDENTITY_ERROR")]).is_some(), "{a_metrics}");
 
+    // Management ports are not reachable through the mesh (invariant P13).
+    for port in [15000, 15020, 15021, 15008, 15001, 15006] {
+        let r = echo_roundtrip(&a, &format!("198.18.0.2:{port}"), b"GET / HTTP/1.0\r\n\r\n".to_vec());
+        assert!(r.as_deref().unwrap_or_default().is_empty(), "port {port} answered through the mesh: {r:?}");
+    }
+
+    // Admin: config dump, runtime log level, quit.
+    let (status, dump) = http_get(&a, "127.0.0.1:15000", "/config_dump").expect("config dump");
+    assert_eq!(status, 200);
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    assert_eq!(dump["workloads"].as_array().unwrap().len(), 3);
+    assert_eq!(dump["services"][0]["hostname"], "echo.default.svc.cluster.local");
+    assert_eq!(dump["policies"][0]["name"], "only-client");
+    assert_eq!(dump["config"]["mode"], "dedicated");
+    let cert = &dump["certificates"][0];
+    assert_eq!(cert["identity"], "spiffe://cluster.local/ns/default/sa/client");
+    assert_eq!(cert["state"], "available");
+    assert_eq!(cert["certificate"]["chain"][0]["uriSans"][0], "spiffe://cluster.local/ns/default/sa/client");
+    assert_eq!(http_request(&a, "POST", "127.0.0.1:15000", "/logging?level=debug").unwrap(), (200, "current log level: debug\n".into()));
+    assert_eq!(http_request(&a, "POST", "127.0.0.1:15000", "/logging?level=a=b=c").unwrap().0, 400);
+    assert_eq!(http_request(&a, "GET", "127.0.0.1:15000", "/logging").unwrap().0, 405);
+    assert_eq!(http_request(&a, "POST", "127.0.0.1:15000", "/logging?reset").unwrap().0, 200);
+    assert_eq!(http_request(&c, "POST", "127.0.0.1:15000", "/quitquitquit").unwrap().0, 200);
+    let status = wait_exit(&mut pc);
+    assert!(status.success(), "exit after /quitquitquit: {status}");
+
     // Graceful shutdown on SIGTERM.
-    for p in [&mut pa, &mut pb, &mut pc] {
+    for p in [&mut pa, &mut pb] {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.0.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
     }
     for (p, log) in [(&mut pa, &logs[0]), (&mut pb, &logs[1])] {

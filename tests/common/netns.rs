@@ -106,11 +106,16 @@ pub fn install_redirect(ns: &Ns) {
 
 /// A blocking HTTP/1.1 GET from inside `ns`; returns (status, body).
 pub fn http_get(ns: &Ns, addr: &str, path: &str) -> Option<(u16, String)> {
-    let (addr, path) = (addr.parse::<SocketAddr>().unwrap(), path.to_string());
+    http_request(ns, "GET", addr, path)
+}
+
+/// A blocking HTTP/1.1 request without a body from inside `ns`; returns (status, body).
+pub fn http_request(ns: &Ns, method: &str, addr: &str, path: &str) -> Option<(u16, String)> {
+    let (addr, path, method) = (addr.parse::<SocketAddr>().unwrap(), path.to_string(), method.to_string());
     ns.run(move || {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+        write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").ok()?;
         let mut resp = String::new();
         s.read_to_string(&mut resp).ok()?;
         let status = resp.split_whitespace().nth(1)?.parse().ok()?;
