@@ -116,7 +116,9 @@ fn route(kind: Server, a: &AdminState, req: Request<Incoming>) -> Resp {
             text(StatusCode::OK, "shutting down\n")
         }
         (Server::Admin, "/logging" | "/quitquitquit") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
-        (Server::Admin, "/") => text(StatusCode::OK, "ferry admin\n  GET  /config_dump\n  POST /logging[?level=<filter>|?reset]\n  POST /quitquitquit\n"),
+        (Server::Admin, "/") => {
+            text(StatusCode::OK, "ferry admin\n  GET  /config_dump\n  POST /logging[?level=<filter>|?reset]\n  POST /quitquitquit\n")
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
@@ -131,11 +133,8 @@ fn readiness(a: &AdminState) -> Resp {
 }
 
 fn metrics(a: &AdminState, req: &Request<Incoming>) -> Resp {
-    let openmetrics = req
-        .headers()
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    let openmetrics =
+        req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("application/openmetrics-text"));
     let mut body = a.metrics.render();
     let ctype = if openmetrics {
         body.push_str("# EOF\n");

@@ -61,7 +61,9 @@ fn load_state(cfg: &Config) -> Result<StateStore, AppError> {
             store.replace(local::parse(y, "LOCAL_XDS")?);
         }
         LocalSource::None => {
-            tracing::warn!("no state source (LOCAL_XDS_PATH/LOCAL_XDS): every workload is unknown, so outbound connections will be refused");
+            tracing::warn!(
+                "no state source (LOCAL_XDS_PATH/LOCAL_XDS): every workload is unknown, so outbound connections will be refused"
+            );
         }
     }
     Ok(store)
@@ -93,7 +95,8 @@ async fn serve(cfg: Arc<Config>, log: Arc<LogHandle>) -> Result<(), AppError> {
         ProxyMode::Dedicated => start_dedicated(&inputs, &cfg, drain)?,
         ProxyMode::Shared => {
             return Err(AppError::Unsupported(
-                "in-pod (shared) mode needs the ZDS workload manager, which this build does not have yet; run with PROXY_MODE=dedicated".into(),
+                "in-pod (shared) mode needs the ZDS workload manager, which this build does not have yet; run with PROXY_MODE=dedicated"
+                    .into(),
             ))
         }
     }
@@ -108,9 +111,8 @@ async fn serve(cfg: Arc<Config>, log: Arc<LogHandle>) -> Result<(), AppError> {
 
 fn start_dedicated(inputs: &Arc<ProxyInputs>, cfg: &Config, drain: drain::DrainWatch) -> Result<(), AppError> {
     let info = cfg.workload_info.clone().ok_or_else(|| AppError::Unsupported("dedicated mode needs PROXY_WORKLOAD_INFO".into()))?;
-    let sockets = Arc::new(LocalSockets {
-        opts: SocketOptions { mark: cfg.packet_mark, reuse_port: cfg.port_reuse, keepalive: cfg.keepalive },
-    });
+    let sockets =
+        Arc::new(LocalSockets { opts: SocketOptions { mark: cfg.packet_mark, reuse_port: cfg.port_reuse, keepalive: cfg.keepalive } });
     let (px, listeners) = WorkloadProxy::bind(inputs.clone(), info.clone(), sockets).map_err(io("cannot bind the proxy ports"))?;
     let snap = inputs.state.snapshot();
     match snap.find_workload(&info.namespace, &info.name, Some(&info.service_account)).map(|w| w.identity()) {

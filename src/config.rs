@@ -280,9 +280,10 @@ impl ProxyArgs {
         if self.tls12_enabled {
             return Err(invalid("TLS12_ENABLED=true: ferry speaks TLS 1.3 only on HBONE"));
         }
-        let ca_dir = self.ca_dir.clone().ok_or_else(|| {
-            invalid("no certificate authority: set --ca-dir/FERRY_CA_DIR (create one with `ferry ca init DIR`)")
-        })?;
+        let ca_dir = self
+            .ca_dir
+            .clone()
+            .ok_or_else(|| invalid("no certificate authority: set --ca-dir/FERRY_CA_DIR (create one with `ferry ca init DIR`)"))?;
         if !(16_384..=16_777_215).contains(&self.http2_frame_size) {
             return Err(invalid(format!("HTTP2_FRAME_SIZE={} must be within 16384..=16777215", self.http2_frame_size)));
         }
@@ -357,11 +358,9 @@ impl ProxyArgs {
 pub fn parse_workload_info(s: &str) -> Result<WorkloadInfo, ConfigError> {
     let parts: Vec<&str> = s.split('/').collect();
     match parts.as_slice() {
-        [ns, name, sa] if !ns.is_empty() && !name.is_empty() && !sa.is_empty() => Ok(WorkloadInfo {
-            namespace: ns.to_string(),
-            name: name.to_string(),
-            service_account: sa.to_string(),
-        }),
+        [ns, name, sa] if !ns.is_empty() && !name.is_empty() && !sa.is_empty() => {
+            Ok(WorkloadInfo { namespace: ns.to_string(), name: name.to_string(), service_account: sa.to_string() })
+        }
         _ => Err(invalid(format!("PROXY_WORKLOAD_INFO={s:?} is not <namespace>/<name>/<service-account>"))),
     }
 }

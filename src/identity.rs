@@ -92,11 +92,7 @@ impl FromStr for Identity {
                 check_trust_domain(s, td)?;
                 check_segment(s, "namespace", ns)?;
                 check_segment(s, "service account", sa)?;
-                Ok(Identity {
-                    trust_domain: td.to_string(),
-                    namespace: ns.to_string(),
-                    service_account: sa.to_string(),
-                })
+                Ok(Identity { trust_domain: td.to_string(), namespace: ns.to_string(), service_account: sa.to_string() })
             }
             _ => Err(IdentityError::Shape(s.to_string())),
         }
@@ -104,8 +100,7 @@ impl FromStr for Identity {
 }
 
 fn check_trust_domain(id: &str, td: &str) -> Result<(), IdentityError> {
-    let ok = !td.is_empty()
-        && td.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b));
+    let ok = !td.is_empty() && td.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -114,10 +109,7 @@ fn check_trust_domain(id: &str, td: &str) -> Result<(), IdentityError> {
 }
 
 fn check_segment(id: &str, part: &'static str, v: &str) -> Result<(), IdentityError> {
-    let ok = !v.is_empty()
-        && v != "."
-        && v != ".."
-        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+    let ok = !v.is_empty() && v != "." && v != ".." && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
     if ok {
         Ok(())
     } else {

@@ -6,18 +6,13 @@ fn attrs(src: &str, id: Option<&str>, dst: &str) -> ConnAttrs {
     ConnAttrs { src_ip: src.parse().unwrap(), src_identity: id.map(|i| i.parse().unwrap()), dst: dst.parse().unwrap() }
 }
 
-fn policy(name: &str, action: PolicyAction, rules: Vec<Vec<Vec<Match>>>) -> Arc<Authorization> {
-    Arc::new(Authorization {
-        name: name.into(),
-        namespace: "ns".into(),
-        scope: PolicyScope::Namespace,
-        action,
-        dry_run: false,
-        rules,
-    })
+type Rules = Vec<Vec<Vec<Match>>>;
+
+fn policy(name: &str, action: PolicyAction, rules: Rules) -> Arc<Authorization> {
+    Arc::new(Authorization { name: name.into(), namespace: "ns".into(), scope: PolicyScope::Namespace, action, dry_run: false, rules })
 }
 
-fn one(m: Match) -> Vec<Vec<Vec<Match>>> {
+fn one(m: Match) -> Rules {
     vec![vec![vec![m]]]
 }
 
@@ -94,7 +89,7 @@ fn rule_clause_match_structure() {
     let a = attrs("10.0.0.1", Some(CLIENT), "10.0.0.2:80");
     let yes = || Match { destination_ports: vec![80], ..Default::default() };
     let no = || Match { destination_ports: vec![81], ..Default::default() };
-    let cases: Vec<(&str, Vec<Vec<Vec<Match>>>, bool)> = vec![
+    let cases: Vec<(&str, Rules, bool)> = vec![
         ("clause: any match", vec![vec![vec![no(), yes()]]], true),
         ("rule: every clause", vec![vec![vec![yes()], vec![no()]]], false),
         ("policy: any rule", vec![vec![vec![no()]], vec![vec![yes()]]], true),

@@ -78,10 +78,18 @@ pub fn nft_install(c: &RedirectConfig) -> String {
     }
     if c.capture_inbound {
         let _ = writeln!(s, "    ip saddr {} meta l4proto tcp accept", c.probe_v4);
-        let _ = writeln!(s, "    meta l4proto tcp ip daddr != 127.0.0.1 tcp dport != {} {mark} redirect to :{}", c.hbone_port, c.inbound_plaintext_port);
+        let _ = writeln!(
+            s,
+            "    meta l4proto tcp ip daddr != 127.0.0.1 tcp dport != {} {mark} redirect to :{}",
+            c.hbone_port, c.inbound_plaintext_port
+        );
         if c.ipv6 {
             let _ = writeln!(s, "    ip6 saddr {} meta l4proto tcp accept", c.probe_v6);
-            let _ = writeln!(s, "    meta l4proto tcp ip6 daddr != ::1 tcp dport != {} {mark} redirect to :{}", c.hbone_port, c.inbound_plaintext_port);
+            let _ = writeln!(
+                s,
+                "    meta l4proto tcp ip6 daddr != ::1 tcp dport != {} {mark} redirect to :{}",
+                c.hbone_port, c.inbound_plaintext_port
+            );
         }
     }
     let _ = writeln!(s, "  }}\n  chain output_nat {{\n    type nat hook output priority -100; policy accept;");
@@ -106,9 +114,8 @@ pub fn nft_remove() -> String {
 /// Runs `nft -f -` with `script` inside `netns` (the child inherits the calling thread's
 /// namespace). The whole script is one transaction: it applies entirely or not at all.
 pub fn nft_apply(netns: &Netns, script: &str) -> io::Result<()> {
-    let mut child = netns.run_in(|| {
-        Command::new("nft").args(["-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()
-    })??;
+    let mut child = netns
+        .run_in(|| Command::new("nft").args(["-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn())??;
     if let Some(mut stdin) = child.stdin.take() {
         stdin.write_all(script.as_bytes())?;
     }

@@ -62,7 +62,16 @@ services:
 "#,
         echo_port = echo.port()
     );
-    let mut cfg = config(&["--mode", "dedicated", "--workload-info", "default/server/server", "--ca-dir", dir.path().to_str().unwrap(), "--handshake-timeout", "300ms"]);
+    let mut cfg = config(&[
+        "--mode",
+        "dedicated",
+        "--workload-info",
+        "default/server/server",
+        "--ca-dir",
+        dir.path().to_str().unwrap(),
+        "--handshake-timeout",
+        "300ms",
+    ]);
     cfg.ports = ferry::config::Ports { outbound: ports[0], inbound_plaintext: ports[1], hbone: ports[2] };
     cfg.ipv6 = false;
     cfg.orig_src = Some(false);

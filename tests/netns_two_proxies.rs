@@ -168,7 +168,13 @@ fn two_namespaces_hbone_end_to_end() {
     // The wire: no canary bytes, and every TCP segment is to or from 15008.
     let raw = std::fs::read(&pcap).unwrap();
     let dump = Command::new("tcpdump").args(["-nn", "-r"]).arg(&pcap).output().unwrap();
-    assert!(raw.len() > 1000, "the capture must have seen the traffic ({} bytes): {}\n{}", raw.len(), String::from_utf8_lossy(&dump.stdout), std::fs::read_to_string(&cap_log).unwrap_or_default());
+    assert!(
+        raw.len() > 1000,
+        "the capture must have seen the traffic ({} bytes): {}\n{}",
+        raw.len(),
+        String::from_utf8_lossy(&dump.stdout),
+        std::fs::read_to_string(&cap_log).unwrap_or_default()
+    );
     assert!(!raw.windows(13).any(|w| w == b"FERRY-CANARY-"), "plaintext canary found on the veth");
     let other = Command::new("tcpdump").args(["-nn", "-r"]).arg(&pcap).arg("tcp and not port 15008").output().unwrap();
     assert!(other.status.success());
@@ -201,7 +207,11 @@ fn two_namespaces_hbone_end_to_end() {
     let line = line.unwrap_or_else(|| panic!("no matching opened metric in:\n{metrics}"));
     assert!(line.trim_end().ends_with(" 2"), "two connections: {line}");
     assert!(metric_line(&metrics, "istio_tcp_received_bytes_total", &[("reporter", "destination")]).is_some());
-    let closed = metric_line(&metrics, "istio_tcp_connections_closed_total", &[("reporter", "destination"), ("source_principal", "spiffe://cluster.local/ns/default/sa/client")]);
+    let closed = metric_line(
+        &metrics,
+        "istio_tcp_connections_closed_total",
+        &[("reporter", "destination"), ("source_principal", "spiffe://cluster.local/ns/default/sa/client")],
+    );
     assert!(closed.is_some(), "closed counter");
 
     // Destination access log: one line per connection with both identities.
@@ -228,7 +238,11 @@ fn two_namespaces_hbone_end_to_end() {
     let err = refused["error"].as_str().unwrap();
     assert!(err.contains("spiffe://cluster.local/ns/default/sa/attacker is not one of the expected identities"), "{err}");
     let (_, a_metrics) = http_get(&a, "127.0.0.1:15020", "/metrics").expect("metrics");
-    assert!(metric_line(&a_metrics, "istio_tcp_connections_failed_total", &[("reporter", "source"), ("response_flags", "IDENTITY_ERROR")]).is_some(), "{a_metrics}");
+    assert!(
+        metric_line(&a_metrics, "istio_tcp_connections_failed_total", &[("reporter", "source"), ("response_flags", "IDENTITY_ERROR")])
+            .is_some(),
+        "{a_metrics}"
+    );
 
     // Management ports are not reachable through the mesh (invariant P13).
     for port in [15000, 15020, 15021, 15008, 15001, 15006] {

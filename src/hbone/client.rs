@@ -194,14 +194,7 @@ impl Pool {
             }
             flag.store(false, Ordering::Relaxed);
         });
-        Ok(PooledConn {
-            key: key.clone(),
-            sender,
-            checkouts: 0,
-            max: self.cfg.max_streams_per_conn,
-            last_used: Instant::now(),
-            alive,
-        })
+        Ok(PooledConn { key: key.clone(), sender, checkouts: 0, max: self.cfg.max_streams_per_conn, last_used: Instant::now(), alive })
     }
 
     /// Number of pooled connections (for tests and the config dump).

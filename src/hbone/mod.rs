@@ -129,8 +129,24 @@ mod tests {
     fn authorities() {
         assert_eq!(parse_authority("10.0.0.1:80"), Some(Authority::Addr("10.0.0.1:80".parse().unwrap())));
         assert_eq!(parse_authority("[fd00::5]:8080"), Some(Authority::Addr("[fd00::5]:8080".parse().unwrap())));
-        assert_eq!(parse_authority("reviews.default.svc.cluster.local:9080"), Some(Authority::Host("reviews.default.svc.cluster.local".into(), 9080)));
-        for bad in ["", "10.0.0.1", "10.0.0.1:", "10.0.0.1:99999", "fd00::5:80x", ":80", "a b:80", "host:port", "-x:1", "a/b:80", "a\0:80", "[fd00::5]"] {
+        assert_eq!(
+            parse_authority("reviews.default.svc.cluster.local:9080"),
+            Some(Authority::Host("reviews.default.svc.cluster.local".into(), 9080))
+        );
+        for bad in [
+            "",
+            "10.0.0.1",
+            "10.0.0.1:",
+            "10.0.0.1:99999",
+            "fd00::5:80x",
+            ":80",
+            "a b:80",
+            "host:port",
+            "-x:1",
+            "a/b:80",
+            "a\0:80",
+            "[fd00::5]",
+        ] {
             assert_eq!(parse_authority(bad), None, "{bad:?}");
         }
         assert_eq!(authority_string("[fd00::5]:8080".parse().unwrap()), "[fd00::5]:8080");
@@ -143,7 +159,10 @@ mod tests {
         w.canonical_name = "reviews".into();
         w.canonical_revision = "v1".into();
         let b = baggage(&w, "Kubernetes");
-        assert_eq!(b, "k8s.cluster.name=Kubernetes,k8s.namespace.name=ns,k8s.deployment.name=reviews,service.name=reviews,service.version=v1");
+        assert_eq!(
+            b,
+            "k8s.cluster.name=Kubernetes,k8s.namespace.name=ns,k8s.deployment.name=reviews,service.name=reviews,service.version=v1"
+        );
         let mut h = HeaderMap::new();
         h.insert("baggage", b.parse().unwrap());
         let p = parse_baggage(&h);

@@ -84,9 +84,8 @@ pub async fn serve<H: StreamHandler>(
             .await?;
         Ok::<_, ServeError>((conn, identity))
     };
-    let (mut conn, identity) = tokio::time::timeout(handshake_timeout, handshake)
-        .await
-        .map_err(|_| ServeError::Timeout(handshake_timeout))??;
+    let (mut conn, identity) =
+        tokio::time::timeout(handshake_timeout, handshake).await.map_err(|_| ServeError::Timeout(handshake_timeout))??;
     let info = Arc::new(ConnInfo { peer: crate::proxy::socket::canonical(peer), local: crate::proxy::socket::canonical(local), identity });
     let keepalive = super::client::keepalive(conn.ping_pong(), cfg.ping_interval, cfg.ping_timeout);
     tokio::pin!(keepalive);

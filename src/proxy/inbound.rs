@@ -63,29 +63,21 @@ struct Inbound {
 }
 
 impl StreamHandler for Inbound {
-    fn handle(
-        self: Arc<Self>,
-        req: Request<RecvStream>,
-        mut respond: SendResponse<Bytes>,
-        conn: Arc<ConnInfo>,
-        drain: DrainWatch,
-    ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        async move {
-            let mut rec = ConnRecord::new(Direction::Inbound, conn.peer, conn.local);
-            rec.source_identity(&conn.identity);
-            rec.set_mtls(true);
-            match stream(&self.px, req, &mut respond, &conn, &mut rec, &drain).await {
-                Ok(res) => {
-                    let failure = res.error.map(|e| Failure { flags: "-", error: e.to_string() });
-                    rec.finish(res.received, res.sent, failure);
-                }
-                Err(e) => {
-                    tracing::debug!(peer = %conn.peer, identity = %conn.identity, error = %e, "inbound CONNECT refused");
-                    let mut resp = Response::new(());
-                    *resp.status_mut() = e.status();
-                    let _ = respond.send_response(resp, true);
-                    rec.finish(0, 0, Some(Failure { flags: e.response_flags(), error: e.to_string() }));
-                }
+    async fn handle(self: Arc<Self>, req: Request<RecvStream>, mut respond: SendResponse<Bytes>, conn: Arc<ConnInfo>, drain: DrainWatch) {
+        let mut rec = ConnRecord::new(Direction::Inbound, conn.peer, conn.local);
+        rec.source_identity(&conn.identity);
+        rec.set_mtls(true);
+        match stream(&self.px, req, &mut respond, &conn, &mut rec, &drain).await {
+            Ok(res) => {
+                let failure = res.error.map(|e| Failure { flags: "-", error: e.to_string() });
+                rec.finish(res.received, res.sent, failure);
+            }
+            Err(e) => {
+                tracing::debug!(peer = %conn.peer, identity = %conn.identity, error = %e, "inbound CONNECT refused");
+                let mut resp = Response::new(());
+                *resp.status_mut() = e.status();
+                let _ = respond.send_response(resp, true);
+                rec.finish(0, 0, Some(Failure { flags: e.response_flags(), error: e.to_string() }));
             }
         }
     }
@@ -140,9 +132,7 @@ async fn stream(
 /// Source labels: from state when the workload at the peer IP has the verified identity,
 /// otherwise from the identity and the peer's baggage (never trusted for decisions).
 fn label_source(rec: &mut ConnRecord, snap: &crate::state::Snapshot, network: &str, conn: &ConnInfo, req: &Request<RecvStream>) {
-    let by_ip = snap
-        .workload_by_addr(network, conn.peer.ip())
-        .filter(|w| w.identity().ok().as_ref() == Some(&conn.identity));
+    let by_ip = snap.workload_by_addr(network, conn.peer.ip()).filter(|w| w.identity().ok().as_ref() == Some(&conn.identity));
     match by_ip {
         Some(w) => rec.source_workload(w, Some(&conn.identity)),
         None => {

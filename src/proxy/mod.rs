@@ -127,7 +127,10 @@ impl WorkloadProxy {
         let (hbone, t2) = listen_any(sockets.as_ref(), cfg.ports.hbone, cfg.ipv6, want_transparent)?;
         let orig_src = want_transparent && t1 && t2;
         if cfg.orig_src == Some(true) && !orig_src {
-            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "ENABLE_ORIG_SRC=true but IP_TRANSPARENT is not permitted (needs CAP_NET_ADMIN)"));
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "ENABLE_ORIG_SRC=true but IP_TRANSPARENT is not permitted (needs CAP_NET_ADMIN)",
+            ));
         }
         let pool = Pool::new(sockets.clone(), cfg.h2.clone(), cfg.connect_timeout, cfg.handshake_timeout);
         let px = Arc::new(WorkloadProxy { inputs, info, sockets, pool, orig_src });
@@ -139,7 +142,11 @@ impl WorkloadProxy {
         let (px1, px2, px3) = (self.clone(), self.clone(), self.clone());
         tokio::join!(
             accept_loop(l.outbound, drain.clone(), "outbound", move |s, d| outbound::handle(px1.clone(), s, d)),
-            accept_loop(l.inbound_plaintext, drain.clone(), "inbound plaintext", move |s, d| inbound_passthrough::handle(px2.clone(), s, d)),
+            accept_loop(l.inbound_plaintext, drain.clone(), "inbound plaintext", move |s, d| inbound_passthrough::handle(
+                px2.clone(),
+                s,
+                d
+            )),
             accept_loop(l.hbone, drain.clone(), "inbound HBONE", move |s, d| inbound::handle_connection(px3.clone(), s, d)),
         );
     }

@@ -72,7 +72,13 @@ async fn proxy(px: &WorkloadProxy, down: &TcpStream, rec: &mut ConnRecord, drain
     }
 }
 
-async fn plain(px: &WorkloadProxy, down: &TcpStream, addr: SocketAddr, rec: &mut ConnRecord, drain: &DrainWatch) -> Result<CopyResult, ProxyError> {
+async fn plain(
+    px: &WorkloadProxy,
+    down: &TcpStream,
+    addr: SocketAddr,
+    rec: &mut ConnRecord,
+    drain: &DrainWatch,
+) -> Result<CopyResult, ProxyError> {
     let up = super::socket::connect(px.sockets.as_ref(), addr, None, px.inputs.cfg.connect_timeout)
         .await
         .map_err(|source| ProxyError::Connect { addr, source })?;
@@ -82,7 +88,13 @@ async fn plain(px: &WorkloadProxy, down: &TcpStream, addr: SocketAddr, rec: &mut
 
 /// The CONNECT request with the headers ztunnel sends (protocols.md §1.5). Headers built from
 /// state that are not valid header values are left out rather than failing the connection.
-fn connect_request(authority: SocketAddr, client: SocketAddr, src: &Workload, svc: Option<&Service>, cluster: &str) -> Result<Request<()>, ProxyError> {
+fn connect_request(
+    authority: SocketAddr,
+    client: SocketAddr,
+    src: &Workload,
+    svc: Option<&Service>,
+    cluster: &str,
+) -> Result<Request<()>, ProxyError> {
     let uri = http::Uri::try_from(authority_string(authority)).map_err(|_| ProxyError::BadAuthority(authority.to_string()))?;
     let mut req = Request::new(());
     *req.method_mut() = Method::CONNECT;

@@ -49,7 +49,13 @@ pub enum RouteError {
 
 /// Decides how a connection from `src` to `dst` leaves the node. `pick(n)` returns a uniform
 /// index below `n` (injected so tests are deterministic).
-pub fn outbound(snap: &Snapshot, src: &Workload, dst: SocketAddr, ports: &Ports, pick: &mut dyn FnMut(u64) -> u64) -> Result<Upstream, RouteError> {
+pub fn outbound(
+    snap: &Snapshot,
+    src: &Workload,
+    dst: SocketAddr,
+    ports: &Ports,
+    pick: &mut dyn FnMut(u64) -> u64,
+) -> Result<Upstream, RouteError> {
     if is_own_port(ports, dst.port()) && (dst.ip().is_loopback() || src.addresses.contains(&dst.ip())) {
         return Err(RouteError::SelfCall(dst));
     }
@@ -152,7 +158,14 @@ fn choose_ip(w: &Workload, families: IpFamilies, dialed: IpAddr) -> Option<IpAdd
     ips.find(|ip| ip.is_ipv4() == dialed.is_ipv4()).copied().or(first)
 }
 
-fn to_workload(src: &Workload, w: Arc<Workload>, ip: IpAddr, port: u16, svc: Option<Arc<Service>>, ports: &Ports) -> Result<Upstream, RouteError> {
+fn to_workload(
+    src: &Workload,
+    w: Arc<Workload>,
+    ip: IpAddr,
+    port: u16,
+    svc: Option<Arc<Service>>,
+    ports: &Ports,
+) -> Result<Upstream, RouteError> {
     if w.network != src.network {
         return Err(RouteError::CrossNetwork(w.uid.clone(), w.network.clone()));
     }
@@ -189,7 +202,13 @@ pub enum InboundError {
 
 /// Where an inbound HBONE request for `authority`, arriving on `arrived`, must be delivered in
 /// the local workload `w`: only to the pod the tunnel reached (no trampolining, invariant P3).
-pub fn inbound_target(snap: &Snapshot, w: &Workload, arrived: IpAddr, authority: &Authority, ports: &Ports) -> Result<(SocketAddr, Option<Arc<Service>>), InboundError> {
+pub fn inbound_target(
+    snap: &Snapshot,
+    w: &Workload,
+    arrived: IpAddr,
+    authority: &Authority,
+    ports: &Ports,
+) -> Result<(SocketAddr, Option<Arc<Service>>), InboundError> {
     let (addr, svc) = match authority {
         Authority::Addr(a) => {
             if a.ip() != arrived {

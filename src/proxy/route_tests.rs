@@ -97,15 +97,35 @@ fn outbound_table() {
     let src = snap.find_workload("ns", "client", None).unwrap().clone();
     let server_id = "spiffe://cluster.local/ns/ns/sa/server";
     let cases: Vec<(&str, &str, Want)> = vec![
-        ("pod IP of an HBONE workload", "10.0.0.2:8080", Want::Hbone { hbone: "10.0.0.2:15008", authority: "10.0.0.2:8080", ids: vec![server_id] }),
-        ("service VIP maps the port per endpoint and adds service SANs", "10.96.0.1:80", Want::Hbone { hbone: "10.0.0.2:15008", authority: "10.0.0.2:8080", ids: vec![server_id, "spiffe://cluster.local/ns/ns/sa/echo-extra"] }),
+        (
+            "pod IP of an HBONE workload",
+            "10.0.0.2:8080",
+            Want::Hbone { hbone: "10.0.0.2:15008", authority: "10.0.0.2:8080", ids: vec![server_id] },
+        ),
+        (
+            "service VIP maps the port per endpoint and adds service SANs",
+            "10.96.0.1:80",
+            Want::Hbone {
+                hbone: "10.0.0.2:15008",
+                authority: "10.0.0.2:8080",
+                ids: vec![server_id, "spiffe://cluster.local/ns/ns/sa/echo-extra"],
+            },
+        ),
         ("service port without mapping has no upstream", "10.96.0.1:81", Want::Err("no healthy upstream for service ns/echo.ns.svc")),
         ("non-mesh workload is direct TCP", "10.0.0.3:9090", Want::Direct("10.0.0.3:9090")),
         ("service to a non-mesh endpoint uses the service target port", "10.96.0.3:80", Want::Direct("10.0.0.3:9090")),
         ("unknown destination is passthrough", "192.0.2.1:443", Want::Passthrough("192.0.2.1:443")),
-        ("workload behind a waypoint fails closed", "10.0.0.4:80", Want::Err("destination Kubernetes//Pod/ns/waypointed is served through a waypoint")),
+        (
+            "workload behind a waypoint fails closed",
+            "10.0.0.4:80",
+            Want::Err("destination Kubernetes//Pod/ns/waypointed is served through a waypoint"),
+        ),
         ("service with a waypoint fails closed", "10.96.0.4:80", Want::Err("destination ns/wp.ns.svc is served through a waypoint")),
-        ("endpoint in another network fails closed", "10.96.0.5:80", Want::Err("destination Kubernetes//Pod/ns/remote is in network \"west\"")),
+        (
+            "endpoint in another network fails closed",
+            "10.96.0.5:80",
+            Want::Err("destination Kubernetes//Pod/ns/remote is in network \"west\""),
+        ),
         ("pod IP in another network is not ours to resolve", "10.0.0.5:80", Want::Passthrough("10.0.0.5:80")),
         ("only unhealthy endpoints", "10.96.0.6:80", Want::Err("no healthy upstream for service ns/sick.ns.svc")),
         ("service without endpoints", "10.96.0.8:80", Want::Err("no healthy upstream for service ns/empty.ns.svc")),
@@ -127,7 +147,10 @@ fn load_balancing_weights_by_capacity() {
     a.capacity = 3;
     let b = endpoint_of(wl("b", "10.1.0.2", true), "lb.ns.svc", &[(80, 80)]);
     let src = wl("client", "10.0.0.1", true);
-    let snap = Snapshot::build(StateInput { workloads: vec![a, b, src.clone()], services: vec![service("lb.ns.svc", "10.96.1.1", &[(80, 80)])], policies: vec![] }, 1);
+    let snap = Snapshot::build(
+        StateInput { workloads: vec![a, b, src.clone()], services: vec![service("lb.ns.svc", "10.96.1.1", &[(80, 80)])], policies: vec![] },
+        1,
+    );
     let mut counts = std::collections::HashMap::new();
     for i in 0..4 {
         let r = outbound(&snap, &src, sa("10.96.1.1:80"), &Ports::default(), &mut |_| i).unwrap();
@@ -154,10 +177,17 @@ fn locality_preferences() {
         (LbMode::Strict, "z1", Some("near")),
         (LbMode::Strict, "z2", None),
     ] {
-        svc.load_balancing = Some(crate::state::model::LoadBalancing { routing_preference: vec![LbScope::Region, LbScope::Zone], mode, health_policy: HealthPolicy::OnlyHealthy });
+        svc.load_balancing = Some(crate::state::model::LoadBalancing {
+            routing_preference: vec![LbScope::Region, LbScope::Zone],
+            mode,
+            health_policy: HealthPolicy::OnlyHealthy,
+        });
         let mut s = src.clone();
         s.locality.zone = src_zone.into();
-        let snap = Snapshot::build(StateInput { workloads: vec![near.clone(), far.clone(), s.clone()], services: vec![svc.clone()], policies: vec![] }, 1);
+        let snap = Snapshot::build(
+            StateInput { workloads: vec![near.clone(), far.clone(), s.clone()], services: vec![svc.clone()], policies: vec![] },
+            1,
+        );
         for i in 0..2 {
             let got = match outbound(&snap, &s, sa("10.96.2.1:80"), &Ports::default(), &mut |n| i % n) {
                 Ok(Upstream::Hbone { workload, .. }) => Some(workload.name.clone()),

@@ -29,13 +29,7 @@ pub struct Keepalive {
 
 impl Default for Keepalive {
     fn default() -> Self {
-        Keepalive {
-            enabled: true,
-            time: Duration::from_secs(180),
-            interval: Duration::from_secs(180),
-            retries: 9,
-            user_timeout: false,
-        }
+        Keepalive { enabled: true, time: Duration::from_secs(180), interval: Duration::from_secs(180), retries: 9, user_timeout: false }
     }
 }
 
@@ -150,12 +144,7 @@ pub fn tune_stream(s: &TcpStream, ka: &Keepalive) {
 
 /// Dials `dst` from a socket made by `factory`; with `source`, binds that (possibly foreign)
 /// address first so the destination sees the original client (IP_TRANSPARENT).
-pub async fn connect(
-    factory: &dyn SocketFactory,
-    dst: SocketAddr,
-    source: Option<IpAddr>,
-    timeout: Duration,
-) -> io::Result<TcpStream> {
+pub async fn connect(factory: &dyn SocketFactory, dst: SocketAddr, source: Option<IpAddr>, timeout: Duration) -> io::Result<TcpStream> {
     let sock = factory.socket(dst)?;
     if let Some(src) = source {
         set_transparent(&SockRef::from(&sock), src)?;

@@ -149,10 +149,10 @@ struct LocalWorkload {
 #[derive(Deserialize, Default, Clone, Copy)]
 enum LocalProtocol {
     #[default]
-    #[serde(alias = "tcp")]
-    TCP,
-    #[serde(alias = "hbone")]
-    HBONE,
+    #[serde(rename = "TCP", alias = "tcp")]
+    Tcp,
+    #[serde(rename = "HBONE", alias = "hbone")]
+    Hbone,
 }
 
 #[derive(Deserialize, Default, Clone, Copy)]
@@ -215,8 +215,10 @@ struct LocalAppTunnel {
 
 #[derive(Deserialize, Clone, Copy)]
 enum LocalAppTunnelProtocol {
-    NONE,
-    PROXY,
+    #[serde(rename = "NONE")]
+    None,
+    #[serde(rename = "PROXY")]
+    Proxy,
 }
 
 #[derive(Deserialize)]
@@ -401,9 +403,8 @@ struct NetAddr(NetworkAddress);
 impl<'de> Deserialize<'de> for NetAddr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        let (network, ip) = s
-            .rsplit_once('/')
-            .ok_or_else(|| de::Error::custom(format!("address {s:?} is not of the form <network>/<IP>")))?;
+        let (network, ip) =
+            s.rsplit_once('/').ok_or_else(|| de::Error::custom(format!("address {s:?} is not of the form <network>/<IP>")))?;
         let address = IpAddr::from_str(ip).map_err(|_| de::Error::custom(format!("{ip:?} in {s:?} is not an IP address")))?;
         Ok(NetAddr(NetworkAddress { network: network.to_string(), address }))
     }
@@ -415,9 +416,8 @@ struct GatewayDest(GatewayDestination);
 impl<'de> Deserialize<'de> for GatewayDest {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        let (left, right) = s
-            .split_once('/')
-            .ok_or_else(|| de::Error::custom(format!("gateway {s:?} is not <network>/<IP> or <namespace>/<hostname>")))?;
+        let (left, right) =
+            s.split_once('/').ok_or_else(|| de::Error::custom(format!("gateway {s:?} is not <network>/<IP> or <namespace>/<hostname>")))?;
         Ok(GatewayDest(match IpAddr::from_str(right) {
             Ok(address) => GatewayDestination::Address(NetworkAddress { network: left.to_string(), address }),
             Err(_) if !left.is_empty() && !right.is_empty() && !right.contains('/') => {
@@ -437,9 +437,7 @@ impl<'de> Deserialize<'de> for Cidr {
         if let Ok(net) = IpNet::from_str(&s) {
             return Ok(Cidr(net));
         }
-        IpAddr::from_str(&s)
-            .map(|ip| Cidr(IpNet::from(ip)))
-            .map_err(|_| de::Error::custom(format!("{s:?} is not an IP address or CIDR")))
+        IpAddr::from_str(&s).map(|ip| Cidr(IpNet::from(ip))).map_err(|_| de::Error::custom(format!("{s:?} is not an IP address or CIDR")))
     }
 }
 
@@ -512,8 +510,8 @@ impl LocalWorkload {
             hostname: self.hostname,
             network: self.network,
             protocol: match self.protocol {
-                LocalProtocol::TCP => TunnelProtocol::None,
-                LocalProtocol::HBONE => TunnelProtocol::Hbone,
+                LocalProtocol::Tcp => TunnelProtocol::None,
+                LocalProtocol::Hbone => TunnelProtocol::Hbone,
             },
             trust_domain: self.trust_domain,
             service_account: self.service_account,
@@ -532,8 +530,8 @@ impl LocalWorkload {
             native_tunnel: self.native_tunnel,
             application_tunnel: self.application_tunnel.map(|t| ApplicationTunnel {
                 protocol: match t.protocol {
-                    LocalAppTunnelProtocol::NONE => AppTunnelProtocol::None,
-                    LocalAppTunnelProtocol::PROXY => AppTunnelProtocol::Proxy,
+                    LocalAppTunnelProtocol::None => AppTunnelProtocol::None,
+                    LocalAppTunnelProtocol::Proxy => AppTunnelProtocol::Proxy,
                 },
                 port: t.port.filter(|p| *p != 0),
             }),
@@ -670,9 +668,7 @@ fn nets(v: Vec<Cidr>) -> Vec<IpNet> {
 }
 
 fn accounts(v: Vec<LocalServiceAccount>) -> Vec<ServiceAccountMatch> {
-    v.into_iter()
-        .map(|a| ServiceAccountMatch { namespace: a.namespace, service_account: a.service_account })
-        .collect()
+    v.into_iter().map(|a| ServiceAccountMatch { namespace: a.namespace, service_account: a.service_account }).collect()
 }
 
 impl LocalMatch {

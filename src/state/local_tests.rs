@@ -105,7 +105,11 @@ fn errors_name_line_and_column() {
         ("workloads:\n- namespace: a\n  workloadIps: [\"10.0.0.300\"]\n", 3, "invalid IP address"),
         ("workloads:\n- namespace: a\n  workloadIps: [\"10.0.0.1\"]\n  protocol: QUIC\n", 4, "unknown variant `QUIC`"),
         ("services:\n- name: a\n  namespace: b\n  hostname: c\n  vips: [\"10.0.0.1\"]\n  ports: {}\n", 5, "not of the form <network>/<IP>"),
-        ("policies:\n- name: a\n  namespace: b\n  scope: Global\n  action: Allow\n  rules: [[[{sourceIps: [\"nope\"]}]]]\n", 6, "not an IP address or CIDR"),
+        (
+            "policies:\n- name: a\n  namespace: b\n  scope: Global\n  action: Allow\n  rules: [[[{sourceIps: [\"nope\"]}]]]\n",
+            6,
+            "not an IP address or CIDR",
+        ),
         ("workloads: [\n", 2, ""),
         ("workloads:\n- namespace: a\n", 2, "missing field `workloadIps`"),
     ];
@@ -124,11 +128,17 @@ fn errors_name_line_and_column() {
 #[test]
 fn semantic_errors_name_the_entry() {
     let cases: &[(&str, &str)] = &[
-        ("workloads:\n- {uid: x, namespace: a, workloadIps: [\"10.0.0.1\"]}\n- {uid: x, namespace: a, workloadIps: [\"10.0.0.2\"]}\n", "workloads[1]: duplicate uid"),
+        (
+            "workloads:\n- {uid: x, namespace: a, workloadIps: [\"10.0.0.1\"]}\n- {uid: x, namespace: a, workloadIps: [\"10.0.0.2\"]}\n",
+            "workloads[1]: duplicate uid",
+        ),
         ("workloads:\n- {namespace: a, workloadIps: []}\n", "needs workloadIps or hostname"),
         ("workloads:\n- {namespace: \"a/b\", workloadIps: [\"10.0.0.1\"]}\n", "invalid namespace"),
         ("workloads:\n- {namespace: a, workloadIps: [\"10.0.0.1\"], services: {\"nohost\": {80: 80}}}\n", "not <namespace>/<hostname>"),
-        ("services:\n- {name: a, namespace: b, hostname: c, vips: [], ports: {}, endpoints: [{workloadUid: nope}]}\n", "unknown workload uid"),
+        (
+            "services:\n- {name: a, namespace: b, hostname: c, vips: [], ports: {}, endpoints: [{workloadUid: nope}]}\n",
+            "unknown workload uid",
+        ),
     ];
     for (text, needle) in cases {
         match parse(text, "f.yaml") {
@@ -140,7 +150,16 @@ fn semantic_errors_name_the_entry() {
 
 #[test]
 fn garbage_never_panics() {
-    let inputs = ["\0\0\0", "- - - -", "workloads: 5", "{{{{", "workloads:\n  - !Exact x", ":", "!!binary AAAA", "policies: [{rules: [[[!Presence]]]}]"];
+    let inputs = [
+        "\0\0\0",
+        "- - - -",
+        "workloads: 5",
+        "{{{{",
+        "workloads:\n  - !Exact x",
+        ":",
+        "!!binary AAAA",
+        "policies: [{rules: [[[!Presence]]]}]",
+    ];
     for i in inputs {
         assert!(parse(i, "garbage").is_err(), "{i:?} should not parse");
     }

@@ -128,12 +128,8 @@ impl Snapshot {
             .iter()
             .filter(visible)
             .filter_map(|s| {
-                let best = s
-                    .cidr_vips
-                    .iter()
-                    .filter(|c| c.network == network && c.cidr.contains(&ip))
-                    .map(|c| c.cidr.prefix_len())
-                    .max()?;
+                let best =
+                    s.cidr_vips.iter().filter(|c| c.network == network && c.cidr.contains(&ip)).map(|c| c.cidr.prefix_len()).max()?;
                 Some((s, best))
             })
             .min_by_key(|(s, len)| (s.namespace != client_ns, std::cmp::Reverse(*len), !s.canonical))

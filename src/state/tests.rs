@@ -43,10 +43,7 @@ fn service_lookup_prefers_visible_local_canonical() {
     cidr.cidr_vips.push(CidrVip { network: String::new(), cidr: "10.97.0.0/16".parse().unwrap() });
     let mut narrow = Service::new("ns", "narrow", "narrow.ns");
     narrow.cidr_vips.push(CidrVip { network: String::new(), cidr: "10.97.1.0/24".parse().unwrap() });
-    let snap = Snapshot::build(
-        StateInput { services: vec![other, mine, hidden, cidr, narrow], ..Default::default() },
-        1,
-    );
+    let snap = Snapshot::build(StateInput { services: vec![other, mine, hidden, cidr, narrow], ..Default::default() }, 1);
     assert_eq!(snap.service_by_vip("", ip("10.96.0.1"), "mine").unwrap().hostname, "a.mine");
     assert_eq!(snap.service_by_vip("", ip("10.96.0.1"), "third").unwrap().hostname, "a.other");
     assert!(snap.service_by_vip("", ip("10.96.0.2"), "third").is_none());
@@ -97,9 +94,7 @@ async fn wait_for_sees_later_updates() {
         w.addresses = vec![ip("10.0.0.7")];
         s2.replace(StateInput { workloads: vec![w], ..Default::default() });
     });
-    let found = store
-        .wait_for(Duration::from_secs(5), |s| s.workload_by_addr("", ip("10.0.0.7")).cloned())
-        .await;
+    let found = store.wait_for(Duration::from_secs(5), |s| s.workload_by_addr("", ip("10.0.0.7")).cloned()).await;
     assert_eq!(found.unwrap().name, "late");
     assert!(store.wait_for(Duration::from_millis(10), |s| s.workload_by_uid("nope").cloned()).await.is_none());
 }

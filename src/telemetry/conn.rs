@@ -5,8 +5,6 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-
-
 use super::metrics::{ByteCounters, Peer, Reporter, TrafficLabels, CLOSED, FAILED, OPENED};
 use crate::identity::Identity;
 use crate::state::model::{Service, Workload};

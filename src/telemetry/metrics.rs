@@ -137,10 +137,7 @@ pub struct ByteCounters {
 
 impl ByteCounters {
     pub fn new(labels: &[Label]) -> Self {
-        ByteCounters {
-            received: metrics::counter!(RECEIVED, labels.to_vec()),
-            sent: metrics::counter!(SENT, labels.to_vec()),
-        }
+        ByteCounters { received: metrics::counter!(RECEIVED, labels.to_vec()), sent: metrics::counter!(SENT, labels.to_vec()) }
     }
 
     /// Counters that record nothing (for paths that are not reported).

@@ -50,9 +50,9 @@ pub fn init_logging(format: LogFormat, spec: Option<String>) -> LogHandle {
     let registry = tracing_subscriber::registry().with(layer);
     let res = match format {
         LogFormat::Plain => registry.with(fmt::layer().with_writer(std::io::stderr).with_ansi(false)).try_init(),
-        LogFormat::Json => registry
-            .with(fmt::layer().json().flatten_event(true).with_current_span(false).with_writer(std::io::stderr))
-            .try_init(),
+        LogFormat::Json => {
+            registry.with(fmt::layer().json().flatten_event(true).with_current_span(false).with_writer(std::io::stderr)).try_init()
+        }
     };
     if let Err(e) = res {
         eprintln!("logging already initialised: {e}");

@@ -15,8 +15,8 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 
 use crate::identity::Identity;
@@ -150,9 +150,8 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<(), CaError> {
     let root = root_params.self_signed(&root_key).map_err(sign_err)?;
     let root_issuer = Issuer::new(root_params, root_key);
     let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(sign_err)?;
-    let ca = ca_params(&opts.organization, "ferry intermediate CA", opts.ca_validity, 0)
-        .signed_by(&ca_key, &root_issuer)
-        .map_err(sign_err)?;
+    let ca =
+        ca_params(&opts.organization, "ferry intermediate CA", opts.ca_validity, 0).signed_by(&ca_key, &root_issuer).map_err(sign_err)?;
     write_file(&dir.join(CA_KEY), &ca_key.serialize_pem(), 0o600)?;
     write_file(&dir.join(CA_CERT), &ca.pem(), 0o644)?;
     write_file(&dir.join(ROOT_CERT), &root.pem(), 0o644)?;

@@ -29,7 +29,10 @@ enum CertState {
     Pending,
     Ready(Arc<WorkloadCert>),
     /// The last attempt failed; a still-valid earlier certificate stays in use.
-    Failed { error: String, last: Option<Arc<WorkloadCert>> },
+    Failed {
+        error: String,
+        last: Option<Arc<WorkloadCert>>,
+    },
 }
 
 struct Entry {

@@ -171,9 +171,7 @@ pub fn dummy_server_name() -> ServerName<'static> {
 
 fn server_config(identity: &Identity, roots: Arc<RootCertStore>, cert: Arc<CertifiedKey>) -> Result<Arc<ServerConfig>, TlsError> {
     let p = provider();
-    let inner = WebPkiClientVerifier::builder_with_provider(roots, p.clone())
-        .build()
-        .map_err(|e| TlsError::Roots(e.to_string()))?;
+    let inner = WebPkiClientVerifier::builder_with_provider(roots, p.clone()).build().map_err(|e| TlsError::Roots(e.to_string()))?;
     let verifier = TrustDomainVerifier::new(inner, identity.trust_domain().to_string());
     let mut c = ServerConfig::builder_with_provider(p)
         .with_protocol_versions(&[&rustls::version::TLS13])?

@@ -56,7 +56,11 @@ fn leaf_params(uris: &[&str], not_before: time::OffsetDateTime, not_after: time:
 }
 
 /// Runs a handshake; returns (client result, server result) as the peer identity or the error.
-async fn handshake(server: &WorkloadCert, client: &WorkloadCert, expect: Vec<Identity>) -> (Result<Identity, String>, Result<Identity, String>) {
+async fn handshake(
+    server: &WorkloadCert,
+    client: &WorkloadCert,
+    expect: Vec<Identity>,
+) -> (Result<Identity, String>, Result<Identity, String>) {
     let (c, s) = tokio::io::duplex(64 * 1024);
     let acceptor = TlsAcceptor::from(server.server_config());
     let connector = TlsConnector::from(client.client_config(expect));
@@ -120,7 +124,8 @@ fn ca_signs_only_the_requested_identity() {
     assert!(matches!(e, CaError::BadCsr(_)), "{e}");
     assert!(matches!(ca.sign_csr(&id("a"), "not a csr", Duration::from_secs(60)), Err(CaError::BadCsr(_))));
     let mut p = CertificateParams::default();
-    p.subject_alt_names = vec![SanType::URI(id("a").to_string().try_into().unwrap()), SanType::URI(id("b").to_string().try_into().unwrap())];
+    p.subject_alt_names =
+        vec![SanType::URI(id("a").to_string().try_into().unwrap()), SanType::URI(id("b").to_string().try_into().unwrap())];
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let two = p.serialize_request(&key).unwrap().pem().unwrap();
     assert!(matches!(ca.sign_csr(&id("a"), &two, Duration::from_secs(60)), Err(CaError::BadCsr(_))));

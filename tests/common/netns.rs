@@ -12,7 +12,10 @@ use ferry::sys::Netns;
 
 pub fn require_root() {
     let uid = nix::unistd::geteuid();
-    assert!(uid.is_root(), "this test needs root (network namespaces, nftables); it fails rather than skips. Run it as root, as .ci/run does.");
+    assert!(
+        uid.is_root(),
+        "this test needs root (network namespaces, nftables); it fails rather than skips. Run it as root, as .ci/run does."
+    );
 }
 
 pub fn sh(cmd: &str) {
