@@ -1,5 +1,6 @@
-//! Thin wrappers over Linux facilities that have no safe std/tokio API: network namespaces.
-//! Every `unsafe` block in ferry lives in this module (none is needed yet).
+//! Thin wrappers over Linux facilities that have no safe std/tokio API: network namespaces
+//! and SOCK_SEQPACKET sockets with descriptor passing. Every `unsafe` block in ferry lives in
+//! this module; each takes ownership of a descriptor the kernel just handed us.
 //!
 //! Invariant: a thread that enters another namespace always returns to its own before the
 //! call returns; if it cannot, the process aborts rather than run on in the wrong namespace.
@@ -22,16 +23,33 @@ pub struct Netns {
 
 impl Netns {
     /// Opens a network namespace by path (`/proc/<pid>/ns/net`, `/var/run/netns/<name>`).
+    /// Anything that is not a network namespace is refused.
     pub fn open(path: &Path) -> io::Result<Self> {
-        Self::from_file(File::open(path)?)
+        Self::checked(File::open(path)?).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+    }
+
+    /// Wraps a descriptor received from elsewhere (ZDS), refusing anything that is not a
+    /// network namespace.
+    pub fn from_fd(fd: std::os::fd::OwnedFd) -> io::Result<Self> {
+        Self::checked(File::from(fd))
+    }
+
+    fn checked(file: File) -> io::Result<Self> {
+        if !is_namespace_file(&file) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a namespace file"));
+        }
+        let ns = Self::from_file(file)?;
+        // setns with CLONE_NEWNET fails for any other kind of namespace.
+        ns.run_in(|| ()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("not a network namespace ({e})")))?;
+        Ok(ns)
     }
 
     /// The calling thread's current network namespace.
     pub fn current() -> io::Result<Self> {
-        Self::open(Path::new("/proc/thread-self/ns/net"))
+        Self::from_file(File::open("/proc/thread-self/ns/net")?)
     }
 
-    pub fn from_file(file: File) -> io::Result<Self> {
+    fn from_file(file: File) -> io::Result<Self> {
         let m = file.metadata()?;
         Ok(Netns { file, dev: m.dev(), ino: m.ino() })
     }
@@ -63,4 +81,103 @@ impl Netns {
     pub fn enter(&self) -> io::Result<()> {
         setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
     }
+}
+
+/// Unix SOCK_SEQPACKET sockets with file-descriptor passing (ZDS, protocols.md §3.1).
+pub mod seqpacket {
+    use std::io::{self, IoSlice, IoSliceMut};
+    use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+    use std::path::Path;
+
+    use nix::sys::socket::{
+        accept4, bind, connect, listen, recvmsg, sendmsg, socket, AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags,
+        SockFlag, SockType, UnixAddr,
+    };
+
+    fn new_socket() -> io::Result<OwnedFd> {
+        Ok(socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)?)
+    }
+
+    /// A listening socket at `path` (a stale socket file is replaced).
+    pub fn listen_at(path: &Path) -> io::Result<OwnedFd> {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let fd = new_socket()?;
+        bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+        listen(&fd, Backlog::new(16)?)?;
+        Ok(fd)
+    }
+
+    /// Connects to the listener at `path` (the connection is immediate for Unix sockets).
+    pub fn connect_to(path: &Path) -> io::Result<OwnedFd> {
+        let fd = new_socket()?;
+        connect(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+        Ok(fd)
+    }
+
+    /// Accepts one connection (non-blocking; `WouldBlock` when none is pending).
+    pub fn accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+        let raw = accept4(listener.as_raw_fd(), SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC)?;
+        // SAFETY: accept4 just returned this descriptor; nothing else owns it.
+        #[allow(unsafe_code)]
+        Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    }
+
+    /// Sends one datagram, with at most one descriptor as SCM_RIGHTS in the same message.
+    pub fn send(sock: BorrowedFd<'_>, data: &[u8], fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+        let fds: Vec<RawFd> = fd.iter().map(|f| f.as_raw_fd()).collect();
+        let cmsgs: Vec<ControlMessage<'_>> = if fds.is_empty() { Vec::new() } else { vec![ControlMessage::ScmRights(&fds)] };
+        let n = sendmsg::<UnixAddr>(sock.as_raw_fd(), &[IoSlice::new(data)], &cmsgs, MsgFlags::MSG_NOSIGNAL, None)?;
+        if n != data.len() {
+            return Err(io::Error::other(format!("short datagram write: {n} of {} bytes", data.len())));
+        }
+        Ok(())
+    }
+
+    /// One received datagram: its length and the descriptors that came with it.
+    pub struct Received {
+        pub len: usize,
+        pub fds: Vec<OwnedFd>,
+        pub truncated: bool,
+    }
+
+    /// Receives one datagram into `buf`. Every received descriptor is owned by the result,
+    /// so extra ones are closed when dropped, never leaked.
+    pub fn recv(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
+        let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+        let mut iov = [IoSliceMut::new(buf)];
+        let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)?;
+        let mut fds = Vec::new();
+        for c in msg.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                // SAFETY: the kernel installed these descriptors in our table for this message;
+                // nothing else owns them.
+                #[allow(unsafe_code)]
+                fds.extend(raw.into_iter().map(|r| unsafe { OwnedFd::from_raw_fd(r) }));
+            }
+        }
+        let truncated = msg.flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+        Ok(Received { len: msg.bytes, fds, truncated })
+    }
+
+    /// Registers a socket with the tokio reactor.
+    pub fn register(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+        // SAFETY: an OwnedFd is open, and the AsyncFd owns it until dropped, so it stays the
+        // same open descriptor for the AsyncFd's whole life.
+        #[allow(unsafe_code)]
+        unsafe { tokio::io::unix::AsyncFd::register(fd).map_err(|e| e.into_parts().1) }
+    }
+
+    /// The uid of the process on the other end (SO_PEERCRED).
+    pub fn peer_uid(sock: BorrowedFd<'_>) -> io::Result<u32> {
+        Ok(nix::sys::socket::getsockopt(&sock, nix::sys::socket::sockopt::PeerCredentials)?.uid())
+    }
+}
+
+/// Whether `file` is a namespace file (nsfs), as opposed to any other file.
+pub fn is_namespace_file(file: &File) -> bool {
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    nix::sys::statfs::fstatfs(file).map(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC).unwrap_or(false)
 }

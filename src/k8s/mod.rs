@@ -1,0 +1,7 @@
+//! Kubernetes objects as ferry reads them: the object subset, the capture decision, the
+//! translation into the workload/service model, and the cluster-state source.
+
+pub mod capture;
+pub mod objects;
+pub mod source;
+pub mod translate;
