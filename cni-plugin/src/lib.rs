@@ -1,7 +1,8 @@
 //! ferry-cni: a chained CNI plugin that reports pod sandboxes to the ferry node agent and refuses to let an ambient pod start uncaptured.
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod error;
 pub mod protocol;
 
-pub use crate::error::CniError;
+pub use crate::{config::Env, error::CniError};
