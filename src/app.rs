@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use crate::admin::{self, AdminState};
 use crate::config::{Config, LocalSource, ProxyArgs, ProxyMode};
 use crate::drain;
+use crate::inpod::WorkloadManager;
 use crate::proxy::socket::{LocalSockets, SocketOptions};
 use crate::proxy::{ProxyInputs, WorkloadProxy};
 use crate::readiness::Readiness;
@@ -25,6 +26,8 @@ pub enum AppError {
     LocalConfig(#[from] local::LocalConfigError),
     #[error("{0}")]
     Ca(#[from] crate::tls::ca::CaError),
+    #[error("{0}")]
+    Cluster(#[from] crate::k8s::source::SourceError),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
     #[error("{0}")]
@@ -60,6 +63,25 @@ fn load_state(cfg: &Config) -> Result<StateStore, AppError> {
         LocalSource::Inline(y) => {
             store.replace(local::parse(y, "LOCAL_XDS")?);
         }
+        LocalSource::Cluster(path) => {
+            let source = crate::k8s::source::FileSource::load(path)?;
+            let opts = crate::k8s::translate::TranslateOptions {
+                trust_domain: cfg.trust_domain.clone(),
+                cluster_id: cfg.cluster_id.clone(),
+                cluster_domain: cfg.cluster_domain.clone(),
+                network: String::new(),
+            };
+            let mut rx = crate::k8s::source::ClusterSource::subscribe(source.as_ref());
+            store.replace(crate::k8s::translate::to_state(&rx.borrow_and_update(), &opts));
+            tokio::spawn(source.watch(cfg.local_poll));
+            let store2 = store.clone();
+            tokio::spawn(async move {
+                while rx.changed().await.is_ok() {
+                    let input = crate::k8s::translate::to_state(&rx.borrow_and_update(), &opts);
+                    store2.replace(input);
+                }
+            });
+        }
         LocalSource::None => {
             tracing::warn!(
                 "no state source (LOCAL_XDS_PATH/LOCAL_XDS): every workload is unknown, so outbound connections will be refused"
@@ -79,6 +101,18 @@ async fn serve(cfg: Arc<Config>, log: Arc<LogHandle>) -> Result<(), AppError> {
     let certs = CertManager::new(Arc::new(ca), cfg.secret_ttl);
     let inputs = Arc::new(ProxyInputs { cfg: cfg.clone(), state: state.clone(), certs: certs.clone() });
     let (quit_tx, mut quit_rx) = mpsc::channel(1);
+    let (trigger, drain) = drain::new();
+    let manager = match cfg.mode {
+        ProxyMode::Dedicated => {
+            start_dedicated(&inputs, &cfg, drain)?;
+            None
+        }
+        ProxyMode::Shared => Some(start_shared(&inputs, &cfg, &ready, drain)),
+    };
+    let extra: Option<admin::DumpExtra> = manager.clone().map(|m| {
+        let f: admin::DumpExtra = Arc::new(move || m.lock().unwrap_or_else(|e| e.into_inner()).dump());
+        f
+    });
     let admin = Arc::new(AdminState {
         cfg: cfg.clone(),
         state,
@@ -87,26 +121,37 @@ async fn serve(cfg: Arc<Config>, log: Arc<LogHandle>) -> Result<(), AppError> {
         metrics: telemetry::metrics::install(),
         ready: ready.clone(),
         quit: quit_tx,
-        extra: None,
+        extra,
     });
     let addrs = admin::start(admin).map_err(io("cannot bind the admin, metrics or readiness port"))?;
-    let (trigger, drain) = drain::new();
-    match cfg.mode {
-        ProxyMode::Dedicated => start_dedicated(&inputs, &cfg, drain)?,
-        ProxyMode::Shared => {
-            return Err(AppError::Unsupported(
-                "in-pod (shared) mode needs the ZDS workload manager, which this build does not have yet; run with PROXY_MODE=dedicated"
-                    .into(),
-            ))
-        }
-    }
     drop(proxy_block);
-    tracing::info!(admin = %addrs[0], metrics = %addrs[1], readiness = %addrs[2], mode = ?cfg.mode, "ferry proxy ready");
+    tracing::info!(admin = %addrs[0], metrics = %addrs[1], readiness = %addrs[2], mode = ?cfg.mode, "ferry proxy started");
     wait_for_shutdown(&mut quit_rx).await;
     tracing::info!(deadline = ?cfg.termination_deadline, "draining: listeners closed, open connections may finish");
-    let clean = trigger.drain(cfg.termination_deadline).await;
+    let pods = manager.map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).take_all()).unwrap_or_default();
+    let deadline = cfg.termination_deadline;
+    let mut drains: Vec<_> = pods.into_iter().map(|t| tokio::spawn(t.drain(deadline))).collect();
+    drains.push(tokio::spawn(trigger.drain(deadline)));
+    let mut clean = true;
+    for d in drains {
+        clean &= d.await.unwrap_or(false);
+    }
     tracing::info!(clean, "drain complete; exiting");
     Ok(())
+}
+
+/// In-pod mode: the ZDS client feeds the workload manager, which opens listeners in each pod.
+fn start_shared(
+    inputs: &Arc<ProxyInputs>,
+    cfg: &Config,
+    ready: &Readiness,
+    drain: drain::DrainWatch,
+) -> Arc<std::sync::Mutex<WorkloadManager>> {
+    let opts = SocketOptions { mark: cfg.packet_mark, reuse_port: cfg.port_reuse, keepalive: cfg.keepalive };
+    let mgr = Arc::new(std::sync::Mutex::new(WorkloadManager::new(inputs.clone(), opts, ready.clone())));
+    tokio::spawn(crate::inpod::client::run(mgr.clone(), cfg.inpod_uds.clone(), drain));
+    tracing::info!(socket = %cfg.inpod_uds.display(), "in-pod mode: waiting for pods from the node agent");
+    mgr
 }
 
 fn start_dedicated(inputs: &Arc<ProxyInputs>, cfg: &Config, drain: drain::DrainWatch) -> Result<(), AppError> {

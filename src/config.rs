@@ -41,7 +41,20 @@ pub struct ProxyArgs {
     #[arg(long, env = "LOCAL_XDS", value_name = "YAML")]
     pub local_xds: Option<String>,
 
-    /// How often the local state file is checked for changes.
+    /// Kubernetes manifests (Namespaces, Pods, Services, ServiceAccounts) in a file or
+    /// directory, translated into workloads and services; stands in for the Kubernetes API.
+    #[arg(long, env = "FERRY_CLUSTER_STATE", value_name = "PATH", conflicts_with_all = ["local_xds_path", "local_xds"])]
+    pub cluster_state: Option<PathBuf>,
+
+    /// Cluster DNS domain for service hostnames (<name>.<namespace>.svc.<domain>).
+    #[arg(long, env = "CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+
+    /// Shared mode: the node agent's ZDS socket.
+    #[arg(long, env = "INPOD_UDS", default_value = "/var/run/ztunnel/ztunnel.sock")]
+    pub inpod_uds: PathBuf,
+
+    /// How often the local state file or cluster state is checked for changes.
     #[arg(long, env = "FERRY_LOCAL_XDS_POLL", value_parser = parse_duration, default_value = "1s")]
     pub local_xds_poll: Duration,
 
@@ -182,6 +195,7 @@ pub enum LocalSource {
     None,
     File(PathBuf),
     Inline(String),
+    Cluster(PathBuf),
 }
 
 /// The workload a dedicated-mode proxy serves.
@@ -234,6 +248,8 @@ pub struct Config {
     pub workload_info: Option<WorkloadInfo>,
     pub local: LocalSource,
     pub local_poll: Duration,
+    pub cluster_domain: String,
+    pub inpod_uds: PathBuf,
     pub ca_dir: PathBuf,
     pub secret_ttl: Duration,
     pub trust_domain: String,
@@ -295,11 +311,12 @@ impl ProxyArgs {
         if self.mode == ProxyMode::Dedicated && workload_info.is_none() {
             return Err(invalid("dedicated mode needs PROXY_WORKLOAD_INFO=<namespace>/<name>/<service-account>"));
         }
-        let local = match (self.local_xds_path.clone(), self.local_xds.clone()) {
-            (Some(p), None) => LocalSource::File(p),
-            (None, Some(y)) => LocalSource::Inline(y),
-            (None, None) => LocalSource::None,
-            (Some(_), Some(_)) => return Err(invalid("set LOCAL_XDS_PATH or LOCAL_XDS, not both")),
+        let local = match (self.local_xds_path.clone(), self.local_xds.clone(), self.cluster_state.clone()) {
+            (Some(p), None, None) => LocalSource::File(p),
+            (None, Some(y), None) => LocalSource::Inline(y),
+            (None, None, Some(c)) => LocalSource::Cluster(c),
+            (None, None, None) => LocalSource::None,
+            _ => return Err(invalid("set one of LOCAL_XDS_PATH, LOCAL_XDS or FERRY_CLUSTER_STATE")),
         };
         let cluster_id = std::env::var("ISTIO_META_CLUSTER_ID").ok().filter(|s| !s.is_empty()).unwrap_or(self.cluster_id.clone());
         let packet_mark = match (self.mode, self.packet_mark) {
@@ -311,6 +328,8 @@ impl ProxyArgs {
             workload_info,
             local,
             local_poll: self.local_xds_poll,
+            cluster_domain: self.cluster_domain.clone(),
+            inpod_uds: self.inpod_uds.clone(),
             ca_dir,
             secret_ttl: self.secret_ttl,
             trust_domain: self.trust_domain.clone(),
@@ -352,6 +371,19 @@ impl ProxyArgs {
             ports: Ports::default(),
         })
     }
+}
+
+/// A configuration with every default, for tests.
+#[doc(hidden)]
+pub fn test_config() -> Config {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct W {
+        #[command(flatten)]
+        a: ProxyArgs,
+    }
+    let w = W::try_parse_from(["ferry", "--mode", "dedicated", "--workload-info", "test/test/test", "--ca-dir", "/nonexistent"]);
+    w.map(|w| w.a.into_config()).expect("defaults parse").expect("defaults are valid")
 }
 
 /// `<namespace>/<name>/<service-account>`.

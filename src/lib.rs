@@ -4,18 +4,22 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod agent;
 pub mod app;
 pub mod config;
+pub mod demo;
 pub mod drain;
 pub mod hbone;
-pub mod netlink;
 pub mod identity;
+pub mod inpod;
 pub mod k8s;
+pub mod netlink;
 pub mod proto;
 pub mod proxy;
 pub mod rbac;
 pub mod readiness;
 pub mod redirect;
+pub mod sim;
 pub mod state;
 pub mod sys;
 pub mod telemetry;

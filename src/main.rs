@@ -20,6 +20,12 @@ struct Cli {
 enum Cmd {
     /// Run the node proxy: HBONE tunnels between workloads (Istio ztunnel compatible).
     Proxy(Box<ProxyArgs>),
+    /// Run the node agent: decide which pods are captured, install their redirection, and
+    /// hand their network namespaces to the node proxy (ZDS); serves the CNI plugin.
+    Agent(Box<ferry::agent::AgentArgs>),
+    /// Run the mesh on this machine without Kubernetes (as root): two simulated nodes, pods in
+    /// and outside the mesh, traffic between them, and a report of what was encrypted.
+    Demo(ferry::demo::DemoArgs),
     /// Manage ferry's built-in certificate authority.
     Ca {
         #[command(subcommand)]
@@ -54,6 +60,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Proxy(args) => ferry::app::run_proxy(*args).map_err(|e| e.to_string()),
+        Cmd::Agent(args) => ferry::agent::run_agent(*args).map_err(|e| e.to_string()),
+        Cmd::Demo(a) => ferry::demo::run(a),
         Cmd::Ca { cmd: CaCmd::Init(a) } => ca_init(a),
     };
     match result {

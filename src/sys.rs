@@ -167,7 +167,9 @@ pub mod seqpacket {
         // SAFETY: an OwnedFd is open, and the AsyncFd owns it until dropped, so it stays the
         // same open descriptor for the AsyncFd's whole life.
         #[allow(unsafe_code)]
-        unsafe { tokio::io::unix::AsyncFd::register(fd).map_err(|e| e.into_parts().1) }
+        unsafe {
+            tokio::io::unix::AsyncFd::register(fd).map_err(|e| e.into_parts().1)
+        }
     }
 
     /// The uid of the process on the other end (SO_PEERCRED).
@@ -179,5 +181,11 @@ pub mod seqpacket {
 /// Whether `file` is a namespace file (nsfs), as opposed to any other file.
 pub fn is_namespace_file(file: &File) -> bool {
     const NSFS_MAGIC: i64 = 0x6e73_6673;
-    nix::sys::statfs::fstatfs(file).map(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC).unwrap_or(false)
+    nix::sys::statfs::fstatfs(file).map(|s| s.filesystem_type().0 == NSFS_MAGIC).unwrap_or(false)
+}
+
+impl std::os::fd::AsFd for Netns {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.file.as_fd()
+    }
 }

@@ -14,7 +14,8 @@ fn install_is_idempotent_and_removal_is_complete() {
     }
     let rules = String::from_utf8(ns.command("ip").args(["rule", "show"]).output().unwrap().stdout).unwrap();
     assert!(rules.contains("32764:\tfrom all fwmark 0x111/0xfff lookup 100"), "{rules}");
-    let routes = String::from_utf8(ns.command("ip").args(["route", "show", "table", "100", "type", "local"]).output().unwrap().stdout).unwrap();
+    let routes =
+        String::from_utf8(ns.command("ip").args(["route", "show", "table", "100", "type", "local"]).output().unwrap().stdout).unwrap();
     assert!(routes.contains("local default dev lo"), "{routes}");
     let rules6 = String::from_utf8(ns.command("ip").args(["-6", "rule", "show"]).output().unwrap().stdout).unwrap();
     assert!(rules6.contains("fwmark 0x111/0xfff lookup 100"), "{rules6}");

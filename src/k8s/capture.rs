@@ -70,7 +70,13 @@ mod tests {
     use crate::k8s::objects::{Container, ObjectMeta};
 
     fn ns(labels: &[(&str, &str)]) -> Namespace {
-        Namespace { metadata: ObjectMeta { name: "ns".into(), labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), ..Default::default() } }
+        Namespace {
+            metadata: ObjectMeta {
+                name: "ns".into(),
+                labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                ..Default::default()
+            },
+        }
     }
 
     fn pod(labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> Pod {
@@ -98,12 +104,31 @@ mod tests {
             ("other dataplane mode", Some(&other_mode), pod(&[], &[]), Capture::Skip(SkipReason::NotAmbient)),
             ("unknown namespace", None, pod(&[], &[]), Capture::Skip(SkipReason::UnknownNamespace)),
             ("pod opt-out label", Some(&ambient), pod(&[(DATAPLANE_MODE, NONE)], &[]), Capture::Skip(SkipReason::PodOptOut)),
-            ("pod opt-out annotation", Some(&ambient), pod(&[], &[(REDIRECTION_ANNOTATION, "disabled")]), Capture::Skip(SkipReason::PodOptOut)),
-            ("redirection enabled annotation is not an opt-out", Some(&ambient), pod(&[], &[(REDIRECTION_ANNOTATION, "enabled")]), Capture::Enroll),
+            (
+                "pod opt-out annotation",
+                Some(&ambient),
+                pod(&[], &[(REDIRECTION_ANNOTATION, "disabled")]),
+                Capture::Skip(SkipReason::PodOptOut),
+            ),
+            (
+                "redirection enabled annotation is not an opt-out",
+                Some(&ambient),
+                pod(&[], &[(REDIRECTION_ANNOTATION, "enabled")]),
+                Capture::Enroll,
+            ),
             ("pod opt-in in plain namespace", Some(&plain), pod(&[(DATAPLANE_MODE, AMBIENT)], &[]), Capture::Enroll),
             ("pod opt-in, namespace unknown", None, pod(&[(DATAPLANE_MODE, AMBIENT)], &[]), Capture::Enroll),
             ("host network", Some(&ambient), host.clone(), Capture::Skip(SkipReason::HostNetwork)),
-            ("host network even when opted in", Some(&ambient), { let mut h = host; h.metadata.labels.insert(DATAPLANE_MODE.into(), AMBIENT.into()); h }, Capture::Skip(SkipReason::HostNetwork)),
+            (
+                "host network even when opted in",
+                Some(&ambient),
+                {
+                    let mut h = host;
+                    h.metadata.labels.insert(DATAPLANE_MODE.into(), AMBIENT.into());
+                    h
+                },
+                Capture::Skip(SkipReason::HostNetwork),
+            ),
             ("sidecar annotation", Some(&ambient), pod(&[], &[(SIDECAR_STATUS_ANNOTATION, "{}")]), Capture::Skip(SkipReason::Sidecar)),
             ("sidecar container", Some(&ambient), sidecar_container, Capture::Skip(SkipReason::Sidecar)),
             ("label value is exact", Some(&capitalised), pod(&[], &[]), Capture::Skip(SkipReason::NotAmbient)),

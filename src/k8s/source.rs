@@ -52,12 +52,12 @@ impl FileSource {
         Ok(Arc::new(FileSource { path: path.to_path_buf(), tx }))
     }
 
-    /// Polls for changes until the source is dropped by everyone else.
+    /// Polls for changes until nobody subscribes any more.
     pub async fn watch(self: Arc<Self>, interval: Duration) {
         let mut last = stamp(&self.path);
         loop {
             tokio::time::sleep(interval).await;
-            if Arc::strong_count(&self) == 1 {
+            if self.tx.is_closed() {
                 return;
             }
             let now = stamp(&self.path);
@@ -168,7 +168,8 @@ pub fn parse_documents(text: &str, origin: &str) -> Result<ClusterState, SourceE
 fn add_object(state: &mut ClusterState, v: serde_yaml::Value, origin: &str, doc: usize) -> Result<(), SourceError> {
     let kind = v.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_string();
     let name = v.get("metadata").and_then(|m| m.get("name")).and_then(|n| n.as_str()).unwrap_or("").to_string();
-    let invalid = |message: String| SourceError::Invalid { origin: origin.to_string(), doc, kind: kind.clone(), name: name.clone(), message };
+    let invalid =
+        |message: String| SourceError::Invalid { origin: origin.to_string(), doc, kind: kind.clone(), name: name.clone(), message };
     if kind.is_empty() || v.get("apiVersion").and_then(|a| a.as_str()).is_none() {
         return Err(invalid("every manifest needs apiVersion and kind".into()));
     }

@@ -98,7 +98,9 @@ fn endpoint_ports(s: &K8sService, p: &Pod) -> PortMap {
         let target = match &port.target_port {
             None => Some(port.port),
             Some(IntOrString::Int(t)) => Some(*t),
-            Some(IntOrString::Str(name)) => p.spec.containers.iter().flat_map(|c| &c.ports).find(|cp| cp.name == *name).map(|cp| cp.container_port),
+            Some(IntOrString::Str(name)) => {
+                p.spec.containers.iter().flat_map(|c| &c.ports).find(|cp| cp.name == *name).map(|cp| cp.container_port)
+            }
         };
         if let Some(t) = target.filter(|t| *t != 0) {
             out.insert(port.port, t);

@@ -161,7 +161,8 @@ pub async fn connect(factory: &dyn SocketFactory, dst: SocketAddr, source: Optio
 /// socket's local address when the connection was not redirected.
 pub fn original_dst(s: &TcpStream) -> io::Result<SocketAddr> {
     let r = SockRef::from(s);
-    let local = s.local_addr()?;
+    // A dual-stack listener sees IPv4 clients as v4-mapped; their conntrack entry is IPv4.
+    let local = canonical(s.local_addr()?);
     let orig = if local.is_ipv4() { r.original_dst_v4() } else { r.original_dst_v6() };
     match orig.ok().and_then(|a| a.as_socket()) {
         Some(a) => Ok(canonical(a)),

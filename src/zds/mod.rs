@@ -77,13 +77,6 @@ impl ZdsSocket {
         }
         Ok(Incoming { msg: M::decode(&buf[..got.len])?, fds: got.fds })
     }
-
-    /// Waits until the socket is readable (data or hang-up), without consuming anything.
-    pub async fn readable(&self) -> io::Result<()> {
-        let mut guard = self.fd.readable().await?;
-        guard.retain_ready();
-        Ok(())
-    }
 }
 
 /// A listening ZDS socket (the node agent's side).

@@ -1,0 +1,182 @@
+//! The agent's side of the CNI plugin protocol (`ferry_cni::protocol`): one JSON request line
+//! per connection on a root-only Unix socket. ADD answers only after a pod that must be captured
+//! is fully enrolled (rules installed and the node proxy's ack), so the application never starts
+//! uncaptured; any failure leaves no rules behind.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_cni::protocol::{AgentRequest, AgentResponse, PodEvent, MAX_LINE_BYTES};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use super::pods::{PodEntry, PodRecord};
+use super::Agent;
+use crate::k8s::capture::{decide, Capture};
+use crate::sys::Netns;
+
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let l = UnixListener::bind(path)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+fn ok(enrolled: bool, message: impl Into<String>) -> AgentResponse {
+    AgentResponse { ok: true, enrolled, message: message.into() }
+}
+
+fn fail(message: impl Into<String>) -> AgentResponse {
+    AgentResponse { ok: false, enrolled: false, message: message.into() }
+}
+
+impl Agent {
+    pub async fn serve_cni(self: Arc<Self>, listener: UnixListener) {
+        loop {
+            match listener.accept().await {
+                Ok((s, _)) => {
+                    tokio::spawn(self.clone().cni_conn(s));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "CNI socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    async fn cni_conn(self: Arc<Self>, stream: UnixStream) {
+        let (r, mut w) = stream.into_split();
+        let mut line = String::new();
+        let mut reader = BufReader::new(r.take(MAX_LINE_BYTES as u64));
+        let read = reader.read_line(&mut line);
+        let resp = match tokio::time::timeout(READ_TIMEOUT, read).await {
+            Ok(Ok(_)) => match serde_json::from_str::<AgentRequest>(line.trim_end()) {
+                Ok(req) => self.cni_request(req).await,
+                Err(e) => fail(format!("malformed request: {e}")),
+            },
+            Ok(Err(e)) => fail(format!("cannot read the request: {e}")),
+            Err(_) => fail("no request within 10s"),
+        };
+        if let Ok(mut out) = serde_json::to_vec(&resp) {
+            out.push(b'\n');
+            let _ = w.write_all(&out).await;
+        }
+    }
+
+    async fn cni_request(&self, req: AgentRequest) -> AgentResponse {
+        let command = req.command_name();
+        let resp = match req {
+            AgentRequest::Add(ev) => self.cni_add(ev).await,
+            AgentRequest::Del(ev) => self.cni_del(ev).await,
+            AgentRequest::Check(ev) => self.cni_check(ev).await,
+            AgentRequest::Status if self.proxies_connected() > 0 => ok(false, "ready"),
+            AgentRequest::Status => fail(format!("no node proxy is connected to {}", self.args.zds_socket.display())),
+        };
+        let outcome = if resp.ok { "ok" } else { "refused" };
+        metrics::counter!("ferry_agent_cni_requests_total", "command" => command, "result" => outcome).increment(1);
+        if !resp.ok {
+            tracing::warn!(command, error = %resp.message, "CNI request refused");
+        }
+        resp
+    }
+
+    async fn cni_add(&self, ev: PodEvent) -> AgentResponse {
+        let pod = format!("{}/{}", ev.pod_namespace, ev.pod_name);
+        let netns = match Netns::open(Path::new(&ev.netns)) {
+            Ok(n) => Arc::new(n),
+            Err(e) => return fail(format!("pod {pod}: netns {e}")),
+        };
+        let Some(state) = self.wait_for_pod(&ev.pod_namespace, &ev.pod_name).await else {
+            return fail(format!(
+                "pod {pod} is not in the cluster state after {:?}; cannot decide whether to capture it",
+                self.args.pod_wait
+            ));
+        };
+        let decision = state.pod(&ev.pod_namespace, &ev.pod_name).map(|p| decide(state.namespace(&ev.pod_namespace), p));
+        let uid = if ev.pod_uid.is_empty() { pod.clone() } else { ev.pod_uid.clone() };
+        let mut cache = self.pods.lock().await;
+        if let Some(old) = cache.pods.get(&uid) {
+            if old.netns.id() != netns.id() && old.record.enrolled {
+                tracing::info!(%pod, "sandbox re-created; releasing the old one");
+                let _ = self.release(&mut cache, &uid).await;
+            }
+        }
+        let record = PodRecord {
+            uid: uid.clone(),
+            namespace: ev.pod_namespace,
+            name: ev.pod_name,
+            netns_path: ev.netns.into(),
+            ips: ev.ips,
+            enrolled: false,
+        };
+        cache.pods.insert(uid.clone(), PodEntry { record, netns });
+        let resp = match decision {
+            Some(Capture::Enroll) => match self.enroll(&mut cache, &uid).await {
+                Ok(()) => ok(true, format!("pod {pod} enrolled")),
+                Err(e) => {
+                    cache.pods.remove(&uid);
+                    fail(format!("pod {pod} must be captured but enrollment failed: {e}"))
+                }
+            },
+            Some(Capture::Skip(reason)) => ok(false, format!("pod {pod} not captured: {reason}")),
+            None => fail(format!("pod {pod} disappeared from the cluster state")),
+        };
+        cache.save();
+        resp
+    }
+
+    /// The cluster state once it holds the pod (the API object exists before its sandbox).
+    async fn wait_for_pod(&self, ns: &str, name: &str) -> Option<Arc<crate::k8s::objects::ClusterState>> {
+        let mut rx = self.cluster.clone();
+        let wait = async {
+            loop {
+                let s = rx.borrow_and_update().clone();
+                if s.pod(ns, name).is_some() {
+                    return Some(s);
+                }
+                rx.changed().await.ok()?;
+            }
+        };
+        tokio::time::timeout(self.args.pod_wait, wait).await.ok().flatten()
+    }
+
+    async fn cni_del(&self, ev: PodEvent) -> AgentResponse {
+        let mut cache = self.pods.lock().await;
+        let uid = match cache.pods.contains_key(&ev.pod_uid) {
+            true => Some(ev.pod_uid.clone()),
+            false => cache.find(&ev.pod_namespace, &ev.pod_name).map(|e| e.record.uid.clone()),
+        };
+        let Some(uid) = uid else { return ok(false, "pod not known; nothing to do") };
+        if cache.pods.get(&uid).is_some_and(|e| e.record.enrolled) {
+            if let Err(e) = self.release(&mut cache, &uid).await {
+                tracing::info!(%uid, error = %e, "rules could not all be removed (the sandbox may already be gone)");
+            }
+        }
+        cache.pods.remove(&uid);
+        cache.save();
+        ok(false, "pod forgotten")
+    }
+
+    async fn cni_check(&self, ev: PodEvent) -> AgentResponse {
+        let state = self.cluster.borrow().clone();
+        let cache = self.pods.lock().await;
+        let Some(e) = cache.find(&ev.pod_namespace, &ev.pod_name) else {
+            return fail(format!("pod {}/{} was never added", ev.pod_namespace, ev.pod_name));
+        };
+        match super::pods::wants_capture(&state, &e.record) {
+            Some(true) if !e.record.enrolled => fail("pod must be captured but is not enrolled"),
+            _ => ok(e.record.enrolled, "consistent"),
+        }
+    }
+}

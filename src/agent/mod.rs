@@ -1,0 +1,223 @@
+//! `ferry agent`, the node agent: decides which pods are captured (a pure function of the
+//! cluster state), installs and removes their in-pod redirection (nftables + policy routing,
+//! each step rolled back if a later one fails), hands their network namespaces to the node
+//! proxy over ZDS, and answers the CNI plugin only once a pod that must be captured is.
+//!
+//! Enrollment operations are serialized by the pod-cache lock; the ZDS snapshot for a newly
+//! connected proxy is taken under the same lock, so no pod is ever missed or sent twice.
+
+pub mod cni_server;
+pub mod pods;
+pub mod zds_server;
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Mutex};
+
+use crate::k8s::objects::ClusterState;
+use crate::k8s::source::{ClusterSource, FileSource};
+use crate::redirect::{self, RedirectConfig};
+use crate::telemetry::{self, LogFormat};
+use pods::{Action, PodCache, PodEntry};
+
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "Agent")]
+pub struct AgentArgs {
+    /// Kubernetes manifests (Namespaces, Pods, Services, ServiceAccounts) in a file or
+    /// directory, watched for changes; stands in for the Kubernetes API.
+    #[arg(long, env = "FERRY_CLUSTER_STATE", value_name = "PATH")]
+    pub cluster_state: PathBuf,
+    /// How often the cluster state is checked for changes.
+    #[arg(long, env = "FERRY_CLUSTER_STATE_POLL", value_parser = crate::config::parse_duration, default_value = "1s")]
+    pub cluster_state_poll: Duration,
+    /// This node's name; only pods scheduled here are handled.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// ZDS socket the node proxy connects to.
+    #[arg(long, env = "FERRY_ZDS_SOCKET", default_value = "/var/run/ztunnel/ztunnel.sock")]
+    pub zds_socket: PathBuf,
+    /// Socket the CNI plugin sends pod events to.
+    #[arg(long, env = "FERRY_CNI_SOCKET", default_value = "/var/run/ferry/cni.sock")]
+    pub cni_socket: PathBuf,
+    /// Where the agent keeps its pod records across restarts.
+    #[arg(long, env = "FERRY_AGENT_STATE_DIR", default_value = "/var/run/ferry/agent")]
+    pub state_dir: PathBuf,
+    /// The node proxy's socket mark (must match its PACKET_MARK).
+    #[arg(long, env = "PACKET_MARK", default_value_t = crate::proxy::DEFAULT_PACKET_MARK)]
+    pub packet_mark: u32,
+    /// Also capture IPv6.
+    #[arg(long, env = "IPV6_ENABLED", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(), default_value = "true")]
+    pub ipv6_enabled: bool,
+    /// How long a CNI ADD waits for its pod to appear in the cluster state.
+    #[arg(long, env = "FERRY_POD_WAIT", value_parser = crate::config::parse_duration, default_value = "10s")]
+    pub pod_wait: Duration,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "plain", ignore_case = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    Cluster(#[from] crate::k8s::source::SourceError),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+}
+
+pub struct Agent {
+    pub args: AgentArgs,
+    pub cluster: watch::Receiver<Arc<ClusterState>>,
+    pub pods: Mutex<PodCache>,
+    conns: std::sync::Mutex<Vec<zds_server::ConnHandle>>,
+    next_conn: AtomicU64,
+    redirect: RedirectConfig,
+}
+
+pub fn run_agent(args: AgentArgs) -> Result<(), AgentError> {
+    telemetry::init_logging(args.log_format, None);
+    telemetry::metrics::install();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| AgentError::Io { what: "cannot start the runtime".into(), source })?;
+    rt.block_on(serve(args))
+}
+
+async fn serve(args: AgentArgs) -> Result<(), AgentError> {
+    let io = |what: &str| {
+        let what = what.to_string();
+        move |source| AgentError::Io { what, source }
+    };
+    let source = FileSource::load(&args.cluster_state)?;
+    tokio::spawn(source.clone().watch(args.cluster_state_poll));
+    std::fs::create_dir_all(&args.state_dir).map_err(io("cannot create the agent state directory"))?;
+    let cache = PodCache::load(&args.state_dir.join("pods.json"));
+    let zds = crate::zds::ZdsListener::bind(&args.zds_socket).map_err(io("cannot bind the ZDS socket"))?;
+    let cni = cni_server::bind(&args.cni_socket).map_err(io("cannot bind the CNI event socket"))?;
+    let agent = Arc::new(Agent::new(args, source.subscribe(), cache));
+    agent.restore().await;
+    tracing::info!(node = %agent.args.node_name, zds = %agent.args.zds_socket.display(), cni = %agent.args.cni_socket.display(), "ferry agent ready");
+    tokio::spawn(agent.clone().serve_zds(zds));
+    tokio::spawn(agent.clone().serve_cni(cni));
+    tokio::spawn(agent.clone().reconcile_loop());
+    wait_for_signal().await;
+    tracing::info!("ferry agent stopping; pods keep their redirection");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut t), Ok(mut i)) => tokio::select! { _ = t.recv() => {}, _ = i.recv() => {} },
+        _ => std::future::pending().await,
+    }
+}
+
+impl Agent {
+    pub fn new(args: AgentArgs, cluster: watch::Receiver<Arc<ClusterState>>, cache: PodCache) -> Self {
+        let redirect = RedirectConfig { mark: args.packet_mark, ipv6: args.ipv6_enabled, ..Default::default() };
+        Agent { args, cluster, pods: Mutex::new(cache), conns: std::sync::Mutex::new(Vec::new()), next_conn: AtomicU64::new(1), redirect }
+    }
+
+    /// After a restart: re-apply the redirection of pods that were enrolled (an atomic
+    /// replace, harmless when intact), so rules lost meanwhile come back.
+    async fn restore(&self) {
+        let cache = self.pods.lock().await;
+        for e in cache.pods.values().filter(|e| e.record.enrolled) {
+            if let Err(e2) = self.install_rules(e) {
+                tracing::error!(pod = %pod_name(e), error = %e2, "cannot restore the pod's redirection");
+            }
+        }
+        tracing::info!(
+            pods = cache.pods.len(),
+            enrolled = cache.pods.values().filter(|e| e.record.enrolled).count(),
+            "pod records restored"
+        );
+    }
+
+    async fn reconcile_loop(self: Arc<Self>) {
+        let mut rx = self.cluster.clone();
+        loop {
+            self.reconcile().await;
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return },
+                // Retries failed enrollments even when nothing changes.
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+        }
+    }
+
+    pub async fn reconcile(&self) {
+        let state = self.cluster.borrow().clone();
+        let mut cache = self.pods.lock().await;
+        for action in pods::plan(&cache, &state) {
+            let (uid, result) = match &action {
+                Action::Enroll(uid) => (uid, self.enroll(&mut cache, uid).await),
+                Action::Release(uid) => (uid, self.release(&mut cache, uid).await),
+            };
+            if let Err(e) = result {
+                tracing::warn!(%uid, ?action, error = %e, "reconcile step failed; will retry");
+            }
+        }
+        cache.save();
+    }
+
+    fn install_rules(&self, e: &PodEntry) -> Result<(), String> {
+        let state = self.cluster.borrow().clone();
+        let cfg = pods::redirect_config(state.pod(&e.record.namespace, &e.record.name), &self.redirect);
+        redirect::nft_apply(&e.netns, &redirect::nft_install(&cfg)).map_err(|err| format!("installing nftables rules: {err}"))?;
+        if let Err(err) = crate::netlink::install(&e.netns, self.ipv6_in(e)) {
+            let _ = redirect::nft_apply(&e.netns, &redirect::nft_remove());
+            return Err(format!("installing policy routing: {err}"));
+        }
+        Ok(())
+    }
+
+    fn remove_rules(&self, e: &PodEntry) -> Result<(), String> {
+        let a = redirect::nft_apply(&e.netns, &redirect::nft_remove()).map_err(|err| format!("removing nftables rules: {err}"));
+        let b = crate::netlink::remove(&e.netns, self.ipv6_in(e)).map_err(|err| format!("removing policy routing: {err}"));
+        a.and(b)
+    }
+
+    /// IPv6 policy routing only where the pod has IPv6 (the family may be disabled there).
+    fn ipv6_in(&self, e: &PodEntry) -> bool {
+        self.args.ipv6_enabled && e.record.ips.iter().any(|ip| ip.is_ipv6())
+    }
+
+    /// Rules, then the proxy's acknowledgement; any failure undoes the rules.
+    pub async fn enroll(&self, cache: &mut PodCache, uid: &str) -> Result<(), String> {
+        let e = cache.pods.get_mut(uid).ok_or_else(|| format!("unknown pod {uid}"))?;
+        self.install_rules(e)?;
+        let sa = self.service_account(&e.record.namespace, &e.record.name);
+        if let Err(err) = self.zds_add(uid, &e.record.namespace, &e.record.name, &sa, e.netns.clone()).await {
+            let _ = self.remove_rules(e);
+            return Err(err);
+        }
+        e.record.enrolled = true;
+        tracing::info!(pod = %pod_name(e), %uid, "pod enrolled: traffic is captured by the node proxy");
+        metrics::counter!("ferry_agent_enrollments_total", "result" => "enrolled").increment(1);
+        Ok(())
+    }
+
+    /// Rules removed, then every connected proxy told to drop the pod.
+    pub async fn release(&self, cache: &mut PodCache, uid: &str) -> Result<(), String> {
+        let e = cache.pods.get_mut(uid).ok_or_else(|| format!("unknown pod {uid}"))?;
+        let rules = self.remove_rules(e);
+        self.zds_del(uid).await;
+        e.record.enrolled = false;
+        tracing::info!(pod = %pod_name(e), %uid, "pod released from the mesh");
+        metrics::counter!("ferry_agent_enrollments_total", "result" => "released").increment(1);
+        rules
+    }
+
+    fn service_account(&self, ns: &str, name: &str) -> String {
+        self.cluster.borrow().pod(ns, name).map(|p| p.service_account().to_string()).unwrap_or_else(|| "default".into())
+    }
+}
+
+pub fn pod_name(e: &PodEntry) -> String {
+    format!("{}/{}", e.record.namespace, e.record.name)
+}

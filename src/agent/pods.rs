@@ -1,0 +1,197 @@
+//! The agent's record of pods on this node (from CNI events), persisted so a restarted agent
+//! knows every sandbox again, and the pure reconcile plan: which pods to enroll or release so
+//! capture matches the cluster state.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::k8s::capture::{decide, Capture};
+use crate::k8s::objects::{ClusterState, Pod};
+use crate::redirect::RedirectConfig;
+use crate::sys::Netns;
+
+pub const BYPASS_INBOUND_ANNOTATION: &str = "ambient.istio.io/bypass-inbound-capture";
+pub const VIRTUAL_INTERFACES_ANNOTATION: &str = "istio.io/reroute-virtual-interfaces";
+
+/// One pod sandbox the agent has seen through CNI.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PodRecord {
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    pub netns_path: PathBuf,
+    pub ips: Vec<IpAddr>,
+    /// Redirection installed and the node proxy acknowledged the pod.
+    pub enrolled: bool,
+}
+
+pub struct PodEntry {
+    pub record: PodRecord,
+    pub netns: Arc<Netns>,
+}
+
+#[derive(Default)]
+pub struct PodCache {
+    pub pods: BTreeMap<String, PodEntry>,
+    file: Option<PathBuf>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    Enroll(String),
+    Release(String),
+}
+
+impl PodCache {
+    /// Loads the persisted records, keeping those whose namespace still exists.
+    pub fn load(file: &Path) -> PodCache {
+        let mut cache = PodCache { pods: BTreeMap::new(), file: Some(file.to_path_buf()) };
+        let records: Vec<PodRecord> = match std::fs::read(file) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+                tracing::warn!(file = %file.display(), error = %e, "ignoring an unreadable pod cache");
+                Vec::new()
+            }),
+            Err(_) => Vec::new(),
+        };
+        for r in records {
+            match Netns::open(&r.netns_path) {
+                Ok(ns) => {
+                    cache.pods.insert(r.uid.clone(), PodEntry { record: r, netns: Arc::new(ns) });
+                }
+                Err(e) => tracing::info!(pod = %format!("{}/{}", r.namespace, r.name), error = %e, "pod sandbox is gone; forgetting it"),
+            }
+        }
+        cache
+    }
+
+    pub fn save(&self) {
+        let Some(file) = &self.file else { return };
+        let records: Vec<&PodRecord> = self.pods.values().map(|e| &e.record).collect();
+        let tmp = file.with_extension("tmp");
+        let result = serde_json::to_vec_pretty(&records)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|_| std::fs::rename(&tmp, file));
+        if let Err(e) = result {
+            tracing::error!(file = %file.display(), error = %e, "cannot persist the pod cache");
+        }
+    }
+
+    pub fn find(&self, namespace: &str, name: &str) -> Option<&PodEntry> {
+        self.pods.values().find(|e| e.record.namespace == namespace && e.record.name == name)
+    }
+}
+
+/// Whether the cluster state wants `r` captured. A pod missing from the state keeps its
+/// current status: its sandbox exists, and the runtime's CNI DEL will release it.
+pub fn wants_capture(c: &ClusterState, r: &PodRecord) -> Option<bool> {
+    let pod = c.pod(&r.namespace, &r.name)?;
+    Some(matches!(decide(c.namespace(&r.namespace), pod), Capture::Enroll))
+}
+
+/// The changes that make capture match the cluster state.
+pub fn plan(cache: &PodCache, c: &ClusterState) -> Vec<Action> {
+    cache
+        .pods
+        .values()
+        .filter_map(|e| match (wants_capture(c, &e.record), e.record.enrolled) {
+            (Some(true), false) => Some(Action::Enroll(e.record.uid.clone())),
+            (Some(false), true) => Some(Action::Release(e.record.uid.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The pod's redirection, honouring the ingress-mode and virtual-interface annotations.
+pub fn redirect_config(pod: Option<&Pod>, base: &RedirectConfig) -> RedirectConfig {
+    let mut c = base.clone();
+    if let Some(p) = pod {
+        let a = &p.metadata.annotations;
+        if a.get(BYPASS_INBOUND_ANNOTATION).is_some_and(|v| v == "true") {
+            c.capture_inbound = false;
+        }
+        if let Some(v) = a.get(VIRTUAL_INTERFACES_ANNOTATION) {
+            c.virtual_interfaces = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty() && s.len() <= 15 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+                .map(String::from)
+                .collect();
+        }
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::k8s::source::parse_documents;
+
+    fn entry(uid: &str, ns: &str, name: &str, enrolled: bool) -> PodEntry {
+        PodEntry {
+            record: PodRecord {
+                uid: uid.into(),
+                namespace: ns.into(),
+                name: name.into(),
+                netns_path: "/proc/self/ns/net".into(),
+                ips: vec![],
+                enrolled,
+            },
+            netns: Arc::new(Netns::current().unwrap()),
+        }
+    }
+
+    #[test]
+    fn plan_table() {
+        let state = parse_documents(
+            r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: mesh, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: plain}
+---
+{apiVersion: v1, kind: Pod, metadata: {name: a, namespace: mesh}}
+---
+{apiVersion: v1, kind: Pod, metadata: {name: b, namespace: mesh}}
+---
+{apiVersion: v1, kind: Pod, metadata: {name: c, namespace: plain}}
+---
+{apiVersion: v1, kind: Pod, metadata: {name: d, namespace: plain}}
+---
+{apiVersion: v1, kind: Pod, metadata: {name: e, namespace: mesh, labels: {istio.io/dataplane-mode: none}}}
+"#,
+            "t",
+        )
+        .unwrap();
+        let mut cache = PodCache::default();
+        for (uid, ns, name, enrolled) in [
+            ("1", "mesh", "a", false),
+            ("2", "mesh", "b", true),
+            ("3", "plain", "c", true),
+            ("4", "plain", "d", false),
+            ("5", "mesh", "e", true),
+            ("6", "mesh", "gone", true),
+        ] {
+            cache.pods.insert(uid.into(), entry(uid, ns, name, enrolled));
+        }
+        assert_eq!(plan(&cache, &state), vec![Action::Enroll("1".into()), Action::Release("3".into()), Action::Release("5".into())]);
+    }
+
+    #[test]
+    fn annotations_shape_the_redirection() {
+        let mut p = Pod::default();
+        p.metadata.annotations.insert(BYPASS_INBOUND_ANNOTATION.into(), "true".into());
+        p.metadata.annotations.insert(VIRTUAL_INTERFACES_ANNOTATION.into(), "virt0, virt1,bad iface;,".into());
+        let c = redirect_config(Some(&p), &RedirectConfig::default());
+        assert!(!c.capture_inbound);
+        assert_eq!(c.virtual_interfaces, ["virt0", "virt1"]);
+        assert!(redirect_config(None, &RedirectConfig::default()).capture_inbound);
+    }
+}

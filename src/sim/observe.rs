@@ -1,0 +1,44 @@
+//! Reading what the node proxies report: access-log records (JSON lines, target `access`) and
+//! Prometheus metric lines, so tests and the demo assert on what an operator would see.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// Every access-log record in a proxy log.
+pub fn access_log(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "access")
+        .collect()
+}
+
+fn ip_of(v: &Value) -> Option<IpAddr> {
+    v.as_str().and_then(|s| s.parse::<SocketAddr>().ok()).map(|a| a.ip())
+}
+
+/// The record of a connection from `src` to `dst` as reported in `direction`, waiting up to
+/// `limit` for it (records are written when connections close).
+pub fn find_record(log: &Path, direction: &str, src: IpAddr, dst: SocketAddr, limit: Duration) -> Option<Value> {
+    let start = std::time::Instant::now();
+    loop {
+        let found = access_log(log).into_iter().rev().find(|r| {
+            r["direction"] == direction && ip_of(&r["src.addr"]) == Some(src) && r["dst.addr"].as_str() == Some(&dst.to_string())
+        });
+        if found.is_some() || start.elapsed() > limit {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The value of the first metric line named `name` carrying every label pair.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) && labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
