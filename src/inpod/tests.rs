@@ -18,6 +18,12 @@ struct Fixture {
     _dir: std::path::PathBuf,
 }
 
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}
+
 fn fixture(ports: Ports) -> Fixture {
     let dir = std::env::temp_dir().join(format!("ferry-inpod-{}-{}", std::process::id(), fastrand::u32(..)));
     ca::init(

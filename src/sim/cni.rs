@@ -27,8 +27,9 @@ pub struct CniFailure {
     pub message: String,
 }
 
-/// Runs `command` for one plugin. Returns its stdout parsed as JSON (`Null` when empty).
-fn invoke(node_netns: &str, plugin_dirs: &[PathBuf], command: &str, call: &CniCall, conf: &Value) -> Result<Value, CniFailure> {
+/// Runs `command` for one plugin configuration. Returns its stdout parsed as JSON (`Null`
+/// when empty).
+pub fn invoke(node_netns: &str, plugin_dirs: &[PathBuf], command: &str, call: &CniCall, conf: &Value) -> Result<Value, CniFailure> {
     let ty = conf["type"].as_str().unwrap_or_default().to_string();
     let fail = |message: String| CniFailure { command: command.into(), plugin: ty.clone(), message };
     let bin = plugin_dirs

@@ -318,6 +318,12 @@ impl Sim {
 
     /// Deletes a pod like the kubelet: CNI DEL, sandbox removed, API object removed.
     pub fn delete_pod(&mut self, ns: &str, name: &str) -> Result<()> {
+        self.delete_pod_with(ns, name, true)
+    }
+
+    /// Like [`Sim::delete_pod`]; with `remove_sandbox = false` the pod's namespace stays (and
+    /// is removed at cleanup) so a test can inspect what CNI DEL left in it.
+    pub fn delete_pod_with(&mut self, ns: &str, name: &str, remove_sandbox: bool) -> Result<()> {
         let pod = self.pods.remove(&format!("{ns}/{name}")).ok_or_else(|| SimError::Manifest(format!("no pod {ns}/{name}")))?;
         let n = &self.nodes[pod.node];
         let call = cni::CniCall {
@@ -327,7 +333,9 @@ impl Sim {
             args: format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_UID={}", pod.uid),
         };
         let del = cni::del(&n.netns, &self.opts.cni_dirs, &n.conflist_value()?, &call, Some(&pod.cni_result));
-        let _ = sh(&format!("ip netns del {}", pod.netns));
+        if remove_sandbox {
+            let _ = sh(&format!("ip netns del {}", pod.netns));
+        }
         self.delete_object("Pod", ns, name)?;
         del.map_err(Into::into)
     }
@@ -357,6 +365,21 @@ impl Sim {
         wait(Duration::from_secs(20), &format!("every node proxy to learn {ip}"), || {
             self.nodes.iter().filter(|n| n.has_proxy()).all(|n| n.admin("/config_dump").map(|b| b.contains(&needle)).unwrap_or(false))
         })
+    }
+
+    /// Creates an empty sandbox namespace registered for cleanup (for tests that drive CNI by
+    /// hand).
+    pub fn sandbox(&self, name: &str) -> Result<String> {
+        let netns = format!("{}-s-{name}", self.id);
+        self.add_netns(&netns)?;
+        Ok(netns)
+    }
+
+    /// Whether ferry's redirection (nftables table and fwmark rule) is present in a namespace.
+    pub fn redirection_state(netns: &str) -> Result<(bool, bool)> {
+        let tables = sh(&format!("ip netns exec {netns} nft list tables"))?;
+        let rules = sh(&format!("ip -n {netns} rule show"))?;
+        Ok((tables.contains(crate::redirect::TABLE), rules.contains("fwmark 0x111/0xfff")))
     }
 
     pub fn node_ip(i: usize) -> Ipv4Addr {

@@ -83,6 +83,12 @@ impl Node {
         self.http(15000, target)
     }
 
+    /// The node proxy's config dump as JSON.
+    pub fn dump(&self) -> Result<Value> {
+        let body = self.admin("/config_dump")?;
+        serde_json::from_str(&body).map_err(|e| SimError::Manifest(format!("config dump: {e}")))
+    }
+
     pub fn metrics(&self) -> Result<String> {
         self.http(15020, "/metrics")
     }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod sim;
 
 use std::path::PathBuf;
 use std::sync::Arc;
