@@ -116,9 +116,11 @@ fn route(kind: Server, a: &AdminState, req: Request<Incoming>) -> Resp {
             text(StatusCode::OK, "shutting down\n")
         }
         (Server::Admin, "/logging" | "/quitquitquit") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
-        (Server::Admin, "/") => {
-            text(StatusCode::OK, "ferry admin\n  GET  /config_dump\n  POST /logging[?level=<filter>|?reset]\n  POST /quitquitquit\n")
-        }
+        (Server::Admin, "/debug/authorization") => explain(a, req.uri().query().unwrap_or("")),
+        (Server::Admin, "/") => text(
+            StatusCode::OK,
+            "ferry admin\n  GET  /config_dump\n  GET  /debug/authorization?destination=<ip:port>&source_ip=<ip>[&source_identity=<spiffe id>]\n  POST /logging[?level=<filter>|?reset]\n  POST /quitquitquit\n",
+        ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
@@ -167,6 +169,66 @@ fn logging(a: &AdminState, query: &str) -> Resp {
         Ok(()) => text(StatusCode::OK, format!("current log level: {}\n", a.log.current())),
         Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
     }
+}
+
+/// Explains, without sending traffic, what the destination proxy would decide for a connection
+/// (the same evaluation the data path runs).
+fn explain(a: &AdminState, query: &str) -> Resp {
+    let params: std::collections::HashMap<String, String> =
+        query.split('&').filter_map(|p| p.split_once('=')).map(|(k, v)| (k.to_string(), percent_decode(v))).collect();
+    let usage = "usage: /debug/authorization?destination=<ip:port>&source_ip=<ip>[&source_identity=<spiffe id>]\n";
+    let Some(dst) = params.get("destination").and_then(|d| d.parse::<SocketAddr>().ok()) else {
+        return text(StatusCode::BAD_REQUEST, format!("destination must be <ip:port>; {usage}"));
+    };
+    let Some(src_ip) = params.get("source_ip").and_then(|s| s.parse().ok()) else {
+        return text(StatusCode::BAD_REQUEST, format!("source_ip must be an IP address; {usage}"));
+    };
+    let src_identity = match params.get("source_identity").filter(|s| !s.is_empty()) {
+        Some(s) => match s.parse::<crate::identity::Identity>() {
+            Ok(id) => Some(id),
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("source_identity: {e}\n")),
+        },
+        None => None,
+    };
+    let snap = a.state.snapshot();
+    let network = params.get("network").cloned().unwrap_or_default();
+    let Some(w) = snap.workload_by_addr(&network, dst.ip()) else {
+        return text(StatusCode::NOT_FOUND, format!("no workload has address {} in network {network:?}\n", dst.ip()));
+    };
+    let attrs = crate::rbac::ConnAttrs { src_ip, src_identity: src_identity.clone(), dst };
+    let e = crate::rbac::explain(&snap, w, &attrs);
+    json_resp(json!({
+        "destination": {"uid": w.uid, "namespace": w.namespace, "name": w.name, "address": dst.to_string()},
+        "source": {"ip": src_ip.to_string(), "identity": src_identity.map(|i| i.to_string()), "mtls": attrs.src_identity.is_some()},
+        "stateVersion": snap.version,
+        "considered": e.considered,
+        "missing": e.missing,
+        "decision": e.decision,
+    }))
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (b[i], b.get(i + 1).and_then(|c| hex(*c)), b.get(i + 2).and_then(|c| hex(*c))) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn json_resp(v: serde_json::Value) -> Resp {

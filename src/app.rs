@@ -72,12 +72,16 @@ fn load_state(cfg: &Config) -> Result<StateStore, AppError> {
                 network: String::new(),
             };
             let mut rx = crate::k8s::source::ClusterSource::subscribe(source.as_ref());
-            store.replace(crate::k8s::translate::to_state(&rx.borrow_and_update(), &opts));
+            let mut logged = std::collections::HashSet::new();
+            let input = crate::k8s::translate::to_state(&rx.borrow_and_update(), &opts);
+            log_policy_notes(&input, &mut logged);
+            store.replace(input);
             tokio::spawn(source.watch(cfg.local_poll));
             let store2 = store.clone();
             tokio::spawn(async move {
                 while rx.changed().await.is_ok() {
                     let input = crate::k8s::translate::to_state(&rx.borrow_and_update(), &opts);
+                    log_policy_notes(&input, &mut logged);
                     store2.replace(input);
                 }
             });
@@ -91,6 +95,17 @@ fn load_state(cfg: &Config) -> Result<StateStore, AppError> {
     Ok(store)
 }
 
+/// Logs each policy translation note once (they also stay visible in `/config_dump`).
+fn log_policy_notes(input: &crate::state::StateInput, logged: &mut std::collections::HashSet<String>) {
+    for p in &input.policies {
+        for note in &p.notes {
+            if logged.insert(format!("{}: {note}", p.key())) {
+                tracing::warn!(policy = %p.key(), note = %note, "authorization policy translated for L4 enforcement");
+            }
+        }
+    }
+}
+
 async fn serve(cfg: Arc<Config>, log: Arc<LogHandle>) -> Result<(), AppError> {
     let ready = Readiness::new();
     let state_block = ready.block("state manager");
@@ -99,7 +114,8 @@ async fn serve(cfg: Arc<Config>, log: Arc<LogHandle>) -> Result<(), AppError> {
     drop(state_block);
     let ca = LocalCa::load(&cfg.ca_dir)?;
     let certs = CertManager::new(Arc::new(ca), cfg.secret_ttl);
-    let inputs = Arc::new(ProxyInputs { cfg: cfg.clone(), state: state.clone(), certs: certs.clone() });
+    let inputs = ProxyInputs::new(cfg.clone(), state.clone(), certs.clone());
+    tokio::spawn(crate::proxy::connections::watch(inputs.conns.clone(), state.clone()));
     let (quit_tx, mut quit_rx) = mpsc::channel(1);
     let (trigger, drain) = drain::new();
     let manager = match cfg.mode {

@@ -39,31 +39,83 @@ impl Decision {
 
 /// Decides whether `attrs` may reach workload `w`.
 pub fn evaluate(snap: &Snapshot, w: &Workload, attrs: &ConnAttrs) -> Decision {
+    decide(snap, w, attrs, &mut |_, _| {})
+}
+
+/// One policy's part in a decision, for operators.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Considered {
+    pub policy: String,
+    pub scope: crate::state::model::PolicyScope,
+    pub action: PolicyAction,
+    pub dry_run: bool,
+    pub matched: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// A decision with everything that led to it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Explanation {
+    pub considered: Vec<Considered>,
+    /// Policies the workload references that are not known (each denies).
+    pub missing: Vec<String>,
+    pub decision: Decision,
+}
+
+/// The same decision as [`evaluate`] (the same code path), with every policy's verdict.
+pub fn explain(snap: &Snapshot, w: &Workload, attrs: &ConnAttrs) -> Explanation {
+    let mut considered = Vec::new();
+    let decision = decide(snap, w, attrs, &mut |p, matched| {
+        considered.push(Considered {
+            policy: p.key(),
+            scope: p.scope,
+            action: p.action,
+            dry_run: p.dry_run,
+            matched,
+            notes: p.notes.clone(),
+        })
+    });
+    let missing = snap.policies_for(w).1;
+    Explanation { considered, missing, decision }
+}
+
+fn decide(snap: &Snapshot, w: &Workload, attrs: &ConnAttrs, record: &mut dyn FnMut(&Authorization, bool)) -> Decision {
     let (policies, missing) = snap.policies_for(w);
-    if let Some(key) = missing.first() {
-        return Decision::Deny {
-            policy: Some(key.clone()),
-            reason: format!("policy {key} is referenced but not known yet; failing closed"),
-        };
+    let decision = evaluate_policies_with(&policies, attrs, record);
+    match missing.first() {
+        Some(key) => {
+            Decision::Deny { policy: Some(key.clone()), reason: format!("policy {key} is referenced but not known yet; failing closed") }
+        }
+        None => decision,
     }
-    evaluate_policies(&policies, attrs)
 }
 
 /// The algorithm of §4.9 over an explicit policy list.
 pub fn evaluate_policies(policies: &[Arc<Authorization>], attrs: &ConnAttrs) -> Decision {
-    for p in policies.iter().filter(|p| p.dry_run) {
-        let m = policy_matches(p, attrs);
-        tracing::info!(policy = %p.key(), action = ?p.action, matched = m, "dry-run policy evaluated");
+    evaluate_policies_with(policies, attrs, &mut |_, _| {})
+}
+
+/// Evaluates every policy once, reports each verdict, then decides from the verdicts.
+fn evaluate_policies_with(policies: &[Arc<Authorization>], attrs: &ConnAttrs, record: &mut dyn FnMut(&Authorization, bool)) -> Decision {
+    let verdicts: Vec<(&Arc<Authorization>, bool)> = policies.iter().map(|p| (p, policy_matches(p, attrs))).collect();
+    for (p, matched) in &verdicts {
+        record(p, *matched);
+        if p.dry_run {
+            tracing::info!(policy = %p.key(), action = ?p.action, matched, "dry-run policy evaluated");
+        }
     }
-    let enforced = || policies.iter().filter(|p| !p.dry_run);
-    if let Some(p) = enforced().find(|p| p.action == PolicyAction::Deny && policy_matches(p, attrs)) {
+    let enforced = || verdicts.iter().filter(|(p, _)| !p.dry_run);
+    if let Some((p, _)) = enforced().find(|(p, m)| p.action == PolicyAction::Deny && *m) {
         return Decision::Deny { policy: Some(p.key()), reason: format!("explicitly denied by {}", p.key()) };
     }
-    let mut allows = enforced().filter(|p| p.action == PolicyAction::Allow).peekable();
+    let mut allows = enforced().filter(|(p, _)| p.action == PolicyAction::Allow).peekable();
     if allows.peek().is_none() {
         return Decision::Allow;
     }
-    if allows.any(|p| policy_matches(p, attrs)) {
+    if allows.any(|(_, m)| *m) {
         return Decision::Allow;
     }
     Decision::Deny { policy: None, reason: "allow policies exist, but none allowed".into() }

@@ -9,7 +9,15 @@ fn attrs(src: &str, id: Option<&str>, dst: &str) -> ConnAttrs {
 type Rules = Vec<Vec<Vec<Match>>>;
 
 fn policy(name: &str, action: PolicyAction, rules: Rules) -> Arc<Authorization> {
-    Arc::new(Authorization { name: name.into(), namespace: "ns".into(), scope: PolicyScope::Namespace, action, dry_run: false, rules })
+    Arc::new(Authorization {
+        name: name.into(),
+        namespace: "ns".into(),
+        scope: PolicyScope::Namespace,
+        action,
+        dry_run: false,
+        rules,
+        notes: vec![],
+    })
 }
 
 fn one(m: Match) -> Rules {

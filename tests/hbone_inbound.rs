@@ -77,7 +77,7 @@ services:
     cfg.orig_src = Some(false);
     let certs = cert_manager(dir.path());
     let state = StateStore::from_input(local::parse(&yaml, "test").unwrap());
-    let inputs = Arc::new(ProxyInputs { cfg: Arc::new(cfg.clone()), state, certs: certs.clone() });
+    let inputs = ProxyInputs::new(Arc::new(cfg.clone()), state, certs.clone());
     let sockets = Arc::new(LocalSockets { opts: SocketOptions { mark: None, reuse_port: true, keepalive: Keepalive::default() } });
     let info = ferry::config::parse_workload_info("default/server/server").unwrap();
     let (px, listeners) = WorkloadProxy::bind(inputs, info, sockets).unwrap();

@@ -35,7 +35,7 @@ fn fixture(ports: Ports) -> Fixture {
     let mut cfg = crate::config::test_config();
     cfg.ports = ports;
     cfg.ipv6 = false;
-    let inputs = Arc::new(ProxyInputs { cfg: Arc::new(cfg), state: StateStore::new(), certs });
+    let inputs = ProxyInputs::new(Arc::new(cfg), StateStore::new(), certs);
     let ready = Readiness::new();
     let opts = SocketOptions { mark: None, reuse_port: true, keepalive: Keepalive::default() };
     Fixture { mgr: WorkloadManager::new(inputs, opts, ready.clone()), ready, _dir: dir }

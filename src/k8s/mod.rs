@@ -3,5 +3,7 @@
 
 pub mod capture;
 pub mod objects;
+pub mod peer_auth;
+pub mod policy;
 pub mod source;
 pub mod translate;

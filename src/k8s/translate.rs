@@ -8,7 +8,11 @@ use std::net::IpAddr;
 
 use super::capture::{decide, Capture};
 use super::objects::{ClusterState, IntOrString, Pod, Service as K8sService};
-use crate::state::model::{HealthStatus, NetworkAddress, NetworkMode, PortMap, Service, TunnelProtocol, Workload, WorkloadType};
+use super::peer_auth::{self, PeerAuthn};
+use super::policy::{self, TranslatedPolicy};
+use crate::state::model::{
+    Authorization, HealthStatus, NetworkAddress, NetworkMode, PortMap, Service, TunnelProtocol, Workload, WorkloadType,
+};
 use crate::state::StateInput;
 
 #[derive(Clone, Debug)]
@@ -32,9 +36,45 @@ impl Default for TranslateOptions {
 
 pub fn to_state(c: &ClusterState, o: &TranslateOptions) -> StateInput {
     let services: Vec<&K8sService> = c.services.values().collect();
-    let workloads = c.pods.values().filter_map(|p| workload(c, p, &services, o)).collect();
+    let authz: Vec<TranslatedPolicy> = objects_of(c, "AuthorizationPolicy").filter_map(policy::authorization_policy).collect();
+    let peer_authns: Vec<PeerAuthn> = objects_of(c, "PeerAuthentication").map(peer_auth::parse).collect();
+    let mut generated: BTreeMap<String, Authorization> = BTreeMap::new();
+    let mut workloads = Vec::new();
+    for p in c.pods.values() {
+        let Some(mut w) = workload(c, p, &services, o) else { continue };
+        w.authorization_policies = selected(&authz, p);
+        if w.protocol == TunnelProtocol::Hbone {
+            if let Some(strict) = peer_auth::policy_for(&peer_authns, &p.metadata.namespace, &p.metadata.labels) {
+                w.authorization_policies.push(strict.key());
+                let entry = generated.entry(strict.key()).or_insert_with(|| Authorization { notes: Vec::new(), ..strict.clone() });
+                for n in strict.notes {
+                    if !entry.notes.contains(&n) {
+                        entry.notes.push(n);
+                    }
+                }
+            }
+        }
+        workloads.push(w);
+    }
     let services = services.iter().map(|s| service(s, o)).collect();
-    StateInput { workloads, services, policies: Vec::new() }
+    let policies = authz.into_iter().map(|t| t.policy).chain(generated.into_values()).collect();
+    StateInput { workloads, services, policies }
+}
+
+fn objects_of<'a>(c: &'a ClusterState, kind: &'a str) -> impl Iterator<Item = &'a serde_yaml::Value> {
+    let prefix = format!("{kind}/");
+    c.other.iter().filter(move |(k, _)| k.starts_with(&prefix)).map(|(_, v)| v)
+}
+
+/// Keys of the selector-scoped policies that select `p`: same namespace, or the root
+/// namespace (mesh-wide selectors), with every selector label on the pod.
+fn selected(authz: &[TranslatedPolicy], p: &Pod) -> Vec<String> {
+    authz
+        .iter()
+        .filter(|t| t.policy.namespace == p.metadata.namespace || t.policy.namespace == policy::ROOT_NAMESPACE)
+        .filter(|t| t.selector.as_ref().is_some_and(|s| s.iter().all(|(k, v)| p.metadata.labels.get(k) == Some(v))))
+        .map(|t| t.policy.key())
+        .collect()
 }
 
 pub fn hostname(s: &K8sService, o: &TranslateOptions) -> String {

@@ -27,6 +27,8 @@ pub struct CopyResult {
     /// Upstream to downstream.
     pub sent: u64,
     pub error: Option<io::Error>,
+    /// Closed because a policy change now denies the connection (late rejection).
+    pub revoked: Option<String>,
 }
 
 /// Copies between two TCP connections until both directions are closed.
@@ -59,9 +61,9 @@ pub async fn tcp_h2(tcp: &TcpStream, stream: H2Stream, tcp_is_downstream: bool, 
         }
     };
     if tcp_is_downstream {
-        CopyResult { received: up_bytes, sent: down_bytes, error }
+        CopyResult { received: up_bytes, sent: down_bytes, error, revoked: None }
     } else {
-        CopyResult { received: down_bytes, sent: up_bytes, error }
+        CopyResult { received: down_bytes, sent: up_bytes, error, revoked: None }
     }
 }
 

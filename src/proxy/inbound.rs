@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 
 use super::copy::{self, CopyResult};
 use super::route::inbound_target;
-use super::{until_forced, ProxyError, WorkloadProxy};
+use super::{until_closed, ProxyError, WorkloadProxy};
 use crate::drain::DrainWatch;
 use crate::hbone::server::{serve, ConnInfo, StreamHandler};
 use crate::hbone::{self, parse_authority, H2Stream};
@@ -69,7 +69,7 @@ impl StreamHandler for Inbound {
         rec.set_mtls(true);
         match stream(&self.px, req, &mut respond, &conn, &mut rec, &drain).await {
             Ok(res) => {
-                let failure = res.error.map(|e| Failure { flags: "-", error: e.to_string() });
+                let failure = super::copy_failure(&res);
                 rec.finish(res.received, res.sent, failure);
             }
             Err(e) => {
@@ -107,6 +107,8 @@ async fn stream(
         rec.destination_service(s);
     }
     let attrs = ConnAttrs { src_ip: conn.peer.ip(), src_identity: Some(conn.identity.clone()), dst: target };
+    // Registered before the check, so a policy change racing with it is never missed.
+    let mut tracking = px.inputs.conns.track(&local.uid, attrs.clone());
     if let Decision::Deny { reason, .. } = rbac::evaluate(&snap, &local, &attrs) {
         return Err(ProxyError::Denied(reason));
     }
@@ -126,7 +128,11 @@ async fn stream(
         .map_err(|e| ProxyError::Connect { addr: target, source: std::io::Error::other(e.to_string()) })?;
     let counters = rec.established();
     let tunnel = H2Stream { send, recv: req.into_body() };
-    Ok(until_forced(drain, copy::tcp_h2(&up, tunnel, false, &counters.received, &counters.sent)).await)
+    let res = until_closed(drain, Some(&mut tracking), copy::tcp_h2(&up, tunnel, false, &counters.received, &counters.sent)).await;
+    if res.revoked.is_some() {
+        super::socket::set_reset_on_close(&up);
+    }
+    Ok(res)
 }
 
 /// Source labels: from state when the workload at the peer IP has the verified identity,

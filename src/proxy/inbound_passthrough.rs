@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 use super::copy;
 use super::route::is_own_port;
 use super::socket::{canonical, original_dst, set_reset_on_close};
-use super::{until_forced, ProxyError, WorkloadProxy};
+use super::{until_closed, ProxyError, WorkloadProxy};
 use crate::drain::DrainWatch;
 use crate::rbac::{self, ConnAttrs, Decision};
 use crate::telemetry::conn::{ConnRecord, Direction, Failure};
@@ -20,7 +20,7 @@ pub async fn handle(px: Arc<WorkloadProxy>, down: TcpStream, drain: DrainWatch) 
     let mut rec = ConnRecord::new(Direction::Inbound, canonical(peer), orig);
     match proxy(&px, &down, &mut rec, &drain).await {
         Ok(res) => {
-            let failure = res.error.map(|e| Failure { flags: "-", error: e.to_string() });
+            let failure = super::copy_failure(&res);
             rec.finish(res.received, res.sent, failure);
         }
         Err(e) => {
@@ -46,6 +46,7 @@ async fn proxy(px: &WorkloadProxy, down: &TcpStream, rec: &mut ConnRecord, drain
     }
     rec.destination_workload(&local, local.identity().ok().as_ref());
     let attrs = ConnAttrs { src_ip: rec.src_addr.ip(), src_identity: None, dst };
+    let mut tracking = px.inputs.conns.track(&local.uid, attrs.clone());
     if let Decision::Deny { reason, .. } = rbac::evaluate(&snap, &local, &attrs) {
         return Err(ProxyError::Denied(reason));
     }
@@ -54,5 +55,10 @@ async fn proxy(px: &WorkloadProxy, down: &TcpStream, rec: &mut ConnRecord, drain
         .await
         .map_err(|source| ProxyError::Connect { addr: dst, source })?;
     let counters = rec.established();
-    Ok(until_forced(drain, copy::tcp_tcp(down, &up, &counters.received, &counters.sent)).await)
+    let res = until_closed(drain, Some(&mut tracking), copy::tcp_tcp(down, &up, &counters.received, &counters.sent)).await;
+    if res.revoked.is_some() {
+        set_reset_on_close(down);
+        set_reset_on_close(&up);
+    }
+    Ok(res)
 }

@@ -4,6 +4,7 @@
 //! Each path reads as accept, decide, connect, copy. Errors are one enum, mapped to HTTP status
 //! (inbound HBONE) and Istio response flags in one place ([`ProxyError`]).
 
+pub mod connections;
 pub mod copy;
 pub mod inbound;
 pub mod inbound_passthrough;
@@ -92,6 +93,14 @@ pub struct ProxyInputs {
     pub cfg: Arc<Config>,
     pub state: StateStore,
     pub certs: Arc<CertManager>,
+    /// Open inbound connections, re-authorized on every policy change.
+    pub conns: Arc<connections::ConnectionManager>,
+}
+
+impl ProxyInputs {
+    pub fn new(cfg: Arc<Config>, state: StateStore, certs: Arc<CertManager>) -> Arc<Self> {
+        Arc::new(ProxyInputs { cfg, state, certs, conns: Default::default() })
+    }
 }
 
 /// The proxy of one served workload.
@@ -202,11 +211,37 @@ where
 
 /// Runs the copy phase of a connection until it ends or the drain deadline forces it closed.
 pub async fn until_forced(drain: &DrainWatch, copy: impl Future<Output = copy::CopyResult>) -> copy::CopyResult {
+    until_closed(drain, None, copy).await
+}
+
+/// Like [`until_forced`], and also ends the copy when a policy change revokes the connection.
+pub async fn until_closed(
+    drain: &DrainWatch,
+    tracking: Option<&mut connections::Tracking>,
+    copy: impl Future<Output = copy::CopyResult>,
+) -> copy::CopyResult {
+    let revoked = async {
+        match tracking {
+            Some(t) => t.revoked().await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         r = copy => r,
         _ = drain.forced() => copy::CopyResult {
             error: Some(io::Error::new(io::ErrorKind::ConnectionAborted, "closed at the drain deadline")),
             ..Default::default()
         },
+        reason = revoked => copy::CopyResult { revoked: Some(reason), ..Default::default() },
+    }
+}
+
+/// How a finished copy is reported: a revocation is a DENY, an I/O error is recorded as is.
+pub fn copy_failure(res: &copy::CopyResult) -> Option<crate::telemetry::conn::Failure> {
+    use crate::telemetry::conn::Failure;
+    match (&res.revoked, &res.error) {
+        (Some(reason), _) => Some(Failure { flags: "DENY", error: format!("closed after a policy change: {reason}") }),
+        (None, Some(e)) => Some(Failure { flags: "-", error: e.to_string() }),
+        (None, None) => None,
     }
 }

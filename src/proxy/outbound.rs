@@ -26,7 +26,7 @@ pub async fn handle(px: Arc<WorkloadProxy>, down: TcpStream, drain: DrainWatch) 
     let mut rec = ConnRecord::new(Direction::Outbound, canonical(peer), orig);
     match proxy(&px, &down, &mut rec, &drain).await {
         Ok(res) => {
-            let failure = res.error.map(|e| Failure { flags: "-", error: e.to_string() });
+            let failure = super::copy_failure(&res);
             rec.finish(res.received, res.sent, failure);
         }
         Err(e) => {

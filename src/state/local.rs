@@ -648,6 +648,7 @@ impl LocalPolicy {
                 .into_iter()
                 .map(|rule| rule.into_iter().map(|clause| clause.into_iter().map(LocalMatch::into_model).collect()).collect())
                 .collect(),
+            notes: Vec::new(),
         })
     }
 }

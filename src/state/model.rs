@@ -364,6 +364,9 @@ pub struct Authorization {
     pub action: PolicyAction,
     pub dry_run: bool,
     pub rules: Vec<Rule>,
+    /// What translation changed and why (L7 attributes stripped, invalid input), for operators.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl Authorization {

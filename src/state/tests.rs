@@ -61,6 +61,7 @@ fn policies_for_reports_missing_references() {
         action: PolicyAction::Deny,
         dry_run: false,
         rules: vec![],
+        notes: vec![],
     };
     let mut w = Workload::new("u", "app", "w");
     w.authorization_policies = vec!["app/selected".into(), "app/not-yet-known".into()];

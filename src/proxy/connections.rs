@@ -1,0 +1,102 @@
+//! Open inbound connections and what authorized them, so a policy change also applies to them
+//! (late rejection, invariant P5). A connection is registered before its first authorization
+//! check, so a policy update that lands between the check and the registration cannot be
+//! missed; every state change re-checks all of them and closes those now denied.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use crate::rbac::{evaluate, ConnAttrs, Decision};
+use crate::state::{Snapshot, StateStore};
+
+struct Tracked {
+    workload_uid: String,
+    attrs: ConnAttrs,
+    close: watch::Sender<Option<String>>,
+}
+
+#[derive(Default)]
+pub struct ConnectionManager {
+    conns: Mutex<HashMap<u64, Tracked>>,
+    next: AtomicU64,
+}
+
+/// A registered connection; dropping it deregisters.
+pub struct Tracking {
+    id: u64,
+    mgr: Arc<ConnectionManager>,
+    closed: watch::Receiver<Option<String>>,
+}
+
+impl Drop for Tracking {
+    fn drop(&mut self) {
+        self.mgr.conns.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+    }
+}
+
+impl Tracking {
+    /// Resolves with the reason once a policy change denies this connection.
+    pub async fn revoked(&mut self) -> String {
+        let reason = self.closed.wait_for(Option::is_some).await.map(|r| r.clone().unwrap_or_default());
+        match reason {
+            Ok(r) => r,
+            // The manager is gone (shutdown): nothing can revoke any more.
+            Err(_) => std::future::pending().await,
+        }
+    }
+}
+
+impl ConnectionManager {
+    pub fn track(self: &Arc<Self>, workload_uid: &str, attrs: ConnAttrs) -> Tracking {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (close, closed) = watch::channel(None);
+        self.conns.lock().unwrap_or_else(|e| e.into_inner()).insert(id, Tracked { workload_uid: workload_uid.to_string(), attrs, close });
+        Tracking { id, mgr: self.clone(), closed }
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Re-authorizes every open connection against `snap`; returns how many were closed.
+    pub fn recheck(&self, snap: &Snapshot) -> usize {
+        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let mut closed = 0;
+        for t in conns.values().filter(|t| t.close.borrow().is_none()) {
+            let reason = match snap.workload_by_uid(&t.workload_uid) {
+                None => Some("the destination workload is no longer in the state".to_string()),
+                Some(w) => match evaluate(snap, w, &t.attrs) {
+                    Decision::Allow => None,
+                    Decision::Deny { reason, .. } => Some(reason),
+                },
+            };
+            if let Some(reason) = reason {
+                tracing::info!(src = %t.attrs.src_ip, dst = %t.attrs.dst, identity = ?t.attrs.src_identity.as_ref().map(|i| i.to_string()), %reason, "closing an open connection: policy now denies it");
+                t.close.send_replace(Some(reason));
+                closed += 1;
+            }
+        }
+        if closed > 0 {
+            metrics::counter!("ferry_authorization_late_rejections_total").increment(closed as u64);
+        }
+        closed
+    }
+}
+
+/// Re-checks open connections on every state change, until the store goes away.
+pub async fn watch(mgr: Arc<ConnectionManager>, store: StateStore) {
+    let mut rx = store.subscribe();
+    while rx.changed().await.is_ok() {
+        let snap = rx.borrow_and_update().clone();
+        if !mgr.is_empty() {
+            mgr.recheck(&snap);
+        }
+    }
+}
