@@ -146,7 +146,8 @@ mod tests {
         let wl_ports = pa("metadata: {name: wl2, namespace: shop}\nspec: {selector: {matchLabels: {app: cache}}, portLevelMtls: {\"6379\": {mode: STRICT}}}");
         let disable = pa("metadata: {name: off, namespace: legacy}\nspec: {mtls: {mode: DISABLE}}");
         let all = vec![mesh_strict.clone(), ns_permissive, ns_unset, wl, wl_ports, disable];
-        let cases: Vec<(&str, &[PeerAuthn], &str, &[(&str, &str)], Option<&str>)> = vec![
+        type Case<'a> = (&'a str, &'a [PeerAuthn], &'a str, &'a [(&'a str, &'a str)], Option<&'a str>);
+        let cases: Vec<Case> = vec![
             ("nothing configured is permissive", &[], "shop", &[], None),
             ("mesh STRICT", std::slice::from_ref(&mesh_strict), "shop", &[], Some("ferry-mtls-strict")),
             ("namespace PERMISSIVE overrides mesh", &all, "shop", &[], None),
