@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod agent;
 pub mod app;
+pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod drain;

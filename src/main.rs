@@ -26,6 +26,11 @@ enum Cmd {
     /// Run the mesh on this machine without Kubernetes (as root): two simulated nodes, pods in
     /// and outside the mesh, traffic between them, and a report of what was encrypted.
     Demo(ferry::demo::DemoArgs),
+    /// Benchmarks: load tools for pods, and the suite over a simulated cluster (`bench run`).
+    Bench {
+        #[command(subcommand)]
+        cmd: ferry::bench::BenchCmd,
+    },
     /// Manage ferry's built-in certificate authority.
     Ca {
         #[command(subcommand)]
@@ -62,6 +67,7 @@ fn main() -> ExitCode {
         Cmd::Proxy(args) => ferry::app::run_proxy(*args).map_err(|e| e.to_string()),
         Cmd::Agent(args) => ferry::agent::run_agent(*args).map_err(|e| e.to_string()),
         Cmd::Demo(a) => ferry::demo::run(a),
+        Cmd::Bench { cmd } => ferry::bench::run(cmd),
         Cmd::Ca { cmd: CaCmd::Init(a) } => ca_init(a),
     };
     match result {

@@ -13,6 +13,11 @@ use std::path::Path;
 
 use nix::sched::{setns, CloneFlags};
 
+thread_local! {
+    // The calling thread's own namespace, opened once: it only changes through `enter`.
+    static HOME: std::cell::RefCell<Option<std::rc::Rc<Netns>>> = const { std::cell::RefCell::new(None) };
+}
+
 /// An open handle to a network namespace, identified by (device, inode) like ztunnel does.
 #[derive(Debug)]
 pub struct Netns {
@@ -62,7 +67,17 @@ impl Netns {
     /// Runs `f` on this thread inside this namespace, then returns to the original one.
     /// Sockets created inside stay in this namespace for their whole life.
     pub fn run_in<T>(&self, f: impl FnOnce() -> T) -> io::Result<T> {
-        let home = Netns::current()?;
+        let home = HOME.with(|h| -> io::Result<std::rc::Rc<Netns>> {
+            let mut h = h.borrow_mut();
+            match &*h {
+                Some(n) => Ok(n.clone()),
+                None => Ok(h.insert(std::rc::Rc::new(Netns::current()?)).clone()),
+            }
+        })?;
+        self.run_from(&home, f)
+    }
+
+    fn run_from<T>(&self, home: &Netns, f: impl FnOnce() -> T) -> io::Result<T> {
         if home.id() == self.id() {
             return Ok(f());
         }
@@ -79,7 +94,9 @@ impl Netns {
     /// Moves the calling thread into this namespace for good (used by helper threads that
     /// serve inside one namespace, e.g. tests and the demo's applications).
     pub fn enter(&self) -> io::Result<()> {
-        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
+        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+        HOME.with(|h| *h.borrow_mut() = None);
+        Ok(())
     }
 }
 
@@ -188,4 +205,15 @@ impl std::os::fd::AsFd for Netns {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.file.as_fd()
     }
+}
+
+/// Raises the open-file soft limit to the hard limit (a node proxy holds two descriptors per
+/// proxied connection). Returns the new soft limit.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok(hard.max(soft))
 }

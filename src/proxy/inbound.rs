@@ -25,7 +25,6 @@ use crate::telemetry::metrics::Peer;
 
 /// Serves one TCP connection on the HBONE port.
 pub async fn handle_connection(px: Arc<WorkloadProxy>, tcp: TcpStream, drain: DrainWatch) {
-    px.sockets.tune(&tcp);
     let peer = tcp.peer_addr().ok();
     let tls = match px.local_workload().await.and_then(|w| px.identity(&w)) {
         Ok(id) => match px.inputs.certs.fetch(&id).await {

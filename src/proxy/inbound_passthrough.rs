@@ -15,7 +15,6 @@ use crate::rbac::{self, ConnAttrs, Decision};
 use crate::telemetry::conn::{ConnRecord, Direction, Failure};
 
 pub async fn handle(px: Arc<WorkloadProxy>, down: TcpStream, drain: DrainWatch) {
-    px.sockets.tune(&down);
     let (Ok(peer), Ok(orig)) = (down.peer_addr(), original_dst(&down)) else { return };
     let mut rec = ConnRecord::new(Direction::Inbound, canonical(peer), orig);
     match proxy(&px, &down, &mut rec, &drain).await {

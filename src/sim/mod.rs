@@ -56,6 +56,21 @@ pub struct SimOptions {
     pub proxy_env: Vec<(String, String)>,
     /// Keep the work directory (logs) after cleanup.
     pub keep_work_dir: bool,
+    /// Pin node i's processes (agent, proxy, and pods' processes started with
+    /// [`Sim::spawn_in_pod`]) to CPU `(i - 1) % cpus`.
+    pub pin_cpus: bool,
+    /// Run this ZDS-speaking node proxy instead of `ferry proxy` (benchmark comparisons).
+    pub alt_proxy: Option<AltProxy>,
+}
+
+/// Another node proxy implementation: started with the in-pod environment ztunnel reads
+/// (`PROXY_MODE`, `INPOD_UDS`, `NODE_NAME`, `LOCAL_XDS_PATH` with the cluster state rendered in
+/// ztunnel's local-config schema, `XDS_ADDRESS=""`, `FAKE_CA=true`) plus `env`.
+#[derive(Clone, Debug)]
+pub struct AltProxy {
+    pub bin: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
 }
 
 impl SimOptions {
@@ -69,6 +84,8 @@ impl SimOptions {
             poll: Duration::from_millis(100),
             proxy_env: Vec::new(),
             keep_work_dir: false,
+            pin_cpus: false,
+            alt_proxy: None,
         }
     }
 }
@@ -380,6 +397,32 @@ impl Sim {
         let tables = sh(&format!("ip netns exec {netns} nft list tables"))?;
         let rules = sh(&format!("ip -n {netns} rule show"))?;
         Ok((tables.contains(crate::redirect::TABLE), rules.contains("fwmark 0x111/0xfff")))
+    }
+
+    /// The CPU node `node` (0-based) is pinned to, when pinning.
+    pub fn cpu_of(&self, node: usize) -> Option<usize> {
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        self.opts.pin_cpus.then_some(node % cpus)
+    }
+
+    /// Starts `ferry <args>` inside a pod's namespace (pinned with its node), stdout piped.
+    pub fn spawn_in_pod(&self, ns: &str, name: &str, args: &[String]) -> Result<std::process::Child> {
+        self.spawn_program_in_pod(ns, name, &self.opts.ferry_bin.clone(), args)
+    }
+
+    /// Starts `program <args>` inside a pod's namespace (pinned with its node), stdout piped.
+    pub fn spawn_program_in_pod(&self, ns: &str, name: &str, program: &Path, args: &[String]) -> Result<std::process::Child> {
+        let pod = self.pod(ns, name);
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &pod.netns]);
+        if let Some(cpu) = self.cpu_of(pod.node) {
+            c.args(["taskset", "-c", &cpu.to_string()]);
+        }
+        c.args(["setpriv", "--pdeathsig", "KILL", "--"]).arg(program).args(args);
+        c.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null());
+        let child = c.spawn()?;
+        self.cleanup.pid(child.id());
+        Ok(child)
     }
 
     pub fn node_ip(i: usize) -> Ipv4Addr {

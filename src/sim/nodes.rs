@@ -111,10 +111,15 @@ fn log_file(path: &Path) -> Result<File> {
     Ok(OpenOptions::new().create(true).append(true).open(path)?)
 }
 
-/// `ip netns exec <ns> setpriv --pdeathsig KILL -- <bin> <args..>`: the child dies with us.
-fn in_node(netns: &str, bin: &Path) -> Command {
+/// `ip netns exec <ns> [taskset -c <cpu>] setpriv --pdeathsig KILL -- <bin>`: the child dies
+/// with us.
+fn in_node(netns: &str, cpu: Option<usize>, bin: &Path) -> Command {
     let mut c = Command::new("ip");
-    c.args(["netns", "exec", netns, "setpriv", "--pdeathsig", "KILL", "--"]).arg(bin);
+    c.args(["netns", "exec", netns]);
+    if let Some(cpu) = cpu {
+        c.args(["taskset", "-c", &cpu.to_string()]);
+    }
+    c.args(["setpriv", "--pdeathsig", "KILL", "--"]).arg(bin);
     c.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").stdin(Stdio::null()).stdout(Stdio::null());
     c
 }
@@ -122,7 +127,7 @@ fn in_node(netns: &str, bin: &Path) -> Command {
 impl Sim {
     pub fn start_agent(&mut self, i: usize) -> Result<()> {
         let n = &self.nodes[i];
-        let mut c = in_node(&n.netns, &self.opts.ferry_bin);
+        let mut c = in_node(&n.netns, self.cpu_of(i), &self.opts.ferry_bin);
         c.arg("agent")
             .arg("--cluster-state")
             .arg(&self.state_dir)
@@ -145,15 +150,12 @@ impl Sim {
     }
 
     pub fn start_proxy(&mut self, i: usize) -> Result<()> {
+        let mut c = self.proxy_command(i)?;
         let n = &self.nodes[i];
-        let mut c = in_node(&n.netns, &self.opts.ferry_bin);
-        c.arg("proxy")
+        c.env("INPOD_UDS", &n.zds_socket)
             .env("PROXY_MODE", "shared")
-            .env("FERRY_CLUSTER_STATE", &self.state_dir)
-            .env("FERRY_LOCAL_XDS_POLL", format!("{}ms", self.opts.poll.as_millis()))
-            .env("INPOD_UDS", &n.zds_socket)
-            .env("FERRY_CA_DIR", &self.ca_dir)
             .env("NODE_NAME", &n.name)
+            .env("FERRY_CA_DIR", &self.ca_dir)
             .env("LOG_FORMAT", "json")
             .envs(self.opts.proxy_env.iter().map(|(k, v)| (k, v)))
             .stderr(log_file(&n.proxy_log())?);
@@ -168,6 +170,27 @@ impl Sim {
             return Err(SimError::Manifest(format!("proxy on {name} exited:\n{log}")));
         }
         Ok(())
+    }
+
+    /// `ferry proxy` reading the cluster state, or the alternative proxy reading the same state
+    /// rendered as a ztunnel local config.
+    fn proxy_command(&self, i: usize) -> Result<Command> {
+        let cpu = self.cpu_of(i);
+        let Some(alt) = &self.opts.alt_proxy else {
+            let mut c = in_node(&self.nodes[i].netns, cpu, &self.opts.ferry_bin);
+            c.arg("proxy")
+                .env("FERRY_CLUSTER_STATE", &self.state_dir)
+                .env("FERRY_LOCAL_XDS_POLL", format!("{}ms", self.opts.poll.as_millis()));
+            return Ok(c);
+        };
+        let state = crate::k8s::source::load_path(&self.state_dir).map_err(|e| SimError::Manifest(e.to_string()))?;
+        let input = crate::k8s::translate::to_state(&state, &crate::k8s::translate::TranslateOptions::default());
+        let file = self.work.join("local-config.yaml");
+        std::fs::write(&file, crate::state::local::to_yaml(&input).map_err(SimError::Manifest)?)?;
+        let mut c = in_node(&self.nodes[i].netns, cpu, &alt.bin);
+        c.args(&alt.args).env("LOCAL_XDS_PATH", &file).env("XDS_ADDRESS", "").env("FAKE_CA", "true");
+        c.envs(alt.env.iter().map(|(k, v)| (k, v)));
+        Ok(c)
     }
 
     /// Starts the agent and the proxy on every node.

@@ -691,6 +691,8 @@ impl LocalMatch {
     }
 }
 
+pub use super::local_out::to_yaml;
+
 #[cfg(test)]
 #[path = "local_tests.rs"]
 mod tests;

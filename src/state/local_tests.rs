@@ -190,3 +190,12 @@ async fn watcher_keeps_last_good_state() {
     task.abort();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn rendering_round_trips() {
+    let original = parse(ZTUNNEL_STYLE, "test").unwrap();
+    let text = to_yaml(&original).unwrap();
+    let back = parse(&text, "rendered").unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(back, original, "{text}");
+    assert!(text.contains("!Exact cluster.local/ns/default/sa/bad"), "string matches render as ztunnel's YAML tags:\n{text}");
+}

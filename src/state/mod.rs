@@ -3,6 +3,7 @@
 //! replace the whole snapshot, so every lookup in one connection's decision sees one version.
 
 pub mod local;
+mod local_out;
 pub mod model;
 
 use std::collections::{BTreeMap, HashMap};
@@ -16,7 +17,7 @@ use tokio::sync::watch;
 use model::{Authorization, NetworkMode, PolicyScope, Service, TunnelProtocol, Visibility, Workload};
 
 /// The unindexed contents of a snapshot, as a source produces them.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct StateInput {
     pub workloads: Vec<Workload>,
     pub services: Vec<Service>,

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::metrics::{ByteCounters, Peer, Reporter, TrafficLabels, CLOSED, FAILED, OPENED};
+use super::metrics::{handles, ByteCounters, Peer, Reporter, TrafficLabels};
 use crate::identity::Identity;
 use crate::state::model::{Service, Workload};
 
@@ -83,24 +83,23 @@ impl ConnRecord {
     /// The connection reached its upstream: count it open and return its byte counters.
     pub fn established(&mut self) -> ByteCounters {
         self.established = true;
-        let labels = self.labels.to_labels("-");
-        metrics::counter!(OPENED, labels.clone()).increment(1);
-        ByteCounters::new(&labels)
+        let h = handles(&self.labels, "-");
+        h.opened.increment(1);
+        h.bytes.clone()
     }
 
     /// Ends the record: closing metrics and the access log line.
     pub fn finish(self, received: u64, sent: u64, failure: Option<Failure>) {
         let flags = failure.as_ref().map(|f| f.flags).unwrap_or("-");
         if self.established {
-            let labels = self.labels.to_labels("-");
-            metrics::counter!(CLOSED, labels).increment(1);
+            handles(&self.labels, "-").closed.increment(1);
         } else {
-            let labels = self.labels.to_labels(flags);
-            metrics::counter!(OPENED, labels.clone()).increment(1);
-            metrics::counter!(CLOSED, labels).increment(1);
+            let h = handles(&self.labels, flags);
+            h.opened.increment(1);
+            h.closed.increment(1);
         }
         if failure.is_some() {
-            metrics::counter!(FAILED, self.labels.to_labels(flags)).increment(1);
+            handles(&self.labels, flags).failed().increment(1);
         }
         self.log(received, sent, failure.as_ref());
     }

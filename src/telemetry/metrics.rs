@@ -35,14 +35,14 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reporter {
     Source,
     Destination,
 }
 
 /// One side (source or destination) of the traffic labels.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Peer {
     pub workload: Option<String>,
     pub canonical_service: Option<String>,
@@ -73,7 +73,7 @@ impl Peer {
 }
 
 /// The full Istio traffic label set of one connection.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TrafficLabels {
     pub reporter: Reporter,
     pub source: Peer,
@@ -124,6 +124,53 @@ impl TrafficLabels {
             Label::new("connection_security_policy", if self.mtls { "mutual_tls" } else { UNKNOWN }),
         ]
     }
+}
+
+/// Every counter of one label set (one response-flags value).
+pub struct Handles {
+    pub opened: Counter,
+    pub closed: Counter,
+    /// Registered on first failure, so healthy label sets export no zero-valued series.
+    failed: OnceLock<Counter>,
+    labels: Vec<Label>,
+    pub bytes: ByteCounters,
+}
+
+impl Handles {
+    pub fn failed(&self) -> &Counter {
+        self.failed.get_or_init(|| metrics::counter!(FAILED, self.labels.clone()))
+    }
+}
+
+/// Distinct label sets are few (pod pairs x flags); beyond this the cache is reset rather than
+/// grow without bound.
+const CACHE_LIMIT: usize = 16 * 1024;
+
+type Cache = std::sync::Mutex<std::collections::HashMap<(TrafficLabels, &'static str), std::sync::Arc<Handles>>>;
+
+/// The counters for `labels` with `flags`, registered once per distinct label set: a
+/// connection then costs one hash lookup, not 23 label allocations per counter.
+pub fn handles(labels: &TrafficLabels, flags: &'static str) -> std::sync::Arc<Handles> {
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let key = (labels.clone(), flags);
+    let mut map = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(h) = map.get(&key) {
+        return h.clone();
+    }
+    if map.len() >= CACHE_LIMIT {
+        map.clear();
+    }
+    let l = labels.to_labels(flags);
+    let h = std::sync::Arc::new(Handles {
+        opened: metrics::counter!(OPENED, l.clone()),
+        closed: metrics::counter!(CLOSED, l.clone()),
+        failed: OnceLock::new(),
+        bytes: ByteCounters::new(&l),
+        labels: l,
+    });
+    map.insert(key, h.clone());
+    h
 }
 
 /// Byte counters of an established connection.

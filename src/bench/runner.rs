@@ -1,0 +1,345 @@
+//! `ferry bench run`: the benchmark suite over the simulated cluster. Client pods on node 1,
+//! server pods on node 2; targets `direct` (namespace not captured), `ferry`, and optionally
+//! another ZDS-speaking proxy (`FERRY_BENCH_ALT_PROXY`). Node 1's processes are pinned to one
+//! CPU and node 2's to the other, each proxy with one worker thread; targets are interleaved
+//! within each repetition. Nothing here asserts a time: the output is numbers and ratios.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::measure::{self, Target};
+use super::results::{Better, Results};
+use crate::sim::{AltProxy, Sim, SimOptions};
+
+const SCENARIO: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: bench-direct}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: bench-mesh, labels: {istio.io/dataplane-mode: ambient}}
+---
+{apiVersion: v1, kind: Pod, metadata: {name: client, namespace: bench-direct}, spec: {nodeName: node-1, serviceAccountName: client}}
+---
+{apiVersion: v1, kind: Pod, metadata: {name: server, namespace: bench-direct}, spec: {nodeName: node-2, serviceAccountName: server}}
+---
+{apiVersion: v1, kind: Pod, metadata: {name: client, namespace: bench-mesh}, spec: {nodeName: node-1, serviceAccountName: client}}
+---
+{apiVersion: v1, kind: Pod, metadata: {name: server, namespace: bench-mesh}, spec: {nodeName: node-2, serviceAccountName: server}}
+"#;
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct RunArgs {
+    /// A seconds-long smoke run (one repetition, short durations, small counts).
+    #[arg(long)]
+    pub quick: bool,
+    /// Repetitions of every measurement (at least 3 for a report).
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Where to write the Markdown report.
+    #[arg(long, default_value = "docs/benchmarks.md")]
+    pub out: PathBuf,
+    /// Where to write one JSON line per measurement (default: next to the report).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+struct Plan {
+    reps: usize,
+    bulk: Duration,
+    rr: Duration,
+    crr: Duration,
+    sweep: Duration,
+    holds: Vec<usize>,
+    conns: Vec<usize>,
+}
+
+impl Plan {
+    fn new(a: &RunArgs) -> Plan {
+        if a.quick {
+            let ms = Duration::from_millis;
+            return Plan { reps: 1, bulk: ms(1000), rr: ms(1000), crr: ms(1000), sweep: ms(500), holds: vec![20], conns: vec![1, 10] };
+        }
+        let s = Duration::from_secs;
+        Plan {
+            reps: a.reps.max(1),
+            bulk: s(5),
+            rr: s(5),
+            crr: s(5),
+            sweep: s(3),
+            holds: vec![100, 1000, 5000],
+            conns: vec![1, 10, 100, 1000],
+        }
+    }
+}
+
+fn alt_from_env() -> Option<(String, AltProxy)> {
+    let bin = PathBuf::from(std::env::var_os("FERRY_BENCH_ALT_PROXY")?);
+    let name = std::env::var("FERRY_BENCH_ALT_NAME")
+        .unwrap_or_else(|_| bin.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or("alt".into()));
+    let words = |var: &str| std::env::var(var).unwrap_or_default().split_whitespace().map(String::from).collect::<Vec<_>>();
+    let env =
+        words("FERRY_BENCH_ALT_ENV").into_iter().filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))).collect();
+    Some((name, AltProxy { bin, args: words("FERRY_BENCH_ALT_ARGS"), env }))
+}
+
+/// The benchmark cluster with servers running: direct and mesh pod pairs.
+fn build_cluster(alt: &Option<(String, AltProxy)>) -> Result<(Sim, Vec<Target>), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut opts = SimOptions::new(exe, 2);
+    opts.pin_cpus = true;
+    // The default poll interval, not the tests' fast one: background work skews CPU numbers.
+    opts.poll = Duration::from_secs(1);
+    opts.proxy_env = vec![("ZTUNNEL_WORKER_THREADS".into(), "1".into())];
+    let mut sim = Sim::new(opts).map_err(|e| e.to_string())?;
+    sim.start().map_err(|e| e.to_string())?;
+    sim.apply(SCENARIO).map_err(|e| e.to_string())?;
+    let mut targets = vec![
+        Target { name: "direct".into(), namespace: "bench-direct".into(), proxied: false },
+        Target { name: "ferry".into(), namespace: "bench-mesh".into(), proxied: true },
+    ];
+    if let Some((name, _)) = alt {
+        targets.push(Target { name: name.clone(), namespace: "bench-mesh".into(), proxied: true });
+    }
+    for t in &targets[..2] {
+        measure::start_servers(&sim, t)?;
+    }
+    for p in sim.pods.values() {
+        sim.wait_known(p.ip).map_err(|e| e.to_string())?;
+    }
+    Ok((sim, targets))
+}
+
+/// `ferry bench cluster`: the benchmark cluster, held until Enter, for profiling by hand.
+pub fn hold_cluster() -> Result<(), String> {
+    let (sim, targets) = build_cluster(&None)?;
+    for t in &targets[..2] {
+        let (c, srv) = (sim.pod(&t.namespace, "client"), sim.pod(&t.namespace, "server"));
+        println!(
+            "{}: client netns {} -> server {} (echo :{}, sink :{}, iperf3 :{})",
+            t.name,
+            c.netns,
+            srv.ip,
+            measure::ECHO_PORT,
+            measure::SINK_PORT,
+            measure::IPERF_PORT
+        );
+    }
+    for (i, n) in sim.nodes.iter().enumerate() {
+        println!("node-{}: netns {}, proxy pid {:?}, log {}", i + 1, n.netns, n.proxy_pid(), n.proxy_log().display());
+    }
+    println!(
+        "example: ip netns exec {} {} bench stream --to {}:{} --duration 5s",
+        sim.pod("bench-mesh", "client").netns,
+        sim.opts.ferry_bin.display(),
+        sim.pod("bench-mesh", "server").ip,
+        measure::SINK_PORT
+    );
+    println!("press Enter to tear the cluster down");
+    let _ = std::io::stdin().read_line(&mut String::new());
+    Ok(())
+}
+
+pub fn run(args: RunArgs) -> Result<(), String> {
+    let plan = Plan::new(&args);
+    let alt = alt_from_env();
+    let (sim, targets) = build_cluster(&alt)?;
+    let mut r = Results::default();
+    let mut bench = Bench { sim, alt, plan, current_alt: false };
+    bench.all(&targets, &mut r);
+    let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
+    super::report::write(&args, &r, &names, bench.plan.reps)?;
+    let missing = super::report::missing(&r, &targets);
+    if !r.errors.is_empty() || !missing.is_empty() {
+        return Err(format!(
+            "{} measurement(s) failed and {} produced no number: {:?} {:?}",
+            r.errors.len(),
+            missing.len(),
+            r.errors,
+            missing
+        ));
+    }
+    Ok(())
+}
+
+struct Bench {
+    sim: Sim,
+    alt: Option<(String, AltProxy)>,
+    plan: Plan,
+    current_alt: bool,
+}
+
+impl Bench {
+    fn all(&mut self, targets: &[Target], r: &mut Results) {
+        for t in targets.iter().filter(|t| t.proxied) {
+            self.use_proxy(t);
+            self.idle_rss(t, r);
+        }
+        for rep in 0..self.plan.reps {
+            for t in targets {
+                eprintln!("  repetition {}/{}: {}", rep + 1, self.plan.reps, t.name);
+                self.use_proxy(t);
+                self.steady(t, r);
+            }
+        }
+        for t in targets {
+            self.use_proxy(t);
+            self.memory(t, r);
+            self.startup(t, r);
+        }
+        self.unpooled(targets, r);
+        self.unpinned(targets, r);
+    }
+
+    /// Node proxies of the kind `t` measures (ferry, or the alternative).
+    fn use_proxy(&mut self, t: &Target) {
+        let want_alt = self.alt.as_ref().is_some_and(|(n, _)| *n == t.name);
+        if want_alt == self.current_alt {
+            return;
+        }
+        self.sim.opts.alt_proxy = if want_alt { self.alt.as_ref().map(|(_, a)| a.clone()) } else { None };
+        self.restart_proxies();
+        self.current_alt = want_alt;
+    }
+
+    fn restart_proxies(&mut self) {
+        for i in 0..2 {
+            self.sim.stop_proxy(i, nix::sys::signal::Signal::SIGTERM);
+            if let Err(e) = self.sim.start_proxy(i) {
+                eprintln!("  cannot start the node proxy on node {}: {e}", i + 1);
+            }
+        }
+    }
+
+    fn idle_rss(&mut self, t: &Target, r: &mut Results) {
+        for (i, side) in ["client", "server"].iter().enumerate() {
+            match self.sim.nodes[i].proxy_pid().and_then(super::procstat::rss_kb) {
+                Some(kb) => r.add(&format!("memory.idle_rss.{side}_proxy"), "MiB", Better::Lower, &t.name, kb as f64 / 1024.0),
+                None => r.error("idle RSS", format!("no proxy process on node {}", i + 1)),
+            }
+        }
+    }
+
+    fn steady(&mut self, t: &Target, r: &mut Results) {
+        let (sim, p) = (&self.sim, &self.plan);
+        for streams in [1, 4] {
+            match measure::stream(sim, t, streams, p.bulk) {
+                Ok((gbps, cpu)) => {
+                    r.add(&format!("throughput.stream.{streams}"), "Gbit/s", Better::Higher, &t.name, gbps);
+                    if t.proxied && streams == 1 {
+                        r.add("cpu_s_per_gb.client_proxy", "CPU-s/GB", Better::Lower, &t.name, cpu[0]);
+                        r.add("cpu_s_per_gb.server_proxy", "CPU-s/GB", Better::Lower, &t.name, cpu[1]);
+                    }
+                }
+                Err(e) => r.error(&format!("stream x{streams} ({})", t.name), e),
+            }
+            match measure::iperf(sim, t, streams, p.bulk) {
+                Ok(gbps) => r.add(&format!("throughput.iperf3.{streams}"), "Gbit/s", Better::Higher, &t.name, gbps),
+                Err(e) => r.error(&format!("iperf3 x{streams} ({})", t.name), e),
+            }
+        }
+        self.latency(t, r);
+        match measure::crr(&self.sim, t, 4, self.plan.crr) {
+            Ok(v) => {
+                r.add("connections.pooled", "conn/s", Better::Higher, &t.name, v["connections_per_s"].as_f64().unwrap_or(0.0));
+                r.add("connections.pooled.connect_to_first_byte_p50", "µs", Better::Lower, &t.name, v["p50_us"].as_f64().unwrap_or(0.0));
+                r.add("connections.pooled.connect_to_first_byte_p99", "µs", Better::Lower, &t.name, v["p99_us"].as_f64().unwrap_or(0.0));
+            }
+            Err(e) => r.error(&format!("crr ({})", t.name), e),
+        }
+        for &n in &self.plan.conns.clone() {
+            match measure::concurrency(&self.sim, t, n, self.plan.sweep) {
+                Ok((mbs, p99)) => {
+                    r.add(&format!("concurrency.{n}.throughput"), "MB/s", Better::Higher, &t.name, mbs);
+                    r.add(&format!("concurrency.{n}.p99"), "µs", Better::Lower, &t.name, p99);
+                }
+                Err(e) => r.error(&format!("{n} concurrent connections ({})", t.name), e),
+            }
+        }
+    }
+
+    fn latency(&mut self, t: &Target, r: &mut Results) {
+        match measure::rr(&self.sim, t, 16, 1000, 1024, self.plan.rr) {
+            Ok((v, cpu, rss)) => {
+                for q in ["p50", "p90", "p99", "p999", "max"] {
+                    r.add(
+                        &format!("latency.rr_1k_1000rps.{q}"),
+                        "µs",
+                        Better::Lower,
+                        &t.name,
+                        v[format!("{q}_us")].as_f64().unwrap_or(0.0),
+                    );
+                }
+                if t.proxied {
+                    r.add("latency.rr_1k_1000rps.client_proxy_cpu", "cores", Better::Lower, &t.name, cpu[0]);
+                    r.add("latency.rr_1k_1000rps.server_proxy_cpu", "cores", Better::Lower, &t.name, cpu[1]);
+                    r.add("latency.rr_1k_1000rps.client_proxy_rss", "MiB", Better::Lower, &t.name, rss[0] as f64 / 1024.0);
+                    r.add("latency.rr_1k_1000rps.server_proxy_rss", "MiB", Better::Lower, &t.name, rss[1] as f64 / 1024.0);
+                }
+            }
+            Err(e) => r.error(&format!("rr ({})", t.name), e),
+        }
+    }
+
+    fn memory(&mut self, t: &Target, r: &mut Results) {
+        if !t.proxied {
+            return;
+        }
+        for &n in &self.plan.holds.clone() {
+            match measure::idle_memory(&self.sim, t, n) {
+                Ok((per, left)) => {
+                    r.add(&format!("memory.per_idle_connection.{n}.client_proxy"), "KiB", Better::Lower, &t.name, per[0]);
+                    r.add(&format!("memory.per_idle_connection.{n}.server_proxy"), "KiB", Better::Lower, &t.name, per[1]);
+                    r.add(&format!("memory.after_close.{n}.client_proxy"), "KiB", Better::Lower, &t.name, left[0]);
+                    r.add(&format!("memory.after_close.{n}.server_proxy"), "KiB", Better::Lower, &t.name, left[1]);
+                }
+                Err(e) => r.error(&format!("{n} idle connections ({})", t.name), e),
+            }
+        }
+    }
+
+    fn startup(&mut self, t: &Target, r: &mut Results) {
+        for rep in 0..self.plan.reps {
+            if t.proxied {
+                match measure::proxy_startup(&mut self.sim) {
+                    Ok(ms) => r.add("startup.proxy_ready", "ms", Better::Lower, &t.name, ms),
+                    Err(e) => r.error(&format!("proxy startup ({})", t.name), e),
+                }
+            }
+            match measure::pod_to_first_byte(&mut self.sim, t, &format!("fresh-{rep}")) {
+                Ok(ms) => r.add("startup.pod_add_to_first_byte", "ms", Better::Lower, &t.name, ms),
+                Err(e) => r.error(&format!("pod start ({})", t.name), e),
+            }
+        }
+    }
+
+    /// Connection rate with a fresh mTLS tunnel per connection (no pooling).
+    fn unpooled(&mut self, targets: &[Target], r: &mut Results) {
+        let Some(ferry) = targets.iter().find(|t| t.name == "ferry") else { return };
+        self.use_proxy(ferry);
+        self.sim.opts.proxy_env.push(("POOL_MAX_STREAMS_PER_CONNECTION".into(), "1".into()));
+        self.restart_proxies();
+        for _ in 0..self.plan.reps {
+            match measure::crr(&self.sim, ferry, 4, self.plan.crr) {
+                Ok(v) => r.add("connections.unpooled", "conn/s", Better::Higher, "ferry", v["connections_per_s"].as_f64().unwrap_or(0.0)),
+                Err(e) => r.error("unpooled crr (ferry)", e),
+            }
+        }
+        self.sim.opts.proxy_env.pop();
+        self.restart_proxies();
+    }
+
+    /// The bulk single-stream measurement again without CPU pinning, as a check on pinning.
+    fn unpinned(&mut self, targets: &[Target], r: &mut Results) {
+        self.sim.opts.pin_cpus = false;
+        self.restart_proxies();
+        for t in targets.iter().take(2) {
+            match measure::stream(&self.sim, t, 1, self.plan.bulk) {
+                Ok((gbps, _)) => r.add("throughput.stream.1.unpinned", "Gbit/s", Better::Higher, &t.name, gbps),
+                Err(e) => r.error(&format!("unpinned stream ({})", t.name), e),
+            }
+        }
+        self.sim.opts.pin_cpus = true;
+    }
+}
