@@ -48,6 +48,7 @@ pub fn run_proxy(args: ProxyArgs) -> Result<(), AppError> {
         Ok(n) => tracing::debug!(limit = n, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit; busy nodes may run out of descriptors"),
     }
+    crate::heap::start();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.worker_threads)
         .thread_name("ferry-worker")

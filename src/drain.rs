@@ -6,9 +6,26 @@
 //! *forced* (every remaining connection is closed). The trigger returns once all watches are
 //! dropped or the forced phase has been signalled and a grace period passed.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
+
+/// The forced phase as a flag plus a `Notify`: every open connection waits on it, and a
+/// `Notified` future is a fraction of the size of a `watch` wait.
+#[derive(Default)]
+struct Forced {
+    set: AtomicBool,
+    notify: Notify,
+}
+
+impl Forced {
+    fn fire(&self) {
+        self.set.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum DrainState {
@@ -19,6 +36,7 @@ pub enum DrainState {
 
 pub struct DrainTrigger {
     state: watch::Sender<DrainState>,
+    forced: Arc<Forced>,
     done_rx: mpsc::Receiver<()>,
     done_tx: Option<mpsc::Sender<()>>,
 }
@@ -26,21 +44,23 @@ pub struct DrainTrigger {
 #[derive(Clone)]
 pub struct DrainWatch {
     state: watch::Receiver<DrainState>,
+    forced: Arc<Forced>,
     _alive: mpsc::Sender<()>,
 }
 
 pub fn new() -> (DrainTrigger, DrainWatch) {
     let (state, rx) = watch::channel(DrainState::Running);
     let (done_tx, done_rx) = mpsc::channel(1);
-    let w = DrainWatch { state: rx, _alive: done_tx.clone() };
-    (DrainTrigger { state, done_rx, done_tx: Some(done_tx) }, w)
+    let forced = Arc::new(Forced::default());
+    let w = DrainWatch { state: rx, forced: forced.clone(), _alive: done_tx.clone() };
+    (DrainTrigger { state, forced, done_rx, done_tx: Some(done_tx) }, w)
 }
 
 impl DrainTrigger {
     /// A new participant (for components created after the trigger).
     pub fn watch(&self) -> DrainWatch {
         let tx = self.done_tx.clone().unwrap_or_else(|| mpsc::channel(1).0);
-        DrainWatch { state: self.state.subscribe(), _alive: tx }
+        DrainWatch { state: self.state.subscribe(), forced: self.forced.clone(), _alive: tx }
     }
 
     /// Drains gracefully for up to `deadline`, then forces. Returns true if every participant
@@ -51,6 +71,7 @@ impl DrainTrigger {
         let clean = tokio::time::timeout(deadline, self.done_rx.recv()).await.is_ok();
         if !clean {
             self.state.send_replace(DrainState::Forced);
+            self.forced.fire();
             // Forced participants close at once; give their tasks a moment to unwind.
             let _ = tokio::time::timeout(Duration::from_secs(1), self.done_rx.recv()).await;
         }
@@ -61,7 +82,15 @@ impl DrainTrigger {
     pub async fn force(mut self) {
         self.done_tx = None;
         self.state.send_replace(DrainState::Forced);
+        self.forced.fire();
         let _ = tokio::time::timeout(Duration::from_secs(1), self.done_rx.recv()).await;
+    }
+}
+
+impl Drop for DrainTrigger {
+    /// Without its trigger nobody could ever force the participants closed: force them now.
+    fn drop(&mut self) {
+        self.forced.fire();
     }
 }
 
@@ -83,7 +112,14 @@ impl DrainWatch {
 
     /// Resolves when open connections must be closed now.
     pub async fn forced(&self) {
-        self.reached(DrainState::Forced).await
+        let notified = self.forced.notify.notified();
+        tokio::pin!(notified);
+        // Registered before the check, so a fire between the two is not missed.
+        notified.as_mut().enable();
+        if self.forced.set.load(Ordering::SeqCst) {
+            return;
+        }
+        notified.await
     }
 }
 

@@ -11,6 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod drain;
 pub mod hbone;
+pub mod heap;
 pub mod identity;
 pub mod inpod;
 pub mod k8s;

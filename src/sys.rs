@@ -217,3 +217,22 @@ pub fn raise_fd_limit() -> io::Result<u64> {
     }
     Ok(hard.max(soft))
 }
+
+/// Free bytes glibc's allocator holds in its arenas (`mallinfo2().fordblks`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn heap_free_bytes() -> usize {
+    // SAFETY: mallinfo2 only reads allocator statistics and returns them by value.
+    #[allow(unsafe_code)]
+    unsafe { libc::mallinfo2() }.fordblks
+}
+
+/// Returns free pages of every glibc arena to the kernel (`malloc_trim(0)`), which glibc's
+/// `free` does only for the top of the heap.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn release_free_heap() {
+    // SAFETY: malloc_trim takes no pointers; it locks each arena while it walks it.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

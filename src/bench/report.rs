@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use super::measure::Target;
 use super::results::{fmt, Results};
-use super::runner::RunArgs;
+use super::runner::{Group, RunArgs};
 
 const BEGIN: &str = "<!-- results:begin (written by `ferry bench run`) -->";
 const END: &str = "<!-- results:end -->";
@@ -104,7 +104,7 @@ pub fn write(args: &RunArgs, r: &Results, targets: &[String], reps: usize) -> Re
 }
 
 /// Measurements that should have produced a number and did not.
-pub fn missing(r: &Results, targets: &[Target]) -> Vec<String> {
+pub fn missing(r: &Results, targets: &[Target], only: &[Group]) -> Vec<String> {
     let common = [
         "throughput.stream.1",
         "throughput.stream.4",
@@ -139,5 +139,6 @@ pub fn missing(r: &Results, targets: &[Target]) -> Vec<String> {
     if r.summary("connections.unpooled", "ferry").is_none() {
         out.push("connections.unpooled (ferry)".into());
     }
+    out.retain(|m| only.is_empty() || Group::of(m).is_some_and(|g| only.contains(&g)));
     out
 }

@@ -43,6 +43,35 @@ pub struct RunArgs {
     /// Where to write one JSON line per measurement (default: next to the report).
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Run only these groups (for profiling one path; a report needs all of them).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Group>,
+}
+
+/// A group of measurements, named by the first part of the metric names it produces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Group {
+    Throughput,
+    Latency,
+    Connections,
+    Concurrency,
+    Memory,
+    Startup,
+}
+
+impl Group {
+    /// The group a metric belongs to (CPU per GB is measured with the throughput runs).
+    pub fn of(metric: &str) -> Option<Group> {
+        match metric.split('.').next()? {
+            "throughput" | "cpu_s_per_gb" => Some(Group::Throughput),
+            "latency" => Some(Group::Latency),
+            "connections" => Some(Group::Connections),
+            "concurrency" => Some(Group::Concurrency),
+            "memory" => Some(Group::Memory),
+            "startup" => Some(Group::Startup),
+            _ => None,
+        }
+    }
 }
 
 struct Plan {
@@ -53,13 +82,19 @@ struct Plan {
     sweep: Duration,
     holds: Vec<usize>,
     conns: Vec<usize>,
+    only: Vec<Group>,
 }
 
 impl Plan {
+    fn wants(&self, g: Group) -> bool {
+        self.only.is_empty() || self.only.contains(&g)
+    }
+
     fn new(a: &RunArgs) -> Plan {
         if a.quick {
             let ms = Duration::from_millis;
-            return Plan { reps: 1, bulk: ms(1000), rr: ms(1000), crr: ms(1000), sweep: ms(500), holds: vec![20], conns: vec![1, 10] };
+            let (holds, conns, only) = (vec![20], vec![1, 10], a.only.clone());
+            return Plan { reps: 1, bulk: ms(1000), rr: ms(1000), crr: ms(1000), sweep: ms(500), holds, conns, only };
         }
         let s = Duration::from_secs;
         Plan {
@@ -70,6 +105,7 @@ impl Plan {
             sweep: s(3),
             holds: vec![100, 1000, 5000],
             conns: vec![1, 10, 100, 1000],
+            only: a.only.clone(),
         }
     }
 }
@@ -150,7 +186,7 @@ pub fn run(args: RunArgs) -> Result<(), String> {
     bench.all(&targets, &mut r);
     let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
     super::report::write(&args, &r, &names, bench.plan.reps)?;
-    let missing = super::report::missing(&r, &targets);
+    let missing = super::report::missing(&r, &targets, &args.only);
     if !r.errors.is_empty() || !missing.is_empty() {
         return Err(format!(
             "{} measurement(s) failed and {} produced no number: {:?} {:?}",
@@ -172,9 +208,11 @@ struct Bench {
 
 impl Bench {
     fn all(&mut self, targets: &[Target], r: &mut Results) {
-        for t in targets.iter().filter(|t| t.proxied) {
-            self.use_proxy(t);
-            self.idle_rss(t, r);
+        if self.plan.wants(Group::Memory) {
+            for t in targets.iter().filter(|t| t.proxied) {
+                self.use_proxy(t);
+                self.idle_rss(t, r);
+            }
         }
         for rep in 0..self.plan.reps {
             for t in targets {
@@ -185,11 +223,19 @@ impl Bench {
         }
         for t in targets {
             self.use_proxy(t);
-            self.memory(t, r);
-            self.startup(t, r);
+            if self.plan.wants(Group::Memory) {
+                self.memory(t, r);
+            }
+            if self.plan.wants(Group::Startup) {
+                self.startup(t, r);
+            }
         }
-        self.unpooled(targets, r);
-        self.unpinned(targets, r);
+        if self.plan.wants(Group::Connections) {
+            self.unpooled(targets, r);
+        }
+        if self.plan.wants(Group::Throughput) {
+            self.unpinned(targets, r);
+        }
     }
 
     /// Node proxies of the kind `t` measures (ferry, or the alternative).
@@ -222,6 +268,48 @@ impl Bench {
     }
 
     fn steady(&mut self, t: &Target, r: &mut Results) {
+        if self.plan.wants(Group::Throughput) {
+            self.throughput(t, r);
+        }
+        if self.plan.wants(Group::Latency) {
+            self.latency(t, r);
+        }
+        if self.plan.wants(Group::Connections) {
+            match measure::crr(&self.sim, t, 4, self.plan.crr) {
+                Ok(v) => {
+                    r.add("connections.pooled", "conn/s", Better::Higher, &t.name, v["connections_per_s"].as_f64().unwrap_or(0.0));
+                    r.add(
+                        "connections.pooled.connect_to_first_byte_p50",
+                        "µs",
+                        Better::Lower,
+                        &t.name,
+                        v["p50_us"].as_f64().unwrap_or(0.0),
+                    );
+                    r.add(
+                        "connections.pooled.connect_to_first_byte_p99",
+                        "µs",
+                        Better::Lower,
+                        &t.name,
+                        v["p99_us"].as_f64().unwrap_or(0.0),
+                    );
+                }
+                Err(e) => r.error(&format!("crr ({})", t.name), e),
+            }
+        }
+        if self.plan.wants(Group::Concurrency) {
+            for &n in &self.plan.conns.clone() {
+                match measure::concurrency(&self.sim, t, n, self.plan.sweep) {
+                    Ok((mbs, p99)) => {
+                        r.add(&format!("concurrency.{n}.throughput"), "MB/s", Better::Higher, &t.name, mbs);
+                        r.add(&format!("concurrency.{n}.p99"), "µs", Better::Lower, &t.name, p99);
+                    }
+                    Err(e) => r.error(&format!("{n} concurrent connections ({})", t.name), e),
+                }
+            }
+        }
+    }
+
+    fn throughput(&mut self, t: &Target, r: &mut Results) {
         let (sim, p) = (&self.sim, &self.plan);
         for streams in [1, 4] {
             match measure::stream(sim, t, streams, p.bulk) {
@@ -237,24 +325,6 @@ impl Bench {
             match measure::iperf(sim, t, streams, p.bulk) {
                 Ok(gbps) => r.add(&format!("throughput.iperf3.{streams}"), "Gbit/s", Better::Higher, &t.name, gbps),
                 Err(e) => r.error(&format!("iperf3 x{streams} ({})", t.name), e),
-            }
-        }
-        self.latency(t, r);
-        match measure::crr(&self.sim, t, 4, self.plan.crr) {
-            Ok(v) => {
-                r.add("connections.pooled", "conn/s", Better::Higher, &t.name, v["connections_per_s"].as_f64().unwrap_or(0.0));
-                r.add("connections.pooled.connect_to_first_byte_p50", "µs", Better::Lower, &t.name, v["p50_us"].as_f64().unwrap_or(0.0));
-                r.add("connections.pooled.connect_to_first_byte_p99", "µs", Better::Lower, &t.name, v["p99_us"].as_f64().unwrap_or(0.0));
-            }
-            Err(e) => r.error(&format!("crr ({})", t.name), e),
-        }
-        for &n in &self.plan.conns.clone() {
-            match measure::concurrency(&self.sim, t, n, self.plan.sweep) {
-                Ok((mbs, p99)) => {
-                    r.add(&format!("concurrency.{n}.throughput"), "MB/s", Better::Higher, &t.name, mbs);
-                    r.add(&format!("concurrency.{n}.p99"), "µs", Better::Lower, &t.name, p99);
-                }
-                Err(e) => r.error(&format!("{n} concurrent connections ({})", t.name), e),
             }
         }
     }

@@ -173,6 +173,8 @@ impl Pool {
         if tls.get_ref().1.alpn_protocol() != Some(ALPN_H2) {
             return Err(HboneError::Alpn(addr));
         }
+        let mut tls = tls;
+        tls.get_mut().1.set_buffer_limit(Some(crate::tls::SEND_BUFFER_LIMIT));
         let (sender, mut conn) = h2::client::Builder::new()
             .initial_window_size(self.cfg.stream_window)
             .initial_connection_window_size(self.cfg.connection_window)

@@ -66,7 +66,8 @@ pub async fn serve<H: StreamHandler>(
 ) -> Result<(), ServeError> {
     let (peer, local) = (tcp.peer_addr().map_err(ServeError::Tls)?, tcp.local_addr().map_err(ServeError::Tls)?);
     let handshake = async {
-        let stream = TlsAcceptor::from(tls).accept(tcp).await.map_err(ServeError::Tls)?;
+        let mut stream = TlsAcceptor::from(tls).accept(tcp).await.map_err(ServeError::Tls)?;
+        stream.get_mut().1.set_buffer_limit(Some(crate::tls::SEND_BUFFER_LIMIT));
         let (_, session) = stream.get_ref();
         if session.alpn_protocol() != Some(ALPN_H2) {
             return Err(ServeError::Alpn);

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use crate::rbac::{evaluate, ConnAttrs, Decision};
 use crate::state::{Snapshot, StateStore};
@@ -15,7 +15,14 @@ use crate::state::{Snapshot, StateStore};
 struct Tracked {
     workload_uid: String,
     attrs: ConnAttrs,
-    close: watch::Sender<Option<String>>,
+    revoke: Arc<Revoke>,
+}
+
+/// Why a connection was revoked, and a small waiter for it (every open connection holds one).
+#[derive(Default)]
+struct Revoke {
+    reason: Mutex<Option<String>>,
+    notify: Notify,
 }
 
 #[derive(Default)]
@@ -28,7 +35,7 @@ pub struct ConnectionManager {
 pub struct Tracking {
     id: u64,
     mgr: Arc<ConnectionManager>,
-    closed: watch::Receiver<Option<String>>,
+    revoke: Arc<Revoke>,
 }
 
 impl Drop for Tracking {
@@ -40,21 +47,26 @@ impl Drop for Tracking {
 impl Tracking {
     /// Resolves with the reason once a policy change denies this connection.
     pub async fn revoked(&mut self) -> String {
-        let reason = self.closed.wait_for(Option::is_some).await.map(|r| r.clone().unwrap_or_default());
-        match reason {
-            Ok(r) => r,
-            // The manager is gone (shutdown): nothing can revoke any more.
-            Err(_) => std::future::pending().await,
+        let notified = self.revoke.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(r) = self.revoke.reason.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            return r;
         }
+        notified.await;
+        self.revoke.reason.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_default()
     }
 }
 
 impl ConnectionManager {
     pub fn track(self: &Arc<Self>, workload_uid: &str, attrs: ConnAttrs) -> Tracking {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let (close, closed) = watch::channel(None);
-        self.conns.lock().unwrap_or_else(|e| e.into_inner()).insert(id, Tracked { workload_uid: workload_uid.to_string(), attrs, close });
-        Tracking { id, mgr: self.clone(), closed }
+        let revoke = Arc::new(Revoke::default());
+        self.conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, Tracked { workload_uid: workload_uid.to_string(), attrs, revoke: revoke.clone() });
+        Tracking { id, mgr: self.clone(), revoke }
     }
 
     pub fn len(&self) -> usize {
@@ -69,7 +81,7 @@ impl ConnectionManager {
     pub fn recheck(&self, snap: &Snapshot) -> usize {
         let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         let mut closed = 0;
-        for t in conns.values().filter(|t| t.close.borrow().is_none()) {
+        for t in conns.values().filter(|t| t.revoke.reason.lock().unwrap_or_else(|e| e.into_inner()).is_none()) {
             let reason = match snap.workload_by_uid(&t.workload_uid) {
                 None => Some("the destination workload is no longer in the state".to_string()),
                 Some(w) => match evaluate(snap, w, &t.attrs) {
@@ -79,7 +91,8 @@ impl ConnectionManager {
             };
             if let Some(reason) = reason {
                 tracing::info!(src = %t.attrs.src_ip, dst = %t.attrs.dst, identity = ?t.attrs.src_identity.as_ref().map(|i| i.to_string()), %reason, "closing an open connection: policy now denies it");
-                t.close.send_replace(Some(reason));
+                *t.revoke.reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+                t.revoke.notify.notify_waiters();
                 closed += 1;
             }
         }

@@ -7,6 +7,8 @@
 
 use std::io;
 use std::net::Shutdown;
+#[cfg(test)]
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use h2::{Reason, RecvStream, SendStream};
@@ -141,22 +143,72 @@ async fn send_h2(send: &mut SendStream<Bytes>, mut data: Bytes) -> io::Result<()
     Ok(())
 }
 
+/// Most chunks coalesced into one write (each chunk is at most one TLS record of payload).
+const MAX_BATCH: usize = 32;
+
 async fn h2_to_tcp(recv: &mut RecvStream, w: &TcpStream, counter: &Counter, total: &mut u64) -> io::Result<()> {
+    let mut batch: Vec<Bytes> = Vec::new();
     loop {
-        match recv.data().await {
-            None => break,
-            Some(Ok(data)) => {
-                write_all(w, &data).await?;
-                let _ = recv.flow_control().release_capacity(data.len());
-                counter.increment(data.len() as u64);
-                *total += data.len() as u64;
-            }
+        let first = recv.data().await;
+        let mut ended = false;
+        match first {
+            None => ended = true,
+            Some(Ok(data)) => batch.push(data),
             // A reset with NO_ERROR or CANCEL is a clean end of the peer's data.
-            Some(Err(e)) if matches!(e.reason(), Some(Reason::NO_ERROR) | Some(Reason::CANCEL)) => break,
+            Some(Err(e)) if matches!(e.reason(), Some(Reason::NO_ERROR) | Some(Reason::CANCEL)) => ended = true,
             Some(Err(e)) => return Err(h2_io(e)),
+        }
+        // Take whatever else already arrived, so a burst is one write instead of many.
+        while !ended && batch.len() < MAX_BATCH {
+            match std::future::poll_fn(|cx| std::task::Poll::Ready(recv.poll_data(cx))).await {
+                std::task::Poll::Ready(Some(Ok(data))) => batch.push(data),
+                std::task::Poll::Ready(Some(Err(e))) if matches!(e.reason(), Some(Reason::NO_ERROR) | Some(Reason::CANCEL)) => ended = true,
+                std::task::Poll::Ready(Some(Err(e))) => return Err(h2_io(e)),
+                std::task::Poll::Ready(None) => ended = true,
+                std::task::Poll::Pending => break,
+            }
+        }
+        let n: usize = batch.iter().map(Bytes::len).sum();
+        if n > 0 {
+            write_all_vectored(w, &mut batch).await?;
+            let _ = recv.flow_control().release_capacity(n);
+            counter.increment(n as u64);
+            *total += n as u64;
+        }
+        batch.clear();
+        if ended {
+            break;
         }
     }
     shutdown_write(w);
+    Ok(())
+}
+
+/// Writes every chunk, in order, with as few syscalls as the socket allows.
+async fn write_all_vectored(w: &TcpStream, bufs: &mut Vec<Bytes>) -> io::Result<()> {
+    use bytes::Buf;
+    // An empty chunk would never be consumed by a write and the loop would never end.
+    bufs.retain(|b| !b.is_empty());
+    while !bufs.is_empty() {
+        w.writable().await?;
+        let slices: Vec<std::io::IoSlice<'_>> = bufs.iter().map(|b| std::io::IoSlice::new(b)).collect();
+        match w.try_write_vectored(&slices) {
+            Ok(mut n) => {
+                drop(slices);
+                while n > 0 {
+                    let first = &mut bufs[0];
+                    let take = n.min(first.len());
+                    first.advance(take);
+                    n -= take;
+                    if first.is_empty() {
+                        bufs.remove(0);
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
     Ok(())
 }
 
@@ -167,5 +219,36 @@ fn h2_io(e: h2::Error) -> io::Error {
     match e.reason() {
         Some(Reason::STREAM_CLOSED) => io::Error::new(io::ErrorKind::BrokenPipe, e.to_string()),
         _ => io::Error::new(io::ErrorKind::ConnectionReset, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    #[tokio::test]
+    async fn vectored_writes_keep_order_and_skip_empty_chunks() {
+        let (a, mut b) = pair().await;
+        let big = Bytes::from(vec![7u8; 3 * 1024 * 1024]);
+        let mut bufs =
+            vec![Bytes::new(), Bytes::from_static(b"head "), Bytes::new(), big.clone(), Bytes::from_static(b" tail"), Bytes::new()];
+        let reader = tokio::spawn(async move {
+            let mut out = Vec::new();
+            b.read_to_end(&mut out).await.unwrap();
+            out
+        });
+        tokio::time::timeout(Duration::from_secs(10), write_all_vectored(&a, &mut bufs)).await.expect("must not spin").unwrap();
+        drop(a);
+        let out = reader.await.unwrap();
+        assert_eq!(out.len(), 5 + big.len() + 5);
+        assert!(out.starts_with(b"head ") && out.ends_with(b" tail"));
     }
 }

@@ -13,7 +13,8 @@ use h2::RecvStream;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use tokio::net::TcpStream;
 
-use super::copy::{self, CopyResult};
+use super::connections::Tracking;
+use super::copy;
 use super::route::inbound_target;
 use super::{until_closed, ProxyError, WorkloadProxy};
 use crate::drain::DrainWatch;
@@ -26,7 +27,7 @@ use crate::telemetry::metrics::Peer;
 /// Serves one TCP connection on the HBONE port.
 pub async fn handle_connection(px: Arc<WorkloadProxy>, tcp: TcpStream, drain: DrainWatch) {
     let peer = tcp.peer_addr().ok();
-    let tls = match px.local_workload().await.and_then(|w| px.identity(&w)) {
+    let tls = match Box::pin(px.local_workload()).await.and_then(|w| px.identity(&w)) {
         Ok(id) => match px.inputs.certs.fetch(&id).await {
             Ok(cert) => cert.server_config(),
             Err(e) => return refuse(peer, &e.to_string()),
@@ -62,40 +63,69 @@ struct Inbound {
 }
 
 impl StreamHandler for Inbound {
-    async fn handle(self: Arc<Self>, req: Request<RecvStream>, mut respond: SendResponse<Bytes>, conn: Arc<ConnInfo>, drain: DrainWatch) {
-        let mut rec = ConnRecord::new(Direction::Inbound, conn.peer, conn.local);
-        rec.source_identity(&conn.identity);
-        rec.set_mtls(true);
-        match stream(&self.px, req, &mut respond, &conn, &mut rec, &drain).await {
-            Ok(res) => {
-                let failure = super::copy_failure(&res);
-                rec.finish(res.received, res.sent, failure);
+    fn handle(
+        self: Arc<Self>,
+        req: Request<RecvStream>,
+        respond: SendResponse<Bytes>,
+        conn: Arc<ConnInfo>,
+        drain: DrainWatch,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        // The setup runs in its own allocation, freed before the copy starts: the task of an
+        // open connection keeps only what copying needs (it is most of a connection's memory).
+        let setup = Box::pin(setup(self.px.clone(), req, respond, conn));
+        async move {
+            let Some(Opened { up, tunnel, mut tracking, mut rec }) = setup.await else { return };
+            let counters = rec.established();
+            let copy = copy::tcp_h2(&up, tunnel, false, &counters.received, &counters.sent);
+            let res = until_closed(&drain, Some(&mut tracking), copy).await;
+            if res.revoked.is_some() {
+                super::socket::set_reset_on_close(&up);
             }
-            Err(e) => {
-                tracing::debug!(peer = %conn.peer, identity = %conn.identity, error = %e, "inbound CONNECT refused");
-                let mut resp = Response::new(());
-                *resp.status_mut() = e.status();
-                let _ = respond.send_response(resp, true);
-                rec.finish(0, 0, Some(Failure { flags: e.response_flags(), error: e.to_string() }));
-            }
+            rec.finish(res.received, res.sent, super::copy_failure(&res));
         }
     }
 }
 
-async fn stream(
+/// A stream whose application connection is open and answered with 200.
+struct Opened {
+    up: TcpStream,
+    tunnel: H2Stream,
+    tracking: Tracking,
+    rec: ConnRecord,
+}
+
+/// Opens the stream; a refusal is answered with its status and recorded here.
+async fn setup(px: Arc<WorkloadProxy>, req: Request<RecvStream>, mut respond: SendResponse<Bytes>, conn: Arc<ConnInfo>) -> Option<Opened> {
+    let mut rec = ConnRecord::new(Direction::Inbound, conn.peer, conn.local);
+    rec.source_identity(&conn.identity);
+    rec.set_mtls(true);
+    match open(&px, req, &mut respond, &conn, &mut rec).await {
+        Ok((up, tunnel, tracking)) => Some(Opened { up, tunnel, tracking, rec }),
+        Err(e) => {
+            tracing::debug!(peer = %conn.peer, identity = %conn.identity, error = %e, "inbound CONNECT refused");
+            let mut resp = Response::new(());
+            *resp.status_mut() = e.status();
+            let _ = respond.send_response(resp, true);
+            rec.finish(0, 0, Some(Failure { flags: e.response_flags(), error: e.to_string() }));
+            None
+        }
+    }
+}
+
+/// Validates, authorizes and dials the application, then answers 200.
+async fn open(
     px: &WorkloadProxy,
     req: Request<RecvStream>,
     respond: &mut SendResponse<Bytes>,
     conn: &ConnInfo,
     rec: &mut ConnRecord,
-    drain: &DrainWatch,
-) -> Result<CopyResult, ProxyError> {
+) -> Result<(TcpStream, H2Stream, Tracking), ProxyError> {
     if req.method() != Method::CONNECT {
         return Err(ProxyError::NotConnect(req.method().to_string()));
     }
     let raw = req.uri().authority().map(|a| a.as_str().to_string()).unwrap_or_default();
     let authority = parse_authority(&raw).ok_or(ProxyError::BadAuthority(raw))?;
-    let local = px.local_workload().await?;
+    let local = Box::pin(px.local_workload()).await?;
     let local_id = px.identity(&local)?;
     let snap = px.inputs.state.snapshot();
     label_source(rec, &snap, &local.network, conn, &req);
@@ -107,7 +137,7 @@ async fn stream(
     }
     let attrs = ConnAttrs { src_ip: conn.peer.ip(), src_identity: Some(conn.identity.clone()), dst: target };
     // Registered before the check, so a policy change racing with it is never missed.
-    let mut tracking = px.inputs.conns.track(&local.uid, attrs.clone());
+    let tracking = px.inputs.conns.track(&local.uid, attrs.clone());
     if let Decision::Deny { reason, .. } = rbac::evaluate(&snap, &local, &attrs) {
         return Err(ProxyError::Denied(reason));
     }
@@ -125,13 +155,7 @@ async fn stream(
     let send = respond
         .send_response(resp, false)
         .map_err(|e| ProxyError::Connect { addr: target, source: std::io::Error::other(e.to_string()) })?;
-    let counters = rec.established();
-    let tunnel = H2Stream { send, recv: req.into_body() };
-    let res = until_closed(drain, Some(&mut tracking), copy::tcp_h2(&up, tunnel, false, &counters.received, &counters.sent)).await;
-    if res.revoked.is_some() {
-        super::socket::set_reset_on_close(&up);
-    }
-    Ok(res)
+    Ok((up, H2Stream { send, recv: req.into_body() }, tracking))
 }
 
 /// Source labels: from state when the workload at the peer IP has the verified identity,
@@ -147,7 +171,7 @@ fn label_source(rec: &mut ConnRecord, snap: &crate::state::Snapshot, network: &s
             p.canonical_service = b.service;
             p.canonical_revision = b.version;
             p.cluster = b.cluster;
-            rec.labels.source = p;
+            rec.source_peer(p);
         }
     }
 }

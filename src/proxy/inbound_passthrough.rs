@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
+use super::connections::Tracking;
 use super::copy;
 use super::route::is_own_port;
 use super::socket::{canonical, original_dst, set_reset_on_close};
@@ -17,10 +18,17 @@ use crate::telemetry::conn::{ConnRecord, Direction, Failure};
 pub async fn handle(px: Arc<WorkloadProxy>, down: TcpStream, drain: DrainWatch) {
     let (Ok(peer), Ok(orig)) = (down.peer_addr(), original_dst(&down)) else { return };
     let mut rec = ConnRecord::new(Direction::Inbound, canonical(peer), orig);
-    match proxy(&px, &down, &mut rec, &drain).await {
-        Ok(res) => {
-            let failure = super::copy_failure(&res);
-            rec.finish(res.received, res.sent, failure);
+    // Boxed and freed before the copy, so an open connection's task keeps only the copy state.
+    let opened = Box::pin(open(&px, &mut rec)).await;
+    match opened {
+        Ok((up, mut tracking)) => {
+            let counters = rec.established();
+            let res = until_closed(&drain, Some(&mut tracking), copy::tcp_tcp(&down, &up, &counters.received, &counters.sent)).await;
+            if res.revoked.is_some() {
+                set_reset_on_close(&down);
+                set_reset_on_close(&up);
+            }
+            rec.finish(res.received, res.sent, super::copy_failure(&res));
         }
         Err(e) => {
             tracing::debug!(src = %rec.src_addr, dst = %orig, error = %e, "inbound plaintext connection refused");
@@ -30,7 +38,8 @@ pub async fn handle(px: Arc<WorkloadProxy>, down: TcpStream, drain: DrainWatch) 
     }
 }
 
-async fn proxy(px: &WorkloadProxy, down: &TcpStream, rec: &mut ConnRecord, drain: &DrainWatch) -> Result<copy::CopyResult, ProxyError> {
+/// Checks the destination is this pod, authorizes the plaintext peer and dials the application.
+async fn open(px: &WorkloadProxy, rec: &mut ConnRecord) -> Result<(TcpStream, Tracking), ProxyError> {
     let local = px.local_workload().await?;
     let dst = rec.dst_addr;
     if !local.addresses.contains(&dst.ip()) {
@@ -45,7 +54,7 @@ async fn proxy(px: &WorkloadProxy, down: &TcpStream, rec: &mut ConnRecord, drain
     }
     rec.destination_workload(&local, local.identity().ok().as_ref());
     let attrs = ConnAttrs { src_ip: rec.src_addr.ip(), src_identity: None, dst };
-    let mut tracking = px.inputs.conns.track(&local.uid, attrs.clone());
+    let tracking = px.inputs.conns.track(&local.uid, attrs.clone());
     if let Decision::Deny { reason, .. } = rbac::evaluate(&snap, &local, &attrs) {
         return Err(ProxyError::Denied(reason));
     }
@@ -53,11 +62,5 @@ async fn proxy(px: &WorkloadProxy, down: &TcpStream, rec: &mut ConnRecord, drain
     let up = super::socket::connect(px.sockets.as_ref(), dst, source, px.inputs.cfg.connect_timeout)
         .await
         .map_err(|source| ProxyError::Connect { addr: dst, source })?;
-    let counters = rec.established();
-    let res = until_closed(drain, Some(&mut tracking), copy::tcp_tcp(down, &up, &counters.received, &counters.sent)).await;
-    if res.revoked.is_some() {
-        set_reset_on_close(down);
-        set_reset_on_close(&up);
-    }
-    Ok(res)
+    Ok((up, tracking))
 }

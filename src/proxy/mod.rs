@@ -210,29 +210,52 @@ where
 }
 
 /// Runs the copy phase of a connection until it ends or the drain deadline forces it closed.
-pub async fn until_forced(drain: &DrainWatch, copy: impl Future<Output = copy::CopyResult>) -> copy::CopyResult {
-    until_closed(drain, None, copy).await
+pub fn until_forced<'a, F: Future<Output = copy::CopyResult> + 'a>(drain: &'a DrainWatch, copy: F) -> UntilClosed<'a, F> {
+    until_closed(drain, None, copy)
 }
 
 /// Like [`until_forced`], and also ends the copy when a policy change revokes the connection.
-pub async fn until_closed(
-    drain: &DrainWatch,
-    tracking: Option<&mut connections::Tracking>,
-    copy: impl Future<Output = copy::CopyResult>,
-) -> copy::CopyResult {
-    let revoked = async {
-        match tracking {
-            Some(t) => t.revoked().await,
-            None => std::future::pending().await,
+pub fn until_closed<'a, F: Future<Output = copy::CopyResult> + 'a>(
+    drain: &'a DrainWatch,
+    tracking: Option<&'a mut connections::Tracking>,
+    copy: F,
+) -> UntilClosed<'a, F> {
+    UntilClosed {
+        copy,
+        forced: Box::pin(drain.forced()),
+        revoked: tracking.map(|t| Box::pin(t.revoked()) as std::pin::Pin<Box<dyn Future<Output = String> + Send + 'a>>),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The copy phase raced against the drain deadline and a revocation. A hand-written future
+    /// so the copy future is stored once: an `async fn` taking it by value would hold it twice,
+    /// and every idle connection pays for this future's size.
+    pub struct UntilClosed<'a, F> {
+        #[pin]
+        copy: F,
+        forced: std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
+        revoked: Option<std::pin::Pin<Box<dyn Future<Output = String> + Send + 'a>>>,
+    }
+}
+
+impl<F: Future<Output = copy::CopyResult>> Future for UntilClosed<'_, F> {
+    type Output = copy::CopyResult;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<copy::CopyResult> {
+        use std::task::Poll;
+        let this = self.project();
+        if let Poll::Ready(r) = this.copy.poll(cx) {
+            return Poll::Ready(r);
         }
-    };
-    tokio::select! {
-        r = copy => r,
-        _ = drain.forced() => copy::CopyResult {
-            error: Some(io::Error::new(io::ErrorKind::ConnectionAborted, "closed at the drain deadline")),
-            ..Default::default()
-        },
-        reason = revoked => copy::CopyResult { revoked: Some(reason), ..Default::default() },
+        if this.forced.as_mut().poll(cx).is_ready() {
+            let error = Some(io::Error::new(io::ErrorKind::ConnectionAborted, "closed at the drain deadline"));
+            return Poll::Ready(copy::CopyResult { error, ..Default::default() });
+        }
+        if let Some(Poll::Ready(reason)) = this.revoked.as_mut().map(|r| r.as_mut().poll(cx)) {
+            return Poll::Ready(copy::CopyResult { revoked: Some(reason), ..Default::default() });
+        }
+        Poll::Pending
     }
 }
 

@@ -10,23 +10,31 @@ use std::sync::Arc;
 use http::{HeaderValue, Method, Request};
 use tokio::net::TcpStream;
 
-use super::copy::{self, CopyResult};
+use super::copy;
 use super::route::{self, Upstream};
 use super::socket::{canonical, original_dst, set_reset_on_close};
 use super::{until_forced, ProxyError, WorkloadProxy};
 use crate::drain::DrainWatch;
 use crate::hbone::client::PoolKey;
-use crate::hbone::{self, authority_string};
+use crate::hbone::{self, authority_string, H2Stream};
 use crate::state::model::{Service, Workload};
 use crate::telemetry::conn::{ConnRecord, Direction, Failure};
 
 pub async fn handle(px: Arc<WorkloadProxy>, down: TcpStream, drain: DrainWatch) {
     let (Ok(peer), Ok(orig)) = (down.peer_addr(), original_dst(&down)) else { return };
     let mut rec = ConnRecord::new(Direction::Outbound, canonical(peer), orig);
-    match proxy(&px, &down, &mut rec, &drain).await {
-        Ok(res) => {
-            let failure = super::copy_failure(&res);
-            rec.finish(res.received, res.sent, failure);
+    // The decision and the dial run in their own allocation, freed before the copy starts: the
+    // task of an open connection keeps only what copying needs, not TLS and HTTP/2 handshakes.
+    let connected = Box::pin(connect(&px, &mut rec)).await;
+    match connected {
+        Ok(up) => {
+            let counters = rec.established();
+            let (rx, tx) = (&counters.received, &counters.sent);
+            let res = match up {
+                Connected::Tunnel(stream) => until_forced(&drain, copy::tcp_h2(&down, stream, true, rx, tx)).await,
+                Connected::Tcp(up) => until_forced(&drain, copy::tcp_tcp(&down, &up, rx, tx)).await,
+            };
+            rec.finish(res.received, res.sent, super::copy_failure(&res));
         }
         Err(e) => {
             tracing::debug!(src = %rec.src_addr, dst = %orig, error = %e, "outbound connection refused");
@@ -37,13 +45,20 @@ pub async fn handle(px: Arc<WorkloadProxy>, down: TcpStream, drain: DrainWatch) 
     }
 }
 
-async fn proxy(px: &WorkloadProxy, down: &TcpStream, rec: &mut ConnRecord, drain: &DrainWatch) -> Result<CopyResult, ProxyError> {
+/// The upstream side of an outbound connection, ready to copy.
+enum Connected {
+    Tunnel(H2Stream),
+    Tcp(TcpStream),
+}
+
+/// Routes the connection over the state snapshot and dials its upstream.
+async fn connect(px: &WorkloadProxy, rec: &mut ConnRecord) -> Result<Connected, ProxyError> {
     let src = px.local_workload().await?;
     let src_id = px.identity(&src)?;
     rec.source_workload(&src, Some(&src_id));
     let snap = px.inputs.state.snapshot();
     let upstream = route::outbound(&snap, &src, rec.dst_addr, &px.inputs.cfg.ports, &mut |n| fastrand::u64(..n))?;
-    match upstream {
+    let addr = match upstream {
         Upstream::Hbone { hbone_addr, authority, identities, workload, service } => {
             rec.hbone_addr = Some(hbone_addr);
             rec.dst_addr = authority;
@@ -55,9 +70,7 @@ async fn proxy(px: &WorkloadProxy, down: &TcpStream, rec: &mut ConnRecord, drain
             let cert = px.inputs.certs.fetch(&src_id).await?;
             let key = PoolKey::new(src_id, identities, rec.src_addr.ip(), hbone_addr);
             let req = connect_request(authority, rec.src_addr, &src, service.as_deref(), &px.inputs.cfg.cluster_id)?;
-            let stream = px.pool.connect(&key, &cert, req).await?;
-            let counters = rec.established();
-            Ok(until_forced(drain, copy::tcp_h2(down, stream, true, &counters.received, &counters.sent)).await)
+            return Ok(Connected::Tunnel(px.pool.connect(&key, &cert, req).await?));
         }
         Upstream::Direct { addr, workload, service } => {
             rec.dst_addr = addr;
@@ -65,24 +78,14 @@ async fn proxy(px: &WorkloadProxy, down: &TcpStream, rec: &mut ConnRecord, drain
             if let Some(s) = &service {
                 rec.destination_service(s);
             }
-            plain(px, down, addr, rec, drain).await
+            addr
         }
-        Upstream::Passthrough { addr } => plain(px, down, addr, rec, drain).await,
-    }
-}
-
-async fn plain(
-    px: &WorkloadProxy,
-    down: &TcpStream,
-    addr: SocketAddr,
-    rec: &mut ConnRecord,
-    drain: &DrainWatch,
-) -> Result<CopyResult, ProxyError> {
+        Upstream::Passthrough { addr } => addr,
+    };
     let up = super::socket::connect(px.sockets.as_ref(), addr, None, px.inputs.cfg.connect_timeout)
         .await
         .map_err(|source| ProxyError::Connect { addr, source })?;
-    let counters = rec.established();
-    Ok(until_forced(drain, copy::tcp_tcp(down, &up, &counters.received, &counters.sent)).await)
+    Ok(Connected::Tcp(up))
 }
 
 /// The CONNECT request with the headers ztunnel sends (protocols.md §1.5). Headers built from

@@ -1,11 +1,15 @@
 //! The record of one proxied connection: it owns the connection's metric labels and, when the
 //! connection ends, emits exactly one access-log line (tracing target `access`) and the closing
 //! metrics. Denied and failed connections are recorded the same way, with their response flag.
+//! Once established, a record drops its own copy of the labels and refers to the interned set
+//! of its metric handles, so an open connection costs one pointer of telemetry, not twenty
+//! strings.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
-use super::metrics::{handles, ByteCounters, Peer, Reporter, TrafficLabels};
+use super::metrics::{handles, ByteCounters, Handles, Peer, Reporter, TrafficLabels};
 use crate::identity::Identity;
 use crate::state::model::{Service, Workload};
 
@@ -25,13 +29,17 @@ pub struct Failure {
 pub struct ConnRecord {
     start: Instant,
     direction: Direction,
-    pub labels: TrafficLabels,
+    labels: Labels,
     pub src_addr: SocketAddr,
     pub dst_addr: SocketAddr,
     pub hbone_addr: Option<SocketAddr>,
-    pub src_identity: Option<Identity>,
-    pub dst_identity: Option<Identity>,
-    established: bool,
+}
+
+/// Labels are built while the connection is set up and fixed once it is counted.
+enum Labels {
+    Building(Box<TrafficLabels>),
+    /// The metric handles of an established connection, with the interned label set.
+    Counted(Arc<Handles>),
 }
 
 impl ConnRecord {
@@ -40,75 +48,103 @@ impl ConnRecord {
         ConnRecord {
             start: Instant::now(),
             direction,
-            labels: TrafficLabels::new(reporter),
+            labels: Labels::Building(Box::new(TrafficLabels::new(reporter))),
             src_addr,
             dst_addr,
             hbone_addr: None,
-            src_identity: None,
-            dst_identity: None,
-            established: false,
+        }
+    }
+
+    /// The connection's labels (the source and destination principals are the identities the
+    /// access log reports).
+    pub fn labels(&self) -> &TrafficLabels {
+        match &self.labels {
+            Labels::Building(l) => l,
+            Labels::Counted(h) => &h.traffic,
+        }
+    }
+
+    /// Applies `f` to the labels unless the connection is already counted (then they are fixed).
+    fn edit(&mut self, f: impl FnOnce(&mut TrafficLabels)) {
+        if let Labels::Building(l) = &mut self.labels {
+            f(l);
         }
     }
 
     /// Sets the source from state; `verified` is the mTLS-verified identity, if any.
     pub fn source_workload(&mut self, w: &Workload, verified: Option<&Identity>) {
-        self.labels.source = Peer::from_workload(w, verified);
-        if verified.is_some() {
-            self.src_identity = verified.cloned();
-        }
+        self.edit(|l| {
+            let principal = l.source.principal.take();
+            l.source = Peer::from_workload(w, verified);
+            if verified.is_none() {
+                l.source.principal = principal;
+            }
+        });
+    }
+
+    /// Sets the source labels of a peer known only by its identity and baggage.
+    pub fn source_peer(&mut self, p: Peer) {
+        self.edit(|l| l.source = p);
     }
 
     pub fn source_identity(&mut self, id: &Identity) {
-        self.src_identity = Some(id.clone());
-        if self.labels.source.workload.is_none() {
-            self.labels.source = Peer::from_identity(id);
-        } else {
-            self.labels.source.principal = Some(id.to_string());
-        }
+        self.edit(|l| {
+            if l.source.workload.is_none() {
+                l.source = Peer::from_identity(id);
+            } else {
+                l.source.principal = Some(id.to_string());
+            }
+        });
     }
 
     pub fn destination_workload(&mut self, w: &Workload, identity: Option<&Identity>) {
-        self.labels.destination = Peer::from_workload(w, identity);
-        self.dst_identity = identity.cloned();
+        self.edit(|l| l.destination = Peer::from_workload(w, identity));
     }
 
     pub fn destination_service(&mut self, s: &Service) {
-        self.labels.set_service(s);
+        self.edit(|l| l.set_service(s));
     }
 
     pub fn set_mtls(&mut self, on: bool) {
-        self.labels.mtls = on;
+        self.edit(|l| l.mtls = on);
     }
 
-    /// The connection reached its upstream: count it open and return its byte counters.
+    /// The connection reached its upstream: count it open and return its byte counters. Its
+    /// own copy of the labels is dropped for the interned one.
     pub fn established(&mut self) -> ByteCounters {
-        self.established = true;
-        let h = handles(&self.labels, "-");
+        let h = match &self.labels {
+            Labels::Building(l) => handles(l, "-"),
+            Labels::Counted(h) => return h.bytes.clone(),
+        };
         h.opened.increment(1);
-        h.bytes.clone()
+        let bytes = h.bytes.clone();
+        self.labels = Labels::Counted(h);
+        bytes
     }
 
     /// Ends the record: closing metrics and the access log line.
     pub fn finish(self, received: u64, sent: u64, failure: Option<Failure>) {
         let flags = failure.as_ref().map(|f| f.flags).unwrap_or("-");
-        if self.established {
-            handles(&self.labels, "-").closed.increment(1);
-        } else {
-            let h = handles(&self.labels, flags);
-            h.opened.increment(1);
-            h.closed.increment(1);
+        match &self.labels {
+            Labels::Counted(h) => h.closed.increment(1),
+            Labels::Building(l) => {
+                let h = handles(l, flags);
+                h.opened.increment(1);
+                h.closed.increment(1);
+            }
         }
         if failure.is_some() {
-            handles(&self.labels, flags).failed().increment(1);
+            handles(self.labels(), flags).failed().increment(1);
         }
         self.log(received, sent, failure.as_ref());
     }
 
     fn log(&self, received: u64, sent: u64, failure: Option<&Failure>) {
-        let (s, d) = (&self.labels.source, &self.labels.destination);
+        let labels = self.labels();
+        let (s, d) = (&labels.source, &labels.destination);
         let direction = if self.direction == Direction::Inbound { "inbound" } else { "outbound" };
         let duration = format!("{}ms", self.start.elapsed().as_millis());
-        let service = self.labels.service.as_ref().map(|(h, _, _)| h.as_str());
+        let service = labels.service.as_ref().map(|(h, _, _)| h.as_str());
         let msg = if failure.is_some() { "connection failed" } else { "connection complete" };
         tracing::info!(
             target: "access",
@@ -116,17 +152,17 @@ impl ConnRecord {
             src.addr = display(self.src_addr),
             src.workload = s.workload.as_deref(),
             src.namespace = s.namespace.as_deref(),
-            src.identity = self.src_identity.as_ref().map(display),
+            src.identity = s.principal.as_deref(),
             dst.addr = display(self.dst_addr),
             dst.hbone_addr = self.hbone_addr.as_ref().map(display),
             dst.service = service,
             dst.workload = d.workload.as_deref(),
             dst.namespace = d.namespace.as_deref(),
-            dst.identity = self.dst_identity.as_ref().map(display),
+            dst.identity = d.principal.as_deref(),
             bytes_sent = sent,
             bytes_recv = received,
             duration = display(&duration),
-            connection_security_policy = if self.labels.mtls { "mutual_tls" } else { "none" },
+            connection_security_policy = if labels.mtls { "mutual_tls" } else { "none" },
             response_flags = failure.map(|f| f.flags).unwrap_or("-"),
             error = failure.map(|f| f.error.as_str()),
             "{msg}"

@@ -134,6 +134,8 @@ pub struct Handles {
     failed: OnceLock<Counter>,
     labels: Vec<Label>,
     pub bytes: ByteCounters,
+    /// The label set these counters carry, shared by every connection that has it.
+    pub traffic: TrafficLabels,
 }
 
 impl Handles {
@@ -168,6 +170,7 @@ pub fn handles(labels: &TrafficLabels, flags: &'static str) -> std::sync::Arc<Ha
         failed: OnceLock::new(),
         bytes: ByteCounters::new(&l),
         labels: l,
+        traffic: labels.clone(),
     });
     map.insert(key, h.clone());
     h

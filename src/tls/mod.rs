@@ -24,6 +24,10 @@ use verify::{leaf_identity, ExpectedIdentityVerifier, TrustDomainVerifier};
 
 pub const ALPN_H2: &[u8] = b"h2";
 
+/// How much plaintext rustls encrypts per write before it must flush. The default (64 KiB)
+/// caps each socket write at four records; larger batches make fewer, larger writes.
+pub const SEND_BUFFER_LIMIT: usize = 512 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("certificate chain from the CA is empty or has no root")]
