@@ -7,10 +7,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::sim::{apps, observe, Cleanup, Sim, SimOptions};
+use crate::sim::{apps, observe, Sim, SimOptions};
 
 pub const SCENARIO: &str = include_str!("../e2e/scenarios/demo.yaml");
 const MESH_CANARY: &str = "FERRY-MESH-CANARY";
@@ -92,8 +91,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
     println!("  building 2 nodes and a router as network namespaces; pods get their network from");
     println!("  the bridge + host-local CNI plugins chained with ferry-cni, as a container runtime does\n");
     let mut sim = Sim::new(opts).map_err(|e| e.to_string())?;
-    let cleanup = sim.cleanup.clone();
-    install_signal_cleanup(cleanup);
+    sim.cleanup.clone().on_signals();
     let work = sim.work.clone();
     let result = scenario(&mut sim, args.hold);
     drop(sim);
@@ -130,22 +128,6 @@ fn preflight(exe: &std::path::Path) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// Ctrl-C or SIGTERM: undo everything, then exit. Handlers (not a blocked signal mask) so the
-/// processes the demo starts keep default signal behaviour.
-fn install_signal_cleanup(cleanup: Arc<Cleanup>) {
-    std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
-        rt.block_on(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else { return };
-            let name = tokio::select! { _ = int.recv() => "SIGINT", _ = term.recv() => "SIGTERM" };
-            eprintln!("\n  {name}: cleaning up");
-            cleanup.run();
-            std::process::exit(130);
-        });
-    });
 }
 
 fn scenario(sim: &mut Sim, hold: bool) -> Result<(), String> {

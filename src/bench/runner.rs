@@ -114,10 +114,17 @@ fn alt_from_env() -> Option<(String, AltProxy)> {
     let bin = PathBuf::from(std::env::var_os("FERRY_BENCH_ALT_PROXY")?);
     let name = std::env::var("FERRY_BENCH_ALT_NAME")
         .unwrap_or_else(|_| bin.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or("alt".into()));
-    let words = |var: &str| std::env::var(var).unwrap_or_default().split_whitespace().map(String::from).collect::<Vec<_>>();
-    let env =
-        words("FERRY_BENCH_ALT_ENV").into_iter().filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))).collect();
-    Some((name, AltProxy { bin, args: words("FERRY_BENCH_ALT_ARGS"), env }))
+    Some((name, AltProxy { bin, args: words("FERRY_BENCH_ALT_ARGS"), env: env_pairs("FERRY_BENCH_ALT_ENV") }))
+}
+
+/// The whitespace-separated words of an environment variable.
+fn words(var: &str) -> Vec<String> {
+    std::env::var(var).unwrap_or_default().split_whitespace().map(String::from).collect()
+}
+
+/// `K=V` words of an environment variable.
+fn env_pairs(var: &str) -> Vec<(String, String)> {
+    words(var).into_iter().filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))).collect()
 }
 
 /// The benchmark cluster with servers running: direct and mesh pod pairs.
@@ -128,7 +135,10 @@ fn build_cluster(alt: &Option<(String, AltProxy)>) -> Result<(Sim, Vec<Target>),
     // The default poll interval, not the tests' fast one: background work skews CPU numbers.
     opts.poll = Duration::from_secs(1);
     opts.proxy_env = vec![("ZTUNNEL_WORKER_THREADS".into(), "1".into())];
+    // Extra settings for ferry's proxies, e.g. to profile one configuration by hand.
+    opts.proxy_env.extend(env_pairs("FERRY_BENCH_PROXY_ENV"));
     let mut sim = Sim::new(opts).map_err(|e| e.to_string())?;
+    sim.cleanup.clone().on_signals();
     sim.start().map_err(|e| e.to_string())?;
     sim.apply(SCENARIO).map_err(|e| e.to_string())?;
     let mut targets = vec![

@@ -151,6 +151,11 @@ impl Pool {
             }
             return Ok(sender);
         }
+        if self.cfg.max_streams_per_conn <= 1 {
+            // Nothing to share: concurrent dials must not queue behind each other.
+            drop(conns);
+            return Ok(self.dial(key, cert).await?.sender);
+        }
         let mut c = self.dial(key, cert).await?;
         c.checkouts = 1;
         let sender = c.sender.clone();

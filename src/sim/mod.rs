@@ -106,6 +106,22 @@ impl Cleanup {
     pub fn pid(&self, pid: u32) {
         self.pids.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
     }
+    /// Ctrl-C or SIGTERM: undo everything, then exit. Handlers (not a blocked signal mask) so
+    /// the processes the simulation starts keep default signal behaviour.
+    pub fn on_signals(self: Arc<Self>) {
+        std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async move {
+                use tokio::signal::unix::{signal, SignalKind};
+                let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else { return };
+                let name = tokio::select! { _ = int.recv() => "SIGINT", _ = term.recv() => "SIGTERM" };
+                eprintln!("\n  {name}: cleaning up");
+                self.run();
+                std::process::exit(130);
+            });
+        });
+    }
+
     pub fn run(&self) {
         for pid in self.pids.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
