@@ -226,6 +226,20 @@ pub fn heap_free_bytes() -> usize {
     unsafe { libc::mallinfo2() }.fordblks
 }
 
+/// Stops glibc from giving memory back on every `free` at the top of a heap (and from
+/// switching large buffers to fresh `mmap`s): bulk copies then reuse their buffers instead of
+/// faulting in zeroed pages for each one. The heap reclaimer returns memory instead.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn tune_heap(trim_threshold: usize, mmap_threshold: usize) -> bool {
+    let as_int = |v: usize| libc::c_int::try_from(v).unwrap_or(libc::c_int::MAX);
+    // SAFETY: mallopt only changes allocator parameters; glibc validates the values.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, as_int(trim_threshold)) == 1
+            && libc::mallopt(libc::M_MMAP_THRESHOLD, as_int(mmap_threshold)) == 1
+    }
+}
+
 /// Returns free pages of every glibc arena to the kernel (`malloc_trim(0)`), which glibc's
 /// `free` does only for the top of the heap.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

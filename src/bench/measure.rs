@@ -142,6 +142,8 @@ pub fn crr(sim: &Sim, t: &Target, concurrency: usize, d: Duration) -> Res<Value>
 /// Memory per idle proxied connection: proxies' RSS growth while `n` proven-open idle
 /// connections are held, per connection (KiB), and RSS growth left after closing them (KiB).
 pub fn idle_memory(sim: &Sim, t: &Target, n: usize) -> Res<([f64; 2], [f64; 2])> {
+    // Let the proxies' heap reclaimers (1 s period) return what earlier runs freed first.
+    std::thread::sleep(Duration::from_millis(2500));
     let base = proxy_rss(sim);
     let mut child = sim
         .spawn_in_pod(&t.namespace, "client", &[s("bench"), s("hold"), s("--to"), s(t.server_addr(sim, ECHO_PORT)), s("--conns"), s(n)])
@@ -184,6 +186,9 @@ pub fn concurrency(sim: &Sim, t: &Target, conns: usize, d: Duration) -> Res<(f64
         s("300ms"),
     ];
     let v = tool(sim, t, &args)?;
+    if v["count"].as_u64().unwrap_or(0) == 0 || v["errors"].as_u64().unwrap_or(0) > 0 {
+        return Err(format!("{conns} connections: no clean measurement: {v}"));
+    }
     Ok((v["mbyte_per_s"].as_f64().unwrap_or(0.0), v["p99_us"].as_f64().unwrap_or(0.0)))
 }
 

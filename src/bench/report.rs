@@ -78,7 +78,7 @@ pub fn write(args: &RunArgs, r: &Results, targets: &[String], reps: usize) -> Re
     let command = if args.quick { "sudo ferry bench run --quick".to_string() } else { format!("sudo ferry bench run --reps {reps}") };
     let date = crate::tls::humantime(std::time::SystemTime::now());
     let _ = writeln!(section, "Measured {date} on {}.\n", machine());
-    let _ = writeln!(section, "Command: `{command}` (release build). {reps} repetition(s), targets interleaved; node 1 (clients, its proxy) pinned to CPU 0, node 2 (servers, its proxy) to CPU 1, one proxy worker thread. Medians with [min–max].\n");
+    let _ = writeln!(section, "Command: `{command}` (release build). {reps} repetition(s), targets interleaved; node 1 (clients, its proxy) pinned to CPU 0, node 2 (servers, its proxy) to CPU 1, one proxy worker thread; every pod has `net.ipv4.tcp_tw_reuse=1` and ports 1024–65535 so connection-rate runs cannot exhaust ephemeral ports. Medians with [min–max].\n");
     let _ = writeln!(section, "### Against the goals\n\n{}", targets_section(r));
     let _ = writeln!(section, "### All measurements\n\n{}", r.markdown_table(targets));
     if !r.errors.is_empty() {

@@ -127,6 +127,25 @@ fn env_pairs(var: &str) -> Vec<(String, String)> {
     words(var).into_iter().filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))).collect()
 }
 
+/// Load-generator settings in every pod, the same for all targets: the connection-rate runs
+/// leave tens of thousands of TIME_WAIT sockets, which would otherwise exhaust the ephemeral
+/// ports for the next minute and stall whatever measurement comes next.
+const POD_SYSCTLS: [(&str, &str); 2] = [("net.ipv4.tcp_tw_reuse", "1"), ("net.ipv4.ip_local_port_range", "1024 65535")];
+
+fn tune_pod(netns: &str) -> Result<(), String> {
+    for (key, value) in POD_SYSCTLS {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", netns, "sh", "-c", &format!("echo '{value}' > {path}")])
+            .output()
+            .map_err(|e| format!("cannot run ip netns exec: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("cannot set {key} in {netns}: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+    }
+    Ok(())
+}
+
 /// The benchmark cluster with servers running: direct and mesh pod pairs.
 fn build_cluster(alt: &Option<(String, AltProxy)>) -> Result<(Sim, Vec<Target>), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -152,6 +171,7 @@ fn build_cluster(alt: &Option<(String, AltProxy)>) -> Result<(Sim, Vec<Target>),
         measure::start_servers(&sim, t)?;
     }
     for p in sim.pods.values() {
+        tune_pod(&p.netns)?;
         sim.wait_known(p.ip).map_err(|e| e.to_string())?;
     }
     Ok((sim, targets))
@@ -421,5 +441,27 @@ impl Bench {
             }
         }
         self.sim.opts.pin_cpus = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Group;
+
+    #[test]
+    fn every_metric_belongs_to_the_group_that_measures_it() {
+        let cases = [
+            ("throughput.stream.1", Some(Group::Throughput)),
+            ("cpu_s_per_gb.client_proxy", Some(Group::Throughput)),
+            ("latency.rr_1k_1000rps.p99", Some(Group::Latency)),
+            ("connections.unpooled (ferry)", Some(Group::Connections)),
+            ("concurrency.1000.p99", Some(Group::Concurrency)),
+            ("memory.per_idle_connection (ferry)", Some(Group::Memory)),
+            ("startup.proxy_ready", Some(Group::Startup)),
+            ("nonsense", None),
+        ];
+        for (metric, want) in cases {
+            assert_eq!(Group::of(metric), want, "{metric}");
+        }
     }
 }
