@@ -53,7 +53,7 @@ fn targets_section(r: &Results) -> String {
         ("added p50 latency, 1 KB at 1000 rps (µs)", added("p50"), "≤ 100", added("p50").is_some_and(|v| v <= 100.0)),
         ("added p99 latency, 1 KB at 1000 rps (µs)", added("p99"), "≤ 250", added("p99").is_some_and(|v| v <= 250.0)),
         ("idle RSS per node proxy (MiB)", idle, "≤ 12", idle.is_some_and(|v| v <= 12.0)),
-        ("memory per idle proxied connection (KiB, worse proxy)", per_conn, "≤ 4", per_conn.is_some_and(|v| v <= 4.0)),
+        ("memory per idle proxied connection, 1000 open (KiB, worse proxy)", per_conn, "≤ 4", per_conn.is_some_and(|v| v <= 4.0)),
         (
             "unpooled new mTLS tunnels per second (per proxy core)",
             m("connections.unpooled", "ferry"),
