@@ -96,26 +96,19 @@ pub fn iperf(sim: &Sim, t: &Target, streams: usize, d: Duration) -> Res<f64> {
     v["end"]["sum_received"]["bits_per_second"].as_f64().map(|b| b / 1e9).ok_or_else(|| format!("iperf3: {}", v["error"]))
 }
 
+/// `ferry bench rr` arguments against the target's echo server (`rate` 0 is closed-loop).
+fn rr_args(sim: &Sim, t: &Target, conns: usize, rate: u64, size: usize, d: Duration, warmup: &str) -> Vec<String> {
+    let to = s(t.server_addr(sim, ECHO_PORT));
+    let args =
+        [("--to", to), ("--conns", s(conns)), ("--rate", s(rate)), ("--size", s(size)), ("--duration", secs(d)), ("--warmup", s(warmup))];
+    [s("bench"), s("rr")].into_iter().chain(args.into_iter().flat_map(|(k, v)| [s(k), v])).collect()
+}
+
 /// Open-loop request/response latency; with proxy CPU (fraction of a core) and RSS at load.
 pub fn rr(sim: &Sim, t: &Target, conns: usize, rate: u64, size: usize, d: Duration) -> Res<(Value, [f64; 2], [u64; 2])> {
     let before = proxy_cpu(sim);
     let start = Instant::now();
-    let args = [
-        s("bench"),
-        s("rr"),
-        s("--to"),
-        s(t.server_addr(sim, ECHO_PORT)),
-        s("--conns"),
-        s(conns),
-        s("--rate"),
-        s(rate),
-        s("--size"),
-        s(size),
-        s("--duration"),
-        secs(d),
-        s("--warmup"),
-        s("500ms"),
-    ];
+    let args = rr_args(sim, t, conns, rate, size, d, "500ms");
     let v = tool(sim, t, &args)?;
     let wall = start.elapsed().as_secs_f64();
     let rss = proxy_rss(sim);
@@ -169,22 +162,7 @@ pub fn idle_memory(sim: &Sim, t: &Target, n: usize) -> Res<([f64; 2], [f64; 2])>
 
 /// Closed-loop 16 KiB request/response over `conns` connections: aggregate MB/s and p99 µs.
 pub fn concurrency(sim: &Sim, t: &Target, conns: usize, d: Duration) -> Res<(f64, f64)> {
-    let args = [
-        s("bench"),
-        s("rr"),
-        s("--to"),
-        s(t.server_addr(sim, ECHO_PORT)),
-        s("--conns"),
-        s(conns),
-        s("--rate"),
-        s(0),
-        s("--size"),
-        s(16 * 1024),
-        s("--duration"),
-        secs(d),
-        s("--warmup"),
-        s("300ms"),
-    ];
+    let args = rr_args(sim, t, conns, 0, 16 * 1024, d, "300ms");
     let v = tool(sim, t, &args)?;
     if v["count"].as_u64().unwrap_or(0) == 0 || v["errors"].as_u64().unwrap_or(0) > 0 {
         return Err(format!("{conns} connections: no clean measurement: {v}"));
