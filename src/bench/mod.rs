@@ -65,10 +65,19 @@ pub enum BenchCmd {
         conns: usize,
     },
     /// Run the benchmark suite over a simulated cluster (as root) and write the report.
+    #[command(after_help = ENV_HELP)]
     Run(runner::RunArgs),
     /// Build the benchmark cluster and keep it until Enter, to profile by hand (as root).
+    #[command(after_help = ENV_HELP)]
     Cluster,
 }
+
+const ENV_HELP: &str = "Environment:
+  FERRY_BENCH_ALT_PROXY  another ZDS-speaking node proxy binary, measured as an extra target
+  FERRY_BENCH_ALT_NAME   its name in the report (default: the binary's file name)
+  FERRY_BENCH_ALT_ARGS   its arguments, whitespace-separated
+  FERRY_BENCH_ALT_ENV    its environment, whitespace-separated K=V
+  FERRY_BENCH_PROXY_ENV  extra environment for ferry's node proxies, whitespace-separated K=V";
 
 pub fn run(cmd: BenchCmd) -> Result<(), String> {
     match cmd {
