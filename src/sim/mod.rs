@@ -261,6 +261,13 @@ impl Sim {
         let tmp = self.state_dir.join(format!(".{}.tmp", fastrand::u64(..)));
         std::fs::write(&tmp, yaml)?;
         std::fs::rename(&tmp, &file)?;
+        self.state_changed()
+    }
+
+    fn state_changed(&self) -> Result<()> {
+        if self.opts.alt_proxy.is_some() {
+            self.render_local_config()?;
+        }
         Ok(())
     }
 
@@ -268,7 +275,7 @@ impl Sim {
         let file = self.state_dir.join(format!("{}-{}-{}.yaml", kind.to_lowercase(), namespace, name));
         match std::fs::remove_file(file) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
+            _ => self.state_changed(),
         }
     }
 

@@ -174,6 +174,18 @@ impl Sim {
 
     /// `ferry proxy` reading the cluster state, or the alternative proxy reading the same state
     /// rendered as a ztunnel local config.
+    /// The cluster state rendered as a ztunnel local-config file for an alternative proxy;
+    /// rewritten (atomically) on every state change, so a proxy that watches it sees new pods.
+    pub(crate) fn render_local_config(&self) -> Result<PathBuf> {
+        let state = crate::k8s::source::load_path(&self.state_dir).map_err(|e| SimError::Manifest(e.to_string()))?;
+        let input = crate::k8s::translate::to_state(&state, &crate::k8s::translate::TranslateOptions::default());
+        let file = self.work.join("local-config.yaml");
+        let tmp = self.work.join(".local-config.yaml.tmp");
+        std::fs::write(&tmp, crate::state::local::to_yaml(&input).map_err(SimError::Manifest)?)?;
+        std::fs::rename(&tmp, &file)?;
+        Ok(file)
+    }
+
     fn proxy_command(&self, i: usize) -> Result<Command> {
         let cpu = self.cpu_of(i);
         let Some(alt) = &self.opts.alt_proxy else {
@@ -183,10 +195,7 @@ impl Sim {
                 .env("FERRY_LOCAL_XDS_POLL", format!("{}ms", self.opts.poll.as_millis()));
             return Ok(c);
         };
-        let state = crate::k8s::source::load_path(&self.state_dir).map_err(|e| SimError::Manifest(e.to_string()))?;
-        let input = crate::k8s::translate::to_state(&state, &crate::k8s::translate::TranslateOptions::default());
-        let file = self.work.join("local-config.yaml");
-        std::fs::write(&file, crate::state::local::to_yaml(&input).map_err(SimError::Manifest)?)?;
+        let file = self.render_local_config()?;
         let mut c = in_node(&self.nodes[i].netns, cpu, &alt.bin);
         c.args(&alt.args).env("LOCAL_XDS_PATH", &file).env("XDS_ADDRESS", "").env("FAKE_CA", "true");
         c.envs(alt.env.iter().map(|(k, v)| (k, v)));
