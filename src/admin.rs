@@ -184,7 +184,7 @@ fn explain(a: &AdminState, query: &str) -> Resp {
         return text(StatusCode::BAD_REQUEST, format!("source_ip must be an IP address; {usage}"));
     };
     let src_identity = match params.get("source_identity").filter(|s| !s.is_empty()) {
-        Some(s) => match s.parse::<crate::identity::Identity>() {
+        Some(s) => match s.parse::<ferry_core::identity::Identity>() {
             Ok(id) => Some(id),
             Err(e) => return text(StatusCode::BAD_REQUEST, format!("source_identity: {e}\n")),
         },
@@ -195,8 +195,8 @@ fn explain(a: &AdminState, query: &str) -> Resp {
     let Some(w) = snap.workload_by_addr(&network, dst.ip()) else {
         return text(StatusCode::NOT_FOUND, format!("no workload has address {} in network {network:?}\n", dst.ip()));
     };
-    let attrs = crate::rbac::ConnAttrs { src_ip, src_identity: src_identity.clone(), dst };
-    let e = crate::rbac::explain(&snap, w, &attrs);
+    let attrs = ferry_core::rbac::ConnAttrs { src_ip, src_identity: src_identity.clone(), dst };
+    let e = ferry_core::rbac::explain(&snap, w, &attrs);
     json_resp(json!({
         "destination": {"uid": w.uid, "namespace": w.namespace, "name": w.name, "address": dst.to_string()},
         "source": {"ip": src_ip.to_string(), "identity": src_identity.map(|i| i.to_string()), "mtls": attrs.src_identity.is_some()},

@@ -10,7 +10,7 @@ use crate::admin::{self, AdminState};
 use crate::config::{Config, LocalSource, ProxyArgs, ProxyMode};
 use crate::drain;
 use crate::inpod::WorkloadManager;
-use crate::proxy::socket::{LocalSockets, SocketOptions};
+use crate::net::{LocalSockets, SocketOptions};
 use crate::proxy::{ProxyInputs, WorkloadProxy};
 use crate::readiness::Readiness;
 use crate::state::{local, StateStore};
@@ -23,11 +23,13 @@ pub enum AppError {
     #[error("configuration: {0}")]
     Config(#[from] crate::config::ConfigError),
     #[error("{0}")]
-    LocalConfig(#[from] local::LocalConfigError),
+    LocalFile(#[from] local::LocalFileError),
+    #[error("{0}")]
+    LocalConfig(#[from] ferry_core::local_config::LocalConfigError),
     #[error("{0}")]
     Ca(#[from] crate::tls::ca::CaError),
     #[error("{0}")]
-    Cluster(#[from] crate::k8s::source::SourceError),
+    Cluster(#[from] ferry_cni::cluster_state::StateError),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
     #[error("{0}")]
@@ -44,7 +46,7 @@ pub fn run_proxy(args: ProxyArgs) -> Result<(), AppError> {
     let log_level = args.log_level.clone();
     let cfg = Arc::new(args.into_config()?);
     let log = Arc::new(telemetry::init_logging(log_format, log_level));
-    match crate::sys::raise_fd_limit() {
+    match ferry_sys::raise_fd_limit() {
         Ok(n) => tracing::debug!(limit = n, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit; busy nodes may run out of descriptors"),
     }
@@ -66,11 +68,11 @@ fn load_state(cfg: &Config) -> Result<StateStore, AppError> {
             tokio::spawn(local::watch_file(p.clone(), store.clone(), cfg.local_poll));
         }
         LocalSource::Inline(y) => {
-            store.replace(local::parse(y, "LOCAL_XDS")?);
+            store.replace(ferry_core::local_config::parse(y, "LOCAL_XDS")?);
         }
         LocalSource::Cluster(path) => {
             let source = crate::k8s::source::FileSource::load(path)?;
-            let opts = crate::k8s::translate::TranslateOptions {
+            let opts = ferry_core::k8s::translate::TranslateOptions {
                 trust_domain: cfg.trust_domain.clone(),
                 cluster_id: cfg.cluster_id.clone(),
                 cluster_domain: cfg.cluster_domain.clone(),
@@ -78,14 +80,14 @@ fn load_state(cfg: &Config) -> Result<StateStore, AppError> {
             };
             let mut rx = crate::k8s::source::ClusterSource::subscribe(source.as_ref());
             let mut logged = std::collections::HashSet::new();
-            let input = crate::k8s::translate::to_state(&rx.borrow_and_update(), &opts);
+            let input = ferry_core::k8s::translate::to_state(&rx.borrow_and_update(), &opts);
             log_policy_notes(&input, &mut logged);
             store.replace(input);
             tokio::spawn(source.watch(cfg.local_poll));
             let store2 = store.clone();
             tokio::spawn(async move {
                 while rx.changed().await.is_ok() {
-                    let input = crate::k8s::translate::to_state(&rx.borrow_and_update(), &opts);
+                    let input = ferry_core::k8s::translate::to_state(&rx.borrow_and_update(), &opts);
                     log_policy_notes(&input, &mut logged);
                     store2.replace(input);
                 }
@@ -101,7 +103,7 @@ fn load_state(cfg: &Config) -> Result<StateStore, AppError> {
 }
 
 /// Logs each policy translation note once (they also stay visible in `/config_dump`).
-fn log_policy_notes(input: &crate::state::StateInput, logged: &mut std::collections::HashSet<String>) {
+fn log_policy_notes(input: &ferry_core::state::StateInput, logged: &mut std::collections::HashSet<String>) {
     for p in &input.policies {
         for note in &p.notes {
             if logged.insert(format!("{}: {note}", p.key())) {

@@ -7,10 +7,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
+use ferry_core::timefmt::parse_duration;
 
-use crate::identity::{Identity, DEFAULT_TRUST_DOMAIN};
-use crate::proxy::socket::Keepalive;
+use crate::net::Keepalive;
 use crate::telemetry::LogFormat;
+use ferry_core::identity::{Identity, DEFAULT_TRUST_DOMAIN};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ProxyMode {
@@ -212,24 +213,6 @@ impl std::fmt::Display for WorkloadInfo {
     }
 }
 
-/// Ports ferry owns in every namespace it serves; configurable only for in-process tests.
-#[derive(Clone, Copy, Debug)]
-pub struct Ports {
-    pub outbound: u16,
-    pub inbound_plaintext: u16,
-    pub hbone: u16,
-}
-
-impl Default for Ports {
-    fn default() -> Self {
-        Ports {
-            outbound: crate::proxy::OUTBOUND_PORT,
-            inbound_plaintext: crate::proxy::INBOUND_PLAINTEXT_PORT,
-            hbone: crate::proxy::HBONE_PORT,
-        }
-    }
-}
-
 #[derive(Clone, Debug)]
 pub struct H2Config {
     pub stream_window: u32,
@@ -269,7 +252,7 @@ pub struct Config {
     pub admin_addr: SocketAddr,
     pub stats_addr: SocketAddr,
     pub readiness_addr: SocketAddr,
-    pub ports: Ports,
+    pub ports: ferry_core::ports::Ports,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -320,7 +303,7 @@ impl ProxyArgs {
         };
         let cluster_id = std::env::var("ISTIO_META_CLUSTER_ID").ok().filter(|s| !s.is_empty()).unwrap_or(self.cluster_id.clone());
         let packet_mark = match (self.mode, self.packet_mark) {
-            (ProxyMode::Shared, None) => Some(crate::proxy::DEFAULT_PACKET_MARK),
+            (ProxyMode::Shared, None) => Some(ferry_core::ports::DEFAULT_PACKET_MARK),
             (_, m) => m,
         };
         Ok(Config {
@@ -368,7 +351,7 @@ impl ProxyArgs {
             admin_addr: self.admin_addr,
             stats_addr: self.stats_addr,
             readiness_addr: self.readiness_addr,
-            ports: Ports::default(),
+            ports: ferry_core::ports::Ports::default(),
         })
     }
 }
@@ -426,54 +409,9 @@ fn parse_worker_threads(s: &str) -> Result<usize, ConfigError> {
     Ok(n)
 }
 
-/// Go-style durations (`500ms`, `10s`, `5m`, `24h`, `1h30m`) plus days (`30d`); a bare
-/// number is seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    if rest.is_empty() {
-        return Err("empty duration".into());
-    }
-    while !rest.is_empty() {
-        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or(format!("{s:?}: missing unit"))?;
-        let (num, tail) = rest.split_at(num_end);
-        let value: f64 = num.parse().map_err(|_| format!("{s:?}: bad number {num:?}"))?;
-        let unit_end = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
-        let (unit, next) = tail.split_at(unit_end);
-        let scale = match unit {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            "d" => 86400.0,
-            _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)")),
-        };
-        total += Duration::try_from_secs_f64(value * scale).map_err(|e| format!("{s:?}: {e}"))?;
-        rest = next;
-    }
-    Ok(total)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        for bad in ["", "5x", "s", "1h30", "-5s"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn termination_deadline_rules() {

@@ -43,17 +43,17 @@ impl Reclaimer {
 pub fn start() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        if !crate::sys::tune_heap(FREE_TRIM_THRESHOLD, MMAP_THRESHOLD) {
+        if !ferry_sys::tune_heap(FREE_TRIM_THRESHOLD, MMAP_THRESHOLD) {
             tracing::warn!("cannot set the allocator's trim and mmap thresholds; bulk copies will fault in fresh pages");
         }
         let spawned = std::thread::Builder::new().name("ferry-heap".into()).spawn(|| {
             let mut r = Reclaimer::default();
             loop {
                 std::thread::sleep(INTERVAL);
-                let free = crate::sys::heap_free_bytes();
+                let free = ferry_sys::heap_free_bytes();
                 if r.should_trim(free) {
-                    crate::sys::release_free_heap();
-                    let after = crate::sys::heap_free_bytes();
+                    ferry_sys::release_free_heap();
+                    let after = ferry_sys::heap_free_bytes();
                     tracing::debug!(free_before = free, free_after = after, "returned free heap memory to the kernel");
                     r.trimmed(after);
                 }
@@ -105,9 +105,9 @@ mod tests {
         let (blocks, pins): (Vec<Vec<u8>>, Vec<Vec<u8>>) = (0..2048).map(|i| (vec![i as u8; 16000], vec![1u8; 1000])).unzip();
         drop(blocks);
         let mut r = Reclaimer::default();
-        assert!(r.should_trim(crate::sys::heap_free_bytes()), "32 MB freed is above the threshold");
+        assert!(r.should_trim(ferry_sys::heap_free_bytes()), "32 MB freed is above the threshold");
         let before = rss_kib();
-        crate::sys::release_free_heap();
+        ferry_sys::release_free_heap();
         let after = rss_kib();
         assert!(before >= after + 16 * 1024, "RSS went from {before} KiB to {after} KiB");
         drop(pins);

@@ -1,5 +1,5 @@
 //! The `ferry` binary: one executable, roles as subcommands.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use ferry::config::{parse_duration, ProxyArgs};
+use ferry::config::ProxyArgs;
+use ferry_core::timefmt::parse_duration;
 
 #[derive(Parser)]
 #[command(name = "ferry", version, about = "Ambient-mode service mesh dataplane (HBONE node proxy)", propagate_version = true)]
@@ -25,11 +26,13 @@ enum Cmd {
     Agent(Box<ferry::agent::AgentArgs>),
     /// Run the mesh on this machine without Kubernetes (as root): two simulated nodes, pods in
     /// and outside the mesh, traffic between them, and a report of what was encrypted.
-    Demo(ferry::demo::DemoArgs),
+    #[cfg(feature = "harness")]
+    Demo(ferry_harness::demo::DemoArgs),
     /// Benchmarks: load tools for pods, and the suite over a simulated cluster (`bench run`).
+    #[cfg(feature = "harness")]
     Bench {
         #[command(subcommand)]
-        cmd: ferry::bench::BenchCmd,
+        cmd: ferry_harness::bench::BenchCmd,
     },
     /// Manage ferry's built-in certificate authority.
     Ca {
@@ -66,8 +69,10 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Proxy(args) => ferry::app::run_proxy(*args).map_err(|e| e.to_string()),
         Cmd::Agent(args) => ferry::agent::run_agent(*args).map_err(|e| e.to_string()),
-        Cmd::Demo(a) => ferry::demo::run(a),
-        Cmd::Bench { cmd } => ferry::bench::run(cmd),
+        #[cfg(feature = "harness")]
+        Cmd::Demo(a) => ferry_harness::demo::run(a),
+        #[cfg(feature = "harness")]
+        Cmd::Bench { cmd } => ferry_harness::bench::run(cmd),
         Cmd::Ca { cmd: CaCmd::Init(a) } => ca_init(a),
     };
     match result {

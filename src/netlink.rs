@@ -13,7 +13,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 use crate::redirect::{CONNMARK, MARK_MASK, ROUTE_TABLE, RULE_PRIORITY};
-use crate::sys::Netns;
+use ferry_sys::Netns;
 
 /// The loopback interface is index 1 in every network namespace.
 const LOOPBACK_INDEX: u32 = 1;

@@ -12,7 +12,7 @@ use std::io::{self, Write as IoWrite};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::{Command, Stdio};
 
-use crate::sys::Netns;
+use ferry_sys::Netns;
 
 pub const TABLE: &str = "ferry_inpod";
 pub const CONNMARK: u32 = 0x111;
@@ -42,10 +42,10 @@ pub struct RedirectConfig {
 impl Default for RedirectConfig {
     fn default() -> Self {
         RedirectConfig {
-            mark: crate::proxy::DEFAULT_PACKET_MARK,
-            outbound_port: crate::proxy::OUTBOUND_PORT,
-            inbound_plaintext_port: crate::proxy::INBOUND_PLAINTEXT_PORT,
-            hbone_port: crate::proxy::HBONE_PORT,
+            mark: ferry_core::ports::DEFAULT_PACKET_MARK,
+            outbound_port: ferry_core::ports::OUTBOUND_PORT,
+            inbound_plaintext_port: ferry_core::ports::INBOUND_PLAINTEXT_PORT,
+            hbone_port: ferry_core::ports::HBONE_PORT,
             ipv6: true,
             capture_inbound: true,
             virtual_interfaces: Vec::new(),

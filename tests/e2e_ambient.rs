@@ -7,10 +7,10 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use common::sim::*;
-use ferry::sim::{apps, observe, Sim};
+use ferry_harness::sim::{apps, observe, Sim};
 use nix::sys::signal::Signal;
 
-const DEMO: &str = ferry::demo::SCENARIO;
+const DEMO: &str = ferry_harness::demo::SCENARIO;
 const FRONTEND: (&str, &str) = ("shop", "frontend");
 const BACKEND: (&str, &str) = ("shop", "backend");
 
@@ -121,7 +121,7 @@ fn hbone(sim: &Sim, node: usize, ip: &str) -> bool {
         .any(|w| w["protocol"] == "HBONE" && w["addresses"].as_array().is_some_and(|a| a.iter().any(|x| x == ip)))
 }
 
-fn running(n: &ferry::sim::Node) -> Vec<String> {
+fn running(n: &ferry_harness::sim::Node) -> Vec<String> {
     n.dump()
         .map(|d| {
             d["workloadManager"]["running"].as_array().into_iter().flatten().filter_map(|r| r["uid"].as_str().map(String::from)).collect()
@@ -184,7 +184,7 @@ fn agent_restart_does_not_disturb_traffic() {
 fn deleting_a_pod_drains_its_listeners_and_frees_its_sockets() {
     let mut sim = cluster(DEMO);
     let cache = sim.pod("shop", "cache").clone();
-    let listening = |netns: &str| ferry::sim::sh(&format!("ip netns exec {netns} ss -ltnH")).unwrap();
+    let listening = |netns: &str| ferry_harness::sim::sh(&format!("ip netns exec {netns} ss -ltnH")).unwrap();
     let l = listening(&cache.netns);
     assert!(l.contains(":15001") && l.contains(":15006") && l.contains(":15008"), "{l}");
     let mut held = apps::connect(&sim.pod("shop", "frontend").netns_path(), cache.addr(8080)).unwrap();
@@ -208,7 +208,7 @@ fn bad_input_changes_nothing_and_says_why() {
     let dirs = sim.opts.cni_dirs.clone();
     let conflist = sim.nodes[0].conflist_value().unwrap();
     let ferry_cni = conflist["plugins"][1].clone();
-    let call = |netns: String, pod: &str| ferry::sim::cni::CniCall {
+    let call = |netns: String, pod: &str| ferry_harness::sim::cni::CniCall {
         container_id: format!("c-{pod}"),
         netns: netns.into(),
         ifname: "eth0".into(),
@@ -221,38 +221,41 @@ fn bad_input_changes_nothing_and_says_why() {
     conf["prevResult"] = prev;
 
     // A netns path that is not a network namespace.
-    let e = ferry::sim::cni::invoke(&node, &dirs, "ADD", &call("/etc/hostname".into(), "frontend"), &conf).unwrap_err();
+    let e = ferry_harness::sim::cni::invoke(&node, &dirs, "ADD", &call("/etc/hostname".into(), "frontend"), &conf).unwrap_err();
     assert!(e.message.contains("not a namespace file"), "{e}");
 
     // Must be captured, but the node proxy is not connected: refused, and rolled back fully.
     sim.stop_proxy(0, Signal::SIGKILL);
     let sandbox = sim.sandbox("noproxy").unwrap();
-    let e = ferry::sim::cni::invoke(&node, &dirs, "ADD", &call(format!("/var/run/netns/{sandbox}"), "frontend"), &conf).unwrap_err();
+    let e =
+        ferry_harness::sim::cni::invoke(&node, &dirs, "ADD", &call(format!("/var/run/netns/{sandbox}"), "frontend"), &conf).unwrap_err();
     assert!(e.message.contains("no node proxy is connected"), "{e}");
     assert_eq!(Sim::redirection_state(&sandbox).unwrap(), (false, false), "no partial rules after a failed enrollment");
 
     // The agent is not running: pods that must be captured cannot start; others can.
     sim.stop_agent(0, Signal::SIGKILL);
     let sandbox = sim.sandbox("noagent").unwrap();
-    let e = ferry::sim::cni::invoke(&node, &dirs, "ADD", &call(format!("/var/run/netns/{sandbox}"), "frontend"), &conf).unwrap_err();
+    let e =
+        ferry_harness::sim::cni::invoke(&node, &dirs, "ADD", &call(format!("/var/run/netns/{sandbox}"), "frontend"), &conf).unwrap_err();
     assert!(e.message.contains("must not start uncaptured"), "{e}");
     assert_eq!(Sim::redirection_state(&sandbox).unwrap(), (false, false));
     let mut legacy = conf.clone();
     legacy["prevResult"]["ips"][0]["address"] = "198.18.1.201/24".into();
-    let legacy_call = ferry::sim::cni::CniCall {
+    let legacy_call = ferry_harness::sim::cni::CniCall {
         args: "K8S_POD_NAMESPACE=legacy;K8S_POD_NAME=client;K8S_POD_UID=u".into(),
         ..call(format!("/var/run/netns/{sandbox}"), "client")
     };
-    ferry::sim::cni::invoke(&node, &dirs, "ADD", &legacy_call, &legacy).expect("a pod outside the mesh may start while the agent is down");
+    ferry_harness::sim::cni::invoke(&node, &dirs, "ADD", &legacy_call, &legacy)
+        .expect("a pod outside the mesh may start while the agent is down");
 
     // Missing CNI variables and malformed configuration: CNI errors, not crashes.
     let mut no_args = call(format!("/var/run/netns/{sandbox}"), "frontend");
     no_args.args = String::new();
-    let e = ferry::sim::cni::invoke(&node, &dirs, "ADD", &no_args, &conf).unwrap_err();
+    let e = ferry_harness::sim::cni::invoke(&node, &dirs, "ADD", &no_args, &conf).unwrap_err();
     assert!(e.message.to_lowercase().contains("k8s_pod_namespace"), "{e}");
     let mut bad = conf.clone();
     bad["cniVersion"] = "9.9.9".into();
-    assert!(ferry::sim::cni::invoke(&node, &dirs, "ADD", &call(format!("/var/run/netns/{sandbox}"), "frontend"), &bad).is_err());
+    assert!(ferry_harness::sim::cni::invoke(&node, &dirs, "ADD", &call(format!("/var/run/netns/{sandbox}"), "frontend"), &bad).is_err());
 
     // An invalid manifest in the cluster state: rejected with the reason, last good state kept.
     sim.start_agent(0).unwrap();
@@ -271,12 +274,12 @@ fn bad_input_changes_nothing_and_says_why() {
 fn the_readme_demo_succeeds_and_leaves_nothing_behind() {
     common::netns::require_root();
     let _guard = cluster_lock();
-    let before = ferry::sim::sh("ip netns list").unwrap();
+    let before = ferry_harness::sim::sh("ip netns list").unwrap();
     let out = std::process::Command::new(ferry_bin()).arg("demo").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "ferry demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("every flow behaved as expected"), "{stdout}");
-    assert_eq!(ferry::sim::sh("ip netns list").unwrap(), before, "the demo left namespaces behind");
-    let leftovers = ferry::sim::sh("pgrep -fa 'ferry (agent|proxy)' || true").unwrap();
+    assert_eq!(ferry_harness::sim::sh("ip netns list").unwrap(), before, "the demo left namespaces behind");
+    let leftovers = ferry_harness::sim::sh("pgrep -fa 'ferry (agent|proxy)' || true").unwrap();
     assert!(leftovers.trim().is_empty(), "{leftovers}");
 }

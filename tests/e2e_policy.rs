@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::sim::*;
-use ferry::sim::{apps, observe, Sim};
+use ferry_harness::sim::{apps, observe, Sim};
 
 const SCENARIO: &str = r#"
 apiVersion: v1
@@ -59,7 +59,7 @@ fn set_policies(sim: &Sim, written: &mut Vec<(String, String)>, yaml: &str, expe
         sim.delete_object(&kind, "shop", &name).unwrap();
     }
     for doc in yaml.split("\n---\n").filter(|d| !d.trim().is_empty()) {
-        let v: serde_yaml::Value = serde_yaml::from_str(doc).unwrap();
+        let v: serde_json::Value = ferry_core::yaml::from_str(doc).unwrap();
         let (kind, name) = (v["kind"].as_str().unwrap().to_string(), v["metadata"]["name"].as_str().unwrap().to_string());
         sim.write_object(&kind, "shop", &name, doc).unwrap();
         written.push((kind, name));

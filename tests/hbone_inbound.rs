@@ -10,9 +10,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use ferry::hbone::client::{Pool, PoolKey};
-use ferry::proxy::socket::{Keepalive, LocalSockets, SocketOptions};
+use ferry::net::{Keepalive, LocalSockets, SocketOptions};
 use ferry::proxy::{ProxyInputs, WorkloadProxy};
-use ferry::state::{local, StateStore};
+use ferry::state::StateStore;
 use ferry::tls::WorkloadCert;
 use http::{Method, Request, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,7 +24,7 @@ struct Harness {
     outbound: SocketAddr,
     echo: SocketAddr,
     client_cert: Arc<WorkloadCert>,
-    server_id: ferry::identity::Identity,
+    server_id: ferry_core::identity::Identity,
     _drain: ferry::drain::DrainTrigger,
 }
 
@@ -72,11 +72,11 @@ services:
         "--handshake-timeout",
         "300ms",
     ]);
-    cfg.ports = ferry::config::Ports { outbound: ports[0], inbound_plaintext: ports[1], hbone: ports[2] };
+    cfg.ports = ferry_core::ports::Ports { outbound: ports[0], inbound_plaintext: ports[1], hbone: ports[2] };
     cfg.ipv6 = false;
     cfg.orig_src = Some(false);
     let certs = cert_manager(dir.path());
-    let state = StateStore::from_input(local::parse(&yaml, "test").unwrap());
+    let state = StateStore::from_input(ferry_core::local_config::parse(&yaml, "test").unwrap());
     let inputs = ProxyInputs::new(Arc::new(cfg.clone()), state, certs.clone());
     let sockets = Arc::new(LocalSockets { opts: SocketOptions { mark: None, reuse_port: true, keepalive: Keepalive::default() } });
     let info = ferry::config::parse_workload_info("default/server/server").unwrap();

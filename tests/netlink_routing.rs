@@ -31,9 +31,9 @@ fn install_is_idempotent_and_removal_is_complete() {
 #[test]
 fn a_file_that_is_not_a_network_namespace_is_refused() {
     require_root();
-    let e = ferry::sys::Netns::open(std::path::Path::new("/etc/hostname")).unwrap_err();
+    let e = ferry_sys::Netns::open(std::path::Path::new("/etc/hostname")).unwrap_err();
     assert!(e.to_string().contains("not a namespace file"), "{e}");
-    let e = ferry::sys::Netns::open(std::path::Path::new("/proc/self/ns/mnt")).unwrap_err();
+    let e = ferry_sys::Netns::open(std::path::Path::new("/proc/self/ns/mnt")).unwrap_err();
     assert!(e.to_string().contains("not a network namespace"), "{e}");
-    assert!(ferry::sys::Netns::open(std::path::Path::new("/nonexistent/ns")).is_err());
+    assert!(ferry_sys::Netns::open(std::path::Path::new("/nonexistent/ns")).is_err());
 }

@@ -1,208 +1,154 @@
-//! Fallback decision when the node agent is unreachable: is the pod's namespace ambient according to a local copy of cluster state?
+//! Cluster state from Kubernetes manifests on disk: the one reader of a cluster-state path.
+//! The CNI plugin's fallback (agent unreachable) and the node agent's and proxy's file source
+//! both read through [`load`], so they see the same objects from the same files, and both decide
+//! capture with `ferry_core::k8s::capture::decide`, so they cannot disagree.
 //!
-//! The state is a YAML file, or a directory of `.yaml`/`.yml` files, holding Kubernetes objects
-//! (possibly several documents per file, possibly `kind: List`). Only a definite "this
-//! namespace exists and is not ambient" lets a pod start without the agent; every doubt is
-//! reported as `Undecided` so the caller fails closed.
+//! Reading is strict: a file that cannot be read, is too large, or holds a document that does
+//! not parse makes the whole state unreadable. The fallback then answers [`Lookup::Undecided`]
+//! and the caller fails closed; the file source keeps its last good state.
 
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
-use serde_yaml::Value;
+use ferry_core::k8s::capture::{self, Capture, SkipReason};
+use ferry_core::k8s::manifests::{self, ManifestError};
+use ferry_core::k8s::objects::{ClusterState, Pod};
 
-pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
-pub const AMBIENT: &str = "ambient";
 /// Cluster state files are manifests, not bulk data; a larger file is treated as unreadable.
 pub const MAX_FILE_BYTES: u64 = 32 * 1024 * 1024;
-/// `List` objects nest in practice one level deep; the cap keeps hostile input from recursing.
-const MAX_LIST_DEPTH: usize = 4;
+/// Directory nesting the reader follows (ConfigMap mounts are one or two levels deep).
+const MAX_DEPTH: usize = 8;
 
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cluster state {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cluster state {path}: larger than {MAX_FILE_BYTES} bytes")]
+    TooLarge { path: PathBuf },
+    #[error("cluster state {path}: deeper than {MAX_DEPTH} directories")]
+    TooDeep { path: PathBuf },
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+}
+
+/// The manifest files under `path` (the path itself when it is a file), in name order,
+/// following subdirectories and skipping hidden names (see `manifests::is_manifest_file_name`).
+pub fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, StateError> {
+    let err = |source| StateError::Read { path: path.to_path_buf(), source };
+    if fs::metadata(path).map_err(err)?.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut out = Vec::new();
+    walk(path, 0, &mut out)?;
+    Ok(out)
+}
+
+fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<(), StateError> {
+    if depth > MAX_DEPTH {
+        return Err(StateError::TooDeep { path: dir.to_path_buf() });
+    }
+    let err = |source| StateError::Read { path: dir.to_path_buf(), source };
+    let mut entries: Vec<_> = fs::read_dir(dir).map_err(err)?.collect::<Result<_, _>>().map_err(err)?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with('.') {
+            continue;
+        }
+        let p = e.path();
+        // Follows symlinks, as a ConfigMap mount needs; a dangling one is an unreadable file.
+        match fs::metadata(&p) {
+            Ok(m) if m.is_dir() => walk(&p, depth + 1, out)?,
+            _ if manifests::is_manifest_file_name(&name) => out.push(p),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn read_capped(file: &Path) -> Result<String, StateError> {
+    let handle = fs::File::open(file).map_err(|source| StateError::Read { path: file.to_path_buf(), source })?;
+    let mut bytes = Vec::new();
+    handle.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(|source| StateError::Read { path: file.to_path_buf(), source })?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(StateError::TooLarge { path: file.to_path_buf() });
+    }
+    String::from_utf8(bytes).map_err(|_| StateError::Read {
+        path: file.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"),
+    })
+}
+
+/// Reads and parses every manifest under `path` into one state; any error fails the whole read.
+pub fn load(path: &Path) -> Result<ClusterState, StateError> {
+    let mut state = ClusterState::default();
+    for f in manifest_files(path)? {
+        let text = read_capped(&f)?;
+        manifests::merge(&mut state, manifests::parse_documents(text.trim_start_matches('\u{feff}'), &f.display().to_string())?)?;
+    }
+    Ok(state)
+}
+
+/// A cheap fingerprint of `path`'s manifests (names, times, sizes, inodes): a change means reload.
+pub type Stamp = Option<Vec<(PathBuf, SystemTime, u64, u64)>>;
+
+pub fn stamp(path: &Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    for f in manifest_files(path).ok()? {
+        let m = fs::metadata(&f).ok()?;
+        out.push((f, m.modified().ok()?, m.len(), m.ino()));
+    }
+    Some(out)
+}
+
+/// What the fallback may do with a pod when the agent cannot be asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
-    /// The namespace carries `istio.io/dataplane-mode: ambient`.
-    Ambient,
-    /// The namespace was found, without the ambient label, and nothing was left unread.
-    NotAmbient,
+    /// The pod must be captured (so it must not start without the agent); the string says why.
+    Enroll(String),
+    /// The pod is not captured, for this reason: it may start without the agent.
+    Skip(SkipReason),
     /// No safe answer; the string says why, for the operator.
     Undecided(String),
 }
 
-/// Looks up `namespace` in the state at `path`.
-pub fn lookup(path: &Path, namespace: &str) -> Lookup {
-    let files = match state_files(path) {
-        Ok(files) => files,
-        Err(why) => return Lookup::Undecided(why),
+/// The capture decision for pod `namespace/name` from the state at `path`: the agent's own
+/// decision when the pod is listed; when it is not, its labels are unknown, so only an ambient
+/// namespace gives an answer (enroll) and anything else is undecided.
+pub fn lookup(path: &Path, namespace: &str, name: &str) -> Lookup {
+    let state = match load(path) {
+        Ok(s) => s,
+        Err(e) => return Lookup::Undecided(e.to_string()),
     };
-    let mut scan = Scan::default();
-    for file in &files {
-        match read_capped(file) {
-            Ok(bytes) => scan.scan_file(&bytes, namespace),
-            Err(why) => scan.unreadable.push(format!("{}: {why}", file.display())),
-        }
-    }
-    scan.verdict(path, namespace)
-}
-
-/// The files to read: the path itself, or the YAML files directly inside it, in name order.
-fn state_files(path: &Path) -> Result<Vec<PathBuf>, String> {
-    let meta = fs::metadata(path).map_err(|e| format!("cluster state {} cannot be read: {e}", path.display()))?;
-    if meta.is_file() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    if !meta.is_dir() {
-        return Err(format!("cluster state {} is neither a file nor a directory", path.display()));
-    }
-    let entries = fs::read_dir(path).map_err(|e| format!("cluster state directory {} cannot be listed: {e}", path.display()))?;
-    let mut files = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| format!("cluster state directory {} cannot be listed: {e}", path.display()))?;
-        let file = entry.path();
-        if is_state_file_name(&file) && fs::metadata(&file).map(|m| m.is_file()).unwrap_or(true) {
-            files.push(file);
-        }
-    }
-    if files.is_empty() {
-        return Err(format!("cluster state directory {} has no .yaml or .yml files", path.display()));
-    }
-    files.sort();
-    Ok(files)
-}
-
-/// Hidden entries are skipped because Kubernetes volume mounts keep a second copy of every file
-/// under `..data`; reading both would only duplicate documents.
-fn is_state_file_name(path: &Path) -> bool {
-    let Some(name) = path.file_name().and_then(|n| n.to_str()) else { return false };
-    let lower = name.to_ascii_lowercase();
-    !name.starts_with('.') && (lower.ends_with(".yaml") || lower.ends_with(".yml"))
-}
-
-fn read_capped(file: &Path) -> Result<Vec<u8>, String> {
-    let handle = fs::File::open(file).map_err(|e| e.to_string())?;
-    let mut bytes = Vec::new();
-    handle.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(format!("larger than {MAX_FILE_BYTES} bytes"));
-    }
-    Ok(bytes)
-}
-
-#[derive(Default)]
-struct Scan {
-    ambient: bool,
-    found: bool,
-    documents: usize,
-    skipped: usize,
-    unreadable: Vec<String>,
-}
-
-impl Scan {
-    fn scan_file(&mut self, bytes: &[u8], namespace: &str) {
-        let Ok(text) = std::str::from_utf8(bytes) else {
-            // Not UTF-8 means not YAML we can trust; it cannot be the namespace.
-            self.skipped += 1;
-            return;
-        };
-        for doc in split_documents(text.trim_start_matches('\u{feff}')) {
-            self.documents += 1;
-            match serde_yaml::from_str::<Value>(&doc) {
-                Ok(value) => self.visit(&value, namespace, 0),
-                Err(_) => self.skipped += 1,
-            }
-        }
-    }
-
-    fn visit(&mut self, obj: &Value, namespace: &str, depth: usize) {
-        if is_namespace_named(obj, namespace) {
-            self.found = true;
-            // Conflicting copies resolve to ambient: wrongly failing a pod start is recoverable,
-            // an uncaptured pod in an ambient namespace is not.
-            self.ambient |= is_ambient(obj);
-            return;
-        }
-        let is_list = obj.get("kind").and_then(Value::as_str).is_some_and(|k| k.ends_with("List"));
-        if let (true, Some(Value::Sequence(items))) = (is_list && depth < MAX_LIST_DEPTH, obj.get("items")) {
-            for item in items {
-                self.visit(item, namespace, depth + 1);
-            }
-        }
-    }
-
-    fn verdict(&self, path: &Path, namespace: &str) -> Lookup {
-        if self.ambient {
-            return Lookup::Ambient;
-        }
-        if !self.unreadable.is_empty() {
-            // An unread file could hold an ambient copy of the namespace.
-            return Lookup::Undecided(format!("cluster state {} is partly unreadable: {}", path.display(), self.unreadable.join("; ")));
-        }
-        if self.found {
-            return Lookup::NotAmbient;
-        }
-        let skipped = match self.skipped {
-            0 => String::new(),
-            n => format!(", {n} invalid skipped"),
-        };
-        Lookup::Undecided(format!(
-            "namespace {namespace:?} is not in cluster state {}; documents read: {}{skipped}",
-            path.display(),
-            self.documents
-        ))
+    let ns = state.namespace(namespace);
+    let (pod, listed) = match state.pod(namespace, name) {
+        Some(p) => (p.clone(), true),
+        None => (unlisted_pod(namespace, name), false),
+    };
+    match (capture::decide(ns, &pod), listed) {
+        (Capture::Enroll, true) => Lookup::Enroll(format!("pod {namespace}/{name} is captured per {}", path.display())),
+        (Capture::Enroll, false) => Lookup::Enroll(format!(
+            "namespace {namespace} is labelled {}={} in {}",
+            capture::DATAPLANE_MODE,
+            capture::AMBIENT,
+            path.display()
+        )),
+        (Capture::Skip(reason), true) => Lookup::Skip(reason),
+        (Capture::Skip(_), false) => Lookup::Undecided(format!(
+            "pod {namespace}/{name} is not in cluster state {}, so its own labels (which may opt it in) are unknown",
+            path.display()
+        )),
     }
 }
 
-fn is_namespace_named(obj: &Value, namespace: &str) -> bool {
-    obj.get("apiVersion").and_then(Value::as_str) == Some("v1")
-        && obj.get("kind").and_then(Value::as_str) == Some("Namespace")
-        && obj.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str) == Some(namespace)
-}
-
-fn is_ambient(ns: &Value) -> bool {
-    ns.get("metadata").and_then(|m| m.get("labels")).and_then(|l| l.get(DATAPLANE_MODE_LABEL)).and_then(Value::as_str) == Some(AMBIENT)
-}
-
-/// Splits a YAML stream into documents ourselves so one broken document cannot hide the
-/// others: a parser error mid-stream would otherwise end the whole file.
-fn split_documents(text: &str) -> Vec<String> {
-    let mut docs = Vec::new();
-    let mut current = String::new();
-    for line in text.lines() {
-        if let Some(rest) = marker_rest(line, "---") {
-            push_document(&mut docs, &mut current);
-            // Content may share the marker line, as in `--- {kind: Namespace}`.
-            if !rest.trim().is_empty() {
-                current.push_str(rest);
-                current.push('\n');
-            }
-        } else if marker_rest(line, "...").is_some() {
-            push_document(&mut docs, &mut current);
-        } else if line.starts_with('%') && current.trim().is_empty() {
-            // Directives (%YAML, %TAG) belong to the stream, not to a document's content.
-        } else {
-            current.push_str(line);
-            current.push('\n');
-        }
-    }
-    push_document(&mut docs, &mut current);
-    docs
-}
-
-/// A document marker is the three characters at column 0, alone or followed by whitespace.
-fn marker_rest<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
-    let rest = line.strip_prefix(marker)?;
-    (rest.is_empty() || rest.starts_with([' ', '\t'])).then_some(rest)
-}
-
-fn push_document(docs: &mut Vec<String>, current: &mut String) {
-    let has_content = current.lines().any(|l| {
-        let t = l.trim();
-        !t.is_empty() && !t.starts_with('#')
-    });
-    if has_content {
-        docs.push(std::mem::take(current));
-    } else {
-        current.clear();
-    }
+fn unlisted_pod(namespace: &str, name: &str) -> Pod {
+    let mut p = Pod::default();
+    p.metadata.namespace = namespace.to_string();
+    p.metadata.name = name.to_string();
+    p
 }
 
 #[cfg(test)]
@@ -212,76 +158,73 @@ mod tests {
 
     const AMBIENT_NS: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: mesh\n  labels:\n    istio.io/dataplane-mode: ambient\n";
     const PLAIN_NS: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: plain\n  labels:\n    team: a\n";
+    const PLAIN_POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: plain}\n";
+
+    fn enroll(l: &Lookup) -> bool {
+        matches!(l, Lookup::Enroll(_))
+    }
+    fn undecided(l: &Lookup) -> bool {
+        matches!(l, Lookup::Undecided(_))
+    }
+    fn skip(l: &Lookup) -> bool {
+        matches!(l, Lookup::Skip(_))
+    }
 
     #[test]
     fn single_file_table() {
         let broken = "key: [unclosed\n";
-        let list = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Namespace\n  metadata:\n    name: listed\n";
-        let cases: Vec<(String, &str, Lookup)> = vec![
-            (format!("{AMBIENT_NS}---\n{PLAIN_NS}"), "mesh", Lookup::Ambient),
-            (format!("{AMBIENT_NS}---\n{PLAIN_NS}"), "plain", Lookup::NotAmbient),
-            (format!("{broken}---\n{PLAIN_NS}---\n{broken}"), "plain", Lookup::NotAmbient),
-            (format!("%YAML 1.2\n---\n{PLAIN_NS}...\n"), "plain", Lookup::NotAmbient),
-            (format!("\u{feff}# comment\n---\n{PLAIN_NS}"), "plain", Lookup::NotAmbient),
-            (list.to_string(), "listed", Lookup::NotAmbient),
-            // Same name twice, one ambient: ambient wins.
-            (format!("{AMBIENT_NS}---\n{}", AMBIENT_NS.replace("ambient", "none")), "mesh", Lookup::Ambient),
-            // Wrong kind or apiVersion is not the namespace.
-            (PLAIN_NS.replace("Namespace", "ConfigMap"), "plain", undecided()),
-            (PLAIN_NS.replace("v1", "v2"), "plain", undecided()),
-            (format!("{broken}---\n{broken}"), "plain", undecided()),
-            (String::new(), "plain", undecided()),
+        let list = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Namespace\n  metadata:\n    name: plain\n";
+        type Case = (String, &'static str, &'static str, fn(&Lookup) -> bool);
+        let cases: Vec<Case> = vec![
+            (format!("{AMBIENT_NS}---\n{PLAIN_NS}"), "mesh", "any", enroll),
+            (format!("{AMBIENT_NS}---\n{PLAIN_NS}---\n{PLAIN_POD}"), "plain", "web", skip),
+            (format!("%YAML 1.2\n---\n{PLAIN_NS}---\n{PLAIN_POD}...\n"), "plain", "web", skip),
+            (format!("\u{feff}# comment\n---\n{PLAIN_NS}---\n{PLAIN_POD}"), "plain", "web", skip),
+            (format!("{list}---\n{PLAIN_POD}"), "plain", "web", skip),
+            // A pod that is not listed: its labels are unknown.
+            (PLAIN_NS.to_string(), "plain", "web", undecided),
+            // One broken document makes the whole state unreadable, as it does for the agent.
+            (format!("{broken}---\n{PLAIN_NS}---\n{PLAIN_POD}"), "plain", "web", undecided),
+            // Two copies of one object are an error, not a guess.
+            (format!("{PLAIN_NS}---\n{PLAIN_NS}---\n{PLAIN_POD}"), "plain", "web", undecided),
+            (String::new(), "plain", "web", undecided),
         ];
         let dir = TempDir::new("cluster-state");
-        for (i, (text, ns, want)) in cases.into_iter().enumerate() {
+        for (i, (text, ns, name, want)) in cases.into_iter().enumerate() {
             let file = dir.path().join(format!("case{i}.yaml"));
             fs::write(&file, &text).unwrap();
-            let got = lookup(&file, ns);
-            match want {
-                Lookup::Undecided(_) => assert!(matches!(got, Lookup::Undecided(_)), "case {i}: {got:?}"),
-                want => assert_eq!(got, want, "case {i}"),
-            }
+            let got = lookup(&file, ns, name);
+            assert!(want(&got), "case {i}: {got:?}");
         }
     }
 
-    fn undecided() -> Lookup {
-        Lookup::Undecided(String::new())
-    }
-
     #[test]
-    fn directory_reads_only_visible_yaml_files() {
+    fn directory_reads_visible_manifest_files_recursively() {
         let dir = TempDir::new("cluster-dir");
         fs::write(dir.path().join("a.yaml"), PLAIN_NS).unwrap();
-        fs::write(dir.path().join("b.YML"), AMBIENT_NS).unwrap();
-        fs::write(dir.path().join("c.txt"), AMBIENT_NS.replace("mesh", "txt")).unwrap();
-        fs::write(dir.path().join(".hidden.yaml"), AMBIENT_NS.replace("mesh", "plain")).unwrap();
-        fs::write(dir.path().join("d.yaml"), [0xff, 0xfe, 0x00]).unwrap();
-        assert_eq!(lookup(dir.path(), "plain"), Lookup::NotAmbient);
-        assert_eq!(lookup(dir.path(), "mesh"), Lookup::Ambient);
-        assert!(matches!(lookup(dir.path(), "txt"), Lookup::Undecided(_)));
+        fs::create_dir(dir.path().join("sub")).unwrap();
+        fs::write(dir.path().join("sub/b.YML"), AMBIENT_NS).unwrap();
+        fs::write(dir.path().join("c.json"), r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"web","namespace":"plain"}}"#).unwrap();
+        fs::write(dir.path().join("d.txt"), "not: [read").unwrap();
+        fs::create_dir(dir.path().join("..data")).unwrap();
+        fs::write(dir.path().join("..data/a.yaml"), PLAIN_NS).unwrap();
+        assert!(skip(&lookup(dir.path(), "plain", "web")));
+        assert!(enroll(&lookup(dir.path(), "mesh", "any")));
+        assert_eq!(manifest_files(dir.path()).unwrap().len(), 3);
     }
 
     #[test]
-    fn missing_or_empty_state_is_undecided() {
+    fn missing_unreadable_or_empty_state_is_undecided() {
         let dir = TempDir::new("cluster-empty");
-        let Lookup::Undecided(why) = lookup(dir.path(), "plain") else { panic!("empty dir decided") };
-        assert!(why.contains("no .yaml"), "{why}");
-        let Lookup::Undecided(why) = lookup(&dir.path().join("absent"), "plain") else { panic!("missing path decided") };
-        assert!(why.contains("cannot be read"), "{why}");
-    }
-
-    #[test]
-    fn unreadable_file_blocks_a_not_ambient_answer() {
-        let dir = TempDir::new("cluster-unreadable");
-        fs::write(dir.path().join("a.yaml"), PLAIN_NS).unwrap();
+        assert!(undecided(&lookup(dir.path(), "plain", "web")));
+        let Lookup::Undecided(why) = lookup(&dir.path().join("absent"), "plain", "web") else { panic!("missing path decided") };
+        assert!(why.contains("absent"), "{why}");
+        fs::write(dir.path().join("a.yaml"), format!("{PLAIN_NS}---\n{PLAIN_POD}")).unwrap();
         // A dangling symlink stands in for a file we cannot read; permissions would not stop root.
         std::os::unix::fs::symlink(dir.path().join("gone"), dir.path().join("b.yaml")).unwrap();
-        assert!(matches!(lookup(dir.path(), "plain"), Lookup::Undecided(_)));
-    }
-
-    #[test]
-    fn document_splitting() {
-        let docs = split_documents("a: 1\n---\nb: 2\n--- c: 3\n----\n...\n# only comment\n---\n");
-        assert_eq!(docs, vec!["a: 1\n".to_string(), "b: 2\n".to_string(), " c: 3\n----\n".to_string()]);
+        assert!(undecided(&lookup(dir.path(), "plain", "web")));
+        fs::remove_file(dir.path().join("b.yaml")).unwrap();
+        fs::write(dir.path().join("c.yaml"), [0xff, 0xfe, 0x00]).unwrap();
+        assert!(undecided(&lookup(dir.path(), "plain", "web")), "a non-UTF-8 file is unreadable");
     }
 }

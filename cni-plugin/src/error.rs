@@ -60,7 +60,9 @@ pub enum CniError {
     #[error("ferry node agent refused {command} for pod {namespace}/{name}")]
     AgentRefused { command: &'static str, namespace: String, name: String, message: String },
 
-    #[error("ferry node agent unreachable at {socket}: pod {namespace}/{name} is in an ambient namespace and must not start uncaptured")]
+    #[error(
+        "ferry node agent unreachable at {socket}: pod {namespace}/{name} must be captured into the mesh and must not start uncaptured"
+    )]
     AmbientUncaptured { socket: String, namespace: String, name: String, cause: String },
 
     #[error("ferry node agent unreachable at {socket}: cannot tell whether pod {namespace}/{name} must be captured ({why}), so it must not start uncaptured")]

@@ -206,20 +206,15 @@ fn fallback(conf: &NetConf, pod: &PodContext, socket: String, cause: String) -> 
     let Some(state) = &conf.cluster_state else {
         return Err(fail_closed("no cluster_state is configured to decide without the agent".into()));
     };
-    match cluster_state::lookup(state, &pod.namespace) {
-        Lookup::NotAmbient => Ok(format!(
-            "agent unreachable at {socket} ({cause}); namespace {} is not ambient per {}, pod starts without capture",
+    match cluster_state::lookup(state, &pod.namespace, &pod.name) {
+        Lookup::Skip(reason) => Ok(format!(
+            "agent unreachable at {socket} ({cause}); pod {}/{} is not captured per {} ({reason}), it starts without capture",
             pod.namespace,
+            pod.name,
             state.display()
         )),
-        Lookup::Ambient => Err(CniError::AmbientUncaptured {
-            cause: format!(
-                "{cause}; namespace {} has {}={} in {}",
-                pod.namespace,
-                cluster_state::DATAPLANE_MODE_LABEL,
-                cluster_state::AMBIENT,
-                state.display()
-            ),
+        Lookup::Enroll(why) => Err(CniError::AmbientUncaptured {
+            cause: format!("{cause}; {why}"),
             socket,
             namespace: pod.namespace.clone(),
             name: pod.name.clone(),

@@ -71,14 +71,14 @@ fn code_of(result: Result<Option<String>, CniError>) -> u32 {
     }
 }
 
-/// Cluster state with one ambient and one plain namespace, plus a broken document.
+/// Cluster state with one ambient and one plain namespace, and the plain one's pod `name`.
 fn cluster_state(dir: &TempDir) -> std::path::PathBuf {
     let path = dir.path().join("state.yaml");
     std::fs::write(
         &path,
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: mesh\n  labels:\n    istio.io/dataplane-mode: ambient\n\
-         ---\nnot: [valid\n\
-         ---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: ns\n",
+         ---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: ns\n\
+         ---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: name\n  namespace: ns\n",
     )
     .unwrap();
     path
@@ -274,7 +274,7 @@ fn ambient_fallback_message_names_socket_and_pod() {
     assert_eq!(
         err.to_string(),
         format!(
-            "ferry node agent unreachable at {}: pod mesh/web-0 is in an ambient namespace and must not start uncaptured",
+            "ferry node agent unreachable at {}: pod mesh/web-0 must be captured into the mesh and must not start uncaptured",
             socket.display()
         )
     );
@@ -416,4 +416,28 @@ fn garbage_inputs_never_panic() {
             }
         }
     }
+}
+
+/// The fallback must decide as the agent does (one capture decision): a pod that opts in with
+/// its own label, in a namespace that is not ambient, must not start uncaptured.
+#[test]
+fn fallback_uses_the_agents_capture_decision() {
+    let dir = TempDir::new("fallback-pods");
+    let path = dir.path().join("state.yaml");
+    std::fs::write(
+        &path,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: plain}\n\
+         ---\napiVersion: v1\nkind: Namespace\nmetadata: {name: mesh, labels: {istio.io/dataplane-mode: ambient}}\n\
+         ---\napiVersion: v1\nkind: Pod\nmetadata: {name: opted-in, namespace: plain, labels: {istio.io/dataplane-mode: ambient}}\n\
+         ---\napiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: plain}\n\
+         ---\napiVersion: v1\nkind: Pod\nmetadata: {name: opted-out, namespace: mesh, labels: {istio.io/dataplane-mode: none}}\n",
+    )
+    .unwrap();
+    let socket = missing_socket(&dir);
+    let pod = |ns: &str, name: &str| env_with("ADD", "CNI_ARGS", Some(&format!("K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name}")));
+    let state = json!({"cluster_state": path});
+    assert_eq!(code_of(run(&pod("plain", "opted-in"), &conf(&socket, state.clone()))), 11, "pod-level opt-in is captured");
+    assert!(run(&pod("plain", "web"), &conf(&socket, state.clone())).is_ok(), "a plain pod in a plain namespace starts");
+    assert!(run(&pod("mesh", "opted-out"), &conf(&socket, state.clone())).is_ok(), "a pod that opted out starts uncaptured");
+    assert_eq!(code_of(run(&pod("mesh", "new"), &conf(&socket, state))), 11, "an unlisted pod in an ambient namespace is refused");
 }

@@ -13,8 +13,8 @@ use tokio::net::{UnixListener, UnixStream};
 
 use super::pods::{PodEntry, PodRecord};
 use super::Agent;
-use crate::k8s::capture::{decide, Capture};
-use crate::sys::Netns;
+use ferry_core::k8s::capture::{decide, Capture};
+use ferry_sys::Netns;
 
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -137,7 +137,7 @@ impl Agent {
     }
 
     /// The cluster state once it holds the pod (the API object exists before its sandbox).
-    async fn wait_for_pod(&self, ns: &str, name: &str) -> Option<Arc<crate::k8s::objects::ClusterState>> {
+    async fn wait_for_pod(&self, ns: &str, name: &str) -> Option<Arc<ferry_core::k8s::objects::ClusterState>> {
         let mut rx = self.cluster.clone();
         let wait = async {
             loop {

@@ -17,10 +17,10 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Mutex};
 
-use crate::k8s::objects::ClusterState;
 use crate::k8s::source::{ClusterSource, FileSource};
 use crate::redirect::{self, RedirectConfig};
 use crate::telemetry::{self, LogFormat};
+use ferry_core::k8s::objects::ClusterState;
 use pods::{Action, PodCache, PodEntry};
 
 #[derive(Clone, Debug, clap::Args)]
@@ -31,7 +31,7 @@ pub struct AgentArgs {
     #[arg(long, env = "FERRY_CLUSTER_STATE", value_name = "PATH")]
     pub cluster_state: PathBuf,
     /// How often the cluster state is checked for changes.
-    #[arg(long, env = "FERRY_CLUSTER_STATE_POLL", value_parser = crate::config::parse_duration, default_value = "1s")]
+    #[arg(long, env = "FERRY_CLUSTER_STATE_POLL", value_parser = ferry_core::timefmt::parse_duration, default_value = "1s")]
     pub cluster_state_poll: Duration,
     /// This node's name; only pods scheduled here are handled.
     #[arg(long, env = "NODE_NAME")]
@@ -46,13 +46,13 @@ pub struct AgentArgs {
     #[arg(long, env = "FERRY_AGENT_STATE_DIR", default_value = "/var/run/ferry/agent")]
     pub state_dir: PathBuf,
     /// The node proxy's socket mark (must match its PACKET_MARK).
-    #[arg(long, env = "PACKET_MARK", default_value_t = crate::proxy::DEFAULT_PACKET_MARK)]
+    #[arg(long, env = "PACKET_MARK", default_value_t = ferry_core::ports::DEFAULT_PACKET_MARK)]
     pub packet_mark: u32,
     /// Also capture IPv6.
     #[arg(long, env = "IPV6_ENABLED", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(), default_value = "true")]
     pub ipv6_enabled: bool,
     /// How long a CNI ADD waits for its pod to appear in the cluster state.
-    #[arg(long, env = "FERRY_POD_WAIT", value_parser = crate::config::parse_duration, default_value = "10s")]
+    #[arg(long, env = "FERRY_POD_WAIT", value_parser = ferry_core::timefmt::parse_duration, default_value = "10s")]
     pub pod_wait: Duration,
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "plain", ignore_case = true)]
@@ -62,7 +62,7 @@ pub struct AgentArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("{0}")]
-    Cluster(#[from] crate::k8s::source::SourceError),
+    Cluster(#[from] ferry_cni::cluster_state::StateError),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
 }

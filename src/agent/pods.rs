@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::k8s::capture::{decide, Capture};
-use crate::k8s::objects::{ClusterState, Pod};
 use crate::redirect::RedirectConfig;
-use crate::sys::Netns;
+use ferry_core::k8s::capture::{decide, Capture};
+use ferry_core::k8s::objects::{ClusterState, Pod};
+use ferry_sys::Netns;
 
 pub const BYPASS_INBOUND_ANNOTATION: &str = "ambient.istio.io/bypass-inbound-capture";
 pub const VIRTUAL_INTERFACES_ANNOTATION: &str = "istio.io/reroute-virtual-interfaces";
@@ -129,7 +129,7 @@ pub fn redirect_config(pod: Option<&Pod>, base: &RedirectConfig) -> RedirectConf
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::k8s::source::parse_documents;
+    use ferry_core::k8s::manifests::parse_documents;
 
     fn entry(uid: &str, ns: &str, name: &str, enrolled: bool) -> PodEntry {
         PodEntry {

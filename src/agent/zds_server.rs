@@ -11,8 +11,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Agent;
-use crate::sys::Netns;
 use crate::zds::{self, WorkloadRequest, WorkloadResponse, ZdsError, ZdsHello, ZdsListener, ZdsSocket};
+use ferry_sys::Netns;
 
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 

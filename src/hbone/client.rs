@@ -19,9 +19,9 @@ use tokio_rustls::TlsConnector;
 
 use super::H2Stream;
 use crate::config::H2Config;
-use crate::identity::Identity;
-use crate::proxy::socket::{self, SocketFactory};
+use crate::net::{self as socket, SocketFactory};
 use crate::tls::{dummy_server_name, WorkloadCert, ALPN_H2};
+use ferry_core::identity::Identity;
 
 /// How long a CONNECT may wait for its response (the destination dials the app first).
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(15);

@@ -8,40 +8,18 @@ pub mod client;
 pub mod server;
 
 use std::fmt::Write;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use bytes::Bytes;
 use h2::{RecvStream, SendStream};
 use http::HeaderMap;
 
-use crate::state::model::Workload;
+use ferry_core::model::Workload;
 
 /// One CONNECT stream: the byte pipe of one proxied TCP connection.
 pub struct H2Stream {
     pub send: SendStream<Bytes>,
     pub recv: RecvStream,
-}
-
-/// A CONNECT `:authority`: `ip:port` (IPv6 bracketed) or `host:port`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Authority {
-    Addr(SocketAddr),
-    Host(String, u16),
-}
-
-/// Parses an authority as ip:port first, then host:port; anything else is `None` (a 400).
-pub fn parse_authority(s: &str) -> Option<Authority> {
-    if let Ok(a) = s.parse::<SocketAddr>() {
-        return Some(Authority::Addr(a));
-    }
-    let (host, port) = s.rsplit_once(':')?;
-    let port: u16 = port.parse().ok()?;
-    let valid_host = !host.is_empty()
-        && host.len() <= 253
-        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        && !host.starts_with('.')
-        && !host.starts_with('-');
-    valid_host.then(|| Authority::Host(host.to_string(), port))
 }
 
 /// `ip:port` with IPv6 in brackets, the form used on the wire.
@@ -116,41 +94,9 @@ pub fn traceparent() -> String {
     format!("00-{:032x}-{:016x}-00", fastrand::u128(1..), fastrand::u64(1..))
 }
 
-/// Whether `ip` is a loopback or unspecified address (never a legitimate tunnel target).
-pub fn is_local_only(ip: IpAddr) -> bool {
-    ip.is_loopback() || ip.is_unspecified()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn authorities() {
-        assert_eq!(parse_authority("10.0.0.1:80"), Some(Authority::Addr("10.0.0.1:80".parse().unwrap())));
-        assert_eq!(parse_authority("[fd00::5]:8080"), Some(Authority::Addr("[fd00::5]:8080".parse().unwrap())));
-        assert_eq!(
-            parse_authority("reviews.default.svc.cluster.local:9080"),
-            Some(Authority::Host("reviews.default.svc.cluster.local".into(), 9080))
-        );
-        for bad in [
-            "",
-            "10.0.0.1",
-            "10.0.0.1:",
-            "10.0.0.1:99999",
-            "fd00::5:80x",
-            ":80",
-            "a b:80",
-            "host:port",
-            "-x:1",
-            "a/b:80",
-            "a\0:80",
-            "[fd00::5]",
-        ] {
-            assert_eq!(parse_authority(bad), None, "{bad:?}");
-        }
-        assert_eq!(authority_string("[fd00::5]:8080".parse().unwrap()), "[fd00::5]:8080");
-    }
 
     #[test]
     fn baggage_round_trip() {

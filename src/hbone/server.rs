@@ -16,9 +16,9 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::H2Config;
 use crate::drain::DrainWatch;
-use crate::identity::Identity;
 use crate::tls::verify::leaf_identity;
 use crate::tls::ALPN_H2;
+use ferry_core::identity::Identity;
 
 /// What the listener learned about one TLS connection.
 #[derive(Debug)]
@@ -87,7 +87,7 @@ pub async fn serve<H: StreamHandler>(
     };
     let (mut conn, identity) =
         tokio::time::timeout(handshake_timeout, handshake).await.map_err(|_| ServeError::Timeout(handshake_timeout))??;
-    let info = Arc::new(ConnInfo { peer: crate::proxy::socket::canonical(peer), local: crate::proxy::socket::canonical(local), identity });
+    let info = Arc::new(ConnInfo { peer: crate::net::canonical(peer), local: crate::net::canonical(local), identity });
     let keepalive = super::client::keepalive(conn.ping_pong(), cfg.ping_interval, cfg.ping_timeout);
     tokio::pin!(keepalive);
     let mut goaway_sent = false;

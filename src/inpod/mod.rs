@@ -17,12 +17,12 @@ use serde_json::json;
 
 use crate::config::WorkloadInfo;
 use crate::drain::{self, DrainTrigger};
-use crate::identity::Identity;
-use crate::proxy::socket::{NetnsSockets, SocketOptions};
+use crate::net::{NetnsSockets, SocketOptions};
 use crate::proxy::{ProxyInputs, WorkloadProxy};
 use crate::readiness::{BlockReady, Readiness};
-use crate::sys::Netns;
 use crate::zds::{workload_request::Payload, AddWorkload, WorkloadRequest};
+use ferry_core::identity::Identity;
+use ferry_sys::Netns;
 
 pub const READINESS_COMPONENT: &str = "workload proxy manager";
 

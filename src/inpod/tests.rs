@@ -5,12 +5,12 @@ use std::fs::File;
 use std::os::fd::OwnedFd;
 
 use super::*;
-use crate::config::Ports;
-use crate::proxy::socket::Keepalive;
+use crate::net::Keepalive;
 use crate::state::StateStore;
 use crate::tls::ca::{self, InitOptions, LocalCa};
 use crate::tls::certs::CertManager;
 use crate::zds;
+use ferry_core::ports::Ports;
 
 struct Fixture {
     mgr: WorkloadManager,

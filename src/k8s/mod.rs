@@ -1,9 +1,5 @@
-//! Kubernetes objects as ferry reads them: the object subset, the capture decision, the
-//! translation into the workload/service model, and the cluster-state source.
+//! Kubernetes I/O: where cluster state comes from (today Kubernetes manifests on disk, behind
+//! the `ClusterSource` trait the API watchers will implement). The objects, the translation
+//! and the capture decision are pure and live in `ferry_core::k8s`.
 
-pub mod capture;
-pub mod objects;
-pub mod peer_auth;
-pub mod policy;
 pub mod source;
-pub mod translate;

@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-use crate::rbac::{evaluate, ConnAttrs, Decision};
-use crate::state::{Snapshot, StateStore};
+use crate::state::StateStore;
+use ferry_core::rbac::{evaluate, ConnAttrs, Decision};
+use ferry_core::state::Snapshot;
 
 struct Tracked {
     workload_uid: String,

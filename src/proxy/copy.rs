@@ -39,8 +39,8 @@ pub async fn tcp_tcp(down: &TcpStream, up: &TcpStream, rx: &Counter, tx: &Counte
     let a = tcp_to_tcp(down, up, rx, &mut res.received);
     let b = tcp_to_tcp(up, down, tx, &mut res.sent);
     if let Err(e) = tokio::try_join!(a, b) {
-        crate::proxy::socket::set_reset_on_close(down);
-        crate::proxy::socket::set_reset_on_close(up);
+        crate::net::set_reset_on_close(down);
+        crate::net::set_reset_on_close(up);
         res.error = Some(e);
     }
     res
@@ -58,7 +58,7 @@ pub async fn tcp_h2(tcp: &TcpStream, stream: H2Stream, tcp_is_downstream: bool, 
         Ok(_) => None,
         Err(e) => {
             send.send_reset(Reason::CANCEL);
-            crate::proxy::socket::set_reset_on_close(tcp);
+            crate::net::set_reset_on_close(tcp);
             Some(e)
         }
     };

@@ -15,14 +15,15 @@ use tokio::net::TcpStream;
 
 use super::connections::Tracking;
 use super::copy;
-use super::route::inbound_target;
 use super::{until_closed, ProxyError, WorkloadProxy};
 use crate::drain::DrainWatch;
 use crate::hbone::server::{serve, ConnInfo, StreamHandler};
-use crate::hbone::{self, parse_authority, H2Stream};
-use crate::rbac::{self, ConnAttrs, Decision};
+use crate::hbone::{self, H2Stream};
 use crate::telemetry::conn::{ConnRecord, Direction, Failure};
 use crate::telemetry::metrics::Peer;
+use ferry_core::addr::parse_authority;
+use ferry_core::rbac::{self, ConnAttrs, Decision};
+use ferry_core::route::inbound_target;
 
 /// Serves one TCP connection on the HBONE port.
 pub async fn handle_connection(px: Arc<WorkloadProxy>, tcp: TcpStream, drain: DrainWatch) {
@@ -79,7 +80,7 @@ impl StreamHandler for Inbound {
             let copy = copy::tcp_h2(&up, tunnel, false, &counters.received, &counters.sent);
             let res = until_closed(&drain, Some(&mut tracking), copy).await;
             if res.revoked.is_some() {
-                super::socket::set_reset_on_close(&up);
+                crate::net::set_reset_on_close(&up);
             }
             rec.finish(res.received, res.sent, super::copy_failure(&res));
         }
@@ -142,7 +143,7 @@ async fn open(
         return Err(ProxyError::Denied(reason));
     }
     let source = (px.orig_src && conn.peer.ip() != target.ip()).then_some(conn.peer.ip());
-    let up = super::socket::connect(px.sockets.as_ref(), target, source, px.inputs.cfg.connect_timeout)
+    let up = crate::net::connect(px.sockets.as_ref(), target, source, px.inputs.cfg.connect_timeout)
         .await
         .map_err(|source| ProxyError::Connect { addr: target, source })?;
     let mut resp = Response::new(());
@@ -160,7 +161,7 @@ async fn open(
 
 /// Source labels: from state when the workload at the peer IP has the verified identity,
 /// otherwise from the identity and the peer's baggage (never trusted for decisions).
-fn label_source(rec: &mut ConnRecord, snap: &crate::state::Snapshot, network: &str, conn: &ConnInfo, req: &Request<RecvStream>) {
+fn label_source(rec: &mut ConnRecord, snap: &ferry_core::state::Snapshot, network: &str, conn: &ConnInfo, req: &Request<RecvStream>) {
     let by_ip = snap.workload_by_addr(network, conn.peer.ip()).filter(|w| w.identity().ok().as_ref() == Some(&conn.identity));
     match by_ip {
         Some(w) => rec.source_workload(w, Some(&conn.identity)),

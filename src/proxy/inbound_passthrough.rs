@@ -8,12 +8,12 @@ use tokio::net::TcpStream;
 
 use super::connections::Tracking;
 use super::copy;
-use super::route::is_own_port;
-use super::socket::{canonical, original_dst, set_reset_on_close};
 use super::{until_closed, ProxyError, WorkloadProxy};
 use crate::drain::DrainWatch;
-use crate::rbac::{self, ConnAttrs, Decision};
+use crate::net::{canonical, original_dst, set_reset_on_close};
 use crate::telemetry::conn::{ConnRecord, Direction, Failure};
+use ferry_core::rbac::{self, ConnAttrs, Decision};
+use ferry_core::route::is_own_port;
 
 pub async fn handle(px: Arc<WorkloadProxy>, down: TcpStream, drain: DrainWatch) {
     let (Ok(peer), Ok(orig)) = (down.peer_addr(), original_dst(&down)) else { return };
@@ -46,7 +46,7 @@ async fn open(px: &WorkloadProxy, rec: &mut ConnRecord) -> Result<(TcpStream, Tr
         return Err(ProxyError::NotLocal(dst));
     }
     if is_own_port(&px.inputs.cfg.ports, dst.port()) {
-        return Err(ProxyError::Inbound(super::route::InboundError::SelfCall(dst.port())));
+        return Err(ProxyError::Inbound(ferry_core::route::InboundError::SelfCall(dst.port())));
     }
     let snap = px.inputs.state.snapshot();
     if let Some(src) = snap.workload_by_addr(&local.network, rec.src_addr.ip()) {
@@ -59,7 +59,7 @@ async fn open(px: &WorkloadProxy, rec: &mut ConnRecord) -> Result<(TcpStream, Tr
         return Err(ProxyError::Denied(reason));
     }
     let source = (px.orig_src && rec.src_addr.ip() != dst.ip()).then_some(rec.src_addr.ip());
-    let up = super::socket::connect(px.sockets.as_ref(), dst, source, px.inputs.cfg.connect_timeout)
+    let up = crate::net::connect(px.sockets.as_ref(), dst, source, px.inputs.cfg.connect_timeout)
         .await
         .map_err(|source| ProxyError::Connect { addr: dst, source })?;
     Ok((up, tracking))

@@ -9,8 +9,6 @@ pub mod copy;
 pub mod inbound;
 pub mod inbound_passthrough;
 pub mod outbound;
-pub mod route;
-pub mod socket;
 
 use std::future::Future;
 use std::io;
@@ -24,11 +22,12 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::config::{Config, WorkloadInfo};
 use crate::drain::DrainWatch;
 use crate::hbone::client::{HboneError, Pool};
-use crate::identity::Identity;
-use crate::state::model::Workload;
+use crate::net::SocketFactory;
 use crate::state::StateStore;
 use crate::tls::certs::{CertError, CertManager};
-use socket::SocketFactory;
+use ferry_core::identity::Identity;
+use ferry_core::model::Workload;
+use ferry_core::route;
 
 pub const OUTBOUND_PORT: u16 = 15001;
 pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;

@@ -11,14 +11,14 @@ use http::{HeaderValue, Method, Request};
 use tokio::net::TcpStream;
 
 use super::copy;
-use super::route::{self, Upstream};
-use super::socket::{canonical, original_dst, set_reset_on_close};
 use super::{until_forced, ProxyError, WorkloadProxy};
 use crate::drain::DrainWatch;
 use crate::hbone::client::PoolKey;
 use crate::hbone::{self, authority_string, H2Stream};
-use crate::state::model::{Service, Workload};
+use crate::net::{canonical, original_dst, set_reset_on_close};
 use crate::telemetry::conn::{ConnRecord, Direction, Failure};
+use ferry_core::model::{Service, Workload};
+use ferry_core::route::{self, Upstream};
 
 pub async fn handle(px: Arc<WorkloadProxy>, down: TcpStream, drain: DrainWatch) {
     let (Ok(peer), Ok(orig)) = (down.peer_addr(), original_dst(&down)) else { return };
@@ -82,7 +82,7 @@ async fn connect(px: &WorkloadProxy, rec: &mut ConnRecord) -> Result<Connected, 
         }
         Upstream::Passthrough { addr } => addr,
     };
-    let up = super::socket::connect(px.sockets.as_ref(), addr, None, px.inputs.cfg.connect_timeout)
+    let up = crate::net::connect(px.sockets.as_ref(), addr, None, px.inputs.cfg.connect_timeout)
         .await
         .map_err(|source| ProxyError::Connect { addr, source })?;
     Ok(Connected::Tcp(up))

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::metrics::{handles, ByteCounters, Handles, Peer, Reporter, TrafficLabels};
-use crate::identity::Identity;
-use crate::state::model::{Service, Workload};
+use ferry_core::identity::Identity;
+use ferry_core::model::{Service, Workload};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {

@@ -8,8 +8,8 @@ use std::sync::OnceLock;
 use metrics::{Counter, Label};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::identity::Identity;
-use crate::state::model::{Service, Workload};
+use ferry_core::identity::Identity;
+use ferry_core::model::{Service, Workload};
 
 pub const OPENED: &str = "istio_tcp_connections_opened_total";
 pub const CLOSED: &str = "istio_tcp_connections_closed_total";

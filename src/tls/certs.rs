@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use super::ca::CaClient;
 use super::{CertDump, TlsError, WorkloadCert};
-use crate::identity::Identity;
+use ferry_core::identity::Identity;
 
 const BACKOFF_START: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(150);
@@ -144,7 +144,7 @@ async fn refresh_loop(ca: Arc<dyn CaClient>, id: Identity, ttl: Duration, tx: wa
             Ok(cert) => {
                 backoff = BACKOFF_START;
                 let wait = cert.refresh_at().duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
-                tracing::info!(identity = %id, expires = %super::humantime(cert.not_after), "workload certificate issued");
+                tracing::info!(identity = %id, expires = %ferry_core::timefmt::rfc3339(cert.not_after), "workload certificate issued");
                 tx.send_replace(CertState::Ready(Arc::new(cert)));
                 tokio::time::sleep(wait.max(Duration::from_secs(1))).await;
             }

@@ -19,7 +19,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use serde::Serialize;
 
-use crate::identity::Identity;
+use ferry_core::identity::Identity;
 use verify::{leaf_identity, ExpectedIdentityVerifier, TrustDomainVerifier};
 
 pub const ALPN_H2: &[u8] = b"h2";
@@ -148,9 +148,9 @@ impl WorkloadCert {
     pub fn dump(&self) -> CertDump {
         CertDump {
             identity: self.identity.to_string(),
-            not_before: humantime(self.not_before),
-            not_after: humantime(self.not_after),
-            refresh_at: humantime(self.refresh_at()),
+            not_before: ferry_core::timefmt::rfc3339(self.not_before),
+            not_after: ferry_core::timefmt::rfc3339(self.not_after),
+            refresh_at: ferry_core::timefmt::rfc3339(self.refresh_at()),
             chain: self.chain.iter().map(|c| describe(c)).collect(),
             roots: self.roots.iter().map(|c| describe(c)).collect(),
         }
@@ -274,15 +274,6 @@ fn describe(der: &CertificateDer<'_>) -> CertSummary {
             not_after: String::new(),
             uri_sans: Vec::new(),
         },
-    }
-}
-
-/// RFC 3339 UTC, to the second.
-pub fn humantime(t: SystemTime) -> String {
-    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-    match time::OffsetDateTime::from_unix_timestamp(secs) {
-        Ok(dt) => dt.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-        Err(_) => secs.to_string(),
     }
 }
 

@@ -16,7 +16,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::identity::Identity;
+use ferry_core::identity::Identity;
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum PeerIdentityError {
@@ -52,7 +52,7 @@ pub fn leaf_identity(der: &[u8]) -> Result<Identity, PeerIdentityError> {
         }
     }
     match uris.as_slice() {
-        [one] => one.parse().map_err(|e: crate::identity::IdentityError| PeerIdentityError::BadIdentity(e.to_string())),
+        [one] => one.parse().map_err(|e: ferry_core::identity::IdentityError| PeerIdentityError::BadIdentity(e.to_string())),
         other => Err(PeerIdentityError::SanCount(other.len())),
     }
 }

@@ -11,7 +11,7 @@ use prost::Message;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use crate::sys::seqpacket;
+use ferry_sys::seqpacket;
 
 pub use crate::proto::workload::zds::*;
 

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use ferry::config::{Config, ProxyArgs};
-use ferry::identity::Identity;
 use ferry::tls::ca::{self, InitOptions, LocalCa};
 use ferry::tls::certs::CertManager;
+use ferry_core::identity::Identity;
 
 /// A temporary directory removed on drop.
 pub struct TempDir(pub PathBuf);

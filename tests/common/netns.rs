@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferry::sys::Netns;
+use ferry_sys::Netns;
 
 pub fn require_root() {
     let uid = nix::unistd::geteuid();

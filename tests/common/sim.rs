@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use ferry::sim::{apps, observe, Sim, SimOptions};
+use ferry_harness::sim::{apps, observe, Sim, SimOptions};
 
 /// One simulated cluster at a time per test binary: each runs four processes, and two cores
 /// are plenty for one.
@@ -86,8 +86,10 @@ impl Capture {
             .spawn()
             .expect("tcpdump must be installed (.ci/run installs it)");
         sim.cleanup.pid(child.id());
-        ferry::sim::wait(Duration::from_secs(10), "tcpdump", || std::fs::read_to_string(&log).unwrap_or_default().contains("listening on"))
-            .unwrap();
+        ferry_harness::sim::wait(Duration::from_secs(10), "tcpdump", || {
+            std::fs::read_to_string(&log).unwrap_or_default().contains("listening on")
+        })
+        .unwrap();
         Capture { child, file }
     }
 
@@ -106,5 +108,5 @@ pub fn contains(haystack: &[u8], needle: &str) -> bool {
 
 /// Waits for `f`, with a message naming what was awaited.
 pub fn eventually(what: &str, f: impl FnMut() -> bool) {
-    ferry::sim::wait(Duration::from_secs(20), what, f).unwrap_or_else(|e| panic!("{e}"));
+    ferry_harness::sim::wait(Duration::from_secs(20), what, f).unwrap_or_else(|e| panic!("{e}"));
 }

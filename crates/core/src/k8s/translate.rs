@@ -1,0 +1,174 @@
+//! Kubernetes objects to the workload/service model (a pure function, reused later by the
+//! control plane): each pod with an IP becomes a workload (HBONE when captured, by the same
+//! decision the node agent enforces), each Service a service whose endpoints are the pods its
+//! selector matches, with service ports mapped to (possibly named) target ports.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use super::capture::{decide, Capture};
+use super::objects::{ClusterState, IntOrString, Pod, Service as K8sService};
+use super::peer_auth::{self, PeerAuthn};
+use super::policy::{self, TranslatedPolicy};
+use crate::model::{Authorization, HealthStatus, NetworkAddress, NetworkMode, PortMap, Service, TunnelProtocol, Workload, WorkloadType};
+use crate::state::StateInput;
+
+#[derive(Clone, Debug)]
+pub struct TranslateOptions {
+    pub trust_domain: String,
+    pub cluster_id: String,
+    pub cluster_domain: String,
+    pub network: String,
+}
+
+impl Default for TranslateOptions {
+    fn default() -> Self {
+        TranslateOptions {
+            trust_domain: crate::identity::DEFAULT_TRUST_DOMAIN.into(),
+            cluster_id: "Kubernetes".into(),
+            cluster_domain: "cluster.local".into(),
+            network: String::new(),
+        }
+    }
+}
+
+pub fn to_state(c: &ClusterState, o: &TranslateOptions) -> StateInput {
+    let services: Vec<&K8sService> = c.services.values().collect();
+    let authz: Vec<TranslatedPolicy> = objects_of(c, "AuthorizationPolicy").filter_map(policy::authorization_policy).collect();
+    let peer_authns: Vec<PeerAuthn> = objects_of(c, "PeerAuthentication").map(peer_auth::parse).collect();
+    let mut generated: BTreeMap<String, Authorization> = BTreeMap::new();
+    let mut workloads = Vec::new();
+    for p in c.pods.values() {
+        let Some(mut w) = workload(c, p, &services, o) else { continue };
+        w.authorization_policies = selected(&authz, p);
+        if w.protocol == TunnelProtocol::Hbone {
+            if let Some(strict) = peer_auth::policy_for(&peer_authns, &p.metadata.namespace, &p.metadata.labels) {
+                w.authorization_policies.push(strict.key());
+                let entry = generated.entry(strict.key()).or_insert_with(|| Authorization { notes: Vec::new(), ..strict.clone() });
+                for n in strict.notes {
+                    if !entry.notes.contains(&n) {
+                        entry.notes.push(n);
+                    }
+                }
+            }
+        }
+        workloads.push(w);
+    }
+    let services = services.iter().map(|s| service(s, o)).collect();
+    let policies = authz.into_iter().map(|t| t.policy).chain(generated.into_values()).collect();
+    StateInput { workloads, services, policies }
+}
+
+fn objects_of<'a>(c: &'a ClusterState, kind: &'a str) -> impl Iterator<Item = &'a serde_json::Value> {
+    let prefix = format!("{kind}/");
+    c.other.iter().filter(move |(k, _)| k.starts_with(&prefix)).map(|(_, v)| v)
+}
+
+/// Keys of the selector-scoped policies that select `p`: same namespace, or the root
+/// namespace (mesh-wide selectors), with every selector label on the pod.
+fn selected(authz: &[TranslatedPolicy], p: &Pod) -> Vec<String> {
+    authz
+        .iter()
+        .filter(|t| t.policy.namespace == p.metadata.namespace || t.policy.namespace == policy::ROOT_NAMESPACE)
+        .filter(|t| t.selector.as_ref().is_some_and(|s| s.iter().all(|(k, v)| p.metadata.labels.get(k) == Some(v))))
+        .map(|t| t.policy.key())
+        .collect()
+}
+
+pub fn hostname(s: &K8sService, o: &TranslateOptions) -> String {
+    format!("{}.{}.svc.{}", s.metadata.name, s.metadata.namespace, o.cluster_domain)
+}
+
+fn label<'a>(p: &'a Pod, keys: &[&str]) -> Option<&'a str> {
+    keys.iter().find_map(|k| p.metadata.labels.get(*k)).map(String::as_str).filter(|v| !v.is_empty())
+}
+
+fn workload(c: &ClusterState, p: &Pod, services: &[&K8sService], o: &TranslateOptions) -> Option<Workload> {
+    let ips: Vec<IpAddr> = p.ips();
+    if ips.is_empty() {
+        return None;
+    }
+    let (ns, name) = (&p.metadata.namespace, &p.metadata.name);
+    let mut w = Workload::new(&format!("{}//Pod/{ns}/{name}", o.cluster_id), ns, name);
+    w.addresses = ips;
+    w.network = o.network.clone();
+    w.protocol = match decide(c.namespace(ns), p) {
+        Capture::Enroll => TunnelProtocol::Hbone,
+        Capture::Skip(_) => TunnelProtocol::None,
+    };
+    w.trust_domain = o.trust_domain.clone();
+    w.service_account = p.service_account().to_string();
+    w.node = p.spec.node_name.clone();
+    w.cluster_id = o.cluster_id.clone();
+    w.canonical_name = label(p, &["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"]).unwrap_or(name).to_string();
+    w.canonical_revision =
+        label(p, &["service.istio.io/canonical-revision", "app.kubernetes.io/version", "version"]).unwrap_or("latest").to_string();
+    match label(p, &["app.kubernetes.io/name", "app"]) {
+        Some(app) => w.workload_name = app.to_string(),
+        None => {
+            w.workload_name = name.clone();
+            w.workload_type = WorkloadType::Pod;
+        }
+    }
+    w.status = if matches!(p.status.phase.as_str(), "" | "Running") { HealthStatus::Healthy } else { HealthStatus::Unhealthy };
+    if p.spec.host_network {
+        w.network_mode = NetworkMode::HostNetwork;
+    }
+    for s in services.iter().filter(|s| selects(s, p)) {
+        w.services.insert(format!("{}/{}", s.metadata.namespace, hostname(s, o)), endpoint_ports(s, p));
+    }
+    Some(w)
+}
+
+/// A service selects pods in its own namespace whose labels include its whole (non-empty)
+/// selector; a service without selector has no automatic endpoints.
+fn selects(s: &K8sService, p: &Pod) -> bool {
+    s.metadata.namespace == p.metadata.namespace
+        && !s.spec.selector.is_empty()
+        && s.spec.selector.iter().all(|(k, v)| p.metadata.labels.get(k) == Some(v))
+}
+
+/// Service port to this pod's target port; a named target port the pod does not declare is
+/// left out (the endpoint cannot serve it).
+fn endpoint_ports(s: &K8sService, p: &Pod) -> PortMap {
+    let mut out = BTreeMap::new();
+    for port in &s.spec.ports {
+        let target = match &port.target_port {
+            None => Some(port.port),
+            Some(IntOrString::Int(t)) => Some(*t),
+            Some(IntOrString::Str(name)) => {
+                p.spec.containers.iter().flat_map(|c| &c.ports).find(|cp| cp.name == *name).map(|cp| cp.container_port)
+            }
+        };
+        if let Some(t) = target.filter(|t| *t != 0) {
+            out.insert(port.port, t);
+        }
+    }
+    out
+}
+
+fn service(s: &K8sService, o: &TranslateOptions) -> Service {
+    let mut svc = Service::new(&s.metadata.namespace, &s.metadata.name, &hostname(s, o));
+    let ips = s.spec.cluster_ips.iter().chain(std::iter::once(&s.spec.cluster_ip));
+    for ip in ips.filter_map(|ip| ip.parse::<IpAddr>().ok()) {
+        let vip = NetworkAddress { network: o.network.clone(), address: ip };
+        if !svc.vips.contains(&vip) {
+            svc.vips.push(vip);
+        }
+    }
+    for port in &s.spec.ports {
+        let target = match &port.target_port {
+            None => port.port,
+            Some(IntOrString::Int(t)) => *t,
+            // Named ports are resolved per endpoint.
+            Some(IntOrString::Str(_)) => 0,
+        };
+        svc.ports.insert(port.port, target);
+    }
+    svc.canonical = true;
+    svc
+}
+
+#[cfg(test)]
+#[path = "translate_tests.rs"]
+mod tests;

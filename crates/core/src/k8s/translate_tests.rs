@@ -1,0 +1,83 @@
+use super::*;
+use crate::k8s::manifests::parse_documents;
+
+const MANIFESTS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: legacy}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, namespace: shop, labels: {app: web, version: v2}}
+spec:
+  nodeName: node-1
+  serviceAccountName: web
+  containers: [{name: app, ports: [{name: http, containerPort: 8080}]}]
+status: {phase: Running, podIP: 198.18.1.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-2, namespace: shop, labels: {app: web, istio.io/dataplane-mode: none}}
+spec:
+  nodeName: node-2
+  containers: [{name: app, ports: [{name: http, containerPort: 9090}]}]
+status: {podIP: 198.18.2.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: pending, namespace: shop, labels: {app: web}}
+spec: {nodeName: node-1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: old, namespace: legacy}
+spec: {nodeName: node-1}
+status: {podIP: 198.18.1.11, phase: Failed}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {app: web}
+  clusterIP: 198.19.0.10
+  ports:
+  - {name: http, port: 80, targetPort: http}
+  - {name: admin, port: 81, targetPort: 7000}
+  - {name: same, port: 82}
+"#;
+
+#[test]
+fn pods_and_services_become_workloads_and_endpoints() {
+    let c = parse_documents(MANIFESTS, "test").unwrap();
+    let s = to_state(&c, &TranslateOptions::default());
+    let by_name = |n: &str| s.workloads.iter().find(|w| w.name == n).unwrap();
+    assert_eq!(s.workloads.len(), 3, "the pod without an IP is not a workload");
+
+    let w1 = by_name("web-1");
+    assert_eq!(w1.uid, "Kubernetes//Pod/shop/web-1");
+    assert_eq!(w1.protocol, TunnelProtocol::Hbone, "captured: ambient namespace");
+    assert_eq!(w1.identity().unwrap().to_string(), "spiffe://cluster.local/ns/shop/sa/web");
+    assert_eq!(w1.node, "node-1");
+    assert_eq!((w1.canonical_name.as_str(), w1.canonical_revision.as_str()), ("web", "v2"));
+    let ports = &w1.services["shop/web.shop.svc.cluster.local"];
+    assert_eq!(ports.iter().map(|(a, b)| (*a, *b)).collect::<Vec<_>>(), vec![(80, 8080), (81, 7000), (82, 82)]);
+
+    let w2 = by_name("web-2");
+    assert_eq!(w2.protocol, TunnelProtocol::None, "opted out");
+    assert_eq!(w2.service_account, "default");
+    assert_eq!(w2.services["shop/web.shop.svc.cluster.local"][&80], 9090, "named port resolved per pod");
+
+    let old = by_name("old");
+    assert_eq!(old.status, HealthStatus::Unhealthy);
+    assert!(old.services.is_empty());
+
+    let svc = &s.services[0];
+    assert_eq!(svc.hostname, "web.shop.svc.cluster.local");
+    assert_eq!(svc.vips[0].address.to_string(), "198.19.0.10");
+    assert_eq!(svc.ports[&80], 0, "named target ports are resolved per endpoint");
+    assert_eq!(svc.ports[&81], 7000);
+}

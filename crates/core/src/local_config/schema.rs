@@ -1,0 +1,366 @@
+//! The local config schema (protocols.md §6) as serde types: ztunnel's field names, unknown
+//! keys refused, string matches as YAML tags. Converted into the model by `convert`.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use ipnet::IpNet;
+use serde::{de, Deserialize, Deserializer};
+
+use crate::model::{GatewayDestination, NetworkAddress};
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LocalConfig {
+    #[serde(default)]
+    pub(super) workloads: Vec<LocalWorkload>,
+    #[serde(default)]
+    pub(super) services: Vec<LocalService>,
+    #[serde(default)]
+    pub(super) policies: Vec<LocalPolicy>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct LocalWorkload {
+    #[serde(default)]
+    pub(super) uid: String,
+    #[serde(default)]
+    pub(super) name: String,
+    pub(super) namespace: String,
+    pub(super) workload_ips: Vec<IpAddr>,
+    #[serde(default)]
+    pub(super) protocol: LocalProtocol,
+    #[serde(default)]
+    pub(super) network_mode: LocalNetworkMode,
+    #[serde(default)]
+    pub(super) trust_domain: String,
+    #[serde(default)]
+    pub(super) service_account: String,
+    #[serde(default)]
+    pub(super) network: String,
+    #[serde(default)]
+    pub(super) node: String,
+    #[serde(default)]
+    pub(super) hostname: String,
+    #[serde(default)]
+    pub(super) cluster_id: String,
+    #[serde(default)]
+    pub(super) workload_name: String,
+    #[serde(default)]
+    pub(super) workload_type: LocalWorkloadType,
+    #[serde(default)]
+    pub(super) canonical_name: String,
+    #[serde(default)]
+    pub(super) canonical_revision: String,
+    pub(super) waypoint: Option<LocalGateway>,
+    pub(super) network_gateway: Option<LocalGateway>,
+    #[serde(default)]
+    pub(super) native_tunnel: bool,
+    pub(super) application_tunnel: Option<LocalAppTunnel>,
+    #[serde(default)]
+    pub(super) authorization_policies: Vec<String>,
+    #[serde(default)]
+    pub(super) status: LocalStatus,
+    #[serde(default)]
+    pub(super) locality: LocalLocality,
+    pub(super) capacity: Option<u32>,
+    #[serde(default)]
+    pub(super) services: BTreeMap<String, BTreeMap<u16, u16>>,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+pub(super) enum LocalProtocol {
+    #[default]
+    #[serde(rename = "TCP", alias = "tcp")]
+    Tcp,
+    #[serde(rename = "HBONE", alias = "hbone")]
+    Hbone,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+pub(super) enum LocalNetworkMode {
+    #[default]
+    Standard,
+    HostNetwork,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum LocalWorkloadType {
+    #[default]
+    #[serde(alias = "Deployment")]
+    Deployment,
+    #[serde(alias = "CronJob", alias = "Cronjob")]
+    Cronjob,
+    #[serde(alias = "Pod")]
+    Pod,
+    #[serde(alias = "Job")]
+    Job,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+pub(super) enum LocalStatus {
+    #[default]
+    Healthy,
+    Unhealthy,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LocalLocality {
+    #[serde(default)]
+    pub(super) region: String,
+    #[serde(default)]
+    pub(super) zone: String,
+    #[serde(default)]
+    pub(super) subzone: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct LocalGateway {
+    pub(super) destination: GatewayDest,
+    #[serde(default = "default_hbone_port")]
+    pub(super) hbone_mtls_port: u16,
+}
+
+fn default_hbone_port() -> u16 {
+    crate::ports::HBONE_PORT
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LocalAppTunnel {
+    pub(super) protocol: LocalAppTunnelProtocol,
+    pub(super) port: Option<u16>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+pub(super) enum LocalAppTunnelProtocol {
+    #[serde(rename = "NONE")]
+    None,
+    #[serde(rename = "PROXY")]
+    Proxy,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct LocalService {
+    pub(super) name: String,
+    pub(super) namespace: String,
+    pub(super) hostname: String,
+    pub(super) vips: Vec<NetAddr>,
+    pub(super) ports: BTreeMap<u16, u16>,
+    #[serde(default)]
+    pub(super) cidr_vips: Vec<LocalCidrVip>,
+    #[serde(default)]
+    pub(super) endpoints: Vec<LocalEndpoint>,
+    #[serde(default)]
+    pub(super) subject_alt_names: Vec<String>,
+    pub(super) waypoint: Option<LocalGateway>,
+    #[serde(default)]
+    pub(super) weighted_waypoints: Vec<LocalWeightedWaypoint>,
+    pub(super) load_balancer: Option<LocalLoadBalancer>,
+    #[serde(default)]
+    pub(super) ip_families: LocalIpFamilies,
+    #[serde(default)]
+    pub(super) canonical: bool,
+    #[serde(default)]
+    pub(super) visibility: LocalVisibility,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct LocalEndpoint {
+    pub(super) workload_uid: String,
+    #[serde(default)]
+    pub(super) port: BTreeMap<u16, u16>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LocalCidrVip {
+    #[serde(default)]
+    pub(super) network: String,
+    pub(super) cidr: Cidr,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LocalWeightedWaypoint {
+    pub(super) destination: LocalGateway,
+    #[serde(default)]
+    pub(super) weight: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct LocalLoadBalancer {
+    #[serde(default)]
+    pub(super) routing_preferences: Vec<LocalScope>,
+    #[serde(default)]
+    pub(super) mode: LocalLbMode,
+    #[serde(default)]
+    pub(super) health_policy: LocalHealthPolicy,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+pub(super) enum LocalScope {
+    Region,
+    Zone,
+    Subzone,
+    Node,
+    Cluster,
+    Network,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+pub(super) enum LocalLbMode {
+    #[default]
+    Standard,
+    Strict,
+    Failover,
+    Passthrough,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+pub(super) enum LocalHealthPolicy {
+    #[default]
+    OnlyHealthy,
+    AllowAll,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+pub(super) enum LocalIpFamilies {
+    #[default]
+    Automatic,
+    #[serde(rename = "IPv4", alias = "IPv4Only")]
+    Ipv4,
+    #[serde(rename = "IPv6", alias = "IPv6Only")]
+    Ipv6,
+    Dual,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+pub(super) enum LocalVisibility {
+    #[default]
+    Public,
+    Namespace,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct LocalPolicy {
+    pub(super) name: String,
+    pub(super) namespace: String,
+    pub(super) scope: LocalPolicyScope,
+    pub(super) action: LocalAction,
+    #[serde(default)]
+    pub(super) dry_run: bool,
+    #[serde(default)]
+    pub(super) rules: Vec<Vec<Vec<LocalMatch>>>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+pub(super) enum LocalPolicyScope {
+    Global,
+    Namespace,
+    WorkloadSelector,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+pub(super) enum LocalAction {
+    Allow,
+    Deny,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct LocalMatch {
+    #[serde(default)]
+    pub(super) namespaces: Vec<LocalStringMatch>,
+    #[serde(default)]
+    pub(super) not_namespaces: Vec<LocalStringMatch>,
+    #[serde(default)]
+    pub(super) principals: Vec<LocalStringMatch>,
+    #[serde(default)]
+    pub(super) not_principals: Vec<LocalStringMatch>,
+    #[serde(default)]
+    pub(super) source_ips: Vec<Cidr>,
+    #[serde(default)]
+    pub(super) not_source_ips: Vec<Cidr>,
+    #[serde(default)]
+    pub(super) destination_ips: Vec<Cidr>,
+    #[serde(default)]
+    pub(super) not_destination_ips: Vec<Cidr>,
+    #[serde(default)]
+    pub(super) destination_ports: Vec<u16>,
+    #[serde(default)]
+    pub(super) not_destination_ports: Vec<u16>,
+    #[serde(default)]
+    pub(super) service_accounts: Vec<LocalServiceAccount>,
+    #[serde(default)]
+    pub(super) not_service_accounts: Vec<LocalServiceAccount>,
+}
+
+/// Written as YAML tags: `!Exact "x"`, `!Prefix x`, `!Suffix x`, `!Presence`.
+#[derive(Deserialize)]
+pub(super) enum LocalStringMatch {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Presence,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct LocalServiceAccount {
+    pub(super) namespace: String,
+    pub(super) service_account: String,
+}
+
+/// `"<network>/<IP>"`; the network may be empty (`"/10.0.0.1"`).
+pub(super) struct NetAddr(pub(super) NetworkAddress);
+
+impl<'de> Deserialize<'de> for NetAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let (network, ip) =
+            s.rsplit_once('/').ok_or_else(|| de::Error::custom(format!("address {s:?} is not of the form <network>/<IP>")))?;
+        let address = IpAddr::from_str(ip).map_err(|_| de::Error::custom(format!("{ip:?} in {s:?} is not an IP address")))?;
+        Ok(NetAddr(NetworkAddress { network: network.to_string(), address }))
+    }
+}
+
+/// `<network>/<IP>` or `<namespace>/<hostname>`.
+pub(super) struct GatewayDest(pub(super) GatewayDestination);
+
+impl<'de> Deserialize<'de> for GatewayDest {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let (left, right) =
+            s.split_once('/').ok_or_else(|| de::Error::custom(format!("gateway {s:?} is not <network>/<IP> or <namespace>/<hostname>")))?;
+        Ok(GatewayDest(match IpAddr::from_str(right) {
+            Ok(address) => GatewayDestination::Address(NetworkAddress { network: left.to_string(), address }),
+            Err(_) if !left.is_empty() && !right.is_empty() && !right.contains('/') => {
+                GatewayDestination::Hostname { namespace: left.to_string(), hostname: right.to_string() }
+            }
+            Err(_) => return Err(de::Error::custom(format!("gateway {s:?} is not <network>/<IP> or <namespace>/<hostname>"))),
+        }))
+    }
+}
+
+/// A CIDR (`10.0.0.0/8`) or a bare IP (a host route).
+pub(super) struct Cidr(pub(super) IpNet);
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if let Ok(net) = IpNet::from_str(&s) {
+            return Ok(Cidr(net));
+        }
+        IpAddr::from_str(&s).map(|ip| Cidr(IpNet::from(ip))).map_err(|_| de::Error::custom(format!("{s:?} is not an IP address or CIDR")))
+    }
+}

@@ -1,0 +1,178 @@
+use std::net::IpAddr;
+
+use super::*;
+use crate::model::*;
+
+/// The shape of upstream ztunnel's `examples/localhost.yaml` (one HBONE and one TCP workload,
+/// a namespace policy, two services), plus the forms that file does not show.
+const ZTUNNEL_STYLE: &str = r#"
+workloads:
+- uid: cluster1//v1/Pod/default/local
+  name: local
+  namespace: default
+  serviceAccount: default
+  workloadIps: ["127.0.0.1"]
+  protocol: HBONE
+  node: local
+  network: ""
+  services:
+    "default/example.com":
+      80: 8080
+- uid: cluster1//v1/Pod/default/local-tcp
+  name: local-tcp
+  namespace: default
+  serviceAccount: default
+  workloadIps: ["127.0.0.2"]
+  protocol: TCP
+  node: local
+  network: ""
+  authorizationPolicies: [default/selected]
+  locality: {region: r1, zone: z1}
+  capacity: 3
+  services:
+    "default/example.com":
+      80: 8080
+policies:
+  - action: Allow
+    rules:
+    - - - notDestinationPorts:
+          - 9999
+    name: deny-9999
+    namespace: default
+    scope: Namespace
+  - name: selected
+    namespace: default
+    scope: WorkloadSelector
+    action: Deny
+    dryRun: true
+    rules:
+    - - - principals: [!Exact "cluster.local/ns/default/sa/bad", !Prefix "cluster.local/ns/evil/"]
+          notNamespaces:
+          - !Suffix "-prod"
+          - !Presence
+          sourceIps: ["10.0.0.0/8", "192.168.1.1"]
+          serviceAccounts: [{namespace: default, serviceAccount: bad}]
+services:
+- name: local
+  namespace: default
+  hostname: example.com
+  vips:
+    - /127.10.0.1
+  ports:
+    80: 8080
+  subjectAltNames:
+   - spiffe://cluster.local/ns/default/sa/local
+- name: remote
+  namespace: default
+  hostname: example2.com
+  vips:
+    - remote/127.10.0.2
+  ports:
+    80: 8080
+  loadBalancer: {routingPreferences: [Network, Region], mode: Failover}
+  cidrVips: [{network: "", cidr: "10.200.0.0/16"}]
+"#;
+
+#[test]
+fn loads_ztunnel_schema() {
+    let s = parse(ZTUNNEL_STYLE, "test").unwrap();
+    assert_eq!(s.workloads.len(), 2);
+    let w = &s.workloads[0];
+    assert_eq!(w.protocol, TunnelProtocol::Hbone);
+    assert_eq!(w.addresses, vec!["127.0.0.1".parse::<IpAddr>().unwrap()]);
+    assert_eq!(w.services["default/example.com"][&80], 8080);
+    assert_eq!(w.identity().unwrap().to_string(), "spiffe://cluster.local/ns/default/sa/default");
+    assert_eq!(s.workloads[1].capacity, 3);
+    assert_eq!(s.services[1].vips[0].network, "remote");
+    assert_eq!(s.services[1].load_balancing.as_ref().unwrap().mode, LbMode::Failover);
+    let deny = &s.policies[1];
+    assert_eq!(deny.action, PolicyAction::Deny);
+    assert!(deny.dry_run);
+    let m = &deny.rules[0][0][0];
+    assert_eq!(m.principals[1], StringMatch::Prefix("cluster.local/ns/evil/".into()));
+    assert_eq!(m.not_namespaces[1], StringMatch::Presence);
+    assert_eq!(m.source_ips[1].to_string(), "192.168.1.1/32");
+    assert!(!s.policies[0].dry_run, "dryRun defaults to false");
+}
+
+#[test]
+fn empty_file_is_empty_state() {
+    let s = parse("", "empty").unwrap();
+    assert!(s.workloads.is_empty() && s.services.is_empty() && s.policies.is_empty());
+}
+
+#[test]
+fn errors_name_line_and_column() {
+    let cases: &[(&str, usize, &str)] = &[
+        ("workloads:\n- namespace: a\n  workloadIps: [\"10.0.0.1\"]\n  bogus: 1\n", 4, "unknown field `bogus`"),
+        ("workloads:\n- namespace: a\n  workloadIps: [\"10.0.0.300\"]\n", 3, "invalid IP address"),
+        ("workloads:\n- namespace: a\n  workloadIps: [\"10.0.0.1\"]\n  protocol: QUIC\n", 4, "unknown variant `QUIC`"),
+        ("services:\n- name: a\n  namespace: b\n  hostname: c\n  vips: [\"10.0.0.1\"]\n  ports: {}\n", 5, "not of the form <network>/<IP>"),
+        (
+            "policies:\n- name: a\n  namespace: b\n  scope: Global\n  action: Allow\n  rules: [[[{sourceIps: [\"nope\"]}]]]\n",
+            6,
+            "not an IP address or CIDR",
+        ),
+        ("workloads: [\n", 1, "unclosed bracket"),
+        ("workloads:\n- namespace: a\n", 2, "missing field `workloadIps`"),
+    ];
+    for (text, line, needle) in cases {
+        match parse(text, "f.yaml") {
+            Err(LocalConfigError::Syntax { line: l, message, origin, .. }) => {
+                assert_eq!(origin, "f.yaml");
+                assert_eq!(l, *line, "{text:?}: {message}");
+                assert!(message.contains(needle), "{text:?}: {message}");
+            }
+            other => panic!("{text:?}: expected a syntax error, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn semantic_errors_name_the_entry() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "workloads:\n- {uid: x, namespace: a, workloadIps: [\"10.0.0.1\"]}\n- {uid: x, namespace: a, workloadIps: [\"10.0.0.2\"]}\n",
+            "workloads[1]: duplicate uid",
+        ),
+        ("workloads:\n- {namespace: a, workloadIps: []}\n", "needs workloadIps or hostname"),
+        ("workloads:\n- {namespace: \"a/b\", workloadIps: [\"10.0.0.1\"]}\n", "invalid namespace"),
+        ("workloads:\n- {namespace: a, workloadIps: [\"10.0.0.1\"], services: {\"nohost\": {80: 80}}}\n", "not <namespace>/<hostname>"),
+        (
+            "services:\n- {name: a, namespace: b, hostname: c, vips: [], ports: {}, endpoints: [{workloadUid: nope}]}\n",
+            "unknown workload uid",
+        ),
+    ];
+    for (text, needle) in cases {
+        match parse(text, "f.yaml") {
+            Err(LocalConfigError::Invalid { message, .. }) => assert!(message.contains(needle), "{text:?}: {message}"),
+            other => panic!("{text:?}: expected a validation error, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn garbage_never_panics() {
+    let inputs = [
+        "\0\0\0",
+        "- - - -",
+        "workloads: 5",
+        "{{{{",
+        "workloads:\n  - !Exact x",
+        ":",
+        "!!binary AAAA",
+        "policies: [{rules: [[[!Presence]]]}]",
+    ];
+    for i in inputs {
+        assert!(parse(i, "garbage").is_err(), "{i:?} should not parse");
+    }
+}
+
+#[test]
+fn rendering_round_trips() {
+    let original = parse(ZTUNNEL_STYLE, "test").unwrap();
+    let text = to_yaml(&original).unwrap();
+    let back = parse(&text, "rendered").unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(back, original, "{text}");
+    assert!(text.contains("!Exact \"cluster.local/ns/default/sa/bad\""), "string matches render as ztunnel's YAML tags:\n{text}");
+}

@@ -1,0 +1,238 @@
+//! Routing decisions as pure functions over a state snapshot (protocols.md §1.9, §4.8).
+//!
+//! Outbound: from the original destination the app dialled to an [`Upstream`]: an HBONE tunnel
+//! (with the exact identities the peer must prove), a plain TCP connection to a non-mesh
+//! workload, or passthrough for destinations the mesh does not know. A destination the mesh
+//! knows as HBONE is never reached in plaintext. Features ferry does not implement yet
+//! (waypoints, cross-network gateways) fail closed instead of bypassing them.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use crate::addr::Authority;
+use crate::identity::Identity;
+use crate::model::{HealthPolicy, HealthStatus, IpFamilies, LbMode, LbScope, Service, TunnelProtocol, Workload};
+use crate::ports::Ports;
+use crate::state::Snapshot;
+
+#[derive(Clone, Debug)]
+pub enum Upstream {
+    /// Tunnel to `hbone_addr`, asking for `authority`; the peer must prove one of `identities`.
+    Hbone {
+        hbone_addr: SocketAddr,
+        authority: SocketAddr,
+        identities: Vec<Identity>,
+        workload: Arc<Workload>,
+        service: Option<Arc<Service>>,
+    },
+    /// Plain TCP to a workload the mesh knows is not captured.
+    Direct { addr: SocketAddr, workload: Arc<Workload>, service: Option<Arc<Service>> },
+    /// Plain TCP to a destination the mesh does not know.
+    Passthrough { addr: SocketAddr },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("destination {0} is one of the proxy's own ports (loop)")]
+    SelfCall(SocketAddr),
+    #[error("no healthy upstream for service {0}")]
+    NoHealthyUpstream(String),
+    #[error("destination {0} is served through a waypoint; ferry does not route through waypoints yet, so the connection is refused rather than bypass it")]
+    WaypointUnsupported(String),
+    #[error("destination {0} is in network {1:?}; ferry does not route through network gateways yet")]
+    CrossNetwork(String, String),
+    #[error("workload {0} has an invalid identity: {1}")]
+    BadIdentity(String, String),
+    #[error("workload {0} has no address usable for {1}")]
+    NoAddress(String, String),
+}
+
+/// Decides how a connection from `src` to `dst` leaves the node. `pick(n)` returns a uniform
+/// index below `n` (injected so tests are deterministic).
+pub fn outbound(
+    snap: &Snapshot,
+    src: &Workload,
+    dst: SocketAddr,
+    ports: &Ports,
+    pick: &mut dyn FnMut(u64) -> u64,
+) -> Result<Upstream, RouteError> {
+    if is_own_port(ports, dst.port()) && (dst.ip().is_loopback() || src.addresses.contains(&dst.ip())) {
+        return Err(RouteError::SelfCall(dst));
+    }
+    if let Some(svc) = snap.service_by_vip(&src.network, dst.ip(), &src.namespace) {
+        return via_service(snap, src, dst, svc, ports, pick);
+    }
+    match snap.workload_by_addr(&src.network, dst.ip()) {
+        Some(w) => to_workload(src, w.clone(), dst.ip(), dst.port(), None, ports),
+        None => Ok(Upstream::Passthrough { addr: dst }),
+    }
+}
+
+fn via_service(
+    snap: &Snapshot,
+    src: &Workload,
+    dst: SocketAddr,
+    svc: Arc<Service>,
+    ports: &Ports,
+    pick: &mut dyn FnMut(u64) -> u64,
+) -> Result<Upstream, RouteError> {
+    if svc.waypoint.is_some() || !svc.weighted_waypoints.is_empty() {
+        return Err(RouteError::WaypointUnsupported(svc.key()));
+    }
+    let lb = svc.load_balancing.clone().unwrap_or_default();
+    if lb.mode == LbMode::Passthrough {
+        return match snap.workload_by_addr(&src.network, dst.ip()) {
+            Some(w) => to_workload(src, w.clone(), dst.ip(), dst.port(), Some(svc), ports),
+            None => Ok(Upstream::Passthrough { addr: dst }),
+        };
+    }
+    let key = svc.key();
+    let candidates: Vec<(&Arc<Workload>, u16)> = snap
+        .endpoints(&key)
+        .iter()
+        .filter(|w| w.status == HealthStatus::Healthy || lb.health_policy == HealthPolicy::AllowAll)
+        .filter(|w| !w.addresses.is_empty())
+        .filter_map(|w| target_port(w, &svc, dst.port()).map(|p| (w, p)))
+        .collect();
+    let ranked = rank(src, &candidates, &lb.routing_preference, lb.mode);
+    let (w, port) = weighted_pick(&ranked, pick).ok_or_else(|| RouteError::NoHealthyUpstream(key.clone()))?;
+    let ip = choose_ip(&w, svc.ip_families, dst.ip()).ok_or_else(|| RouteError::NoAddress(w.uid.clone(), key))?;
+    to_workload(src, w, ip, port, Some(svc), ports)
+}
+
+/// The endpoint's own mapping for `port`, else the service's non-zero target port.
+fn target_port(w: &Workload, svc: &Service, port: u16) -> Option<u16> {
+    if let Some(p) = w.services.get(&svc.key()).and_then(|m| m.get(&port)).filter(|p| **p != 0) {
+        return Some(*p);
+    }
+    svc.ports.get(&port).copied().filter(|p| *p != 0)
+}
+
+/// Keeps the endpoints with the best locality rank (all of them in STANDARD mode).
+fn rank<'a>(src: &Workload, c: &[(&'a Arc<Workload>, u16)], prefs: &[LbScope], mode: LbMode) -> Vec<(&'a Arc<Workload>, u16)> {
+    if prefs.is_empty() || mode == LbMode::Standard {
+        return c.to_vec();
+    }
+    let score = |w: &Workload| prefs.iter().take_while(|s| same_scope(src, w, **s)).count();
+    let scored: Vec<_> = c.iter().map(|(w, p)| (score(w), *w, *p)).collect();
+    let best = if mode == LbMode::Strict { prefs.len() } else { scored.iter().map(|s| s.0).max().unwrap_or(0) };
+    scored.into_iter().filter(|s| s.0 == best).map(|(_, w, p)| (w, p)).collect()
+}
+
+fn same_scope(a: &Workload, b: &Workload, s: LbScope) -> bool {
+    match s {
+        LbScope::Region => a.locality.region == b.locality.region,
+        LbScope::Zone => a.locality.region == b.locality.region && a.locality.zone == b.locality.zone,
+        LbScope::Subzone => a.locality == b.locality,
+        LbScope::Node => a.node == b.node,
+        LbScope::Cluster => a.cluster_id == b.cluster_id,
+        LbScope::Network => a.network == b.network,
+    }
+}
+
+/// Random choice weighted by capacity (a capacity of 0 counts as 1, like an unset weight).
+fn weighted_pick(c: &[(&Arc<Workload>, u16)], pick: &mut dyn FnMut(u64) -> u64) -> Option<(Arc<Workload>, u16)> {
+    let weight = |w: &Workload| w.capacity.max(1) as u64;
+    let total: u64 = c.iter().map(|(w, _)| weight(w)).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut x = pick(total);
+    for (w, p) in c {
+        if x < weight(w) {
+            return Some(((*w).clone(), *p));
+        }
+        x -= weight(w);
+    }
+    None
+}
+
+fn choose_ip(w: &Workload, families: IpFamilies, dialed: IpAddr) -> Option<IpAddr> {
+    let allowed = |ip: &IpAddr| match families {
+        IpFamilies::Ipv4Only => ip.is_ipv4(),
+        IpFamilies::Ipv6Only => ip.is_ipv6(),
+        IpFamilies::Automatic | IpFamilies::Dual => true,
+    };
+    let mut ips = w.addresses.iter().filter(|ip| allowed(ip));
+    let first = ips.clone().next().copied();
+    ips.find(|ip| ip.is_ipv4() == dialed.is_ipv4()).copied().or(first)
+}
+
+fn to_workload(
+    src: &Workload,
+    w: Arc<Workload>,
+    ip: IpAddr,
+    port: u16,
+    svc: Option<Arc<Service>>,
+    ports: &Ports,
+) -> Result<Upstream, RouteError> {
+    if w.network != src.network {
+        return Err(RouteError::CrossNetwork(w.uid.clone(), w.network.clone()));
+    }
+    if w.waypoint.is_some() && svc.is_none() {
+        return Err(RouteError::WaypointUnsupported(w.uid.clone()));
+    }
+    let addr = SocketAddr::new(ip, port);
+    if w.protocol != TunnelProtocol::Hbone {
+        return Ok(Upstream::Direct { addr, workload: w, service: svc });
+    }
+    let own = w.identity().map_err(|e| RouteError::BadIdentity(w.uid.clone(), e.to_string()))?;
+    let mut identities = vec![own];
+    if let Some(s) = &svc {
+        identities.extend(s.subject_alt_names.iter().filter_map(|san| san.parse::<Identity>().ok()));
+    }
+    Ok(Upstream::Hbone { hbone_addr: SocketAddr::new(ip, ports.hbone), authority: addr, identities, workload: w, service: svc })
+}
+
+pub fn is_own_port(ports: &Ports, port: u16) -> bool {
+    port == ports.outbound || port == ports.inbound_plaintext || port == ports.hbone || crate::ports::ADMIN_PORTS.contains(&port)
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InboundError {
+    #[error("ip mismatch: {requested} != {arrived}")]
+    IpMismatch { requested: IpAddr, arrived: IpAddr },
+    #[error("destination port {0} belongs to the proxy (self call)")]
+    SelfCall(u16),
+    #[error("unknown service {0}:{1}")]
+    UnknownService(String, u16),
+    #[error("service {0} has no target port for {1} on this workload")]
+    NoTargetPort(String, u16),
+}
+
+/// Where an inbound HBONE request for `authority`, arriving on `arrived`, must be delivered in
+/// the local workload `w`: only to the pod the tunnel reached (no trampolining, invariant P3).
+pub fn inbound_target(
+    snap: &Snapshot,
+    w: &Workload,
+    arrived: IpAddr,
+    authority: &Authority,
+    ports: &Ports,
+) -> Result<(SocketAddr, Option<Arc<Service>>), InboundError> {
+    let (addr, svc) = match authority {
+        Authority::Addr(a) => {
+            if a.ip() != arrived {
+                return Err(InboundError::IpMismatch { requested: a.ip(), arrived });
+            }
+            (*a, None)
+        }
+        Authority::Host(host, port) => {
+            let svc = snap
+                .services()
+                .filter(|s| s.hostname == *host)
+                .min_by_key(|s| s.namespace != w.namespace)
+                .cloned()
+                .ok_or_else(|| InboundError::UnknownService(host.clone(), *port))?;
+            let target = target_port(w, &svc, *port).ok_or_else(|| InboundError::NoTargetPort(svc.key(), *port))?;
+            (SocketAddr::new(arrived, target), Some(svc))
+        }
+    };
+    if is_own_port(ports, addr.port()) {
+        return Err(InboundError::SelfCall(addr.port()));
+    }
+    Ok((addr, svc))
+}
+
+#[cfg(test)]
+#[path = "route_tests.rs"]
+mod tests;

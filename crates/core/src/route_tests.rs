@@ -1,0 +1,225 @@
+use super::*;
+use crate::model::{GatewayAddress, GatewayDestination, Locality, NetworkAddress, PortMap};
+use crate::state::StateInput;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn wl(name: &str, addr: &str, hbone: bool) -> Workload {
+    let mut w = Workload::new(&format!("Kubernetes//Pod/ns/{name}"), "ns", name);
+    w.addresses = vec![ip(addr)];
+    w.service_account = name.to_string();
+    w.protocol = if hbone { TunnelProtocol::Hbone } else { TunnelProtocol::None };
+    w
+}
+
+fn endpoint_of(mut w: Workload, svc: &str, map: &[(u16, u16)]) -> Workload {
+    w.services.insert(format!("ns/{svc}"), map.iter().copied().collect::<PortMap>());
+    w
+}
+
+fn service(host: &str, vip: &str, ports: &[(u16, u16)]) -> Service {
+    let mut s = Service::new("ns", host, host);
+    s.vips = vec![NetworkAddress { network: String::new(), address: ip(vip) }];
+    s.ports = ports.iter().copied().collect();
+    s
+}
+
+/// Expected outcome, compared on the parts that matter.
+#[derive(Debug, PartialEq)]
+enum Want {
+    Hbone { hbone: &'static str, authority: &'static str, ids: Vec<&'static str> },
+    Direct(&'static str),
+    Passthrough(&'static str),
+    Err(&'static str),
+}
+
+fn summarize(r: Result<Upstream, RouteError>) -> String {
+    match r {
+        Ok(Upstream::Hbone { hbone_addr, authority, identities, .. }) => {
+            format!("hbone {hbone_addr} {authority} {}", identities.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(","))
+        }
+        Ok(Upstream::Direct { addr, .. }) => format!("direct {addr}"),
+        Ok(Upstream::Passthrough { addr }) => format!("passthrough {addr}"),
+        Err(e) => format!("error {e}"),
+    }
+}
+
+fn want(w: &Want) -> String {
+    match w {
+        Want::Hbone { hbone, authority, ids } => format!("hbone {hbone} {authority} {}", ids.join(",")),
+        Want::Direct(a) => format!("direct {a}"),
+        Want::Passthrough(a) => format!("passthrough {a}"),
+        Want::Err(e) => format!("error {e}"),
+    }
+}
+
+fn snapshot() -> Snapshot {
+    let client = wl("client", "10.0.0.1", true);
+    let server = endpoint_of(wl("server", "10.0.0.2", true), "echo.ns.svc", &[(80, 8080)]);
+    let legacy = endpoint_of(wl("legacy", "10.0.0.3", false), "legacy.ns.svc", &[]);
+    let mut waypointed = wl("waypointed", "10.0.0.4", true);
+    waypointed.waypoint = Some(GatewayAddress {
+        destination: GatewayDestination::Address(NetworkAddress { network: String::new(), address: ip("10.0.0.9") }),
+        hbone_mtls_port: 15008,
+    });
+    let mut remote = endpoint_of(wl("remote", "10.0.0.5", true), "remote.ns.svc", &[(80, 80)]);
+    remote.network = "west".into();
+    let mut sick = endpoint_of(wl("sick", "10.0.0.6", true), "sick.ns.svc", &[(80, 80)]);
+    sick.status = HealthStatus::Unhealthy;
+    let mut echo = service("echo.ns.svc", "10.96.0.1", &[(80, 0)]);
+    echo.subject_alt_names = vec!["spiffe://cluster.local/ns/ns/sa/echo-extra".into(), "not-a-spiffe-id".into()];
+    let legacy_svc = service("legacy.ns.svc", "10.96.0.3", &[(80, 9090)]);
+    let mut wp_svc = service("wp.ns.svc", "10.96.0.4", &[(80, 80)]);
+    wp_svc.waypoint = waypointed.waypoint.clone();
+    let sick_svc = service("sick.ns.svc", "10.96.0.6", &[(80, 80)]);
+    let mut pass = service("pass.ns.svc", "10.96.0.7", &[(80, 80)]);
+    pass.load_balancing = Some(crate::model::LoadBalancing { mode: LbMode::Passthrough, ..Default::default() });
+    let empty = service("empty.ns.svc", "10.96.0.8", &[(80, 80)]);
+    let remote_svc = service("remote.ns.svc", "10.96.0.5", &[(80, 80)]);
+    Snapshot::build(
+        StateInput {
+            workloads: vec![client, server, legacy, waypointed, remote, sick],
+            services: vec![echo, legacy_svc, wp_svc, sick_svc, pass, empty, remote_svc],
+            policies: vec![],
+        },
+        1,
+    )
+}
+
+#[test]
+fn outbound_table() {
+    let snap = snapshot();
+    let src = snap.find_workload("ns", "client", None).unwrap().clone();
+    let server_id = "spiffe://cluster.local/ns/ns/sa/server";
+    let cases: Vec<(&str, &str, Want)> = vec![
+        (
+            "pod IP of an HBONE workload",
+            "10.0.0.2:8080",
+            Want::Hbone { hbone: "10.0.0.2:15008", authority: "10.0.0.2:8080", ids: vec![server_id] },
+        ),
+        (
+            "service VIP maps the port per endpoint and adds service SANs",
+            "10.96.0.1:80",
+            Want::Hbone {
+                hbone: "10.0.0.2:15008",
+                authority: "10.0.0.2:8080",
+                ids: vec![server_id, "spiffe://cluster.local/ns/ns/sa/echo-extra"],
+            },
+        ),
+        ("service port without mapping has no upstream", "10.96.0.1:81", Want::Err("no healthy upstream for service ns/echo.ns.svc")),
+        ("non-mesh workload is direct TCP", "10.0.0.3:9090", Want::Direct("10.0.0.3:9090")),
+        ("service to a non-mesh endpoint uses the service target port", "10.96.0.3:80", Want::Direct("10.0.0.3:9090")),
+        ("unknown destination is passthrough", "192.0.2.1:443", Want::Passthrough("192.0.2.1:443")),
+        (
+            "workload behind a waypoint fails closed",
+            "10.0.0.4:80",
+            Want::Err("destination Kubernetes//Pod/ns/waypointed is served through a waypoint"),
+        ),
+        ("service with a waypoint fails closed", "10.96.0.4:80", Want::Err("destination ns/wp.ns.svc is served through a waypoint")),
+        (
+            "endpoint in another network fails closed",
+            "10.96.0.5:80",
+            Want::Err("destination Kubernetes//Pod/ns/remote is in network \"west\""),
+        ),
+        ("pod IP in another network is not ours to resolve", "10.0.0.5:80", Want::Passthrough("10.0.0.5:80")),
+        ("only unhealthy endpoints", "10.96.0.6:80", Want::Err("no healthy upstream for service ns/sick.ns.svc")),
+        ("service without endpoints", "10.96.0.8:80", Want::Err("no healthy upstream for service ns/empty.ns.svc")),
+        ("passthrough service to unknown IP", "10.96.0.7:80", Want::Passthrough("10.96.0.7:80")),
+        ("own outbound port on loopback", "127.0.0.1:15001", Want::Err("destination 127.0.0.1:15001 is one of the proxy's own ports")),
+        ("own HBONE port on own IP", "10.0.0.1:15008", Want::Err("destination 10.0.0.1:15008 is one of the proxy's own ports")),
+        ("own admin port on loopback", "127.0.0.1:15000", Want::Err("destination 127.0.0.1:15000 is one of the proxy's own ports")),
+    ];
+    for (name, dst, expected) in cases {
+        let got = summarize(outbound(&snap, &src, sa(dst), &Ports::default(), &mut |_| 0));
+        let want = want(&expected);
+        assert!(got.starts_with(&want), "{name}: got {got:?}, want {want:?}");
+    }
+}
+
+#[test]
+fn load_balancing_weights_by_capacity() {
+    let mut a = endpoint_of(wl("a", "10.1.0.1", true), "lb.ns.svc", &[(80, 80)]);
+    a.capacity = 3;
+    let b = endpoint_of(wl("b", "10.1.0.2", true), "lb.ns.svc", &[(80, 80)]);
+    let src = wl("client", "10.0.0.1", true);
+    let snap = Snapshot::build(
+        StateInput { workloads: vec![a, b, src.clone()], services: vec![service("lb.ns.svc", "10.96.1.1", &[(80, 80)])], policies: vec![] },
+        1,
+    );
+    let mut counts = std::collections::HashMap::new();
+    for i in 0..4 {
+        let r = outbound(&snap, &src, sa("10.96.1.1:80"), &Ports::default(), &mut |_| i).unwrap();
+        let Upstream::Hbone { workload, .. } = r else { panic!() };
+        *counts.entry(workload.name.clone()).or_insert(0) += 1;
+    }
+    assert_eq!(counts["a"], 3);
+    assert_eq!(counts["b"], 1);
+}
+
+#[test]
+fn locality_preferences() {
+    let loc = |w: &mut Workload, r: &str, z: &str| w.locality = Locality { region: r.into(), zone: z.into(), subzone: String::new() };
+    let mut near = endpoint_of(wl("near", "10.1.0.1", true), "loc.ns.svc", &[(80, 80)]);
+    loc(&mut near, "r1", "z1");
+    let mut far = endpoint_of(wl("far", "10.1.0.2", true), "loc.ns.svc", &[(80, 80)]);
+    loc(&mut far, "r2", "z9");
+    let mut src = wl("client", "10.0.0.1", true);
+    loc(&mut src, "r1", "z1");
+    let mut svc = service("loc.ns.svc", "10.96.2.1", &[(80, 80)]);
+    for (mode, src_zone, want) in [
+        (LbMode::Failover, "z1", Some("near")),
+        (LbMode::Failover, "z2", Some("near")),
+        (LbMode::Strict, "z1", Some("near")),
+        (LbMode::Strict, "z2", None),
+    ] {
+        svc.load_balancing = Some(crate::model::LoadBalancing {
+            routing_preference: vec![LbScope::Region, LbScope::Zone],
+            mode,
+            health_policy: HealthPolicy::OnlyHealthy,
+        });
+        let mut s = src.clone();
+        s.locality.zone = src_zone.into();
+        let snap = Snapshot::build(
+            StateInput { workloads: vec![near.clone(), far.clone(), s.clone()], services: vec![svc.clone()], policies: vec![] },
+            1,
+        );
+        for i in 0..2 {
+            let got = match outbound(&snap, &s, sa("10.96.2.1:80"), &Ports::default(), &mut |n| i % n) {
+                Ok(Upstream::Hbone { workload, .. }) => Some(workload.name.clone()),
+                Ok(other) => panic!("{other:?}"),
+                Err(_) => None,
+            };
+            assert_eq!(got.as_deref(), want, "{mode:?} from zone {src_zone}");
+        }
+    }
+}
+
+#[test]
+fn inbound_table() {
+    let snap = snapshot();
+    let w = snap.find_workload("ns", "server", None).unwrap().clone();
+    let arrived = ip("10.0.0.2");
+    let cases: Vec<(&str, Authority, Result<&str, &str>)> = vec![
+        ("own IP", Authority::Addr(sa("10.0.0.2:8080")), Ok("10.0.0.2:8080")),
+        ("another IP is a trampoline", Authority::Addr(sa("10.0.0.3:8080")), Err("ip mismatch: 10.0.0.3 != 10.0.0.2")),
+        ("loopback is a trampoline", Authority::Addr(sa("127.0.0.1:8080")), Err("ip mismatch")),
+        ("own ports", Authority::Addr(sa("10.0.0.2:15001")), Err("self call")),
+        ("admin ports", Authority::Addr(sa("10.0.0.2:15021")), Err("self call")),
+        ("service hostname", Authority::Host("echo.ns.svc".into(), 80), Ok("10.0.0.2:8080")),
+        ("unknown hostname", Authority::Host("nope.ns.svc".into(), 80), Err("unknown service")),
+        ("hostname without port mapping", Authority::Host("echo.ns.svc".into(), 81), Err("no target port")),
+    ];
+    for (name, auth, want) in cases {
+        let got = inbound_target(&snap, &w, arrived, &auth, &Ports::default()).map(|(a, _)| a.to_string()).map_err(|e| e.to_string());
+        match (got, want) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "{name}"),
+            (Err(a), Err(b)) => assert!(a.contains(b), "{name}: {a}"),
+            (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! Applications inside simulated pods: an echo server that records who connected, a client
+//! that round-trips bytes, and a tiny HTTP client for the nodes' admin ports. Each runs on a
+//! thread that entered the pod's (or node's) network namespace.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use ferry_sys::Netns;
+
+/// Runs `f` on a new thread inside the namespace at `path` and returns its result.
+pub fn in_netns<T: Send + 'static>(path: &std::path::Path, f: impl FnOnce() -> T + Send + 'static) -> std::io::Result<T> {
+    let ns = Netns::open(path)?;
+    std::thread::spawn(move || {
+        ns.enter()?;
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("thread in namespace panicked"))?
+}
+
+/// Peers an echo server has seen.
+#[derive(Clone, Default)]
+pub struct Peers(pub Arc<Mutex<Vec<SocketAddr>>>);
+
+impl Peers {
+    pub fn list(&self) -> Vec<SocketAddr> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// An echo server on `port` in the namespace at `path`: reads to EOF, echoes, closes.
+pub fn echo_server(path: &std::path::Path, port: u16) -> std::io::Result<Peers> {
+    let ns = Netns::open(path)?;
+    let peers = Peers::default();
+    let p = peers.clone();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let listener = ns.enter().and_then(|_| TcpListener::bind(("0.0.0.0", port)));
+        let l = match listener {
+            Ok(l) => {
+                let _ = tx.send(Ok(()));
+                l
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        for s in l.incoming().flatten() {
+            let p = p.clone();
+            std::thread::spawn(move || serve_echo(s, p));
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5)).map_err(|_| std::io::Error::other("echo server did not start"))??;
+    Ok(peers)
+}
+
+fn serve_echo(mut s: TcpStream, peers: Peers) {
+    if let Ok(peer) = s.peer_addr() {
+        peers.0.lock().unwrap_or_else(|e| e.into_inner()).push(peer);
+    }
+    let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+    let mut buf = Vec::new();
+    if s.read_to_end(&mut buf).is_ok() {
+        let _ = s.write_all(&buf);
+    }
+}
+
+/// Sends `payload` from the namespace at `path` to `dst`, half-closes and returns the reply.
+pub fn roundtrip(path: &std::path::Path, dst: SocketAddr, payload: Vec<u8>) -> std::io::Result<Vec<u8>> {
+    in_netns(path, move || -> std::io::Result<Vec<u8>> {
+        let mut s = TcpStream::connect_timeout(&dst, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(15)))?;
+        s.write_all(&payload)?;
+        s.shutdown(Shutdown::Write)?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out)?;
+        Ok(out)
+    })?
+}
+
+/// Opens a connection from the namespace at `path` and keeps it for later use.
+pub fn connect(path: &std::path::Path, dst: SocketAddr) -> std::io::Result<TcpStream> {
+    in_netns(path, move || TcpStream::connect_timeout(&dst, Duration::from_secs(5)))?
+}
+
+/// A blocking HTTP/1.1 request without a body; returns (status, body).
+pub fn http(path: &std::path::Path, addr: SocketAddr, method: &str, target: &str) -> std::io::Result<(u16, String)> {
+    let (method, target) = (method.to_string(), target.to_string());
+    in_netns(path, move || -> std::io::Result<(u16, String)> {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(s, "{method} {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp)?;
+        let status = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        Ok((status, body))
+    })?
+}
