@@ -224,19 +224,19 @@ async fn pool_never_shares_a_connection_across_identities() {
     let req = || Request::builder().method(Method::CONNECT).uri(format!("127.0.0.1:{}", h.echo.port())).body(()).unwrap();
     let client = id("default", "client");
     let src: std::net::IpAddr = "127.0.0.2".parse().unwrap();
-    let key = PoolKey::new(client.clone(), vec![h.server_id.clone()], src, h.hbone);
+    let key = PoolKey::new(client.clone(), vec![h.server_id.clone()], src, ferry_core::addr::ServerAddr(h.hbone));
     let mut streams = Vec::new();
     for _ in 0..5 {
         streams.push(pool.connect(&key, &h.client_cert, req()).await.unwrap());
     }
     assert_eq!(pool.pooled(), 1, "five streams, one pooled connection");
-    let other_src = PoolKey::new(client.clone(), vec![h.server_id.clone()], "127.0.0.3".parse().unwrap(), h.hbone);
+    let other_src = PoolKey::new(client.clone(), vec![h.server_id.clone()], "127.0.0.3".parse().unwrap(), ferry_core::addr::ServerAddr(h.hbone));
     streams.push(pool.connect(&other_src, &h.client_cert, req()).await.unwrap());
-    let other_sans = PoolKey::new(client, vec![h.server_id.clone(), id("default", "extra")], src, h.hbone);
+    let other_sans = PoolKey::new(client, vec![h.server_id.clone(), id("default", "extra")], src, ferry_core::addr::ServerAddr(h.hbone));
     streams.push(pool.connect(&other_sans, &h.client_cert, req()).await.unwrap());
     assert_eq!(pool.pooled(), 3, "a different source IP or SAN set gets its own connection");
     // A pool key whose expected identity the server cannot prove never gets a stream.
-    let wrong = PoolKey::new(id("default", "client"), vec![id("default", "payments")], src, h.hbone);
+    let wrong = PoolKey::new(id("default", "client"), vec![id("default", "payments")], src, ferry_core::addr::ServerAddr(h.hbone));
     let e = pool.connect(&wrong, &h.client_cert, req()).await.err().unwrap();
     assert_eq!(e.response_flags(), "IDENTITY_ERROR", "{e}");
     assert!(e.to_string().contains("is not one of the expected identities"), "{e}");

@@ -232,7 +232,7 @@ fn two_namespaces_hbone_end_to_end() {
     let a_lines = access_lines(&logs[0]);
     let refused = a_lines
         .iter()
-        .find(|l| l["dst.hbone_addr"] == "198.18.1.3:15008")
+        .find(|l| l["dst.addr"] == "198.18.1.3:15008")
         .unwrap_or_else(|| panic!("no access log for the impostor connection: {a_lines:#?}"));
     assert_eq!(refused["response_flags"], "IDENTITY_ERROR");
     let err = refused["error"].as_str().unwrap();

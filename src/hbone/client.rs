@@ -6,7 +6,7 @@
 //! for the release timeout; leaving the pool never cuts its live streams.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -21,6 +21,7 @@ use super::H2Stream;
 use crate::config::H2Config;
 use crate::net::{self as socket, SocketFactory};
 use crate::tls::{dummy_server_name, WorkloadCert, ALPN_H2};
+use ferry_core::addr::ServerAddr;
 use ferry_core::identity::Identity;
 
 /// How long a CONNECT may wait for its response (the destination dials the app first).
@@ -29,21 +30,21 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(15);
 #[derive(Debug, thiserror::Error)]
 pub enum HboneError {
     #[error("cannot connect to {addr}: {source}{hint}", hint = if source.kind() == std::io::ErrorKind::TimedOut { " (is a NetworkPolicy blocking HBONE port 15008?)" } else { "" })]
-    Connect { addr: SocketAddr, source: std::io::Error },
+    Connect { addr: ServerAddr, source: std::io::Error },
     #[error("TLS handshake with {addr} failed: {}", crate::tls::describe_tls_error(source))]
-    Tls { addr: SocketAddr, source: std::io::Error },
+    Tls { addr: ServerAddr, source: std::io::Error },
     #[error("TLS handshake with {0} timed out")]
-    TlsTimeout(SocketAddr),
+    TlsTimeout(ServerAddr),
     #[error("{0} did not negotiate ALPN h2")]
-    Alpn(SocketAddr),
+    Alpn(ServerAddr),
     #[error("HTTP/2 handshake with {addr} failed: {source}")]
-    H2Handshake { addr: SocketAddr, source: h2::Error },
+    H2Handshake { addr: ServerAddr, source: h2::Error },
     #[error("CONNECT to {addr} failed: {source}")]
-    Stream { addr: SocketAddr, source: h2::Error },
+    Stream { addr: ServerAddr, source: h2::Error },
     #[error("CONNECT to {addr} timed out waiting for a response")]
-    ResponseTimeout { addr: SocketAddr },
+    ResponseTimeout { addr: ServerAddr },
     #[error("CONNECT to {addr} was refused with HTTP {status}")]
-    Status { addr: SocketAddr, status: StatusCode },
+    Status { addr: ServerAddr, status: StatusCode },
 }
 
 impl HboneError {
@@ -72,11 +73,11 @@ pub struct PoolKey {
     /// Sorted and de-duplicated, so equal sets compare equal.
     pub dst_ids: Vec<Identity>,
     pub src: IpAddr,
-    pub dst: SocketAddr,
+    pub dst: ServerAddr,
 }
 
 impl PoolKey {
-    pub fn new(src_id: Identity, mut dst_ids: Vec<Identity>, src: IpAddr, dst: SocketAddr) -> Self {
+    pub fn new(src_id: Identity, mut dst_ids: Vec<Identity>, src: IpAddr, dst: ServerAddr) -> Self {
         dst_ids.sort();
         dst_ids.dedup();
         PoolKey { src_id, dst_ids, src, dst }
@@ -167,7 +168,7 @@ impl Pool {
 
     async fn dial(&self, key: &PoolKey, cert: &WorkloadCert) -> Result<PooledConn, HboneError> {
         let addr = key.dst;
-        let tcp = socket::connect(self.sockets.as_ref(), addr, None, self.connect_timeout)
+        let tcp = socket::connect(self.sockets.as_ref(), *addr, None, self.connect_timeout)
             .await
             .map_err(|source| HboneError::Connect { addr, source })?;
         let connector = TlsConnector::from(cert.client_config(key.dst_ids.clone()));

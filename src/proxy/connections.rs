@@ -11,10 +11,11 @@ use tokio::sync::Notify;
 
 use crate::state::StateStore;
 use ferry_core::rbac::{evaluate, ConnAttrs, Decision};
+use ferry_core::model::WorkloadUid;
 use ferry_core::state::Snapshot;
 
 struct Tracked {
-    workload_uid: String,
+    workload_uid: WorkloadUid,
     attrs: ConnAttrs,
     revoke: Arc<Revoke>,
 }
@@ -60,13 +61,13 @@ impl Tracking {
 }
 
 impl ConnectionManager {
-    pub fn track(self: &Arc<Self>, workload_uid: &str, attrs: ConnAttrs) -> Tracking {
+    pub fn track(self: &Arc<Self>, workload_uid: &WorkloadUid, attrs: ConnAttrs) -> Tracking {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let revoke = Arc::new(Revoke::default());
         self.conns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, Tracked { workload_uid: workload_uid.to_string(), attrs, revoke: revoke.clone() });
+            .insert(id, Tracked { workload_uid: workload_uid.clone(), attrs, revoke: revoke.clone() });
         Tracking { id, mgr: self.clone(), revoke }
     }
 
@@ -83,7 +84,7 @@ impl ConnectionManager {
         let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         let mut closed = 0;
         for t in conns.values().filter(|t| t.revoke.reason.lock().unwrap_or_else(|e| e.into_inner()).is_none()) {
-            let reason = match snap.workload_by_uid(&t.workload_uid) {
+            let reason = match snap.workload_by_uid(t.workload_uid.as_str()) {
                 None => Some("the destination workload is no longer in the state".to_string()),
                 Some(w) => match evaluate(snap, w, &t.attrs) {
                     Decision::Allow => None,

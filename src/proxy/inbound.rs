@@ -21,7 +21,7 @@ use crate::hbone::server::{serve, ConnInfo, StreamHandler};
 use crate::hbone::{self, H2Stream};
 use crate::telemetry::conn::{ConnRecord, Direction, Failure};
 use crate::telemetry::metrics::Peer;
-use ferry_core::addr::parse_authority;
+use ferry_core::addr::{parse_authority, ClientAddr, HboneTarget};
 use ferry_core::rbac::{self, ConnAttrs, Decision};
 use ferry_core::route::inbound_target;
 
@@ -97,7 +97,7 @@ struct Opened {
 
 /// Opens the stream; a refusal is answered with its status and recorded here.
 async fn setup(px: Arc<WorkloadProxy>, req: Request<RecvStream>, mut respond: SendResponse<Bytes>, conn: Arc<ConnInfo>) -> Option<Opened> {
-    let mut rec = ConnRecord::new(Direction::Inbound, conn.peer, conn.local);
+    let mut rec = ConnRecord::new(Direction::Inbound, ClientAddr(conn.peer), conn.local);
     rec.source_identity(&conn.identity);
     rec.set_mtls(true);
     match open(&px, req, &mut respond, &conn, &mut rec).await {
@@ -132,20 +132,21 @@ async fn open(
     label_source(rec, &snap, &local.network, conn, &req);
     rec.destination_workload(&local, Some(&local_id));
     let (target, svc) = inbound_target(&snap, &local, conn.local.ip(), &authority, &px.inputs.cfg.ports)?;
-    rec.dst_addr = target;
+    rec.upstream = Some(target);
+    rec.hbone_target = Some(HboneTarget(*target));
     if let Some(s) = &svc {
         rec.destination_service(s);
     }
-    let attrs = ConnAttrs { src_ip: conn.peer.ip(), src_identity: Some(conn.identity.clone()), dst: target };
+    let attrs = ConnAttrs { src_ip: conn.peer.ip(), src_identity: Some(conn.identity.clone()), dst: *target };
     // Registered before the check, so a policy change racing with it is never missed.
     let tracking = px.inputs.conns.track(&local.uid, attrs.clone());
     if let Decision::Deny { reason, .. } = rbac::evaluate(&snap, &local, &attrs) {
         return Err(ProxyError::Denied(reason));
     }
     let source = (px.orig_src && conn.peer.ip() != target.ip()).then_some(conn.peer.ip());
-    let up = crate::net::connect(px.sockets.as_ref(), target, source, px.inputs.cfg.connect_timeout)
+    let up = crate::net::connect(px.sockets.as_ref(), *target, source, px.inputs.cfg.connect_timeout)
         .await
-        .map_err(|source| ProxyError::Connect { addr: target, source })?;
+        .map_err(|source| ProxyError::Connect { addr: *target, source })?;
     let mut resp = Response::new(());
     *resp.status_mut() = StatusCode::OK;
     if px.inputs.cfg.response_baggage {
@@ -155,7 +156,7 @@ async fn open(
     }
     let send = respond
         .send_response(resp, false)
-        .map_err(|e| ProxyError::Connect { addr: target, source: std::io::Error::other(e.to_string()) })?;
+        .map_err(|e| ProxyError::Connect { addr: *target, source: std::io::Error::other(e.to_string()) })?;
     Ok((up, H2Stream { send, recv: req.into_body() }, tracking))
 }
 

@@ -12,12 +12,13 @@ use super::{until_closed, ProxyError, WorkloadProxy};
 use crate::drain::DrainWatch;
 use crate::net::{canonical, original_dst, set_reset_on_close};
 use crate::telemetry::conn::{ConnRecord, Direction, Failure};
+use ferry_core::addr::{ClientAddr, ServerAddr};
 use ferry_core::rbac::{self, ConnAttrs, Decision};
 use ferry_core::route::is_own_port;
 
 pub async fn handle(px: Arc<WorkloadProxy>, down: TcpStream, drain: DrainWatch) {
     let (Ok(peer), Ok(orig)) = (down.peer_addr(), original_dst(&down)) else { return };
-    let mut rec = ConnRecord::new(Direction::Inbound, canonical(peer), orig);
+    let mut rec = ConnRecord::new(Direction::Inbound, ClientAddr(canonical(peer)), orig);
     // Boxed and freed before the copy, so an open connection's task keeps only the copy state.
     let opened = Box::pin(open(&px, &mut rec)).await;
     match opened {
@@ -31,7 +32,7 @@ pub async fn handle(px: Arc<WorkloadProxy>, down: TcpStream, drain: DrainWatch) 
             rec.finish(res.received, res.sent, super::copy_failure(&res));
         }
         Err(e) => {
-            tracing::debug!(src = %rec.src_addr, dst = %orig, error = %e, "inbound plaintext connection refused");
+            tracing::debug!(src = %rec.src, dst = %orig, error = %e, "inbound plaintext connection refused");
             set_reset_on_close(&down);
             rec.finish(0, 0, Some(Failure { flags: e.response_flags(), error: e.to_string() }));
         }
@@ -41,7 +42,7 @@ pub async fn handle(px: Arc<WorkloadProxy>, down: TcpStream, drain: DrainWatch) 
 /// Checks the destination is this pod, authorizes the plaintext peer and dials the application.
 async fn open(px: &WorkloadProxy, rec: &mut ConnRecord) -> Result<(TcpStream, Tracking), ProxyError> {
     let local = px.local_workload().await?;
-    let dst = rec.dst_addr;
+    let dst = rec.arrived;
     if !local.addresses.contains(&dst.ip()) {
         return Err(ProxyError::NotLocal(dst));
     }
@@ -49,16 +50,17 @@ async fn open(px: &WorkloadProxy, rec: &mut ConnRecord) -> Result<(TcpStream, Tr
         return Err(ProxyError::Inbound(ferry_core::route::InboundError::SelfCall(dst.port())));
     }
     let snap = px.inputs.state.snapshot();
-    if let Some(src) = snap.workload_by_addr(&local.network, rec.src_addr.ip()) {
+    if let Some(src) = snap.workload_by_addr(&local.network, rec.src.ip()) {
         rec.source_workload(src, None);
     }
     rec.destination_workload(&local, local.identity().ok().as_ref());
-    let attrs = ConnAttrs { src_ip: rec.src_addr.ip(), src_identity: None, dst };
+    let attrs = ConnAttrs { src_ip: rec.src.ip(), src_identity: None, dst };
     let tracking = px.inputs.conns.track(&local.uid, attrs.clone());
     if let Decision::Deny { reason, .. } = rbac::evaluate(&snap, &local, &attrs) {
         return Err(ProxyError::Denied(reason));
     }
-    let source = (px.orig_src && rec.src_addr.ip() != dst.ip()).then_some(rec.src_addr.ip());
+    let source = (px.orig_src && rec.src.ip() != dst.ip()).then_some(rec.src.ip());
+    rec.upstream = Some(ServerAddr(dst));
     let up = crate::net::connect(px.sockets.as_ref(), dst, source, px.inputs.cfg.connect_timeout)
         .await
         .map_err(|source| ProxyError::Connect { addr: dst, source })?;

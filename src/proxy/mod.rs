@@ -67,12 +67,19 @@ pub enum ProxyError {
 
 impl ProxyError {
     /// Istio's `response_flags` label value.
+    // Both mappings are exhaustive on purpose: a new error must be given its flag and status.
     pub fn response_flags(&self) -> &'static str {
         match self {
             ProxyError::Denied(_) => "DENY",
             ProxyError::Hbone(e) => e.response_flags(),
             ProxyError::Cert(_) | ProxyError::BadIdentity(_) => "IDENTITY_ERROR",
-            _ => "CONNECT",
+            ProxyError::LocalWorkloadUnknown(_)
+            | ProxyError::Route(_)
+            | ProxyError::Inbound(_)
+            | ProxyError::Connect { .. }
+            | ProxyError::NotConnect(_)
+            | ProxyError::BadAuthority(_)
+            | ProxyError::NotLocal(_) => "CONNECT",
         }
     }
 
@@ -82,7 +89,16 @@ impl ProxyError {
             ProxyError::NotConnect(_) | ProxyError::BadAuthority(_) => StatusCode::BAD_REQUEST,
             ProxyError::Inbound(route::InboundError::IpMismatch { .. }) => StatusCode::BAD_REQUEST,
             ProxyError::Denied(_) => StatusCode::UNAUTHORIZED,
-            _ => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Inbound(
+                route::InboundError::SelfCall(_) | route::InboundError::UnknownService(..) | route::InboundError::NoTargetPort(..),
+            )
+            | ProxyError::LocalWorkloadUnknown(_)
+            | ProxyError::BadIdentity(_)
+            | ProxyError::Route(_)
+            | ProxyError::Hbone(_)
+            | ProxyError::Cert(_)
+            | ProxyError::Connect { .. }
+            | ProxyError::NotLocal(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }

@@ -4,7 +4,6 @@
 //! Invariant P6: a connection from a workload we cannot find in state is refused, never passed
 //! through; a destination known as HBONE is only ever reached through an mTLS tunnel.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{HeaderValue, Method, Request};
@@ -17,12 +16,13 @@ use crate::hbone::client::PoolKey;
 use crate::hbone::{self, authority_string, H2Stream};
 use crate::net::{canonical, original_dst, set_reset_on_close};
 use crate::telemetry::conn::{ConnRecord, Direction, Failure};
+use ferry_core::addr::{ClientAddr, HboneTarget, OrigDstAddr};
 use ferry_core::model::{Service, Workload};
 use ferry_core::route::{self, Upstream};
 
 pub async fn handle(px: Arc<WorkloadProxy>, down: TcpStream, drain: DrainWatch) {
     let (Ok(peer), Ok(orig)) = (down.peer_addr(), original_dst(&down)) else { return };
-    let mut rec = ConnRecord::new(Direction::Outbound, canonical(peer), orig);
+    let mut rec = ConnRecord::new(Direction::Outbound, ClientAddr(canonical(peer)), orig);
     // The decision and the dial run in their own allocation, freed before the copy starts: the
     // task of an open connection keeps only what copying needs, not TLS and HTTP/2 handshakes.
     let connected = Box::pin(connect(&px, &mut rec)).await;
@@ -37,7 +37,7 @@ pub async fn handle(px: Arc<WorkloadProxy>, down: TcpStream, drain: DrainWatch) 
             rec.finish(res.received, res.sent, super::copy_failure(&res));
         }
         Err(e) => {
-            tracing::debug!(src = %rec.src_addr, dst = %orig, error = %e, "outbound connection refused");
+            tracing::debug!(src = %rec.src, dst = %orig, error = %e, "outbound connection refused");
             // The app sees a reset, as it would from a refused connection.
             set_reset_on_close(&down);
             rec.finish(0, 0, Some(Failure { flags: e.response_flags(), error: e.to_string() }));
@@ -57,23 +57,22 @@ async fn connect(px: &WorkloadProxy, rec: &mut ConnRecord) -> Result<Connected, 
     let src_id = px.identity(&src)?;
     rec.source_workload(&src, Some(&src_id));
     let snap = px.inputs.state.snapshot();
-    let upstream = route::outbound(&snap, &src, rec.dst_addr, &px.inputs.cfg.ports, &mut |n| fastrand::u64(..n))?;
+    let upstream = route::outbound(&snap, &src, OrigDstAddr(rec.arrived), &px.inputs.cfg.ports, &mut |n| fastrand::u64(..n))?;
     let addr = match upstream {
-        Upstream::Hbone { hbone_addr, authority, identities, workload, service } => {
-            rec.hbone_addr = Some(hbone_addr);
-            rec.dst_addr = authority;
+        Upstream::Hbone { hbone_addr, target, identities, workload, service } => {
+            rec.upstream = Some(hbone_addr);
+            rec.hbone_target = Some(target);
             rec.destination_workload(&workload, workload.identity().ok().as_ref());
             if let Some(s) = &service {
                 rec.destination_service(s);
             }
             rec.set_mtls(true);
             let cert = px.inputs.certs.fetch(&src_id).await?;
-            let key = PoolKey::new(src_id, identities, rec.src_addr.ip(), hbone_addr);
-            let req = connect_request(authority, rec.src_addr, &src, service.as_deref(), &px.inputs.cfg.cluster_id)?;
+            let key = PoolKey::new(src_id, identities, rec.src.ip(), hbone_addr);
+            let req = connect_request(target, rec.src, &src, service.as_deref(), &px.inputs.cfg.cluster_id)?;
             return Ok(Connected::Tunnel(px.pool.connect(&key, &cert, req).await?));
         }
         Upstream::Direct { addr, workload, service } => {
-            rec.dst_addr = addr;
             rec.destination_workload(&workload, None);
             if let Some(s) = &service {
                 rec.destination_service(s);
@@ -82,22 +81,23 @@ async fn connect(px: &WorkloadProxy, rec: &mut ConnRecord) -> Result<Connected, 
         }
         Upstream::Passthrough { addr } => addr,
     };
-    let up = crate::net::connect(px.sockets.as_ref(), addr, None, px.inputs.cfg.connect_timeout)
+    rec.upstream = Some(addr);
+    let up = crate::net::connect(px.sockets.as_ref(), *addr, None, px.inputs.cfg.connect_timeout)
         .await
-        .map_err(|source| ProxyError::Connect { addr, source })?;
+        .map_err(|source| ProxyError::Connect { addr: *addr, source })?;
     Ok(Connected::Tcp(up))
 }
 
 /// The CONNECT request with the headers ztunnel sends (protocols.md §1.5). Headers built from
 /// state that are not valid header values are left out rather than failing the connection.
 fn connect_request(
-    authority: SocketAddr,
-    client: SocketAddr,
+    target: HboneTarget,
+    client: ClientAddr,
     src: &Workload,
     svc: Option<&Service>,
     cluster: &str,
 ) -> Result<Request<()>, ProxyError> {
-    let uri = http::Uri::try_from(authority_string(authority)).map_err(|_| ProxyError::BadAuthority(authority.to_string()))?;
+    let uri = http::Uri::try_from(authority_string(*target)).map_err(|_| ProxyError::BadAuthority(target.to_string()))?;
     let mut req = Request::new(());
     *req.method_mut() = Method::CONNECT;
     *req.uri_mut() = uri;
@@ -109,7 +109,7 @@ fn connect_request(
         }
         Err(_) => tracing::debug!(header = name, "header value from state is not valid; omitted"),
     };
-    add("forwarded", hbone::forwarded(client, svc.map(|s| s.hostname.as_str())));
+    add("forwarded", hbone::forwarded(*client, svc.map(|s| s.hostname.as_str())));
     add("traceparent", hbone::traceparent());
     let baggage = hbone::baggage(src, cluster);
     if !baggage.is_empty() {

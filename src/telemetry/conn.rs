@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::metrics::{handles, ByteCounters, Handles, Peer, Reporter, TrafficLabels};
+use ferry_core::addr::{ClientAddr, HboneTarget, ServerAddr};
 use ferry_core::identity::Identity;
 use ferry_core::model::{Service, Workload};
 
@@ -30,9 +31,15 @@ pub struct ConnRecord {
     start: Instant,
     direction: Direction,
     labels: Labels,
-    pub src_addr: SocketAddr,
-    pub dst_addr: SocketAddr,
-    pub hbone_addr: Option<SocketAddr>,
+    /// Who connected.
+    pub src: ClientAddr,
+    /// Where the connection arrived, as the client addressed it: the original destination of
+    /// a captured connection, the HBONE listener for a tunnel. Fixed at accept.
+    pub arrived: SocketAddr,
+    /// Where ferry connected, once it did (`dst.addr`; `arrived` until then).
+    pub upstream: Option<ServerAddr>,
+    /// What the tunnel carries the bytes to (`dst.hbone_addr`), for HBONE connections.
+    pub hbone_target: Option<HboneTarget>,
 }
 
 /// Labels are built while the connection is set up and fixed once it is counted.
@@ -43,15 +50,16 @@ enum Labels {
 }
 
 impl ConnRecord {
-    pub fn new(direction: Direction, src_addr: SocketAddr, dst_addr: SocketAddr) -> Self {
+    pub fn new(direction: Direction, src: ClientAddr, arrived: SocketAddr) -> Self {
         let reporter = if direction == Direction::Outbound { Reporter::Source } else { Reporter::Destination };
         ConnRecord {
             start: Instant::now(),
             direction,
             labels: Labels::Building(Box::new(TrafficLabels::new(reporter))),
-            src_addr,
-            dst_addr,
-            hbone_addr: None,
+            src,
+            arrived,
+            upstream: None,
+            hbone_target: None,
         }
     }
 
@@ -149,12 +157,12 @@ impl ConnRecord {
         tracing::info!(
             target: "access",
             direction,
-            src.addr = display(self.src_addr),
+            src.addr = display(self.src),
             src.workload = s.workload.as_deref(),
             src.namespace = s.namespace.as_deref(),
             src.identity = s.principal.as_deref(),
-            dst.addr = display(self.dst_addr),
-            dst.hbone_addr = self.hbone_addr.as_ref().map(display),
+            dst.addr = display(self.upstream.map(|u| u.0).unwrap_or(self.arrived)),
+            dst.hbone_addr = self.hbone_target.as_ref().map(display),
             dst.service = service,
             dst.workload = d.workload.as_deref(),
             dst.namespace = d.namespace.as_deref(),

@@ -3,7 +3,55 @@
 //! kind cannot be passed where another is meant, so the access log's `dst.addr` and
 //! `dst.hbone_addr` cannot silently swap.
 
+use std::fmt;
 use std::net::SocketAddr;
+use std::ops::Deref;
+
+/// A socket address with its meaning in its type.
+macro_rules! socket_addr {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub struct $name(pub SocketAddr);
+
+        impl Deref for $name {
+            type Target = SocketAddr;
+            fn deref(&self) -> &SocketAddr {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+socket_addr!(
+    /// Where a connection came from: the peer of an accepted socket (IPv4-mapped IPv6 made
+    /// plain IPv4), or the client address an HBONE peer vouches for.
+    ClientAddr
+);
+
+socket_addr!(
+    /// The destination the application dialled, as the capture rules preserved it
+    /// (`SO_ORIGINAL_DST`): a service VIP, a pod IP, or anything else.
+    OrigDstAddr
+);
+
+socket_addr!(
+    /// The address ferry itself connects to: a pod's HBONE port for a tunnel, the workload's
+    /// own port for plain TCP. The access log's `dst.addr`.
+    ServerAddr
+);
+
+socket_addr!(
+    /// The address a CONNECT asks for inside a tunnel: the workload and port the bytes are for.
+    /// The access log's `dst.hbone_addr`.
+    HboneTarget
+);
 
 /// A CONNECT `:authority`: `ip:port` (IPv6 bracketed) or `host:port`.
 #[derive(Clone, Debug, PartialEq, Eq)]

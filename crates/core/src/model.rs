@@ -4,8 +4,11 @@
 //! local YAML file, later WDS and the cluster-state translation) convert into these types and
 //! reject what does not fit, so the data path never re-validates.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde::Serialize;
@@ -14,6 +17,122 @@ use crate::identity::{Identity, IdentityError, DEFAULT_SERVICE_ACCOUNT, DEFAULT_
 
 /// Service port to target port.
 pub type PortMap = BTreeMap<u16, u16>;
+
+/// A string key with its own type, so a workload uid cannot be passed where a service key is
+/// meant. Cheap to clone (shared), compared and hashed as its string, looked up by `&str`.
+macro_rules! string_key {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Arc<str>);
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{:?}", &*self.0)
+            }
+        }
+
+        impl Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                &*self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                &*self.0 == *other
+            }
+        }
+    };
+}
+
+string_key!(
+    /// A workload's uid as WDS names it (`<cluster>//Pod/<namespace>/<name>` for pods).
+    WorkloadUid
+);
+
+impl From<&str> for WorkloadUid {
+    fn from(s: &str) -> Self {
+        WorkloadUid(s.into())
+    }
+}
+
+impl From<String> for WorkloadUid {
+    fn from(s: String) -> Self {
+        WorkloadUid(s.into())
+    }
+}
+
+string_key!(
+    /// `<namespace>/<hostname>`: how a workload names a service it is an endpoint of.
+    ServiceKey
+);
+
+impl ServiceKey {
+    pub fn new(namespace: &str, hostname: &str) -> Self {
+        ServiceKey(format!("{namespace}/{hostname}").into())
+    }
+
+    /// A key as written in a local config or WDS: exactly one `/`, both sides non-empty.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (ns, host) = s.split_once('/')?;
+        (!ns.is_empty() && !host.is_empty() && !host.contains('/')).then(|| ServiceKey(s.into()))
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.0.split_once('/').map(|(ns, _)| ns).unwrap_or("")
+    }
+
+    pub fn hostname(&self) -> &str {
+        self.0.split_once('/').map(|(_, h)| h).unwrap_or(&self.0)
+    }
+}
+
+string_key!(
+    /// `<namespace>/<name>`: how workloads reference authorization policies.
+    PolicyKey
+);
+
+impl PolicyKey {
+    pub fn new(namespace: &str, name: &str) -> Self {
+        PolicyKey(format!("{namespace}/{name}").into())
+    }
+
+    /// A reference as written in a local config or WDS.
+    pub fn parse(s: &str) -> Self {
+        PolicyKey(s.into())
+    }
+}
+
+impl From<&str> for PolicyKey {
+    fn from(s: &str) -> Self {
+        PolicyKey::parse(s)
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
 pub enum TunnelProtocol {
@@ -104,7 +223,7 @@ pub struct ApplicationTunnel {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Workload {
-    pub uid: String,
+    pub uid: WorkloadUid,
     pub name: String,
     pub namespace: String,
     pub addresses: Vec<IpAddr>,
@@ -122,9 +241,9 @@ pub struct Workload {
     pub workload_name: String,
     pub native_tunnel: bool,
     pub application_tunnel: Option<ApplicationTunnel>,
-    /// `namespace/hostname` of each service this workload is an endpoint of, with its port map.
-    pub services: BTreeMap<String, PortMap>,
-    pub authorization_policies: Vec<String>,
+    /// Each service this workload is an endpoint of, with its port map.
+    pub services: BTreeMap<ServiceKey, PortMap>,
+    pub authorization_policies: Vec<PolicyKey>,
     pub status: HealthStatus,
     pub cluster_id: String,
     pub locality: Locality,
@@ -144,7 +263,7 @@ impl Workload {
     /// A minimal workload, for tests and translations that fill in the rest.
     pub fn new(uid: &str, namespace: &str, name: &str) -> Self {
         Workload {
-            uid: uid.to_string(),
+            uid: uid.into(),
             name: name.to_string(),
             namespace: namespace.to_string(),
             addresses: Vec::new(),
@@ -257,8 +376,8 @@ pub struct Service {
 
 impl Service {
     /// The key workloads use to name this service: `namespace/hostname`.
-    pub fn key(&self) -> String {
-        format!("{}/{}", self.namespace, self.hostname)
+    pub fn key(&self) -> ServiceKey {
+        ServiceKey::new(&self.namespace, &self.hostname)
     }
 
     pub fn new(namespace: &str, name: &str, hostname: &str) -> Self {
@@ -371,15 +490,7 @@ pub struct Authorization {
 
 impl Authorization {
     /// The key workloads reference policies by: `namespace/name`.
-    pub fn key(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
+    pub fn key(&self) -> PolicyKey {
+        PolicyKey::new(&self.namespace, &self.name)
     }
-}
-
-/// A resolved destination for logging and metrics: the address and, when known, who owns it.
-#[derive(Clone, Debug)]
-pub struct Destination {
-    pub addr: SocketAddr,
-    pub workload: Option<std::sync::Arc<Workload>>,
-    pub service: Option<std::sync::Arc<Service>>,
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::identity::Identity;
-use crate::model::{Authorization, Match, PolicyAction, Workload};
+use crate::model::{Authorization, Match, PolicyAction, PolicyKey, Workload};
 use crate::state::Snapshot;
 
 /// What the destination knows about one connection.
@@ -28,7 +28,7 @@ pub struct ConnAttrs {
 #[serde(tag = "result", rename_all = "camelCase")]
 pub enum Decision {
     Allow,
-    Deny { policy: Option<String>, reason: String },
+    Deny { policy: Option<PolicyKey>, reason: String },
 }
 
 impl Decision {
@@ -46,7 +46,7 @@ pub fn evaluate(snap: &Snapshot, w: &Workload, attrs: &ConnAttrs) -> Decision {
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Considered {
-    pub policy: String,
+    pub policy: PolicyKey,
     pub scope: crate::model::PolicyScope,
     pub action: PolicyAction,
     pub dry_run: bool,
@@ -61,7 +61,7 @@ pub struct Considered {
 pub struct Explanation {
     pub considered: Vec<Considered>,
     /// Policies the workload references that are not known (each denies).
-    pub missing: Vec<String>,
+    pub missing: Vec<PolicyKey>,
     pub decision: Decision,
 }
 

@@ -9,26 +9,26 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use crate::addr::Authority;
+use crate::addr::{Authority, HboneTarget, OrigDstAddr, ServerAddr};
 use crate::identity::Identity;
-use crate::model::{HealthPolicy, HealthStatus, IpFamilies, LbMode, LbScope, Service, TunnelProtocol, Workload};
+use crate::model::{HealthPolicy, HealthStatus, IpFamilies, LbMode, LbScope, Service, ServiceKey, TunnelProtocol, Workload, WorkloadUid};
 use crate::ports::Ports;
 use crate::state::Snapshot;
 
 #[derive(Clone, Debug)]
 pub enum Upstream {
-    /// Tunnel to `hbone_addr`, asking for `authority`; the peer must prove one of `identities`.
+    /// Tunnel to `hbone_addr`, asking for `target`; the peer must prove one of `identities`.
     Hbone {
-        hbone_addr: SocketAddr,
-        authority: SocketAddr,
+        hbone_addr: ServerAddr,
+        target: HboneTarget,
         identities: Vec<Identity>,
         workload: Arc<Workload>,
         service: Option<Arc<Service>>,
     },
     /// Plain TCP to a workload the mesh knows is not captured.
-    Direct { addr: SocketAddr, workload: Arc<Workload>, service: Option<Arc<Service>> },
+    Direct { addr: ServerAddr, workload: Arc<Workload>, service: Option<Arc<Service>> },
     /// Plain TCP to a destination the mesh does not know.
-    Passthrough { addr: SocketAddr },
+    Passthrough { addr: ServerAddr },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -36,15 +36,15 @@ pub enum RouteError {
     #[error("destination {0} is one of the proxy's own ports (loop)")]
     SelfCall(SocketAddr),
     #[error("no healthy upstream for service {0}")]
-    NoHealthyUpstream(String),
+    NoHealthyUpstream(ServiceKey),
     #[error("destination {0} is served through a waypoint; ferry does not route through waypoints yet, so the connection is refused rather than bypass it")]
     WaypointUnsupported(String),
     #[error("destination {0} is in network {1:?}; ferry does not route through network gateways yet")]
-    CrossNetwork(String, String),
+    CrossNetwork(WorkloadUid, String),
     #[error("workload {0} has an invalid identity: {1}")]
-    BadIdentity(String, String),
+    BadIdentity(WorkloadUid, String),
     #[error("workload {0} has no address usable for {1}")]
-    NoAddress(String, String),
+    NoAddress(WorkloadUid, ServiceKey),
 }
 
 /// Decides how a connection from `src` to `dst` leaves the node. `pick(n)` returns a uniform
@@ -52,38 +52,38 @@ pub enum RouteError {
 pub fn outbound(
     snap: &Snapshot,
     src: &Workload,
-    dst: SocketAddr,
+    dst: OrigDstAddr,
     ports: &Ports,
     pick: &mut dyn FnMut(u64) -> u64,
 ) -> Result<Upstream, RouteError> {
     if is_own_port(ports, dst.port()) && (dst.ip().is_loopback() || src.addresses.contains(&dst.ip())) {
-        return Err(RouteError::SelfCall(dst));
+        return Err(RouteError::SelfCall(dst.0));
     }
     if let Some(svc) = snap.service_by_vip(&src.network, dst.ip(), &src.namespace) {
         return via_service(snap, src, dst, svc, ports, pick);
     }
     match snap.workload_by_addr(&src.network, dst.ip()) {
         Some(w) => to_workload(src, w.clone(), dst.ip(), dst.port(), None, ports),
-        None => Ok(Upstream::Passthrough { addr: dst }),
+        None => Ok(Upstream::Passthrough { addr: ServerAddr(dst.0) }),
     }
 }
 
 fn via_service(
     snap: &Snapshot,
     src: &Workload,
-    dst: SocketAddr,
+    dst: OrigDstAddr,
     svc: Arc<Service>,
     ports: &Ports,
     pick: &mut dyn FnMut(u64) -> u64,
 ) -> Result<Upstream, RouteError> {
     if svc.waypoint.is_some() || !svc.weighted_waypoints.is_empty() {
-        return Err(RouteError::WaypointUnsupported(svc.key()));
+        return Err(RouteError::WaypointUnsupported(svc.key().to_string()));
     }
     let lb = svc.load_balancing.clone().unwrap_or_default();
     if lb.mode == LbMode::Passthrough {
         return match snap.workload_by_addr(&src.network, dst.ip()) {
             Some(w) => to_workload(src, w.clone(), dst.ip(), dst.port(), Some(svc), ports),
-            None => Ok(Upstream::Passthrough { addr: dst }),
+            None => Ok(Upstream::Passthrough { addr: ServerAddr(dst.0) }),
         };
     }
     let key = svc.key();
@@ -92,7 +92,7 @@ fn via_service(
         .iter()
         .filter(|w| w.status == HealthStatus::Healthy || lb.health_policy == HealthPolicy::AllowAll)
         .filter(|w| !w.addresses.is_empty())
-        .filter_map(|w| target_port(w, &svc, dst.port()).map(|p| (w, p)))
+        .filter_map(|w| target_port(w, &svc, &key, dst.port()).map(|p| (w, p)))
         .collect();
     let ranked = rank(src, &candidates, &lb.routing_preference, lb.mode);
     let (w, port) = weighted_pick(&ranked, pick).ok_or_else(|| RouteError::NoHealthyUpstream(key.clone()))?;
@@ -101,8 +101,8 @@ fn via_service(
 }
 
 /// The endpoint's own mapping for `port`, else the service's non-zero target port.
-fn target_port(w: &Workload, svc: &Service, port: u16) -> Option<u16> {
-    if let Some(p) = w.services.get(&svc.key()).and_then(|m| m.get(&port)).filter(|p| **p != 0) {
+fn target_port(w: &Workload, svc: &Service, key: &ServiceKey, port: u16) -> Option<u16> {
+    if let Some(p) = w.services.get(key).and_then(|m| m.get(&port)).filter(|p| **p != 0) {
         return Some(*p);
     }
     svc.ports.get(&port).copied().filter(|p| *p != 0)
@@ -170,18 +170,24 @@ fn to_workload(
         return Err(RouteError::CrossNetwork(w.uid.clone(), w.network.clone()));
     }
     if w.waypoint.is_some() && svc.is_none() {
-        return Err(RouteError::WaypointUnsupported(w.uid.clone()));
+        return Err(RouteError::WaypointUnsupported(w.uid.to_string()));
     }
     let addr = SocketAddr::new(ip, port);
     if w.protocol != TunnelProtocol::Hbone {
-        return Ok(Upstream::Direct { addr, workload: w, service: svc });
+        return Ok(Upstream::Direct { addr: ServerAddr(addr), workload: w, service: svc });
     }
     let own = w.identity().map_err(|e| RouteError::BadIdentity(w.uid.clone(), e.to_string()))?;
     let mut identities = vec![own];
     if let Some(s) = &svc {
         identities.extend(s.subject_alt_names.iter().filter_map(|san| san.parse::<Identity>().ok()));
     }
-    Ok(Upstream::Hbone { hbone_addr: SocketAddr::new(ip, ports.hbone), authority: addr, identities, workload: w, service: svc })
+    Ok(Upstream::Hbone {
+        hbone_addr: ServerAddr(SocketAddr::new(ip, ports.hbone)),
+        target: HboneTarget(addr),
+        identities,
+        workload: w,
+        service: svc,
+    })
 }
 
 pub fn is_own_port(ports: &Ports, port: u16) -> bool {
@@ -197,7 +203,7 @@ pub enum InboundError {
     #[error("unknown service {0}:{1}")]
     UnknownService(String, u16),
     #[error("service {0} has no target port for {1} on this workload")]
-    NoTargetPort(String, u16),
+    NoTargetPort(ServiceKey, u16),
 }
 
 /// Where an inbound HBONE request for `authority`, arriving on `arrived`, must be delivered in
@@ -208,7 +214,7 @@ pub fn inbound_target(
     arrived: IpAddr,
     authority: &Authority,
     ports: &Ports,
-) -> Result<(SocketAddr, Option<Arc<Service>>), InboundError> {
+) -> Result<(ServerAddr, Option<Arc<Service>>), InboundError> {
     let (addr, svc) = match authority {
         Authority::Addr(a) => {
             if a.ip() != arrived {
@@ -223,14 +229,15 @@ pub fn inbound_target(
                 .min_by_key(|s| s.namespace != w.namespace)
                 .cloned()
                 .ok_or_else(|| InboundError::UnknownService(host.clone(), *port))?;
-            let target = target_port(w, &svc, *port).ok_or_else(|| InboundError::NoTargetPort(svc.key(), *port))?;
+            let key = svc.key();
+            let target = target_port(w, &svc, &key, *port).ok_or_else(|| InboundError::NoTargetPort(key, *port))?;
             (SocketAddr::new(arrived, target), Some(svc))
         }
     };
     if is_own_port(ports, addr.port()) {
         return Err(InboundError::SelfCall(addr.port()));
     }
-    Ok((addr, svc))
+    Ok((ServerAddr(addr), svc))
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ fn wl(name: &str, addr: &str, hbone: bool) -> Workload {
 }
 
 fn endpoint_of(mut w: Workload, svc: &str, map: &[(u16, u16)]) -> Workload {
-    w.services.insert(format!("ns/{svc}"), map.iter().copied().collect::<PortMap>());
+    w.services.insert(ServiceKey::new("ns", svc), map.iter().copied().collect::<PortMap>());
     w
 }
 
@@ -40,8 +40,8 @@ enum Want {
 
 fn summarize(r: Result<Upstream, RouteError>) -> String {
     match r {
-        Ok(Upstream::Hbone { hbone_addr, authority, identities, .. }) => {
-            format!("hbone {hbone_addr} {authority} {}", identities.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(","))
+        Ok(Upstream::Hbone { hbone_addr, target, identities, .. }) => {
+            format!("hbone {hbone_addr} {target} {}", identities.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(","))
         }
         Ok(Upstream::Direct { addr, .. }) => format!("direct {addr}"),
         Ok(Upstream::Passthrough { addr }) => format!("passthrough {addr}"),
@@ -135,7 +135,7 @@ fn outbound_table() {
         ("own admin port on loopback", "127.0.0.1:15000", Want::Err("destination 127.0.0.1:15000 is one of the proxy's own ports")),
     ];
     for (name, dst, expected) in cases {
-        let got = summarize(outbound(&snap, &src, sa(dst), &Ports::default(), &mut |_| 0));
+        let got = summarize(outbound(&snap, &src, OrigDstAddr(sa(dst)), &Ports::default(), &mut |_| 0));
         let want = want(&expected);
         assert!(got.starts_with(&want), "{name}: got {got:?}, want {want:?}");
     }
@@ -153,7 +153,7 @@ fn load_balancing_weights_by_capacity() {
     );
     let mut counts = std::collections::HashMap::new();
     for i in 0..4 {
-        let r = outbound(&snap, &src, sa("10.96.1.1:80"), &Ports::default(), &mut |_| i).unwrap();
+        let r = outbound(&snap, &src, OrigDstAddr(sa("10.96.1.1:80")), &Ports::default(), &mut |_| i).unwrap();
         let Upstream::Hbone { workload, .. } = r else { panic!() };
         *counts.entry(workload.name.clone()).or_insert(0) += 1;
     }
@@ -189,7 +189,7 @@ fn locality_preferences() {
             1,
         );
         for i in 0..2 {
-            let got = match outbound(&snap, &s, sa("10.96.2.1:80"), &Ports::default(), &mut |n| i % n) {
+            let got = match outbound(&snap, &s, OrigDstAddr(sa("10.96.2.1:80")), &Ports::default(), &mut |n| i % n) {
                 Ok(Upstream::Hbone { workload, .. }) => Some(workload.name.clone()),
                 Ok(other) => panic!("{other:?}"),
                 Err(_) => None,

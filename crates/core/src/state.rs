@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::model::{Authorization, NetworkMode, PolicyScope, Service, TunnelProtocol, Visibility, Workload};
+use crate::model::{Authorization, NetworkMode, PolicyKey, PolicyScope, Service, ServiceKey, TunnelProtocol, Visibility, Workload, WorkloadUid};
 
 /// The unindexed contents of a snapshot, as a source produces them.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
@@ -21,13 +21,16 @@ pub struct StateInput {
 /// One consistent version of the state with the indices the data path needs.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    workloads: BTreeMap<String, Arc<Workload>>,
-    by_addr: HashMap<(String, IpAddr), Arc<Workload>>,
-    services: BTreeMap<String, Arc<Service>>,
-    by_vip: HashMap<(String, IpAddr), Vec<Arc<Service>>>,
+    workloads: BTreeMap<WorkloadUid, Arc<Workload>>,
+    /// IP, then network: lookups on the data path borrow, never allocate.
+    by_addr: HashMap<IpAddr, Vec<(String, Arc<Workload>)>>,
+    /// Namespace, then name: the served workload of every connection is found by index.
+    by_name: HashMap<String, HashMap<String, Vec<Arc<Workload>>>>,
+    services: BTreeMap<ServiceKey, Arc<Service>>,
+    by_vip: HashMap<IpAddr, Vec<(String, Arc<Service>)>>,
     cidr_services: Vec<Arc<Service>>,
-    endpoints: HashMap<String, Vec<Arc<Workload>>>,
-    policies: BTreeMap<String, Arc<Authorization>>,
+    endpoints: HashMap<ServiceKey, Vec<Arc<Workload>>>,
+    policies: BTreeMap<PolicyKey, Arc<Authorization>>,
     /// Bumped on every replacement, for logs and the config dump.
     pub version: u64,
 }
@@ -42,7 +45,7 @@ impl Snapshot {
         for svc in input.services {
             let svc = Arc::new(svc);
             for vip in &svc.vips {
-                s.by_vip.entry((vip.network.clone(), vip.address)).or_default().push(svc.clone());
+                s.by_vip.entry(vip.address).or_default().push((vip.network.clone(), svc.clone()));
             }
             if !svc.cidr_vips.is_empty() {
                 s.cidr_services.push(svc.clone());
@@ -60,17 +63,16 @@ impl Snapshot {
             for svc in w.services.keys() {
                 self.endpoints.entry(svc.clone()).or_default().push(w.clone());
             }
+            self.by_name.entry(w.namespace.clone()).or_default().entry(w.name.clone()).or_default().push(w.clone());
             if w.network_mode == NetworkMode::HostNetwork {
                 continue;
             }
             for ip in &w.addresses {
-                let key = (w.network.clone(), *ip);
-                let better = match self.by_addr.get(&key) {
-                    Some(existing) => addr_preference(w) > addr_preference(existing),
-                    None => true,
-                };
-                if better {
-                    self.by_addr.insert(key, w.clone());
+                let owners = self.by_addr.entry(*ip).or_default();
+                match owners.iter_mut().find(|(n, _)| *n == w.network) {
+                    Some(slot) if addr_preference(w) > addr_preference(&slot.1) => slot.1 = w.clone(),
+                    Some(_) => {}
+                    None => owners.push((w.network.clone(), w.clone())),
                 }
             }
         }
@@ -92,28 +94,25 @@ impl Snapshot {
 
     /// The workload that owns `ip` in `network`, per protocols.md §4.8 preferences.
     pub fn workload_by_addr(&self, network: &str, ip: IpAddr) -> Option<&Arc<Workload>> {
-        self.by_addr.get(&(network.to_string(), ip))
+        self.by_addr.get(&ip)?.iter().find(|(n, _)| n == network).map(|(_, w)| w)
     }
 
-    /// Finds a workload by namespace and name (and service account, when given).
+    /// Finds a workload by namespace and name (and service account, when given), by index.
     pub fn find_workload(&self, namespace: &str, name: &str, service_account: Option<&str>) -> Option<&Arc<Workload>> {
-        self.workloads.values().find(|w| {
-            w.namespace == namespace
-                && w.name == name
-                && service_account.is_none_or(|sa| w.identity().is_ok_and(|id| id.service_account() == sa))
-        })
+        let candidates = self.by_name.get(namespace)?.get(name)?;
+        candidates.iter().find(|w| service_account.is_none_or(|sa| w.identity().is_ok_and(|id| id.service_account() == sa)))
     }
 
     pub fn service(&self, namespace: &str, hostname: &str) -> Option<&Arc<Service>> {
-        self.services.get(&format!("{namespace}/{hostname}"))
+        self.services.get(&ServiceKey::new(namespace, hostname))
     }
 
     /// The service a client in `client_ns` means when it dials `ip`: exact VIPs first (visible
     /// ones only; same namespace, then canonical, then first seen), then CIDR VIPs.
     pub fn service_by_vip(&self, network: &str, ip: IpAddr, client_ns: &str) -> Option<Arc<Service>> {
         let visible = |s: &&Arc<Service>| s.visibility == Visibility::Public || s.namespace == client_ns;
-        if let Some(cands) = self.by_vip.get(&(network.to_string(), ip)) {
-            let mut cands: Vec<&Arc<Service>> = cands.iter().filter(visible).collect();
+        if let Some(cands) = self.by_vip.get(&ip) {
+            let mut cands: Vec<&Arc<Service>> = cands.iter().filter(|(n, _)| n == network).map(|(_, s)| s).filter(visible).collect();
             cands.sort_by_key(|s| (s.namespace != client_ns, !s.canonical));
             if let Some(s) = cands.first() {
                 return Some((*s).clone());
@@ -131,19 +130,19 @@ impl Snapshot {
             .map(|(s, _)| s.clone())
     }
 
-    /// Every workload that lists `service_key` (`namespace/hostname`) in its services map.
-    pub fn endpoints(&self, service_key: &str) -> &[Arc<Workload>] {
+    /// Every workload that lists `service_key` in its services map.
+    pub fn endpoints(&self, service_key: &ServiceKey) -> &[Arc<Workload>] {
         self.endpoints.get(service_key).map(Vec::as_slice).unwrap_or(&[])
     }
 
-    pub fn policy(&self, key: &str) -> Option<&Arc<Authorization>> {
+    pub fn policy(&self, key: &PolicyKey) -> Option<&Arc<Authorization>> {
         self.policies.get(key)
     }
 
     /// The policies that apply to `w` (global, its namespace's, and those it references), plus
     /// the keys it references that this snapshot does not hold. The caller must fail closed on
     /// those: a policy still in flight may be a DENY.
-    pub fn policies_for(&self, w: &Workload) -> (Vec<Arc<Authorization>>, Vec<String>) {
+    pub fn policies_for(&self, w: &Workload) -> (Vec<Arc<Authorization>>, Vec<PolicyKey>) {
         let mut found: Vec<Arc<Authorization>> = self
             .policies
             .values()
@@ -167,7 +166,7 @@ impl Snapshot {
 }
 
 fn addr_preference(w: &Workload) -> u8 {
-    let pod = w.uid.contains("//Pod/") as u8;
+    let pod = w.uid.as_str().contains("//Pod/") as u8;
     let hbone = (w.protocol == TunnelProtocol::Hbone) as u8;
     pod * 2 + hbone
 }

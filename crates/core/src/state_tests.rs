@@ -79,7 +79,7 @@ fn policies_for_reports_missing_references() {
         1,
     );
     let (found, missing) = snap.policies_for(&w);
-    let mut keys: Vec<String> = found.iter().map(|p| p.key()).collect();
+    let mut keys: Vec<String> = found.iter().map(|p| p.key().to_string()).collect();
     keys.sort();
     assert_eq!(keys, ["app/ns-wide", "app/selected", "istio-system/mesh"]);
     assert_eq!(missing, ["app/not-yet-known"]);

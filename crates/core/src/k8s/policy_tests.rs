@@ -121,7 +121,7 @@ fn every_field_and_its_negation() {
 fn dry_run_is_logged_not_enforced() {
     let policy = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: d, namespace: shop, annotations: {istio.io/dry-run: \"true\"}}\nspec: {action: DENY, rules: [{}]}\n";
     let snap = snapshot(policy);
-    assert!(snap.policy("shop/d").unwrap().dry_run);
+    assert!(snap.policy(&"shop/d".into()).unwrap().dry_run);
     assert!(allowed(&snap, Some(FRONTEND), 80));
 }
 
@@ -131,13 +131,13 @@ fn l7_attributes_never_widen_access() {
     let snap =
         snapshot(&ap("a", "{rules: [{to: [{operation: {methods: [GET], ports: [\"80\"]}}]}, {from: [{source: {namespaces: [other]}}]}]}"));
     assert!(!allowed(&snap, Some(FRONTEND), 80), "the GET-only rule must not become allow-all on port 80");
-    let notes = &snap.policy("shop/a").unwrap().notes;
+    let notes = &snap.policy(&"shop/a".into()).unwrap().notes;
     assert!(notes.iter().any(|n| n.contains("rule 0 dropped") && n.contains("to.operation.methods (L7)")), "{notes:?}");
     // DENY: the L7 condition is removed; the rule denies more.
     let snap = snapshot(&ap("d", "{action: DENY, rules: [{to: [{operation: {paths: [/admin], ports: [\"80\"]}}]}]}"));
     assert!(!allowed(&snap, Some(FRONTEND), 80), "deny on port 80 for every path");
     assert!(allowed(&snap, Some(FRONTEND), 81), "but only on port 80");
-    assert!(snap.policy("shop/d").unwrap().notes.iter().any(|n| n.contains("denies more")));
+    assert!(snap.policy(&"shop/d".into()).unwrap().notes.iter().any(|n| n.contains("denies more")));
     for (field, spec) in [
         ("requestPrincipals", "{from: [{source: {requestPrincipals: [\"*\"]}}]}"),
         ("remoteIpBlocks", "{from: [{source: {remoteIpBlocks: [1.2.3.4]}}]}"),
@@ -198,6 +198,6 @@ fn peer_authentication_strict_denies_plaintext_to_captured_pods() {
             reason: "explicitly denied by istio-system/ferry-mtls-strict".into()
         }
     );
-    let notes = &snap.policy("istio-system/ferry-mtls-strict").unwrap().notes;
+    let notes = &snap.policy(&"istio-system/ferry-mtls-strict".into()).unwrap().notes;
     assert!(notes.iter().any(|n| n == "from PeerAuthentication shop/strict"), "{notes:?}");
 }

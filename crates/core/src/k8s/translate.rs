@@ -10,7 +10,9 @@ use super::capture::{decide, Capture};
 use super::objects::{ClusterState, IntOrString, Pod, Service as K8sService};
 use super::peer_auth::{self, PeerAuthn};
 use super::policy::{self, TranslatedPolicy};
-use crate::model::{Authorization, HealthStatus, NetworkAddress, NetworkMode, PortMap, Service, TunnelProtocol, Workload, WorkloadType};
+use crate::model::{
+    Authorization, HealthStatus, NetworkAddress, NetworkMode, PolicyKey, PortMap, Service, ServiceKey, TunnelProtocol, Workload, WorkloadType,
+};
 use crate::state::StateInput;
 
 #[derive(Clone, Debug)]
@@ -36,7 +38,7 @@ pub fn to_state(c: &ClusterState, o: &TranslateOptions) -> StateInput {
     let services: Vec<&K8sService> = c.services.values().collect();
     let authz: Vec<TranslatedPolicy> = objects_of(c, "AuthorizationPolicy").filter_map(policy::authorization_policy).collect();
     let peer_authns: Vec<PeerAuthn> = objects_of(c, "PeerAuthentication").map(peer_auth::parse).collect();
-    let mut generated: BTreeMap<String, Authorization> = BTreeMap::new();
+    let mut generated: BTreeMap<PolicyKey, Authorization> = BTreeMap::new();
     let mut workloads = Vec::new();
     for p in c.pods.values() {
         let Some(mut w) = workload(c, p, &services, o) else { continue };
@@ -66,7 +68,7 @@ fn objects_of<'a>(c: &'a ClusterState, kind: &'a str) -> impl Iterator<Item = &'
 
 /// Keys of the selector-scoped policies that select `p`: same namespace, or the root
 /// namespace (mesh-wide selectors), with every selector label on the pod.
-fn selected(authz: &[TranslatedPolicy], p: &Pod) -> Vec<String> {
+fn selected(authz: &[TranslatedPolicy], p: &Pod) -> Vec<PolicyKey> {
     authz
         .iter()
         .filter(|t| t.policy.namespace == p.metadata.namespace || t.policy.namespace == policy::ROOT_NAMESPACE)
@@ -115,7 +117,7 @@ fn workload(c: &ClusterState, p: &Pod, services: &[&K8sService], o: &TranslateOp
         w.network_mode = NetworkMode::HostNetwork;
     }
     for s in services.iter().filter(|s| selects(s, p)) {
-        w.services.insert(format!("{}/{}", s.metadata.namespace, hostname(s, o)), endpoint_ports(s, p));
+        w.services.insert(ServiceKey::new(&s.metadata.namespace, &hostname(s, o)), endpoint_ports(s, p));
     }
     Some(w)
 }

@@ -48,7 +48,7 @@ fn attach_endpoints(workloads: &mut [Workload], svc: &Service, eps: Vec<LocalEnd
     for ep in eps {
         let w = workloads
             .iter_mut()
-            .find(|w| w.uid == ep.workload_uid)
+            .find(|w| w.uid == ep.workload_uid.as_str())
             .ok_or_else(|| format!("services[{i}]: endpoint names unknown workload uid {:?}", ep.workload_uid))?;
         let ports = if ep.port.is_empty() { svc.ports.clone() } else { ep.port };
         w.services.insert(svc.key(), ports);
@@ -64,14 +64,16 @@ impl LocalWorkload {
         if self.workload_ips.is_empty() && self.hostname.is_empty() {
             return Err(format!("workloads[{i}] ({}): needs workloadIps or hostname", self.name));
         }
-        for key in self.services.keys() {
-            if key.split('/').count() != 2 {
+        let mut services = std::collections::BTreeMap::new();
+        for (key, ports) in self.services {
+            let Some(k) = ServiceKey::parse(&key) else {
                 return Err(format!("workloads[{i}] ({}): service key {key:?} is not <namespace>/<hostname>", self.name));
-            }
+            };
+            services.insert(k, ports);
         }
         let uid = if self.uid.is_empty() { format!("local//{}/{}", self.namespace, self.name) } else { self.uid };
         let w = Workload {
-            uid,
+            uid: uid.into(),
             name: self.name,
             namespace: self.namespace,
             addresses: self.workload_ips,
@@ -103,8 +105,8 @@ impl LocalWorkload {
                 },
                 port: t.port.filter(|p| *p != 0),
             }),
-            services: self.services,
-            authorization_policies: self.authorization_policies,
+            services,
+            authorization_policies: self.authorization_policies.iter().map(|p| PolicyKey::parse(p)).collect(),
             status: match self.status {
                 LocalStatus::Healthy => HealthStatus::Healthy,
                 LocalStatus::Unhealthy => HealthStatus::Unhealthy,

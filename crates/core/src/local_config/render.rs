@@ -166,9 +166,9 @@ fn gateway(g: &GatewayAddress) -> Value {
 }
 
 fn workload(w: &Workload) -> Value {
-    let services = Value::Mapping(w.services.iter().map(|(k, v)| (s(k), ports(v))).collect());
+    let services = Value::Mapping(w.services.iter().map(|(k, v)| (s(k.as_str()), ports(v))).collect());
     let mut m = map(vec![
-        ("uid", s(&w.uid)),
+        ("uid", s(w.uid.as_str())),
         ("name", s(&w.name)),
         ("namespace", s(&w.namespace)),
         ("workloadIps", seq(&w.addresses, |a| s(&a.to_string()))),
@@ -186,7 +186,7 @@ fn workload(w: &Workload) -> Value {
         ("canonicalRevision", s(&w.canonical_revision)),
         ("waypoint", w.waypoint.as_ref().map(gateway).unwrap_or(Value::Null)),
         ("networkGateway", w.network_gateway.as_ref().map(gateway).unwrap_or(Value::Null)),
-        ("authorizationPolicies", seq(&w.authorization_policies, |p| s(p))),
+        ("authorizationPolicies", seq(&w.authorization_policies, |p| s(p.as_str()))),
         ("status", s(if w.status == HealthStatus::Unhealthy { "Unhealthy" } else { "" })),
         ("locality", map(vec![("region", s(&w.locality.region)), ("zone", s(&w.locality.zone)), ("subzone", s(&w.locality.subzone))])),
         ("capacity", Value::from(w.capacity)),
