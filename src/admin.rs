@@ -24,17 +24,17 @@ use crate::telemetry::LogHandle;
 use crate::tls::certs::CertManager;
 
 /// Extra sections for the config dump (e.g. the in-pod workload manager).
-pub type DumpExtra = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+pub(crate) type DumpExtra = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
-pub struct AdminState {
-    pub cfg: Arc<Config>,
-    pub state: StateStore,
-    pub certs: Arc<CertManager>,
-    pub log: Arc<LogHandle>,
-    pub metrics: PrometheusHandle,
-    pub ready: Readiness,
-    pub quit: mpsc::Sender<()>,
-    pub extra: Option<DumpExtra>,
+pub(crate) struct AdminState {
+    pub(crate) cfg: Arc<Config>,
+    pub(crate) state: StateStore,
+    pub(crate) certs: Arc<CertManager>,
+    pub(crate) log: Arc<LogHandle>,
+    pub(crate) metrics: PrometheusHandle,
+    pub(crate) ready: Readiness,
+    pub(crate) quit: mpsc::Sender<()>,
+    pub(crate) extra: Option<DumpExtra>,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -48,7 +48,7 @@ enum Server {
 
 /// Binds the three servers now (so a port conflict fails startup) and serves them on a
 /// dedicated thread. Returns the bound addresses.
-pub fn start(admin: Arc<AdminState>) -> std::io::Result<[SocketAddr; 3]> {
+pub(crate) fn start(admin: Arc<AdminState>) -> std::io::Result<[SocketAddr; 3]> {
     let bind = |a: SocketAddr| -> std::io::Result<std::net::TcpListener> {
         let l = std::net::TcpListener::bind(a).or_else(|e| match a {
             // Fall back to IPv4 when the namespace has no IPv6.

@@ -14,7 +14,7 @@ use crate::telemetry::LogFormat;
 use ferry_core::identity::{Identity, DEFAULT_TRUST_DOMAIN};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum ProxyMode {
+pub(crate) enum ProxyMode {
     /// One node proxy serves every enrolled pod, with listeners inside each pod's network
     /// namespace (handed over by the node agent through ZDS).
     Shared,
@@ -27,172 +27,172 @@ pub enum ProxyMode {
 pub struct ProxyArgs {
     /// Proxy mode.
     #[arg(long, env = "PROXY_MODE", value_enum, default_value = "shared", ignore_case = true)]
-    pub mode: ProxyMode,
+    pub(crate) mode: ProxyMode,
 
     /// Dedicated mode: the workload served, as <namespace>/<name>/<service-account>.
     #[arg(long, env = "PROXY_WORKLOAD_INFO", value_name = "NS/NAME/SA")]
-    pub workload_info: Option<String>,
+    pub(crate) workload_info: Option<String>,
 
     /// Local state file (workloads, services, policies) in ztunnel's local-config schema.
     /// Re-read when it changes; a bad file is reported and the last good state kept.
     #[arg(long, env = "LOCAL_XDS_PATH", value_name = "FILE", conflicts_with = "local_xds")]
-    pub local_xds_path: Option<PathBuf>,
+    pub(crate) local_xds_path: Option<PathBuf>,
 
     /// Local state as inline YAML (same schema as --local-xds-path).
     #[arg(long, env = "LOCAL_XDS", value_name = "YAML")]
-    pub local_xds: Option<String>,
+    pub(crate) local_xds: Option<String>,
 
     /// Kubernetes manifests (Namespaces, Pods, Services, ServiceAccounts) in a file or
     /// directory, translated into workloads and services; stands in for the Kubernetes API.
     #[arg(long, env = "FERRY_CLUSTER_STATE", value_name = "PATH", conflicts_with_all = ["local_xds_path", "local_xds"])]
-    pub cluster_state: Option<PathBuf>,
+    pub(crate) cluster_state: Option<PathBuf>,
 
     /// Cluster DNS domain for service hostnames (<name>.<namespace>.svc.<domain>).
     #[arg(long, env = "CLUSTER_DOMAIN", default_value = "cluster.local")]
-    pub cluster_domain: String,
+    pub(crate) cluster_domain: String,
 
     /// Shared mode: the node agent's ZDS socket.
     #[arg(long, env = "INPOD_UDS", default_value = "/var/run/ztunnel/ztunnel.sock")]
-    pub inpod_uds: PathBuf,
+    pub(crate) inpod_uds: PathBuf,
 
     /// How often the local state file or cluster state is checked for changes.
     #[arg(long, env = "FERRY_LOCAL_XDS_POLL", value_parser = parse_duration, default_value = "1s")]
-    pub local_xds_poll: Duration,
+    pub(crate) local_xds_poll: Duration,
 
     /// xDS (WDS) server address. ferry does not implement the xDS client yet: only the empty
     /// value (no xDS, local state only) is accepted.
     #[arg(long, env = "XDS_ADDRESS", default_value = "")]
-    pub xds_address: String,
+    pub(crate) xds_address: String,
 
     /// Built-in CA directory in Istio's plugged-in CA layout (ca-cert.pem, ca-key.pem,
     /// root-cert.pem, cert-chain.pem); create one with `ferry ca init`.
     #[arg(long, env = "FERRY_CA_DIR", value_name = "DIR")]
-    pub ca_dir: Option<PathBuf>,
+    pub(crate) ca_dir: Option<PathBuf>,
 
     /// Istio CA address. ferry does not implement the CA client yet: use --ca-dir.
     #[arg(long, env = "CA_ADDRESS", default_value = "")]
-    pub ca_address: String,
+    pub(crate) ca_address: String,
 
     /// Workload certificate lifetime requested from the CA.
     #[arg(long, env = "SECRET_TTL", value_parser = parse_duration, default_value = "24h")]
-    pub secret_ttl: Duration,
+    pub(crate) secret_ttl: Duration,
 
     /// Trust domain for identities whose workload entry names none.
     #[arg(long, env = "TRUST_DOMAIN", default_value = DEFAULT_TRUST_DOMAIN)]
-    pub trust_domain: String,
+    pub(crate) trust_domain: String,
 
     /// Name of the node this proxy runs on; workloads with this `node` are local.
     #[arg(long, env = "NODE_NAME", default_value = "")]
-    pub node_name: String,
+    pub(crate) node_name: String,
 
     /// Cluster ID (metrics labels, baggage). ISTIO_META_CLUSTER_ID is also honoured.
     #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
-    pub cluster_id: String,
+    pub(crate) cluster_id: String,
 
     /// Mark set on the proxy's sockets so the capture rules skip them. Default: 1337 in shared
     /// mode, unset in dedicated mode.
     #[arg(long, env = "PACKET_MARK")]
-    pub packet_mark: Option<u32>,
+    pub(crate) packet_mark: Option<u32>,
 
     /// Deliver inbound connections from the original client IP (IP_TRANSPARENT + the table-100
     /// policy route the node agent installs): "true" (failure is fatal), "false", or unset:
     /// best effort in shared mode, off in dedicated mode.
     #[arg(long, env = "ENABLE_ORIG_SRC", value_parser = BoolishValueParser::new())]
-    pub enable_orig_src: Option<bool>,
+    pub(crate) enable_orig_src: Option<bool>,
 
     /// Listen on IPv6 as well as IPv4.
     #[arg(long, env = "IPV6_ENABLED", action = clap::ArgAction::Set, value_parser = BoolishValueParser::new(), default_value = "true")]
-    pub ipv6_enabled: bool,
+    pub(crate) ipv6_enabled: bool,
 
     /// Set SO_REUSEPORT on listeners so a new proxy can bind while the old one drains.
     #[arg(long, env = "INPOD_PORT_REUSE", action = clap::ArgAction::Set, value_parser = BoolishValueParser::new(), default_value = "true")]
-    pub inpod_port_reuse: bool,
+    pub(crate) inpod_port_reuse: bool,
 
     /// Maximum streams opened on one pooled HBONE connection before a new one is dialled.
     #[arg(long, env = "POOL_MAX_STREAMS_PER_CONNECTION", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
-    pub pool_max_streams_per_connection: u32,
+    pub(crate) pool_max_streams_per_connection: u32,
 
     /// Idle time after which a pooled HBONE connection is released.
     #[arg(long, env = "POOL_UNUSED_RELEASE_TIMEOUT", value_parser = parse_duration, default_value = "5m")]
-    pub pool_unused_release_timeout: Duration,
+    pub(crate) pool_unused_release_timeout: Duration,
 
     /// HTTP/2 per-stream flow-control window, bytes.
     #[arg(long, env = "HTTP2_STREAM_WINDOW_SIZE", default_value_t = 4 * 1024 * 1024)]
-    pub http2_stream_window_size: u32,
+    pub(crate) http2_stream_window_size: u32,
 
     /// HTTP/2 connection flow-control window, bytes.
     #[arg(long, env = "HTTP2_CONNECTION_WINDOW_SIZE", default_value_t = 16 * 1024 * 1024)]
-    pub http2_connection_window_size: u32,
+    pub(crate) http2_connection_window_size: u32,
 
     /// HTTP/2 maximum frame size, bytes (16384..=16777215).
     #[arg(long, env = "HTTP2_FRAME_SIZE", default_value_t = 1024 * 1024)]
-    pub http2_frame_size: u32,
+    pub(crate) http2_frame_size: u32,
 
     /// How long open connections may finish after SIGTERM before they are closed. Default 5s,
     /// or TERMINATION_GRACE_PERIOD_SECONDS - 5 when that is over 10.
     #[arg(long, env = "CONNECTION_TERMINATION_DEADLINE", value_parser = parse_duration)]
-    pub connection_termination_deadline: Option<Duration>,
+    pub(crate) connection_termination_deadline: Option<Duration>,
 
     /// Pod termination grace period, used to derive the termination deadline.
     #[arg(long, env = "TERMINATION_GRACE_PERIOD_SECONDS")]
-    pub termination_grace_period_seconds: Option<u64>,
+    pub(crate) termination_grace_period_seconds: Option<u64>,
 
     /// Data-path worker threads: a number, or a percentage of the CPUs ("50%").
     #[arg(long, env = "ZTUNNEL_WORKER_THREADS", default_value = "2")]
-    pub worker_threads: String,
+    pub(crate) worker_threads: String,
 
     /// TCP keepalive on every proxied socket.
     #[arg(long, env = "KEEPALIVE_ENABLED", action = clap::ArgAction::Set, value_parser = BoolishValueParser::new(), default_value = "true")]
-    pub keepalive_enabled: bool,
+    pub(crate) keepalive_enabled: bool,
     /// TCP keepalive idle time.
     #[arg(long, env = "KEEPALIVE_TIME", value_parser = parse_duration, default_value = "180s")]
-    pub keepalive_time: Duration,
+    pub(crate) keepalive_time: Duration,
     /// TCP keepalive probe interval.
     #[arg(long, env = "KEEPALIVE_INTERVAL", value_parser = parse_duration, default_value = "180s")]
-    pub keepalive_interval: Duration,
+    pub(crate) keepalive_interval: Duration,
     /// TCP keepalive probes before the connection is dropped.
     #[arg(long, env = "KEEPALIVE_RETRIES", default_value_t = 9)]
-    pub keepalive_retries: u32,
+    pub(crate) keepalive_retries: u32,
     /// Also set TCP_USER_TIMEOUT (keepalive time + retries * interval).
     #[arg(long, env = "USER_TIMEOUT_ENABLED", action = clap::ArgAction::Set, value_parser = BoolishValueParser::new(), default_value = "false")]
-    pub user_timeout_enabled: bool,
+    pub(crate) user_timeout_enabled: bool,
 
     /// Return `baggage` describing the destination on HBONE responses.
     #[arg(long, env = "ENABLE_RESPONSE_BAGGAGE", action = clap::ArgAction::Set, value_parser = BoolishValueParser::new(), default_value = "true")]
-    pub enable_response_baggage: bool,
+    pub(crate) enable_response_baggage: bool,
 
     /// TLS 1.2 for HBONE. ferry speaks TLS 1.3 only; "true" is refused.
     #[arg(long, env = "TLS12_ENABLED", action = clap::ArgAction::Set, value_parser = BoolishValueParser::new(), default_value = "false")]
-    pub tls12_enabled: bool,
+    pub(crate) tls12_enabled: bool,
 
     /// Deadline for a peer to complete the TLS and HTTP/2 handshakes on 15008.
     #[arg(long, env = "FERRY_HANDSHAKE_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
-    pub handshake_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
 
     /// Admin server (config dump, logging, quit); keep it on localhost.
     #[arg(long, env = "FERRY_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
-    pub admin_addr: SocketAddr,
+    pub(crate) admin_addr: SocketAddr,
 
     /// Prometheus metrics server (/metrics, /stats/prometheus).
     #[arg(long, env = "FERRY_STATS_ADDR", default_value = "[::]:15020")]
-    pub stats_addr: SocketAddr,
+    pub(crate) stats_addr: SocketAddr,
 
     /// Readiness server (/healthz/ready).
     #[arg(long, env = "FERRY_READINESS_ADDR", default_value = "[::]:15021")]
-    pub readiness_addr: SocketAddr,
+    pub(crate) readiness_addr: SocketAddr,
 
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "plain", ignore_case = true)]
-    pub log_format: LogFormat,
+    pub(crate) log_format: LogFormat,
 
     /// Initial log filter (RUST_LOG syntax, e.g. "info,access=info"); default RUST_LOG or info.
     #[arg(long, env = "FERRY_LOG")]
-    pub log_level: Option<String>,
+    pub(crate) log_level: Option<String>,
 }
 
 /// Which local state source to load.
 #[derive(Clone, Debug)]
-pub enum LocalSource {
+pub(crate) enum LocalSource {
     None,
     File(PathBuf),
     Inline(String),
@@ -202,9 +202,9 @@ pub enum LocalSource {
 /// The workload a dedicated-mode proxy serves.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct WorkloadInfo {
-    pub namespace: String,
-    pub name: String,
-    pub service_account: String,
+    pub(crate) namespace: String,
+    pub(crate) name: String,
+    pub(crate) service_account: String,
 }
 
 impl std::fmt::Display for WorkloadInfo {
@@ -215,43 +215,43 @@ impl std::fmt::Display for WorkloadInfo {
 
 #[derive(Clone, Debug)]
 pub struct H2Config {
-    pub stream_window: u32,
-    pub connection_window: u32,
-    pub frame_size: u32,
-    pub max_streams_per_conn: u32,
-    pub pool_idle_timeout: Duration,
-    pub ping_interval: Duration,
-    pub ping_timeout: Duration,
+    pub(crate) stream_window: u32,
+    pub(crate) connection_window: u32,
+    pub(crate) frame_size: u32,
+    pub(crate) max_streams_per_conn: u32,
+    pub(crate) pool_idle_timeout: Duration,
+    pub(crate) ping_interval: Duration,
+    pub(crate) ping_timeout: Duration,
 }
 
 /// Validated proxy configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub mode: ProxyMode,
-    pub workload_info: Option<WorkloadInfo>,
-    pub local: LocalSource,
-    pub local_poll: Duration,
-    pub cluster_domain: String,
-    pub inpod_uds: PathBuf,
-    pub ca_dir: PathBuf,
-    pub secret_ttl: Duration,
-    pub trust_domain: String,
-    pub node_name: String,
-    pub cluster_id: String,
-    pub packet_mark: Option<u32>,
+    pub(crate) mode: ProxyMode,
+    pub(crate) workload_info: Option<WorkloadInfo>,
+    pub(crate) local: LocalSource,
+    pub(crate) local_poll: Duration,
+    pub(crate) cluster_domain: String,
+    pub(crate) inpod_uds: PathBuf,
+    pub(crate) ca_dir: PathBuf,
+    pub(crate) secret_ttl: Duration,
+    pub(crate) trust_domain: String,
+    pub(crate) node_name: String,
+    pub(crate) cluster_id: String,
+    pub(crate) packet_mark: Option<u32>,
     pub orig_src: Option<bool>,
     pub ipv6: bool,
-    pub port_reuse: bool,
+    pub(crate) port_reuse: bool,
     pub h2: H2Config,
-    pub termination_deadline: Duration,
-    pub worker_threads: usize,
-    pub keepalive: Keepalive,
-    pub response_baggage: bool,
-    pub handshake_timeout: Duration,
-    pub connect_timeout: Duration,
-    pub admin_addr: SocketAddr,
-    pub stats_addr: SocketAddr,
-    pub readiness_addr: SocketAddr,
+    pub(crate) termination_deadline: Duration,
+    pub(crate) worker_threads: usize,
+    pub(crate) keepalive: Keepalive,
+    pub(crate) response_baggage: bool,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) admin_addr: SocketAddr,
+    pub(crate) stats_addr: SocketAddr,
+    pub(crate) readiness_addr: SocketAddr,
     pub ports: ferry_core::ports::Ports,
 }
 
@@ -357,8 +357,8 @@ impl ProxyArgs {
 }
 
 /// A configuration with every default, for tests.
-#[doc(hidden)]
-pub fn test_config() -> Config {
+#[cfg(test)]
+pub(crate) fn test_config() -> Config {
     use clap::Parser;
     #[derive(Parser)]
     struct W {

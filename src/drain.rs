@@ -28,7 +28,7 @@ impl Forced {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum DrainState {
+pub(crate) enum DrainState {
     Running,
     Draining,
     Forced,
@@ -57,12 +57,6 @@ pub fn new() -> (DrainTrigger, DrainWatch) {
 }
 
 impl DrainTrigger {
-    /// A new participant (for components created after the trigger).
-    pub fn watch(&self) -> DrainWatch {
-        let tx = self.done_tx.clone().unwrap_or_else(|| mpsc::channel(1).0);
-        DrainWatch { state: self.state.subscribe(), forced: self.forced.clone(), _alive: tx }
-    }
-
     /// Drains gracefully for up to `deadline`, then forces. Returns true if every participant
     /// finished before the deadline.
     pub async fn drain(mut self, deadline: Duration) -> bool {
@@ -79,7 +73,7 @@ impl DrainTrigger {
     }
 
     /// Forces every participant to close now (e.g. a deleted pod's proxy).
-    pub async fn force(mut self) {
+    pub(crate) async fn force(mut self) {
         self.done_tx = None;
         self.state.send_replace(DrainState::Forced);
         self.forced.fire();
@@ -95,10 +89,6 @@ impl Drop for DrainTrigger {
 }
 
 impl DrainWatch {
-    pub fn state(&self) -> DrainState {
-        *self.state.borrow()
-    }
-
     async fn reached(&self, s: DrainState) {
         let mut rx = self.state.clone();
         // An error means the trigger is gone: treat that as forced.
@@ -106,12 +96,12 @@ impl DrainWatch {
     }
 
     /// Resolves when draining starts (listeners stop accepting).
-    pub async fn draining(&self) {
+    pub(crate) async fn draining(&self) {
         self.reached(DrainState::Draining).await
     }
 
     /// Resolves when open connections must be closed now.
-    pub async fn forced(&self) {
+    pub(crate) async fn forced(&self) {
         let notified = self.forced.notify.notified();
         tokio::pin!(notified);
         // Registered before the check, so a fire between the two is not missed.
@@ -150,18 +140,5 @@ mod tests {
         });
         assert!(!trigger.drain(Duration::from_millis(20)).await);
         assert!(forced.await.unwrap());
-    }
-
-    #[tokio::test]
-    async fn late_watches_participate() {
-        let (trigger, watch) = new();
-        let late = trigger.watch();
-        drop(watch);
-        let t = tokio::spawn(async move {
-            late.draining().await;
-            assert_eq!(late.state(), DrainState::Draining);
-        });
-        assert!(trigger.drain(Duration::from_secs(5)).await);
-        t.await.unwrap();
     }
 }

@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 /// How often the free-byte count is sampled.
-pub const INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const INTERVAL: Duration = Duration::from_secs(1);
 /// Free memory that must have accumulated since the last trim before trimming again.
-pub const THRESHOLD: usize = 1 << 20;
+pub(crate) const THRESHOLD: usize = 1 << 20;
 /// glibc's own trim-on-free threshold, raised so the data path never trims (profiled: with
 /// glibc's default, ~10 % of a bulk-copying proxy's samples were page faults on re-grown heaps).
 const FREE_TRIM_THRESHOLD: usize = 64 << 20;
@@ -18,14 +18,14 @@ const MMAP_THRESHOLD: usize = 4 << 20;
 
 /// Tracks the allocator's free bytes since the last trim.
 #[derive(Debug, Default)]
-pub struct Reclaimer {
+pub(crate) struct Reclaimer {
     baseline: usize,
 }
 
 impl Reclaimer {
     /// Whether to trim now, given the allocator's free bytes. Reuse of freed memory lowers the
     /// baseline, so a later release of the same amount triggers a trim again.
-    pub fn should_trim(&mut self, free: usize) -> bool {
+    pub(crate) fn should_trim(&mut self, free: usize) -> bool {
         if free >= self.baseline.saturating_add(THRESHOLD) {
             return true;
         }
@@ -34,13 +34,13 @@ impl Reclaimer {
     }
 
     /// Records the free bytes left after a trim (top-of-heap trimming shrinks them).
-    pub fn trimmed(&mut self, free_after: usize) {
+    pub(crate) fn trimmed(&mut self, free_after: usize) {
         self.baseline = free_after;
     }
 }
 
 /// Starts the reclaimer thread (glibc only; other allocators return memory themselves).
-pub fn start() {
+pub(crate) fn start() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         if !ferry_sys::tune_heap(FREE_TRIM_THRESHOLD, MMAP_THRESHOLD) {

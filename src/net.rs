@@ -20,11 +20,11 @@ const BACKLOG: i32 = 1024;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Keepalive {
-    pub enabled: bool,
-    pub time: Duration,
-    pub interval: Duration,
-    pub retries: u32,
-    pub user_timeout: bool,
+    pub(crate) enabled: bool,
+    pub(crate) time: Duration,
+    pub(crate) interval: Duration,
+    pub(crate) retries: u32,
+    pub(crate) user_timeout: bool,
 }
 
 impl Default for Keepalive {
@@ -61,9 +61,9 @@ pub struct LocalSockets {
 }
 
 /// Sockets inside another namespace (in-pod mode): created after `setns` on this thread.
-pub struct NetnsSockets {
-    pub netns: Arc<Netns>,
-    pub opts: SocketOptions,
+pub(crate) struct NetnsSockets {
+    pub(crate) netns: Arc<Netns>,
+    pub(crate) opts: SocketOptions,
 }
 
 impl SocketFactory for LocalSockets {
@@ -134,7 +134,7 @@ fn set_transparent(s: &Socket, family: IpAddr) -> io::Result<()> {
     }
 }
 
-pub fn tune_stream(s: &TcpStream, ka: &Keepalive) {
+pub(crate) fn tune_stream(s: &TcpStream, ka: &Keepalive) {
     let _ = s.set_nodelay(true);
     apply_keepalive(&SockRef::from(s), ka);
 }
@@ -151,7 +151,12 @@ fn apply_keepalive(r: &SockRef<'_>, ka: &Keepalive) {
 
 /// Dials `dst` from a socket made by `factory`; with `source`, binds that (possibly foreign)
 /// address first so the destination sees the original client (IP_TRANSPARENT).
-pub async fn connect(factory: &dyn SocketFactory, dst: SocketAddr, source: Option<IpAddr>, timeout: Duration) -> io::Result<TcpStream> {
+pub(crate) async fn connect(
+    factory: &dyn SocketFactory,
+    dst: SocketAddr,
+    source: Option<IpAddr>,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
     let sock = factory.socket(dst)?;
     if let Some(src) = source {
         set_transparent(&SockRef::from(&sock), src)?;
@@ -169,7 +174,7 @@ pub async fn connect(factory: &dyn SocketFactory, dst: SocketAddr, source: Optio
 
 /// The destination the client originally dialled before a REDIRECT (`SO_ORIGINAL_DST`), or the
 /// socket's local address when the connection was not redirected.
-pub fn original_dst(s: &TcpStream) -> io::Result<SocketAddr> {
+pub(crate) fn original_dst(s: &TcpStream) -> io::Result<SocketAddr> {
     let r = SockRef::from(s);
     // A dual-stack listener sees IPv4 clients as v4-mapped; their conntrack entry is IPv4.
     let local = canonical(s.local_addr()?);
@@ -181,7 +186,7 @@ pub fn original_dst(s: &TcpStream) -> io::Result<SocketAddr> {
 }
 
 /// Maps IPv4-mapped IPv6 addresses (from dual-stack listeners) back to IPv4.
-pub fn canonical(a: SocketAddr) -> SocketAddr {
+pub(crate) fn canonical(a: SocketAddr) -> SocketAddr {
     match a {
         SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
             Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
@@ -192,6 +197,6 @@ pub fn canonical(a: SocketAddr) -> SocketAddr {
 }
 
 /// Makes the next close of `s` send RST instead of FIN, to propagate a reset end to end.
-pub fn set_reset_on_close(s: &TcpStream) {
+pub(crate) fn set_reset_on_close(s: &TcpStream) {
     let _ = SockRef::from(s).set_linger(Some(Duration::ZERO));
 }

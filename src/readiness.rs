@@ -5,31 +5,31 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Default)]
-pub struct Readiness {
+pub(crate) struct Readiness {
     pending: Arc<Mutex<BTreeMap<String, usize>>>,
 }
 
 /// Keeps its component pending until dropped.
-pub struct BlockReady {
+pub(crate) struct BlockReady {
     name: String,
     pending: Arc<Mutex<BTreeMap<String, usize>>>,
 }
 
 impl Readiness {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
-    pub fn block(&self, name: &str) -> BlockReady {
+    pub(crate) fn block(&self, name: &str) -> BlockReady {
         *self.pending.lock().unwrap_or_else(|e| e.into_inner()).entry(name.to_string()).or_default() += 1;
         BlockReady { name: name.to_string(), pending: self.pending.clone() }
     }
 
-    pub fn pending(&self) -> Vec<String> {
+    pub(crate) fn pending(&self) -> Vec<String> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
     }
 
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
     }
 }

@@ -14,13 +14,13 @@ use std::process::{Command, Stdio};
 
 use ferry_sys::Netns;
 
-pub const TABLE: &str = "ferry_inpod";
-pub const CONNMARK: u32 = 0x111;
-pub const MARK_MASK: u32 = 0xfff;
-pub const ROUTE_TABLE: u32 = 100;
-pub const RULE_PRIORITY: u32 = 32764;
-pub const PROBE_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 7, 127);
-pub const PROBE_V6: Ipv6Addr = Ipv6Addr::new(0xfd16, 0x9254, 0x7127, 0x1337, 0xffff, 0xffff, 0xffff, 0xffff);
+pub(crate) const TABLE: &str = "ferry_inpod";
+pub(crate) const CONNMARK: u32 = 0x111;
+pub(crate) const MARK_MASK: u32 = 0xfff;
+pub(crate) const ROUTE_TABLE: u32 = 100;
+pub(crate) const RULE_PRIORITY: u32 = 32764;
+pub(crate) const PROBE_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 7, 127);
+pub(crate) const PROBE_V6: Ipv6Addr = Ipv6Addr::new(0xfd16, 0x9254, 0x7127, 0x1337, 0xffff, 0xffff, 0xffff, 0xffff);
 
 /// What to render for one pod.
 #[derive(Clone, Debug)]
@@ -107,7 +107,7 @@ pub fn nft_install(c: &RedirectConfig) -> String {
 }
 
 /// The nft script that removes the pod's rules (a no-op when they are absent).
-pub fn nft_remove() -> String {
+pub(crate) fn nft_remove() -> String {
     format!("table inet {TABLE}\ndelete table inet {TABLE}\n")
 }
 

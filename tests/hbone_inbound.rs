@@ -230,7 +230,8 @@ async fn pool_never_shares_a_connection_across_identities() {
         streams.push(pool.connect(&key, &h.client_cert, req()).await.unwrap());
     }
     assert_eq!(pool.pooled(), 1, "five streams, one pooled connection");
-    let other_src = PoolKey::new(client.clone(), vec![h.server_id.clone()], "127.0.0.3".parse().unwrap(), ferry_core::addr::ServerAddr(h.hbone));
+    let other_src =
+        PoolKey::new(client.clone(), vec![h.server_id.clone()], "127.0.0.3".parse().unwrap(), ferry_core::addr::ServerAddr(h.hbone));
     streams.push(pool.connect(&other_src, &h.client_cert, req()).await.unwrap());
     let other_sans = PoolKey::new(client, vec![h.server_id.clone(), id("default", "extra")], src, ferry_core::addr::ServerAddr(h.hbone));
     streams.push(pool.connect(&other_sans, &h.client_cert, req()).await.unwrap());

@@ -67,12 +67,7 @@ fn module_graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
 
 /// A cycle in `graph`, if there is one, as the path that closes it.
 fn find_cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
-    fn visit(
-        n: &str,
-        g: &BTreeMap<String, BTreeSet<String>>,
-        path: &mut Vec<String>,
-        done: &mut BTreeSet<String>,
-    ) -> Option<Vec<String>> {
+    fn visit(n: &str, g: &BTreeMap<String, BTreeSet<String>>, path: &mut Vec<String>, done: &mut BTreeSet<String>) -> Option<Vec<String>> {
         if let Some(i) = path.iter().position(|p| p == n) {
             let mut cycle = path[i..].to_vec();
             cycle.push(n.to_string());

@@ -15,7 +15,7 @@ use crate::protocol::{AgentRequest, AgentResponse, MAX_LINE_BYTES};
 /// Transport failures (no socket, refused, timed out, connection closed before an answer) are
 /// `AgentUnreachable` so callers can apply their fallback; an answer that is not protocol is
 /// `AgentBadReply`.
-pub fn exchange(socket: &Path, timeout: Duration, request: &AgentRequest) -> Result<AgentResponse, CniError> {
+pub(crate) fn exchange(socket: &Path, timeout: Duration, request: &AgentRequest) -> Result<AgentResponse, CniError> {
     let shown = socket.display().to_string();
     let unreachable = |reason: String| CniError::AgentUnreachable { socket: shown.clone(), reason };
     let deadline = Instant::now() + timeout;

@@ -17,7 +17,7 @@ use ferry_core::k8s::manifests::{self, ManifestError};
 use ferry_core::k8s::objects::{ClusterState, Pod};
 
 /// Cluster state files are manifests, not bulk data; a larger file is treated as unreadable.
-pub const MAX_FILE_BYTES: u64 = 32 * 1024 * 1024;
+pub(crate) const MAX_FILE_BYTES: u64 = 32 * 1024 * 1024;
 /// Directory nesting the reader follows (ConfigMap mounts are one or two levels deep).
 const MAX_DEPTH: usize = 8;
 
@@ -35,7 +35,7 @@ pub enum StateError {
 
 /// The manifest files under `path` (the path itself when it is a file), in name order,
 /// following subdirectories and skipping hidden names (see `manifests::is_manifest_file_name`).
-pub fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, StateError> {
+pub(crate) fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, StateError> {
     let err = |source| StateError::Read { path: path.to_path_buf(), source };
     if fs::metadata(path).map_err(err)?.is_file() {
         return Ok(vec![path.to_path_buf()]);
@@ -92,7 +92,7 @@ pub fn load(path: &Path) -> Result<ClusterState, StateError> {
 }
 
 /// A cheap fingerprint of `path`'s manifests (names, times, sizes, inodes): a change means reload.
-pub type Stamp = Option<Vec<(PathBuf, SystemTime, u64, u64)>>;
+pub(crate) type Stamp = Option<Vec<(PathBuf, SystemTime, u64, u64)>>;
 
 pub fn stamp(path: &Path) -> Stamp {
     use std::os::unix::fs::MetadataExt;

@@ -14,19 +14,19 @@ use crate::protocol::PodEvent;
 /// The process environment as given to `run`; a map so tests need not touch the real one.
 pub type Env = HashMap<OsString, OsString>;
 
-pub const SUPPORTED_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+pub(crate) const SUPPORTED_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 /// Used in replies when the config gives us no usable version of its own.
-pub const FALLBACK_VERSION: &str = "1.0.0";
-pub const DEFAULT_AGENT_SOCKET: &str = "/var/run/ferry/cni.sock";
-pub const DEFAULT_AGENT_TIMEOUT_SECS: u64 = 30;
+pub(crate) const FALLBACK_VERSION: &str = "1.0.0";
+pub(crate) const DEFAULT_AGENT_SOCKET: &str = "/var/run/ferry/cni.sock";
+pub(crate) const DEFAULT_AGENT_TIMEOUT_SECS: u64 = 30;
 /// Above this a pod start would stall for longer than any runtime waits; also keeps deadline
 /// arithmetic far from overflow.
-pub const MAX_AGENT_TIMEOUT_SECS: u64 = 3600;
+pub(crate) const MAX_AGENT_TIMEOUT_SECS: u64 = 3600;
 /// Network configs with a prevResult are a few KiB; anything near this is not a config.
-pub const MAX_CONFIG_BYTES: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_CONFIG_BYTES: usize = 4 * 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Command {
+pub(crate) enum Command {
     Add,
     Del,
     Check,
@@ -36,7 +36,7 @@ pub enum Command {
 }
 
 impl Command {
-    pub fn parse(raw: &str) -> Result<Self, CniError> {
+    pub(crate) fn parse(raw: &str) -> Result<Self, CniError> {
         Ok(match raw {
             "ADD" => Command::Add,
             "DEL" => Command::Del,
@@ -48,42 +48,31 @@ impl Command {
             other => return Err(CniError::UnknownCommand(other.chars().take(64).collect())),
         })
     }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Command::Add => "ADD",
-            Command::Del => "DEL",
-            Command::Check => "CHECK",
-            Command::Version => "VERSION",
-            Command::Status => "STATUS",
-            Command::Gc => "GC",
-        }
-    }
 }
 
 /// The parts of the network config this plugin acts on.
 #[derive(Debug, Clone)]
-pub struct NetConf {
-    pub cni_version: String,
-    pub agent_socket: PathBuf,
-    pub cluster_state: Option<PathBuf>,
-    pub agent_timeout: Duration,
-    pub prev_result: Option<Map<String, Value>>,
+pub(crate) struct NetConf {
+    pub(crate) cni_version: String,
+    pub(crate) agent_socket: PathBuf,
+    pub(crate) cluster_state: Option<PathBuf>,
+    pub(crate) agent_timeout: Duration,
+    pub(crate) prev_result: Option<Map<String, Value>>,
 }
 
 /// Pod identity and sandbox details from the environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PodContext {
-    pub container_id: String,
-    pub netns: String,
-    pub ifname: String,
-    pub namespace: String,
-    pub name: String,
-    pub uid: String,
+pub(crate) struct PodContext {
+    pub(crate) container_id: String,
+    pub(crate) netns: String,
+    pub(crate) ifname: String,
+    pub(crate) namespace: String,
+    pub(crate) name: String,
+    pub(crate) uid: String,
 }
 
 impl PodContext {
-    pub fn event(&self, ips: Vec<IpAddr>) -> PodEvent {
+    pub(crate) fn event(&self, ips: Vec<IpAddr>) -> PodEvent {
         PodEvent {
             container_id: self.container_id.clone(),
             netns: self.netns.clone(),
@@ -97,7 +86,7 @@ impl PodContext {
 }
 
 /// A variable's value; absent and empty are the same to the CNI spec.
-pub fn env_var(env: &Env, name: &'static str) -> Result<Option<String>, CniError> {
+pub(crate) fn env_var(env: &Env, name: &'static str) -> Result<Option<String>, CniError> {
     match env.get(&OsString::from(name)) {
         None => Ok(None),
         Some(raw) => match raw.to_str() {
@@ -108,17 +97,17 @@ pub fn env_var(env: &Env, name: &'static str) -> Result<Option<String>, CniError
     }
 }
 
-pub fn required_env(env: &Env, name: &'static str) -> Result<String, CniError> {
+pub(crate) fn required_env(env: &Env, name: &'static str) -> Result<String, CniError> {
     env_var(env, name)?.ok_or(CniError::MissingEnv { name })
 }
 
-pub fn command(env: &Env) -> Result<Command, CniError> {
+pub(crate) fn command(env: &Env) -> Result<Command, CniError> {
     Command::parse(&required_env(env, "CNI_COMMAND")?)
 }
 
 /// Splits `K=V;K=V`. Empty segments are tolerated (runtimes emit trailing `;`); a segment
 /// without `=` is rejected because guessing could attach a pod to the wrong name.
-pub fn parse_cni_args(raw: &str) -> Result<BTreeMap<String, String>, CniError> {
+pub(crate) fn parse_cni_args(raw: &str) -> Result<BTreeMap<String, String>, CniError> {
     let mut out = BTreeMap::new();
     for segment in raw.split(';') {
         let segment = segment.trim();
@@ -139,7 +128,7 @@ pub fn parse_cni_args(raw: &str) -> Result<BTreeMap<String, String>, CniError> {
 
 /// Gathers the pod context. DEL is lenient about everything that may already be gone or that
 /// the agent can find by container id, because a failing DEL wedges pod deletion.
-pub fn pod_context(env: &Env, cmd: Command) -> Result<PodContext, CniError> {
+pub(crate) fn pod_context(env: &Env, cmd: Command) -> Result<PodContext, CniError> {
     let strict = cmd != Command::Del;
     let container_id = required_env(env, "CNI_CONTAINERID")?;
     let ifname = required_env(env, "CNI_IFNAME")?;
@@ -167,13 +156,13 @@ pub fn pod_context(env: &Env, cmd: Command) -> Result<PodContext, CniError> {
 }
 
 /// Best-effort `namespace/name` for the log line, never failing.
-pub fn pod_label(env: &Env) -> String {
+pub(crate) fn pod_label(env: &Env) -> String {
     let args = env_var(env, "CNI_ARGS").ok().flatten().and_then(|raw| parse_cni_args(&raw).ok()).unwrap_or_default();
     let get = |k: &str| args.get(k).map(|v| v.chars().take(253).collect::<String>()).unwrap_or_else(|| "?".to_string());
     format!("{}/{}", get("K8S_POD_NAMESPACE"), get("K8S_POD_NAME"))
 }
 
-pub fn parse_netconf(stdin: &[u8]) -> Result<NetConf, CniError> {
+pub(crate) fn parse_netconf(stdin: &[u8]) -> Result<NetConf, CniError> {
     if stdin.len() > MAX_CONFIG_BYTES {
         return Err(CniError::Decode(format!("input is {} bytes, more than the {MAX_CONFIG_BYTES} allowed", stdin.len())));
     }
@@ -238,7 +227,7 @@ fn prev_result(obj: &Map<String, Value>) -> Result<Option<Map<String, Value>>, C
 }
 
 /// Pod addresses from `prevResult.ips[].address`, prefix length stripped, duplicates dropped.
-pub fn pod_ips(prev: &Map<String, Value>) -> Result<Vec<IpAddr>, CniError> {
+pub(crate) fn pod_ips(prev: &Map<String, Value>) -> Result<Vec<IpAddr>, CniError> {
     let entries = match prev.get("ips") {
         None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::Array(a)) => a,
@@ -278,7 +267,7 @@ fn truncate(s: &str) -> String {
 }
 
 /// The version to stamp on a reply: the config's own when it is one we speak.
-pub fn reply_version(stdin: &[u8]) -> String {
+pub(crate) fn reply_version(stdin: &[u8]) -> String {
     if stdin.len() > MAX_CONFIG_BYTES {
         return FALLBACK_VERSION.to_string();
     }

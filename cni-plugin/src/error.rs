@@ -7,16 +7,16 @@ use serde::Serialize;
 
 /// Codes defined by the CNI specification; 100 and above are ours.
 pub mod code {
-    pub const INCOMPATIBLE_VERSION: u32 = 1;
-    pub const INVALID_ENV: u32 = 4;
-    pub const IO_FAILURE: u32 = 5;
-    pub const DECODE_FAILURE: u32 = 6;
-    pub const INVALID_CONFIG: u32 = 7;
-    pub const TRY_AGAIN_LATER: u32 = 11;
-    pub const PLUGIN_NOT_AVAILABLE: u32 = 50;
-    pub const AGENT_REFUSED: u32 = 100;
-    pub const AGENT_BAD_REPLY: u32 = 101;
-    pub const INTERNAL: u32 = 102;
+    pub(crate) const INCOMPATIBLE_VERSION: u32 = 1;
+    pub(crate) const INVALID_ENV: u32 = 4;
+    pub(crate) const IO_FAILURE: u32 = 5;
+    pub(crate) const DECODE_FAILURE: u32 = 6;
+    pub(crate) const INVALID_CONFIG: u32 = 7;
+    pub(crate) const TRY_AGAIN_LATER: u32 = 11;
+    pub(crate) const PLUGIN_NOT_AVAILABLE: u32 = 50;
+    pub(crate) const AGENT_REFUSED: u32 = 100;
+    pub(crate) const AGENT_BAD_REPLY: u32 = 101;
+    pub(crate) const INTERNAL: u32 = 102;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +76,7 @@ pub enum CniError {
 }
 
 impl CniError {
-    pub fn code(&self) -> u32 {
+    pub(crate) fn code(&self) -> u32 {
         use CniError::*;
         match self {
             IncompatibleVersion { .. } => code::INCOMPATIBLE_VERSION,
@@ -93,7 +93,7 @@ impl CniError {
     }
 
     /// Extra context for the operator: the agent's own words, or the low-level cause.
-    pub fn details(&self) -> String {
+    pub(crate) fn details(&self) -> String {
         use CniError::*;
         match self {
             AgentRefused { message, .. } => message.clone(),
@@ -108,7 +108,7 @@ impl CniError {
     }
 
     /// The JSON error object the runtime reads from stdout.
-    pub fn to_cni_json(&self, cni_version: &str) -> String {
+    pub(crate) fn to_cni_json(&self, cni_version: &str) -> String {
         let reply = ErrorReply { cni_version, code: self.code(), msg: self.to_string(), details: self.details() };
         // Serialising plain strings and an integer cannot fail; the fallback keeps stdout valid
         // JSON even if that ever changes.

@@ -30,10 +30,10 @@ pub use crate::{config::Env, error::CniError};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invocation {
     /// The CNI result or error object; `None` when the command has no output.
-    pub stdout: Option<String>,
-    pub exit_code: u8,
+    pub(crate) stdout: Option<String>,
+    pub(crate) exit_code: u8,
     /// The single stderr line recording command, pod and outcome.
-    pub log_line: String,
+    pub(crate) log_line: String,
 }
 
 /// A successful command: what to print and a note for the log.
@@ -49,7 +49,8 @@ impl Outcome {
 }
 
 /// Runs one CNI command. `Ok(Some(json))` is the result to print, `Ok(None)` a silent success.
-pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<String>, CniError> {
+#[cfg(test)]
+pub(crate) fn run(env: &Env, stdin: &[u8]) -> Result<Option<String>, CniError> {
     dispatch(env, stdin).map(|outcome| outcome.stdout)
 }
 

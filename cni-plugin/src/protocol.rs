@@ -35,11 +35,11 @@ pub enum AgentRequest {
 /// What the plugin knows about the pod sandbox at the time of the event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodEvent {
-    pub container_id: String,
+    pub(crate) container_id: String,
     /// Path of the pod's network namespace; empty on DEL when the runtime already removed it.
     #[serde(default)]
     pub netns: String,
-    pub ifname: String,
+    pub(crate) ifname: String,
     pub pod_namespace: String,
     pub pod_name: String,
     #[serde(default)]
@@ -72,7 +72,7 @@ impl AgentRequest {
     }
 
     /// The request as one line, newline included.
-    pub fn to_line(&self) -> Result<Vec<u8>, serde_json::Error> {
+    pub(crate) fn to_line(&self) -> Result<Vec<u8>, serde_json::Error> {
         let mut line = serde_json::to_vec(self)?;
         line.push(b'\n');
         Ok(line)

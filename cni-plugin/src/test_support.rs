@@ -9,10 +9,10 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 /// A directory removed on drop; named per process and per call so parallel tests never collide.
-pub struct TempDir(PathBuf);
+pub(crate) struct TempDir(PathBuf);
 
 impl TempDir {
-    pub fn new(tag: &str) -> Self {
+    pub(crate) fn new(tag: &str) -> Self {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!("ferry-cni-{tag}-{}-{n}", std::process::id()));
@@ -21,7 +21,7 @@ impl TempDir {
         TempDir(path)
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -34,7 +34,7 @@ impl Drop for TempDir {
 
 /// A fake ferry node agent: a real `UnixListener` that records every request line and answers
 /// each with the same canned line, or, when `reply` is `None`, never answers.
-pub struct FakeAgent {
+pub(crate) struct FakeAgent {
     /// Held so the socket's directory lives exactly as long as the agent.
     _dir: TempDir,
     socket: PathBuf,
@@ -44,7 +44,7 @@ pub struct FakeAgent {
 }
 
 impl FakeAgent {
-    pub fn start(reply: Option<&str>) -> Self {
+    pub(crate) fn start(reply: Option<&str>) -> Self {
         let dir = TempDir::new("agent");
         let socket = dir.path().join("cni.sock");
         let listener = UnixListener::bind(&socket).expect("bind fake agent");
@@ -64,12 +64,12 @@ impl FakeAgent {
         FakeAgent { _dir: dir, socket, requests, stop, handle: Some(handle) }
     }
 
-    pub fn socket(&self) -> &Path {
+    pub(crate) fn socket(&self) -> &Path {
         &self.socket
     }
 
     /// Requests received so far, parsed.
-    pub fn requests(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn requests(&self) -> Vec<serde_json::Value> {
         self.requests.lock().unwrap().iter().map(|l| serde_json::from_str(l).expect("request is JSON")).collect()
     }
 }

@@ -18,7 +18,7 @@ use ferry_sys::Netns;
 
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+pub(crate) fn bind(path: &Path) -> std::io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -41,7 +41,7 @@ fn fail(message: impl Into<String>) -> AgentResponse {
 }
 
 impl Agent {
-    pub async fn serve_cni(self: Arc<Self>, listener: UnixListener) {
+    pub(crate) async fn serve_cni(self: Arc<Self>, listener: UnixListener) {
         loop {
             match listener.accept().await {
                 Ok((s, _)) => {

@@ -29,34 +29,34 @@ pub struct AgentArgs {
     /// Kubernetes manifests (Namespaces, Pods, Services, ServiceAccounts) in a file or
     /// directory, watched for changes; stands in for the Kubernetes API.
     #[arg(long, env = "FERRY_CLUSTER_STATE", value_name = "PATH")]
-    pub cluster_state: PathBuf,
+    pub(crate) cluster_state: PathBuf,
     /// How often the cluster state is checked for changes.
     #[arg(long, env = "FERRY_CLUSTER_STATE_POLL", value_parser = ferry_core::timefmt::parse_duration, default_value = "1s")]
-    pub cluster_state_poll: Duration,
+    pub(crate) cluster_state_poll: Duration,
     /// This node's name; only pods scheduled here are handled.
     #[arg(long, env = "NODE_NAME")]
-    pub node_name: String,
+    pub(crate) node_name: String,
     /// ZDS socket the node proxy connects to.
     #[arg(long, env = "FERRY_ZDS_SOCKET", default_value = "/var/run/ztunnel/ztunnel.sock")]
-    pub zds_socket: PathBuf,
+    pub(crate) zds_socket: PathBuf,
     /// Socket the CNI plugin sends pod events to.
     #[arg(long, env = "FERRY_CNI_SOCKET", default_value = "/var/run/ferry/cni.sock")]
-    pub cni_socket: PathBuf,
+    pub(crate) cni_socket: PathBuf,
     /// Where the agent keeps its pod records across restarts.
     #[arg(long, env = "FERRY_AGENT_STATE_DIR", default_value = "/var/run/ferry/agent")]
-    pub state_dir: PathBuf,
+    pub(crate) state_dir: PathBuf,
     /// The node proxy's socket mark (must match its PACKET_MARK).
     #[arg(long, env = "PACKET_MARK", default_value_t = ferry_core::ports::DEFAULT_PACKET_MARK)]
-    pub packet_mark: u32,
+    pub(crate) packet_mark: u32,
     /// Also capture IPv6.
     #[arg(long, env = "IPV6_ENABLED", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(), default_value = "true")]
-    pub ipv6_enabled: bool,
+    pub(crate) ipv6_enabled: bool,
     /// How long a CNI ADD waits for its pod to appear in the cluster state.
     #[arg(long, env = "FERRY_POD_WAIT", value_parser = ferry_core::timefmt::parse_duration, default_value = "10s")]
-    pub pod_wait: Duration,
+    pub(crate) pod_wait: Duration,
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "plain", ignore_case = true)]
-    pub log_format: LogFormat,
+    pub(crate) log_format: LogFormat,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,10 +67,10 @@ pub enum AgentError {
     Io { what: String, source: std::io::Error },
 }
 
-pub struct Agent {
-    pub args: AgentArgs,
-    pub cluster: watch::Receiver<Arc<ClusterState>>,
-    pub pods: Mutex<PodCache>,
+pub(crate) struct Agent {
+    pub(crate) args: AgentArgs,
+    pub(crate) cluster: watch::Receiver<Arc<ClusterState>>,
+    pub(crate) pods: Mutex<PodCache>,
     conns: std::sync::Mutex<Vec<zds_server::ConnHandle>>,
     next_conn: AtomicU64,
     redirect: RedirectConfig,
@@ -117,7 +117,7 @@ async fn wait_for_signal() {
 }
 
 impl Agent {
-    pub fn new(args: AgentArgs, cluster: watch::Receiver<Arc<ClusterState>>, cache: PodCache) -> Self {
+    pub(crate) fn new(args: AgentArgs, cluster: watch::Receiver<Arc<ClusterState>>, cache: PodCache) -> Self {
         let redirect = RedirectConfig { mark: args.packet_mark, ipv6: args.ipv6_enabled, ..Default::default() };
         Agent { args, cluster, pods: Mutex::new(cache), conns: std::sync::Mutex::new(Vec::new()), next_conn: AtomicU64::new(1), redirect }
     }
@@ -150,7 +150,7 @@ impl Agent {
         }
     }
 
-    pub async fn reconcile(&self) {
+    pub(crate) async fn reconcile(&self) {
         let state = self.cluster.borrow().clone();
         let mut cache = self.pods.lock().await;
         for action in pods::plan(&cache, &state) {
@@ -188,7 +188,7 @@ impl Agent {
     }
 
     /// Rules, then the proxy's acknowledgement; any failure undoes the rules.
-    pub async fn enroll(&self, cache: &mut PodCache, uid: &str) -> Result<(), String> {
+    pub(crate) async fn enroll(&self, cache: &mut PodCache, uid: &str) -> Result<(), String> {
         let e = cache.pods.get_mut(uid).ok_or_else(|| format!("unknown pod {uid}"))?;
         self.install_rules(e)?;
         let sa = self.service_account(&e.record.namespace, &e.record.name);
@@ -203,7 +203,7 @@ impl Agent {
     }
 
     /// Rules removed, then every connected proxy told to drop the pod.
-    pub async fn release(&self, cache: &mut PodCache, uid: &str) -> Result<(), String> {
+    pub(crate) async fn release(&self, cache: &mut PodCache, uid: &str) -> Result<(), String> {
         let e = cache.pods.get_mut(uid).ok_or_else(|| format!("unknown pod {uid}"))?;
         let rules = self.remove_rules(e);
         self.zds_del(uid).await;
@@ -218,6 +218,6 @@ impl Agent {
     }
 }
 
-pub fn pod_name(e: &PodEntry) -> String {
+pub(crate) fn pod_name(e: &PodEntry) -> String {
     format!("{}/{}", e.record.namespace, e.record.name)
 }

@@ -14,8 +14,8 @@ use ferry_core::k8s::capture::{decide, Capture};
 use ferry_core::k8s::objects::{ClusterState, Pod};
 use ferry_sys::Netns;
 
-pub const BYPASS_INBOUND_ANNOTATION: &str = "ambient.istio.io/bypass-inbound-capture";
-pub const VIRTUAL_INTERFACES_ANNOTATION: &str = "istio.io/reroute-virtual-interfaces";
+pub(crate) const BYPASS_INBOUND_ANNOTATION: &str = "ambient.istio.io/bypass-inbound-capture";
+pub(crate) const VIRTUAL_INTERFACES_ANNOTATION: &str = "istio.io/reroute-virtual-interfaces";
 
 /// One pod sandbox the agent has seen through CNI.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -29,26 +29,26 @@ pub struct PodRecord {
     pub enrolled: bool,
 }
 
-pub struct PodEntry {
-    pub record: PodRecord,
-    pub netns: Arc<Netns>,
+pub(crate) struct PodEntry {
+    pub(crate) record: PodRecord,
+    pub(crate) netns: Arc<Netns>,
 }
 
 #[derive(Default)]
-pub struct PodCache {
-    pub pods: BTreeMap<String, PodEntry>,
+pub(crate) struct PodCache {
+    pub(crate) pods: BTreeMap<String, PodEntry>,
     file: Option<PathBuf>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     Enroll(String),
     Release(String),
 }
 
 impl PodCache {
     /// Loads the persisted records, keeping those whose namespace still exists.
-    pub fn load(file: &Path) -> PodCache {
+    pub(crate) fn load(file: &Path) -> PodCache {
         let mut cache = PodCache { pods: BTreeMap::new(), file: Some(file.to_path_buf()) };
         let records: Vec<PodRecord> = match std::fs::read(file) {
             Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
@@ -68,7 +68,7 @@ impl PodCache {
         cache
     }
 
-    pub fn save(&self) {
+    pub(crate) fn save(&self) {
         let Some(file) = &self.file else { return };
         let records: Vec<&PodRecord> = self.pods.values().map(|e| &e.record).collect();
         let tmp = file.with_extension("tmp");
@@ -81,7 +81,7 @@ impl PodCache {
         }
     }
 
-    pub fn find(&self, namespace: &str, name: &str) -> Option<&PodEntry> {
+    pub(crate) fn find(&self, namespace: &str, name: &str) -> Option<&PodEntry> {
         self.pods.values().find(|e| e.record.namespace == namespace && e.record.name == name)
     }
 }
@@ -94,7 +94,7 @@ pub fn wants_capture(c: &ClusterState, r: &PodRecord) -> Option<bool> {
 }
 
 /// The changes that make capture match the cluster state.
-pub fn plan(cache: &PodCache, c: &ClusterState) -> Vec<Action> {
+pub(crate) fn plan(cache: &PodCache, c: &ClusterState) -> Vec<Action> {
     cache
         .pods
         .values()
@@ -107,7 +107,7 @@ pub fn plan(cache: &PodCache, c: &ClusterState) -> Vec<Action> {
 }
 
 /// The pod's redirection, honouring the ingress-mode and virtual-interface annotations.
-pub fn redirect_config(pod: Option<&Pod>, base: &RedirectConfig) -> RedirectConfig {
+pub(crate) fn redirect_config(pod: Option<&Pod>, base: &RedirectConfig) -> RedirectConfig {
     let mut c = base.clone();
     if let Some(p) = pod {
         let a = &p.metadata.annotations;

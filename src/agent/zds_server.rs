@@ -16,7 +16,7 @@ use ferry_sys::Netns;
 
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub struct ConnHandle {
+pub(crate) struct ConnHandle {
     id: u64,
     tx: mpsc::Sender<Cmd>,
 }
@@ -49,7 +49,7 @@ async fn exchange(sock: &ZdsSocket, req: &WorkloadRequest, netns: Option<&Netns>
 }
 
 impl Agent {
-    pub async fn serve_zds(self: Arc<Self>, listener: ZdsListener) {
+    pub(crate) async fn serve_zds(self: Arc<Self>, listener: ZdsListener) {
         loop {
             match listener.accept().await {
                 Ok(sock) => {
@@ -139,12 +139,12 @@ impl Agent {
         self.conns.lock().unwrap_or_else(|e| e.into_inner()).retain(|c| c.id != id);
     }
 
-    pub fn proxies_connected(&self) -> usize {
+    pub(crate) fn proxies_connected(&self) -> usize {
         self.conns.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Sends a pod to the newest proxy and waits for its ack.
-    pub async fn zds_add(&self, uid: &str, ns: &str, name: &str, sa: &str, netns: Arc<Netns>) -> Result<(), String> {
+    pub(crate) async fn zds_add(&self, uid: &str, ns: &str, name: &str, sa: &str, netns: Arc<Netns>) -> Result<(), String> {
         let tx = self.conns.lock().unwrap_or_else(|e| e.into_inner()).last().map(|c| c.tx.clone());
         let tx = tx.ok_or_else(|| format!("no node proxy is connected to {}", self.args.zds_socket.display()))?;
         let (reply, rx) = oneshot::channel();
@@ -156,7 +156,7 @@ impl Agent {
 
     /// Tells every connected proxy to drop a pod; failures are logged (the proxy reconciles
     /// on its next snapshot).
-    pub async fn zds_del(&self, uid: &str) {
+    pub(crate) async fn zds_del(&self, uid: &str) {
         let txs: Vec<_> = self.conns.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|c| c.tx.clone()).collect();
         for tx in txs {
             let (reply, rx) = oneshot::channel();

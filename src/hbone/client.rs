@@ -69,11 +69,11 @@ fn is_identity_error(e: &std::io::Error) -> bool {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PoolKey {
-    pub src_id: Identity,
+    pub(crate) src_id: Identity,
     /// Sorted and de-duplicated, so equal sets compare equal.
-    pub dst_ids: Vec<Identity>,
-    pub src: IpAddr,
-    pub dst: ServerAddr,
+    pub(crate) dst_ids: Vec<Identity>,
+    pub(crate) src: IpAddr,
+    pub(crate) dst: ServerAddr,
 }
 
 impl PoolKey {
@@ -213,7 +213,7 @@ impl Pool {
 }
 
 /// HTTP/2 PINGs every `interval`; returns when one is not answered within `timeout`.
-pub async fn keepalive(pings: Option<h2::PingPong>, interval: Duration, timeout: Duration) {
+pub(crate) async fn keepalive(pings: Option<h2::PingPong>, interval: Duration, timeout: Duration) {
     let Some(mut pings) = pings else { return std::future::pending().await };
     loop {
         tokio::time::sleep(interval).await;

@@ -18,17 +18,17 @@ use ferry_core::model::Workload;
 
 /// One CONNECT stream: the byte pipe of one proxied TCP connection.
 pub struct H2Stream {
-    pub send: SendStream<Bytes>,
-    pub recv: RecvStream,
+    pub(crate) send: SendStream<Bytes>,
+    pub(crate) recv: RecvStream,
 }
 
 /// `ip:port` with IPv6 in brackets, the form used on the wire.
-pub fn authority_string(a: SocketAddr) -> String {
+pub(crate) fn authority_string(a: SocketAddr) -> String {
     a.to_string()
 }
 
 /// The `baggage` header describing workload `w` (protocols.md §1.5).
-pub fn baggage(w: &Workload, cluster_default: &str) -> String {
+pub(crate) fn baggage(w: &Workload, cluster_default: &str) -> String {
     let cluster = if w.cluster_id.is_empty() { cluster_default } else { &w.cluster_id };
     let name = if w.workload_name.is_empty() { &w.name } else { &w.workload_name };
     let kind = format!("k8s.{}.name", w.workload_type.as_str());
@@ -53,15 +53,15 @@ pub fn baggage(w: &Workload, cluster_default: &str) -> String {
 
 /// What a peer's `baggage` says about it; used only for labels, never for decisions.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Baggage {
-    pub cluster: Option<String>,
-    pub namespace: Option<String>,
-    pub workload: Option<String>,
-    pub service: Option<String>,
-    pub version: Option<String>,
+pub(crate) struct Baggage {
+    pub(crate) cluster: Option<String>,
+    pub(crate) namespace: Option<String>,
+    pub(crate) workload: Option<String>,
+    pub(crate) service: Option<String>,
+    pub(crate) version: Option<String>,
 }
 
-pub fn parse_baggage(headers: &HeaderMap) -> Baggage {
+pub(crate) fn parse_baggage(headers: &HeaderMap) -> Baggage {
     let mut b = Baggage::default();
     for value in headers.get_all("baggage") {
         let Ok(s) = value.to_str() else { continue };
@@ -82,7 +82,7 @@ pub fn parse_baggage(headers: &HeaderMap) -> Baggage {
 }
 
 /// RFC 7239 `forwarded` for the original client, with the service host when known.
-pub fn forwarded(client: SocketAddr, host: Option<&str>) -> String {
+pub(crate) fn forwarded(client: SocketAddr, host: Option<&str>) -> String {
     match host {
         Some(h) => format!("for=\"{client}\";host={h}"),
         None => format!("for=\"{client}\""),
@@ -90,7 +90,7 @@ pub fn forwarded(client: SocketAddr, host: Option<&str>) -> String {
 }
 
 /// A random W3C `traceparent` (for correlating logs across hops).
-pub fn traceparent() -> String {
+pub(crate) fn traceparent() -> String {
     format!("00-{:032x}-{:016x}-00", fastrand::u128(1..), fastrand::u64(1..))
 }
 

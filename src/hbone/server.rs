@@ -22,15 +22,15 @@ use ferry_core::identity::Identity;
 
 /// What the listener learned about one TLS connection.
 #[derive(Debug)]
-pub struct ConnInfo {
-    pub peer: SocketAddr,
+pub(crate) struct ConnInfo {
+    pub(crate) peer: SocketAddr,
     /// The address the connection arrived on (the pod IP in the destination's namespace).
-    pub local: SocketAddr,
-    pub identity: Identity,
+    pub(crate) local: SocketAddr,
+    pub(crate) identity: Identity,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ServeError {
+pub(crate) enum ServeError {
     #[error("TLS handshake failed: {}", crate::tls::describe_tls_error(.0))]
     Tls(std::io::Error),
     #[error("handshake did not complete within {0:?}")]
@@ -44,7 +44,7 @@ pub enum ServeError {
 }
 
 /// Handles one CONNECT stream; implemented by the inbound proxy.
-pub trait StreamHandler: Send + Sync + 'static {
+pub(crate) trait StreamHandler: Send + Sync + 'static {
     fn handle(
         self: Arc<Self>,
         req: Request<RecvStream>,
@@ -56,7 +56,7 @@ pub trait StreamHandler: Send + Sync + 'static {
 
 /// Serves one accepted TCP connection on the HBONE port until the peer leaves, keepalive
 /// fails, or the drain forces it closed.
-pub async fn serve<H: StreamHandler>(
+pub(crate) async fn serve<H: StreamHandler>(
     tcp: TcpStream,
     tls: Arc<ServerConfig>,
     cfg: &H2Config,

@@ -19,7 +19,7 @@ enum End {
     Fatal(String),
 }
 
-pub async fn run(mgr: Arc<Mutex<WorkloadManager>>, path: PathBuf, stop: DrainWatch) {
+pub(crate) async fn run(mgr: Arc<Mutex<WorkloadManager>>, path: PathBuf, stop: DrainWatch) {
     let mut backoff = BACKOFF_START;
     loop {
         let end = tokio::select! {

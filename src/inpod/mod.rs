@@ -24,11 +24,11 @@ use crate::zds::{workload_request::Payload, AddWorkload, WorkloadRequest};
 use ferry_core::identity::Identity;
 use ferry_sys::Netns;
 
-pub const READINESS_COMPONENT: &str = "workload proxy manager";
+pub(crate) const READINESS_COMPONENT: &str = "workload proxy manager";
 
 /// What to answer a ZDS request with.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Reply {
+pub(crate) enum Reply {
     Ack,
     /// NACK; the connection stays.
     Nack(String),
@@ -52,7 +52,7 @@ struct Pending {
     error: String,
 }
 
-pub struct WorkloadManager {
+pub(crate) struct WorkloadManager {
     inputs: Arc<ProxyInputs>,
     opts: SocketOptions,
     proxies: HashMap<String, Running>,
@@ -65,7 +65,7 @@ pub struct WorkloadManager {
 }
 
 impl WorkloadManager {
-    pub fn new(inputs: Arc<ProxyInputs>, opts: SocketOptions, readiness: Readiness) -> Self {
+    pub(crate) fn new(inputs: Arc<ProxyInputs>, opts: SocketOptions, readiness: Readiness) -> Self {
         let block = Some(readiness.block(READINESS_COMPONENT));
         WorkloadManager {
             inputs,
@@ -81,19 +81,19 @@ impl WorkloadManager {
     }
 
     /// A new ZDS session: forget the session state, keep the running proxies.
-    pub fn connected(&mut self) {
+    pub(crate) fn connected(&mut self) {
         self.connected = true;
         self.seen.clear();
         self.snapshot_done = false;
         self.update_readiness();
     }
 
-    pub fn disconnected(&mut self) {
+    pub(crate) fn disconnected(&mut self) {
         self.connected = false;
         self.update_readiness();
     }
 
-    pub fn handle(&mut self, req: WorkloadRequest, fds: Vec<OwnedFd>) -> Reply {
+    pub(crate) fn handle(&mut self, req: WorkloadRequest, fds: Vec<OwnedFd>) -> Reply {
         let is_add = matches!(req.payload, Some(Payload::Add(_)));
         if (is_add && fds.len() != 1) || (!is_add && !fds.is_empty()) {
             return Reply::Reconnect(format!("failure to read message : expected {} descriptor(s), got {}", is_add as u8, fds.len()));
@@ -174,7 +174,7 @@ impl WorkloadManager {
     }
 
     /// Retries proxies that failed to start (every 5 s while connected).
-    pub fn retry_pending(&mut self) {
+    pub(crate) fn retry_pending(&mut self) {
         let pending: Vec<(String, Pending)> = self.pending.drain().collect();
         for (uid, p) in pending {
             if let Err(e) = self.start(&uid, p.info.clone(), p.netns.clone()) {
@@ -233,12 +233,12 @@ impl WorkloadManager {
     }
 
     /// Takes every pod proxy for a graceful drain (process shutdown).
-    pub fn take_all(&mut self) -> Vec<DrainTrigger> {
+    pub(crate) fn take_all(&mut self) -> Vec<DrainTrigger> {
         self.pending.clear();
         self.proxies.drain().map(|(_, r)| r.trigger).collect()
     }
 
-    pub fn dump(&self) -> serde_json::Value {
+    pub(crate) fn dump(&self) -> serde_json::Value {
         let mut running: Vec<_> = self
             .proxies
             .iter()
@@ -253,13 +253,14 @@ impl WorkloadManager {
         json!({"workloadManager": {"connected": self.connected, "snapshotReceived": self.snapshot_done, "running": running, "pending": pending}})
     }
 
-    pub fn running(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn running(&self) -> usize {
         self.proxies.len()
     }
 }
 
 /// How long to wait between pending retries.
-pub const RETRY_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const RETRY_INTERVAL: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests;

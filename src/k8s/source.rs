@@ -13,14 +13,14 @@ use ferry_core::k8s::objects::ClusterState;
 use tokio::sync::watch;
 
 /// Where the node agent and the node proxy read Kubernetes objects from.
-pub trait ClusterSource: Send + Sync + 'static {
+pub(crate) trait ClusterSource: Send + Sync + 'static {
     /// The current state and every later one.
     fn subscribe(&self) -> watch::Receiver<Arc<ClusterState>>;
 }
 
 /// Kubernetes manifests in a file or a directory tree (`.yaml`, `.yml`, `.json`; names
 /// starting with `.` are ignored so writers can rename into place atomically).
-pub struct FileSource {
+pub(crate) struct FileSource {
     path: PathBuf,
     tx: watch::Sender<Arc<ClusterState>>,
 }
@@ -33,14 +33,14 @@ impl ClusterSource for FileSource {
 
 impl FileSource {
     /// Loads `path` now; an unreadable or invalid initial state is an error.
-    pub fn load(path: &Path) -> Result<Arc<Self>, StateError> {
+    pub(crate) fn load(path: &Path) -> Result<Arc<Self>, StateError> {
         let state = cluster_state::load(path)?;
         let (tx, _) = watch::channel(Arc::new(state));
         Ok(Arc::new(FileSource { path: path.to_path_buf(), tx }))
     }
 
     /// Polls for changes until nobody subscribes any more.
-    pub async fn watch(self: Arc<Self>, interval: Duration) {
+    pub(crate) async fn watch(self: Arc<Self>, interval: Duration) {
         let mut last = cluster_state::stamp(&self.path);
         loop {
             tokio::time::sleep(interval).await;

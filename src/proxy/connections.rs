@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 use crate::state::StateStore;
-use ferry_core::rbac::{evaluate, ConnAttrs, Decision};
 use ferry_core::model::WorkloadUid;
+use ferry_core::rbac::{evaluate, ConnAttrs, Decision};
 use ferry_core::state::Snapshot;
 
 struct Tracked {
@@ -28,13 +28,13 @@ struct Revoke {
 }
 
 #[derive(Default)]
-pub struct ConnectionManager {
+pub(crate) struct ConnectionManager {
     conns: Mutex<HashMap<u64, Tracked>>,
     next: AtomicU64,
 }
 
 /// A registered connection; dropping it deregisters.
-pub struct Tracking {
+pub(crate) struct Tracking {
     id: u64,
     mgr: Arc<ConnectionManager>,
     revoke: Arc<Revoke>,
@@ -48,7 +48,7 @@ impl Drop for Tracking {
 
 impl Tracking {
     /// Resolves with the reason once a policy change denies this connection.
-    pub async fn revoked(&mut self) -> String {
+    pub(crate) async fn revoked(&mut self) -> String {
         let notified = self.revoke.notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
@@ -61,7 +61,7 @@ impl Tracking {
 }
 
 impl ConnectionManager {
-    pub fn track(self: &Arc<Self>, workload_uid: &WorkloadUid, attrs: ConnAttrs) -> Tracking {
+    pub(crate) fn track(self: &Arc<Self>, workload_uid: &WorkloadUid, attrs: ConnAttrs) -> Tracking {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let revoke = Arc::new(Revoke::default());
         self.conns
@@ -71,16 +71,16 @@ impl ConnectionManager {
         Tracking { id, mgr: self.clone(), revoke }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.conns.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Re-authorizes every open connection against `snap`; returns how many were closed.
-    pub fn recheck(&self, snap: &Snapshot) -> usize {
+    pub(crate) fn recheck(&self, snap: &Snapshot) -> usize {
         let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         let mut closed = 0;
         for t in conns.values().filter(|t| t.revoke.reason.lock().unwrap_or_else(|e| e.into_inner()).is_none()) {
@@ -106,7 +106,7 @@ impl ConnectionManager {
 }
 
 /// Re-checks open connections on every state change, until the store goes away.
-pub async fn watch(mgr: Arc<ConnectionManager>, store: StateStore) {
+pub(crate) async fn watch(mgr: Arc<ConnectionManager>, store: StateStore) {
     let mut rx = store.subscribe();
     while rx.changed().await.is_ok() {
         let snap = rx.borrow_and_update().clone();

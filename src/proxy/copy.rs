@@ -23,18 +23,18 @@ const MAX_CHUNK: usize = 256 * 1024;
 
 /// Bytes moved in each direction, and the first error, if any.
 #[derive(Debug, Default)]
-pub struct CopyResult {
+pub(crate) struct CopyResult {
     /// Downstream to upstream.
-    pub received: u64,
+    pub(crate) received: u64,
     /// Upstream to downstream.
-    pub sent: u64,
-    pub error: Option<io::Error>,
+    pub(crate) sent: u64,
+    pub(crate) error: Option<io::Error>,
     /// Closed because a policy change now denies the connection (late rejection).
-    pub revoked: Option<String>,
+    pub(crate) revoked: Option<String>,
 }
 
 /// Copies between two TCP connections until both directions are closed.
-pub async fn tcp_tcp(down: &TcpStream, up: &TcpStream, rx: &Counter, tx: &Counter) -> CopyResult {
+pub(crate) async fn tcp_tcp(down: &TcpStream, up: &TcpStream, rx: &Counter, tx: &Counter) -> CopyResult {
     let mut res = CopyResult::default();
     let a = tcp_to_tcp(down, up, rx, &mut res.received);
     let b = tcp_to_tcp(up, down, tx, &mut res.sent);
@@ -48,7 +48,7 @@ pub async fn tcp_tcp(down: &TcpStream, up: &TcpStream, rx: &Counter, tx: &Counte
 
 /// Copies between a TCP connection and an HBONE stream. `tcp_is_downstream` says which side
 /// the client is on, for the direction of the counters.
-pub async fn tcp_h2(tcp: &TcpStream, stream: H2Stream, tcp_is_downstream: bool, rx: &Counter, tx: &Counter) -> CopyResult {
+pub(crate) async fn tcp_h2(tcp: &TcpStream, stream: H2Stream, tcp_is_downstream: bool, rx: &Counter, tx: &Counter) -> CopyResult {
     let H2Stream { mut send, mut recv } = stream;
     let (mut up_bytes, mut down_bytes) = (0u64, 0u64);
     let (to_h2_counter, to_tcp_counter) = if tcp_is_downstream { (rx, tx) } else { (tx, rx) };

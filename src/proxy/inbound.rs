@@ -26,7 +26,7 @@ use ferry_core::rbac::{self, ConnAttrs, Decision};
 use ferry_core::route::inbound_target;
 
 /// Serves one TCP connection on the HBONE port.
-pub async fn handle_connection(px: Arc<WorkloadProxy>, tcp: TcpStream, drain: DrainWatch) {
+pub(crate) async fn handle_connection(px: Arc<WorkloadProxy>, tcp: TcpStream, drain: DrainWatch) {
     let peer = tcp.peer_addr().ok();
     let tls = match Box::pin(px.local_workload()).await.and_then(|w| px.identity(&w)) {
         Ok(id) => match px.inputs.certs.fetch(&id).await {

@@ -16,7 +16,7 @@ use ferry_core::addr::{ClientAddr, ServerAddr};
 use ferry_core::rbac::{self, ConnAttrs, Decision};
 use ferry_core::route::is_own_port;
 
-pub async fn handle(px: Arc<WorkloadProxy>, down: TcpStream, drain: DrainWatch) {
+pub(crate) async fn handle(px: Arc<WorkloadProxy>, down: TcpStream, drain: DrainWatch) {
     let (Ok(peer), Ok(orig)) = (down.peer_addr(), original_dst(&down)) else { return };
     let mut rec = ConnRecord::new(Direction::Inbound, ClientAddr(canonical(peer)), orig);
     // Boxed and freed before the copy, so an open connection's task keeps only the copy state.

@@ -29,18 +29,11 @@ use ferry_core::identity::Identity;
 use ferry_core::model::Workload;
 use ferry_core::route;
 
-pub const OUTBOUND_PORT: u16 = 15001;
-pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
-pub const HBONE_PORT: u16 = 15008;
-/// Admin, metrics and readiness: never valid proxy destinations.
-pub const ADMIN_PORTS: [u16; 3] = [15000, 15020, 15021];
-pub const DEFAULT_PACKET_MARK: u32 = 1337;
-
 /// How long a connection waits for its workload to appear in state (protocols.md §3.4).
 const LOCAL_WORKLOAD_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     #[error("served workload {0} is not in the state (yet)")]
     LocalWorkloadUnknown(String),
     #[error("served workload has an invalid identity: {0}")]
@@ -68,7 +61,7 @@ pub enum ProxyError {
 impl ProxyError {
     /// Istio's `response_flags` label value.
     // Both mappings are exhaustive on purpose: a new error must be given its flag and status.
-    pub fn response_flags(&self) -> &'static str {
+    pub(crate) fn response_flags(&self) -> &'static str {
         match self {
             ProxyError::Denied(_) => "DENY",
             ProxyError::Hbone(e) => e.response_flags(),
@@ -84,7 +77,7 @@ impl ProxyError {
     }
 
     /// The HTTP status an inbound CONNECT gets for this error (protocols.md §1.6).
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             ProxyError::NotConnect(_) | ProxyError::BadAuthority(_) => StatusCode::BAD_REQUEST,
             ProxyError::Inbound(route::InboundError::IpMismatch { .. }) => StatusCode::BAD_REQUEST,
@@ -105,11 +98,11 @@ impl ProxyError {
 
 /// Everything the proxies of one node share.
 pub struct ProxyInputs {
-    pub cfg: Arc<Config>,
-    pub state: StateStore,
-    pub certs: Arc<CertManager>,
+    pub(crate) cfg: Arc<Config>,
+    pub(crate) state: StateStore,
+    pub(crate) certs: Arc<CertManager>,
     /// Open inbound connections, re-authorized on every policy change.
-    pub conns: Arc<connections::ConnectionManager>,
+    pub(crate) conns: Arc<connections::ConnectionManager>,
 }
 
 impl ProxyInputs {
@@ -120,19 +113,19 @@ impl ProxyInputs {
 
 /// The proxy of one served workload.
 pub struct WorkloadProxy {
-    pub inputs: Arc<ProxyInputs>,
-    pub info: WorkloadInfo,
-    pub sockets: Arc<dyn SocketFactory>,
-    pub pool: Arc<Pool>,
+    pub(crate) inputs: Arc<ProxyInputs>,
+    pub(crate) info: WorkloadInfo,
+    pub(crate) sockets: Arc<dyn SocketFactory>,
+    pub(crate) pool: Arc<Pool>,
     /// Deliver inbound connections from the client's own IP (IP_TRANSPARENT works here).
-    pub orig_src: bool,
+    pub(crate) orig_src: bool,
 }
 
 /// The three listeners of one served workload.
 pub struct Listeners {
-    pub outbound: TcpListener,
-    pub inbound_plaintext: TcpListener,
-    pub hbone: TcpListener,
+    pub(crate) outbound: TcpListener,
+    pub(crate) inbound_plaintext: TcpListener,
+    pub(crate) hbone: TcpListener,
 }
 
 impl Listeners {
@@ -176,7 +169,7 @@ impl WorkloadProxy {
     }
 
     /// The served workload as the current state describes it, waiting briefly for state.
-    pub async fn local_workload(&self) -> Result<Arc<Workload>, ProxyError> {
+    pub(crate) async fn local_workload(&self) -> Result<Arc<Workload>, ProxyError> {
         let info = &self.info;
         self.inputs
             .state
@@ -185,7 +178,7 @@ impl WorkloadProxy {
             .ok_or_else(|| ProxyError::LocalWorkloadUnknown(info.to_string()))
     }
 
-    pub fn identity(&self, w: &Workload) -> Result<Identity, ProxyError> {
+    pub(crate) fn identity(&self, w: &Workload) -> Result<Identity, ProxyError> {
         w.identity().map_err(|e| ProxyError::BadIdentity(e.to_string()))
     }
 }
@@ -225,12 +218,12 @@ where
 }
 
 /// Runs the copy phase of a connection until it ends or the drain deadline forces it closed.
-pub fn until_forced<'a, F: Future<Output = copy::CopyResult> + 'a>(drain: &'a DrainWatch, copy: F) -> UntilClosed<'a, F> {
+pub(crate) fn until_forced<'a, F: Future<Output = copy::CopyResult> + 'a>(drain: &'a DrainWatch, copy: F) -> UntilClosed<'a, F> {
     until_closed(drain, None, copy)
 }
 
 /// Like [`until_forced`], and also ends the copy when a policy change revokes the connection.
-pub fn until_closed<'a, F: Future<Output = copy::CopyResult> + 'a>(
+pub(crate) fn until_closed<'a, F: Future<Output = copy::CopyResult> + 'a>(
     drain: &'a DrainWatch,
     tracking: Option<&'a mut connections::Tracking>,
     copy: F,
@@ -246,7 +239,7 @@ pin_project_lite::pin_project! {
     /// The copy phase raced against the drain deadline and a revocation. A hand-written future
     /// so the copy future is stored once: an `async fn` taking it by value would hold it twice,
     /// and every idle connection pays for this future's size.
-    pub struct UntilClosed<'a, F> {
+    pub(crate) struct UntilClosed<'a, F> {
         #[pin]
         copy: F,
         forced: std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
@@ -275,7 +268,7 @@ impl<F: Future<Output = copy::CopyResult>> Future for UntilClosed<'_, F> {
 }
 
 /// How a finished copy is reported: a revocation is a DENY, an I/O error is recorded as is.
-pub fn copy_failure(res: &copy::CopyResult) -> Option<crate::telemetry::conn::Failure> {
+pub(crate) fn copy_failure(res: &copy::CopyResult) -> Option<crate::telemetry::conn::Failure> {
     use crate::telemetry::conn::Failure;
     match (&res.revoked, &res.error) {
         (Some(reason), _) => Some(Failure { flags: "DENY", error: format!("closed after a policy change: {reason}") }),

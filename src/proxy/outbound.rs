@@ -20,7 +20,7 @@ use ferry_core::addr::{ClientAddr, HboneTarget, OrigDstAddr};
 use ferry_core::model::{Service, Workload};
 use ferry_core::route::{self, Upstream};
 
-pub async fn handle(px: Arc<WorkloadProxy>, down: TcpStream, drain: DrainWatch) {
+pub(crate) async fn handle(px: Arc<WorkloadProxy>, down: TcpStream, drain: DrainWatch) {
     let (Ok(peer), Ok(orig)) = (down.peer_addr(), original_dst(&down)) else { return };
     let mut rec = ConnRecord::new(Direction::Outbound, ClientAddr(canonical(peer)), orig);
     // The decision and the dial run in their own allocation, freed before the copy starts: the

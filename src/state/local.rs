@@ -18,14 +18,14 @@ pub enum LocalFileError {
     Config(#[from] LocalConfigError),
 }
 
-pub fn load_file(path: &Path) -> Result<StateInput, LocalFileError> {
+pub(crate) fn load_file(path: &Path) -> Result<StateInput, LocalFileError> {
     let text = std::fs::read_to_string(path).map_err(|source| LocalFileError::Read { path: path.to_path_buf(), source })?;
     Ok(local_config::parse(&text, &path.display().to_string())?)
 }
 
 /// Polls `path` and republishes the state whenever its contents change. Polling (not inotify)
 /// also follows Kubernetes ConfigMap symlink swaps.
-pub async fn watch_file(path: PathBuf, store: StateStore, interval: Duration) {
+pub(crate) async fn watch_file(path: PathBuf, store: StateStore, interval: Duration) {
     let mut last = file_stamp(&path);
     loop {
         tokio::time::sleep(interval).await;

@@ -23,7 +23,7 @@ impl Default for StateStore {
 }
 
 impl StateStore {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let (tx, _) = watch::channel(Arc::new(Snapshot::default()));
         StateStore { tx: Arc::new(tx) }
     }
@@ -35,23 +35,23 @@ impl StateStore {
     }
 
     /// Replaces the whole state; returns the new version.
-    pub fn replace(&self, input: StateInput) -> u64 {
+    pub(crate) fn replace(&self, input: StateInput) -> u64 {
         let version = self.tx.borrow().version + 1;
         self.tx.send_replace(Arc::new(Snapshot::build(input, version)));
         version
     }
 
-    pub fn snapshot(&self) -> Arc<Snapshot> {
+    pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
         self.tx.borrow().clone()
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.tx.subscribe()
     }
 
     /// Waits up to `timeout` for `find` to return something from a snapshot (state may still be
     /// catching up when a connection arrives).
-    pub async fn wait_for<T>(&self, timeout: Duration, mut find: impl FnMut(&Snapshot) -> Option<T>) -> Option<T> {
+    pub(crate) async fn wait_for<T>(&self, timeout: Duration, mut find: impl FnMut(&Snapshot) -> Option<T>) -> Option<T> {
         let mut rx = self.subscribe();
         let wait = async {
             loop {

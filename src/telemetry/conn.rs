@@ -15,31 +15,31 @@ use ferry_core::identity::Identity;
 use ferry_core::model::{Service, Workload};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
+pub(crate) enum Direction {
     Inbound,
     Outbound,
 }
 
 /// How a connection ended, as metrics (`response_flags`) and the access log see it.
 #[derive(Debug, Clone)]
-pub struct Failure {
-    pub flags: &'static str,
-    pub error: String,
+pub(crate) struct Failure {
+    pub(crate) flags: &'static str,
+    pub(crate) error: String,
 }
 
-pub struct ConnRecord {
+pub(crate) struct ConnRecord {
     start: Instant,
     direction: Direction,
     labels: Labels,
     /// Who connected.
-    pub src: ClientAddr,
+    pub(crate) src: ClientAddr,
     /// Where the connection arrived, as the client addressed it: the original destination of
     /// a captured connection, the HBONE listener for a tunnel. Fixed at accept.
-    pub arrived: SocketAddr,
+    pub(crate) arrived: SocketAddr,
     /// Where ferry connected, once it did (`dst.addr`; `arrived` until then).
-    pub upstream: Option<ServerAddr>,
+    pub(crate) upstream: Option<ServerAddr>,
     /// What the tunnel carries the bytes to (`dst.hbone_addr`), for HBONE connections.
-    pub hbone_target: Option<HboneTarget>,
+    pub(crate) hbone_target: Option<HboneTarget>,
 }
 
 /// Labels are built while the connection is set up and fixed once it is counted.
@@ -50,7 +50,7 @@ enum Labels {
 }
 
 impl ConnRecord {
-    pub fn new(direction: Direction, src: ClientAddr, arrived: SocketAddr) -> Self {
+    pub(crate) fn new(direction: Direction, src: ClientAddr, arrived: SocketAddr) -> Self {
         let reporter = if direction == Direction::Outbound { Reporter::Source } else { Reporter::Destination };
         ConnRecord {
             start: Instant::now(),
@@ -65,7 +65,7 @@ impl ConnRecord {
 
     /// The connection's labels (the source and destination principals are the identities the
     /// access log reports).
-    pub fn labels(&self) -> &TrafficLabels {
+    pub(crate) fn labels(&self) -> &TrafficLabels {
         match &self.labels {
             Labels::Building(l) => l,
             Labels::Counted(h) => &h.traffic,
@@ -80,7 +80,7 @@ impl ConnRecord {
     }
 
     /// Sets the source from state; `verified` is the mTLS-verified identity, if any.
-    pub fn source_workload(&mut self, w: &Workload, verified: Option<&Identity>) {
+    pub(crate) fn source_workload(&mut self, w: &Workload, verified: Option<&Identity>) {
         self.edit(|l| {
             let principal = l.source.principal.take();
             l.source = Peer::from_workload(w, verified);
@@ -91,11 +91,11 @@ impl ConnRecord {
     }
 
     /// Sets the source labels of a peer known only by its identity and baggage.
-    pub fn source_peer(&mut self, p: Peer) {
+    pub(crate) fn source_peer(&mut self, p: Peer) {
         self.edit(|l| l.source = p);
     }
 
-    pub fn source_identity(&mut self, id: &Identity) {
+    pub(crate) fn source_identity(&mut self, id: &Identity) {
         self.edit(|l| {
             if l.source.workload.is_none() {
                 l.source = Peer::from_identity(id);
@@ -105,21 +105,21 @@ impl ConnRecord {
         });
     }
 
-    pub fn destination_workload(&mut self, w: &Workload, identity: Option<&Identity>) {
+    pub(crate) fn destination_workload(&mut self, w: &Workload, identity: Option<&Identity>) {
         self.edit(|l| l.destination = Peer::from_workload(w, identity));
     }
 
-    pub fn destination_service(&mut self, s: &Service) {
+    pub(crate) fn destination_service(&mut self, s: &Service) {
         self.edit(|l| l.set_service(s));
     }
 
-    pub fn set_mtls(&mut self, on: bool) {
+    pub(crate) fn set_mtls(&mut self, on: bool) {
         self.edit(|l| l.mtls = on);
     }
 
     /// The connection reached its upstream: count it open and return its byte counters. Its
     /// own copy of the labels is dropped for the interned one.
-    pub fn established(&mut self) -> ByteCounters {
+    pub(crate) fn established(&mut self) -> ByteCounters {
         let h = match &self.labels {
             Labels::Building(l) => handles(l, "-"),
             Labels::Counted(h) => return h.bytes.clone(),
@@ -131,7 +131,7 @@ impl ConnRecord {
     }
 
     /// Ends the record: closing metrics and the access log line.
-    pub fn finish(self, received: u64, sent: u64, failure: Option<Failure>) {
+    pub(crate) fn finish(self, received: u64, sent: u64, failure: Option<Failure>) {
         let flags = failure.as_ref().map(|f| f.flags).unwrap_or("-");
         match &self.labels {
             Labels::Counted(h) => h.closed.increment(1),

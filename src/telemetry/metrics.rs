@@ -11,16 +11,16 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use ferry_core::identity::Identity;
 use ferry_core::model::{Service, Workload};
 
-pub const OPENED: &str = "istio_tcp_connections_opened_total";
-pub const CLOSED: &str = "istio_tcp_connections_closed_total";
-pub const FAILED: &str = "istio_tcp_connections_failed_total";
-pub const RECEIVED: &str = "istio_tcp_received_bytes_total";
-pub const SENT: &str = "istio_tcp_sent_bytes_total";
+pub(crate) const OPENED: &str = "istio_tcp_connections_opened_total";
+pub(crate) const CLOSED: &str = "istio_tcp_connections_closed_total";
+pub(crate) const FAILED: &str = "istio_tcp_connections_failed_total";
+pub(crate) const RECEIVED: &str = "istio_tcp_received_bytes_total";
+pub(crate) const SENT: &str = "istio_tcp_sent_bytes_total";
 
 const UNKNOWN: &str = "unknown";
 
 /// Installs the process-wide Prometheus recorder (idempotent).
-pub fn install() -> PrometheusHandle {
+pub(crate) fn install() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
@@ -36,25 +36,25 @@ pub fn install() -> PrometheusHandle {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Reporter {
+pub(crate) enum Reporter {
     Source,
     Destination,
 }
 
 /// One side (source or destination) of the traffic labels.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Peer {
-    pub workload: Option<String>,
-    pub canonical_service: Option<String>,
-    pub canonical_revision: Option<String>,
-    pub namespace: Option<String>,
-    pub principal: Option<String>,
-    pub cluster: Option<String>,
+pub(crate) struct Peer {
+    pub(crate) workload: Option<String>,
+    pub(crate) canonical_service: Option<String>,
+    pub(crate) canonical_revision: Option<String>,
+    pub(crate) namespace: Option<String>,
+    pub(crate) principal: Option<String>,
+    pub(crate) cluster: Option<String>,
 }
 
 impl Peer {
     /// Labels for a workload known from state; `principal` only when verified by mTLS.
-    pub fn from_workload(w: &Workload, principal: Option<&Identity>) -> Peer {
+    pub(crate) fn from_workload(w: &Workload, principal: Option<&Identity>) -> Peer {
         let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_string());
         Peer {
             workload: nonempty(&w.workload_name).or_else(|| nonempty(&w.name)),
@@ -67,31 +67,31 @@ impl Peer {
     }
 
     /// Labels for a peer known only by its verified identity.
-    pub fn from_identity(id: &Identity) -> Peer {
+    pub(crate) fn from_identity(id: &Identity) -> Peer {
         Peer { namespace: Some(id.namespace().to_string()), principal: Some(id.to_string()), ..Default::default() }
     }
 }
 
 /// The full Istio traffic label set of one connection.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct TrafficLabels {
-    pub reporter: Reporter,
-    pub source: Peer,
-    pub destination: Peer,
-    pub service: Option<(String, String, String)>,
-    pub mtls: bool,
+pub(crate) struct TrafficLabels {
+    pub(crate) reporter: Reporter,
+    pub(crate) source: Peer,
+    pub(crate) destination: Peer,
+    pub(crate) service: Option<(String, String, String)>,
+    pub(crate) mtls: bool,
 }
 
 impl TrafficLabels {
-    pub fn new(reporter: Reporter) -> Self {
+    pub(crate) fn new(reporter: Reporter) -> Self {
         TrafficLabels { reporter, source: Peer::default(), destination: Peer::default(), service: None, mtls: false }
     }
 
-    pub fn set_service(&mut self, s: &Service) {
+    pub(crate) fn set_service(&mut self, s: &Service) {
         self.service = Some((s.hostname.clone(), s.namespace.clone(), s.name.clone()));
     }
 
-    pub fn to_labels(&self, response_flags: &str) -> Vec<Label> {
+    pub(crate) fn to_labels(&self, response_flags: &str) -> Vec<Label> {
         let v = |o: &Option<String>| o.clone().unwrap_or_else(|| UNKNOWN.to_string());
         let (s, d) = (&self.source, &self.destination);
         let (svc_host, svc_ns, svc_name) = match &self.service {
@@ -127,19 +127,19 @@ impl TrafficLabels {
 }
 
 /// Every counter of one label set (one response-flags value).
-pub struct Handles {
-    pub opened: Counter,
-    pub closed: Counter,
+pub(crate) struct Handles {
+    pub(crate) opened: Counter,
+    pub(crate) closed: Counter,
     /// Registered on first failure, so healthy label sets export no zero-valued series.
     failed: OnceLock<Counter>,
     labels: Vec<Label>,
-    pub bytes: ByteCounters,
+    pub(crate) bytes: ByteCounters,
     /// The label set these counters carry, shared by every connection that has it.
-    pub traffic: TrafficLabels,
+    pub(crate) traffic: TrafficLabels,
 }
 
 impl Handles {
-    pub fn failed(&self) -> &Counter {
+    pub(crate) fn failed(&self) -> &Counter {
         self.failed.get_or_init(|| metrics::counter!(FAILED, self.labels.clone()))
     }
 }
@@ -152,7 +152,7 @@ type Cache = std::sync::Mutex<std::collections::HashMap<(TrafficLabels, &'static
 
 /// The counters for `labels` with `flags`, registered once per distinct label set: a
 /// connection then costs one hash lookup, not 23 label allocations per counter.
-pub fn handles(labels: &TrafficLabels, flags: &'static str) -> std::sync::Arc<Handles> {
+pub(crate) fn handles(labels: &TrafficLabels, flags: &'static str) -> std::sync::Arc<Handles> {
     static CACHE: OnceLock<Cache> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     let key = (labels.clone(), flags);
@@ -178,20 +178,15 @@ pub fn handles(labels: &TrafficLabels, flags: &'static str) -> std::sync::Arc<Ha
 
 /// Byte counters of an established connection.
 #[derive(Clone)]
-pub struct ByteCounters {
+pub(crate) struct ByteCounters {
     /// Downstream to upstream ("received" by the proxy, Istio's request bytes).
-    pub received: Counter,
+    pub(crate) received: Counter,
     /// Upstream to downstream ("sent" to the client, Istio's response bytes).
-    pub sent: Counter,
+    pub(crate) sent: Counter,
 }
 
 impl ByteCounters {
-    pub fn new(labels: &[Label]) -> Self {
+    pub(crate) fn new(labels: &[Label]) -> Self {
         ByteCounters { received: metrics::counter!(RECEIVED, labels.to_vec()), sent: metrics::counter!(SENT, labels.to_vec()) }
-    }
-
-    /// Counters that record nothing (for paths that are not reported).
-    pub fn noop() -> Self {
-        ByteCounters { received: Counter::noop(), sent: Counter::noop() }
     }
 }

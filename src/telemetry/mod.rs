@@ -11,13 +11,13 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, reload, EnvFilter, Registry};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     Plain,
     Json,
 }
 
 /// Changes the active log filter at runtime.
-pub struct LogHandle {
+pub(crate) struct LogHandle {
     reload: reload::Handle<EnvFilter, Registry>,
     default: String,
     current: Mutex<String>,
@@ -25,25 +25,25 @@ pub struct LogHandle {
 
 impl LogHandle {
     /// Applies a filter in `RUST_LOG` syntax (`info`, `access=info,ferry=debug`).
-    pub fn set(&self, spec: &str) -> Result<(), String> {
+    pub(crate) fn set(&self, spec: &str) -> Result<(), String> {
         let filter = EnvFilter::try_new(spec).map_err(|e| format!("invalid level {spec:?}: {e}"))?;
         self.reload.reload(filter).map_err(|e| e.to_string())?;
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = spec.to_string();
         Ok(())
     }
 
-    pub fn reset(&self) -> Result<(), String> {
+    pub(crate) fn reset(&self) -> Result<(), String> {
         let d = self.default.clone();
         self.set(&d)
     }
 
-    pub fn current(&self) -> String {
+    pub(crate) fn current(&self) -> String {
         self.current.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
 /// Installs the global subscriber. `spec` defaults to `RUST_LOG`, else `info`.
-pub fn init_logging(format: LogFormat, spec: Option<String>) -> LogHandle {
+pub(crate) fn init_logging(format: LogFormat, spec: Option<String>) -> LogHandle {
     let spec = spec.or_else(|| std::env::var("RUST_LOG").ok()).unwrap_or_else(|| "info".to_string());
     let filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info"));
     let (layer, handle) = reload::Layer::new(filter);

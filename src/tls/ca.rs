@@ -21,12 +21,12 @@ use rcgen::{
 
 use ferry_core::identity::Identity;
 
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-pub const CA_CERT: &str = "ca-cert.pem";
-pub const CA_KEY: &str = "ca-key.pem";
-pub const ROOT_CERT: &str = "root-cert.pem";
-pub const CERT_CHAIN: &str = "cert-chain.pem";
+pub(crate) const CA_CERT: &str = "ca-cert.pem";
+pub(crate) const CA_KEY: &str = "ca-key.pem";
+pub(crate) const ROOT_CERT: &str = "root-cert.pem";
+pub(crate) const CERT_CHAIN: &str = "cert-chain.pem";
 
 /// Clock skew tolerated between proxies sharing a CA.
 const BACKDATE: Duration = Duration::from_secs(60);
@@ -91,7 +91,7 @@ impl LocalCa {
     }
 
     /// Signs `csr_pem` for `identity`, valid for `ttl` from now.
-    pub fn sign_csr(&self, identity: &Identity, csr_pem: &str, ttl: Duration) -> Result<Vec<String>, CaError> {
+    pub(crate) fn sign_csr(&self, identity: &Identity, csr_pem: &str, ttl: Duration) -> Result<Vec<String>, CaError> {
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| CaError::BadCsr(e.to_string()))?;
         let want = identity.to_string();
         match csr.params.subject_alt_names.as_slice() {

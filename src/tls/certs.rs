@@ -65,7 +65,7 @@ impl CertManager {
     }
 
     /// Starts fetching a certificate ahead of the first connection.
-    pub fn prefetch(self: &Arc<Self>, id: &Identity) {
+    pub(crate) fn prefetch(self: &Arc<Self>, id: &Identity) {
         self.watch(id);
     }
 
@@ -93,14 +93,14 @@ impl CertManager {
     }
 
     /// Stops rotating `id` and drops its certificate (the last local workload with it left).
-    pub fn forget(&self, id: &Identity) {
+    pub(crate) fn forget(&self, id: &Identity) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = entries.remove(id) {
             e.task.abort();
         }
     }
 
-    pub fn dump(&self) -> Vec<CertStateDump> {
+    pub(crate) fn dump(&self) -> Vec<CertStateDump> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let mut out: Vec<CertStateDump> = entries
             .iter()
@@ -128,13 +128,13 @@ impl Drop for CertManager {
 }
 
 #[derive(Debug, Serialize)]
-pub struct CertStateDump {
-    pub identity: String,
-    pub state: &'static str,
+pub(crate) struct CertStateDump {
+    pub(crate) identity: String,
+    pub(crate) state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub certificate: Option<CertDump>,
+    pub(crate) certificate: Option<CertDump>,
 }
 
 async fn refresh_loop(ca: Arc<dyn CaClient>, id: Identity, ttl: Duration, tx: watch::Sender<CertState>) {
@@ -170,7 +170,7 @@ fn jitter(d: Duration) -> Duration {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum IssueError {
+pub(crate) enum IssueError {
     #[error("cannot build the certificate request: {0}")]
     Csr(String),
     #[error("{0}")]
@@ -180,14 +180,14 @@ pub enum IssueError {
 }
 
 /// One issuance: a fresh P-256 key, a CSR for exactly `id`, the CA's answer checked for `id`.
-pub async fn issue(ca: &dyn CaClient, id: &Identity, ttl: Duration) -> Result<WorkloadCert, IssueError> {
+pub(crate) async fn issue(ca: &dyn CaClient, id: &Identity, ttl: Duration) -> Result<WorkloadCert, IssueError> {
     let (key_der, csr) = new_csr(id)?;
     let chain = ca.sign(id, csr, ttl).await?;
     Ok(WorkloadCert::from_ca_response(id.clone(), key_der, &chain)?)
 }
 
 /// A fresh ECDSA P-256 key and a PEM CSR with an empty subject and one URI SAN.
-pub fn new_csr(id: &Identity) -> Result<(Vec<u8>, String), IssueError> {
+pub(crate) fn new_csr(id: &Identity) -> Result<(Vec<u8>, String), IssueError> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| IssueError::Csr(e.to_string()))?;
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();

@@ -22,14 +22,14 @@ use serde::Serialize;
 use ferry_core::identity::Identity;
 use verify::{leaf_identity, ExpectedIdentityVerifier, TrustDomainVerifier};
 
-pub const ALPN_H2: &[u8] = b"h2";
+pub(crate) const ALPN_H2: &[u8] = b"h2";
 
 /// How much plaintext rustls encrypts per write before it must flush. The default (64 KiB)
 /// caps each socket write at four records; larger batches make fewer, larger writes.
-pub const SEND_BUFFER_LIMIT: usize = 512 * 1024;
+pub(crate) const SEND_BUFFER_LIMIT: usize = 512 * 1024;
 
 #[derive(Debug, thiserror::Error)]
-pub enum TlsError {
+pub(crate) enum TlsError {
     #[error("certificate chain from the CA is empty or has no root")]
     ShortChain,
     #[error("cannot parse PEM certificate: {0}")]
@@ -48,7 +48,7 @@ pub enum TlsError {
 
 /// ring, restricted to TLS 1.3 AES-GCM suites (AES-256 first, like Istio); default key exchange
 /// groups (X25519, P-256, P-384).
-pub fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
         .get_or_init(|| {
@@ -65,12 +65,12 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// A workload certificate with everything needed to serve and dial as that identity.
 #[derive(Debug)]
 pub struct WorkloadCert {
-    pub identity: Identity,
-    pub not_before: SystemTime,
-    pub not_after: SystemTime,
+    pub(crate) identity: Identity,
+    pub(crate) not_before: SystemTime,
+    pub(crate) not_after: SystemTime,
     /// Leaf first, then intermediates (never the root).
-    pub chain: Vec<CertificateDer<'static>>,
-    pub roots: Vec<CertificateDer<'static>>,
+    pub(crate) chain: Vec<CertificateDer<'static>>,
+    pub(crate) roots: Vec<CertificateDer<'static>>,
     certified: Arc<CertifiedKey>,
     root_store: Arc<RootCertStore>,
     server_config: Arc<ServerConfig>,
@@ -80,7 +80,7 @@ impl WorkloadCert {
     /// Builds a workload certificate from a CA response (`[leaf, intermediates.., root bundle]`,
     /// protocols.md §5) and the private key that signed the CSR. The leaf must carry exactly
     /// `identity` (invariant P1: never present an identity that was not asked for).
-    pub fn from_ca_response(identity: Identity, key_pkcs8: Vec<u8>, pems: &[String]) -> Result<Self, TlsError> {
+    pub(crate) fn from_ca_response(identity: Identity, key_pkcs8: Vec<u8>, pems: &[String]) -> Result<Self, TlsError> {
         let (leaf_pem, rest) = pems.split_first().ok_or(TlsError::ShortChain)?;
         let (root_pem, intermediates) = rest.split_last().ok_or(TlsError::ShortChain)?;
         let leaf = parse_certs(leaf_pem)?.into_iter().next().ok_or(TlsError::ShortChain)?;
@@ -114,7 +114,7 @@ impl WorkloadCert {
         Ok(WorkloadCert { identity, not_before, not_after, chain, roots, certified, root_store, server_config })
     }
 
-    pub fn server_config(&self) -> Arc<ServerConfig> {
+    pub(crate) fn server_config(&self) -> Arc<ServerConfig> {
         self.server_config.clone()
     }
 
@@ -136,16 +136,16 @@ impl WorkloadCert {
     }
 
     /// Istio refreshes at half-life (protocols.md §5).
-    pub fn refresh_at(&self) -> SystemTime {
+    pub(crate) fn refresh_at(&self) -> SystemTime {
         let life = self.not_after.duration_since(self.not_before).unwrap_or(Duration::ZERO);
         self.not_before + life / 2
     }
 
-    pub fn is_valid_at(&self, t: SystemTime) -> bool {
+    pub(crate) fn is_valid_at(&self, t: SystemTime) -> bool {
         t >= self.not_before && t < self.not_after
     }
 
-    pub fn dump(&self) -> CertDump {
+    pub(crate) fn dump(&self) -> CertDump {
         CertDump {
             identity: self.identity.to_string(),
             not_before: ferry_core::timefmt::rfc3339(self.not_before),
@@ -159,7 +159,7 @@ impl WorkloadCert {
 
 /// An operator-readable description of a TLS I/O error (rustls wraps ferry's own certificate
 /// errors in an opaque variant whose Display is a Debug dump).
-pub fn describe_tls_error(e: &std::io::Error) -> String {
+pub(crate) fn describe_tls_error(e: &std::io::Error) -> String {
     let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
     match inner {
         Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(o))) => format!("invalid peer certificate: {}", o.0),
@@ -205,7 +205,7 @@ impl ResolvesClientCert for FixedCert {
     }
 }
 
-pub fn parse_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn parse_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
     let certs = certs.map_err(|e| TlsError::Pem(e.to_string()))?;
     if certs.is_empty() {
@@ -224,23 +224,23 @@ fn validity(der: &CertificateDer<'_>) -> Result<(SystemTime, SystemTime), TlsErr
 /// A certificate as the config dump shows it.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct CertDump {
-    pub identity: String,
-    pub not_before: String,
-    pub not_after: String,
-    pub refresh_at: String,
-    pub chain: Vec<CertSummary>,
-    pub roots: Vec<CertSummary>,
+pub(crate) struct CertDump {
+    pub(crate) identity: String,
+    pub(crate) not_before: String,
+    pub(crate) not_after: String,
+    pub(crate) refresh_at: String,
+    pub(crate) chain: Vec<CertSummary>,
+    pub(crate) roots: Vec<CertSummary>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct CertSummary {
-    pub subject: String,
-    pub serial: String,
-    pub not_before: String,
-    pub not_after: String,
-    pub uri_sans: Vec<String>,
+pub(crate) struct CertSummary {
+    pub(crate) subject: String,
+    pub(crate) serial: String,
+    pub(crate) not_before: String,
+    pub(crate) not_after: String,
+    pub(crate) uri_sans: Vec<String>,
 }
 
 fn describe(der: &CertificateDer<'_>) -> CertSummary {

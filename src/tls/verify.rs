@@ -19,7 +19,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use ferry_core::identity::Identity;
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
-pub enum PeerIdentityError {
+pub(crate) enum PeerIdentityError {
     #[error("peer certificate is not valid X.509: {0}")]
     Malformed(String),
     #[error("peer certificate carries {0} URI SANs; exactly one SPIFFE identity is required")]
@@ -39,7 +39,7 @@ impl From<PeerIdentityError> for rustls::Error {
 }
 
 /// The SPIFFE identity of a leaf certificate that carries exactly one URI SAN.
-pub fn leaf_identity(der: &[u8]) -> Result<Identity, PeerIdentityError> {
+pub(crate) fn leaf_identity(der: &[u8]) -> Result<Identity, PeerIdentityError> {
     let (_, cert) = X509Certificate::from_der(der).map_err(|e| PeerIdentityError::Malformed(e.to_string()))?;
     let mut uris = Vec::new();
     for ext in cert.extensions() {
@@ -64,14 +64,14 @@ fn join(ids: &[Identity]) -> String {
 /// The dialer's verifier: chain to our roots with serverAuth, then an exact identity match.
 /// Server names are never checked (HBONE sends no SNI; identities are URI SANs).
 #[derive(Debug)]
-pub struct ExpectedIdentityVerifier {
+pub(crate) struct ExpectedIdentityVerifier {
     roots: Arc<RootCertStore>,
     expected: Vec<Identity>,
     algs: WebPkiSupportedAlgorithms,
 }
 
 impl ExpectedIdentityVerifier {
-    pub fn new(roots: Arc<RootCertStore>, expected: Vec<Identity>, algs: WebPkiSupportedAlgorithms) -> Self {
+    pub(crate) fn new(roots: Arc<RootCertStore>, expected: Vec<Identity>, algs: WebPkiSupportedAlgorithms) -> Self {
         ExpectedIdentityVerifier { roots, expected, algs }
     }
 }
@@ -120,13 +120,13 @@ impl ServerCertVerifier for ExpectedIdentityVerifier {
 /// The listener's verifier: chain to our roots with clientAuth (delegated to webpki), exactly
 /// one SPIFFE URI SAN, in our trust domain. Authorization happens later, per CONNECT.
 #[derive(Debug)]
-pub struct TrustDomainVerifier {
+pub(crate) struct TrustDomainVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     trust_domain: String,
 }
 
 impl TrustDomainVerifier {
-    pub fn new(inner: Arc<dyn ClientCertVerifier>, trust_domain: String) -> Self {
+    pub(crate) fn new(inner: Arc<dyn ClientCertVerifier>, trust_domain: String) -> Self {
         TrustDomainVerifier { inner, trust_domain }
     }
 }

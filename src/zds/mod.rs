@@ -13,13 +13,13 @@ use tokio::io::Interest;
 
 use ferry_sys::seqpacket;
 
-pub use crate::proto::workload::zds::*;
+pub(crate) use crate::proto::workload::zds::*;
 
 /// Both sides read into a buffer of this size; larger messages are a protocol error.
-pub const MAX_MESSAGE: usize = 1024;
+pub(crate) const MAX_MESSAGE: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ZdsError {
+pub(crate) enum ZdsError {
     #[error("ZDS socket: {0}")]
     Io(#[from] io::Error),
     #[error("ZDS message truncated (over {MAX_MESSAGE} bytes or too many descriptors)")]
@@ -33,30 +33,30 @@ pub enum ZdsError {
 }
 
 /// One ZDS connection.
-pub struct ZdsSocket {
+pub(crate) struct ZdsSocket {
     fd: AsyncFd<OwnedFd>,
 }
 
 /// One received message and the descriptors that came with it.
-pub struct Incoming<M> {
-    pub msg: M,
-    pub fds: Vec<OwnedFd>,
+pub(crate) struct Incoming<M> {
+    pub(crate) msg: M,
+    pub(crate) fds: Vec<OwnedFd>,
 }
 
 impl ZdsSocket {
-    pub fn new(fd: OwnedFd) -> io::Result<Self> {
+    pub(crate) fn new(fd: OwnedFd) -> io::Result<Self> {
         Ok(ZdsSocket { fd: seqpacket::register(fd)? })
     }
 
-    pub fn connect(path: &Path) -> io::Result<Self> {
+    pub(crate) fn connect(path: &Path) -> io::Result<Self> {
         Self::new(seqpacket::connect_to(path)?)
     }
 
-    pub fn peer_uid(&self) -> io::Result<u32> {
+    pub(crate) fn peer_uid(&self) -> io::Result<u32> {
         seqpacket::peer_uid(self.fd.as_fd())
     }
 
-    pub async fn send<M: Message>(&self, msg: &M, fd: Option<BorrowedFd<'_>>) -> Result<(), ZdsError> {
+    pub(crate) async fn send<M: Message>(&self, msg: &M, fd: Option<BorrowedFd<'_>>) -> Result<(), ZdsError> {
         let bytes = msg.encode_to_vec();
         if bytes.len() > MAX_MESSAGE {
             return Err(ZdsError::TooLarge(bytes.len()));
@@ -66,7 +66,7 @@ impl ZdsSocket {
     }
 
     /// The next message; `Closed` when the peer hung up.
-    pub async fn recv<M: Message + Default>(&self) -> Result<Incoming<M>, ZdsError> {
+    pub(crate) async fn recv<M: Message + Default>(&self) -> Result<Incoming<M>, ZdsError> {
         let mut buf = [0u8; MAX_MESSAGE];
         let got = self.fd.async_io(Interest::READABLE, |s| seqpacket::recv(s.as_fd(), &mut buf)).await?;
         if got.truncated {
@@ -80,14 +80,14 @@ impl ZdsSocket {
 }
 
 /// A listening ZDS socket (the node agent's side).
-pub struct ZdsListener {
+pub(crate) struct ZdsListener {
     fd: AsyncFd<OwnedFd>,
 }
 
 impl ZdsListener {
     /// Binds `path` (replacing a stale socket file) with owner-only permissions: the socket
     /// decides which identities a node proxy may serve (invariant P1).
-    pub fn bind(path: &Path) -> io::Result<Self> {
+    pub(crate) fn bind(path: &Path) -> io::Result<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -97,14 +97,14 @@ impl ZdsListener {
         Ok(ZdsListener { fd: seqpacket::register(fd)? })
     }
 
-    pub async fn accept(&self) -> io::Result<ZdsSocket> {
+    pub(crate) async fn accept(&self) -> io::Result<ZdsSocket> {
         let fd = self.fd.async_io(Interest::READABLE, |l| seqpacket::accept(l.as_fd())).await?;
         ZdsSocket::new(fd)
     }
 }
 
 /// Helpers to build the oneof-wrapped messages.
-pub fn add(uid: &str, name: &str, namespace: &str, service_account: &str) -> WorkloadRequest {
+pub(crate) fn add(uid: &str, name: &str, namespace: &str, service_account: &str) -> WorkloadRequest {
     WorkloadRequest {
         payload: Some(workload_request::Payload::Add(AddWorkload {
             uid: uid.to_string(),
@@ -113,24 +113,25 @@ pub fn add(uid: &str, name: &str, namespace: &str, service_account: &str) -> Wor
     }
 }
 
-pub fn del(uid: &str) -> WorkloadRequest {
+pub(crate) fn del(uid: &str) -> WorkloadRequest {
     WorkloadRequest { payload: Some(workload_request::Payload::Del(DelWorkload { uid: uid.to_string() })) }
 }
 
-pub fn keep(uid: &str) -> WorkloadRequest {
+#[cfg(test)]
+pub(crate) fn keep(uid: &str) -> WorkloadRequest {
     WorkloadRequest { payload: Some(workload_request::Payload::Keep(KeepWorkload { uid: uid.to_string() })) }
 }
 
-pub fn snapshot_sent() -> WorkloadRequest {
+pub(crate) fn snapshot_sent() -> WorkloadRequest {
     WorkloadRequest { payload: Some(workload_request::Payload::SnapshotSent(SnapshotSent {})) }
 }
 
-pub fn ack(error: &str) -> WorkloadResponse {
+pub(crate) fn ack(error: &str) -> WorkloadResponse {
     WorkloadResponse { payload: Some(workload_response::Payload::Ack(Ack { error: error.to_string() })) }
 }
 
 /// The error text of an ack; `Some("")` is success, `None` is not an ack at all.
-pub fn ack_error(r: &WorkloadResponse) -> Option<&str> {
+pub(crate) fn ack_error(r: &WorkloadResponse) -> Option<&str> {
     match &r.payload {
         Some(workload_response::Payload::Ack(a)) => Some(a.error.as_str()),
         None => None,

@@ -14,7 +14,7 @@ const MAX_LEN: usize = 2048;
 /// The trust domain used when a workload does not name one (Istio's default).
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 /// The service account used when a workload does not name one (Kubernetes' default).
-pub const DEFAULT_SERVICE_ACCOUNT: &str = "default";
+pub(crate) const DEFAULT_SERVICE_ACCOUNT: &str = "default";
 
 /// A workload identity in Istio's SPIFFE form.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -56,12 +56,12 @@ impl Identity {
     pub fn namespace(&self) -> &str {
         &self.namespace
     }
-    pub fn service_account(&self) -> &str {
+    pub(crate) fn service_account(&self) -> &str {
         &self.service_account
     }
 
     /// The identity without the `spiffe://` prefix, the form Istio's policies match principals on.
-    pub fn principal(&self) -> String {
+    pub(crate) fn principal(&self) -> String {
         format!("{}/ns/{}/sa/{}", self.trust_domain, self.namespace, self.service_account)
     }
 }

@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::identity::{Identity, IdentityError, DEFAULT_SERVICE_ACCOUNT, DEFAULT_TRUST_DOMAIN};
 
 /// Service port to target port.
-pub type PortMap = BTreeMap<u16, u16>;
+pub(crate) type PortMap = BTreeMap<u16, u16>;
 
 /// A string key with its own type, so a workload uid cannot be passed where a service key is
 /// meant. Cheap to clone (shared), compared and hashed as its string, looked up by `&str`.
@@ -93,22 +93,14 @@ string_key!(
 );
 
 impl ServiceKey {
-    pub fn new(namespace: &str, hostname: &str) -> Self {
+    pub(crate) fn new(namespace: &str, hostname: &str) -> Self {
         ServiceKey(format!("{namespace}/{hostname}").into())
     }
 
     /// A key as written in a local config or WDS: exactly one `/`, both sides non-empty.
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         let (ns, host) = s.split_once('/')?;
         (!ns.is_empty() && !host.is_empty() && !host.contains('/')).then(|| ServiceKey(s.into()))
-    }
-
-    pub fn namespace(&self) -> &str {
-        self.0.split_once('/').map(|(ns, _)| ns).unwrap_or("")
-    }
-
-    pub fn hostname(&self) -> &str {
-        self.0.split_once('/').map(|(_, h)| h).unwrap_or(&self.0)
     }
 }
 
@@ -118,12 +110,12 @@ string_key!(
 );
 
 impl PolicyKey {
-    pub fn new(namespace: &str, name: &str) -> Self {
+    pub(crate) fn new(namespace: &str, name: &str) -> Self {
         PolicyKey(format!("{namespace}/{name}").into())
     }
 
     /// A reference as written in a local config or WDS.
-    pub fn parse(s: &str) -> Self {
+    pub(crate) fn parse(s: &str) -> Self {
         PolicyKey(s.into())
     }
 }
@@ -135,7 +127,7 @@ impl From<&str> for PolicyKey {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
-pub enum TunnelProtocol {
+pub(crate) enum TunnelProtocol {
     #[default]
     #[serde(rename = "TCP")]
     None,
@@ -144,7 +136,7 @@ pub enum TunnelProtocol {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
-pub enum HealthStatus {
+pub(crate) enum HealthStatus {
     #[default]
     Healthy,
     Unhealthy,
@@ -172,7 +164,7 @@ impl WorkloadType {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
-pub enum NetworkMode {
+pub(crate) enum NetworkMode {
     #[default]
     Standard,
     HostNetwork,
@@ -180,43 +172,43 @@ pub enum NetworkMode {
 
 /// An IP address qualified by the network it is reachable in ("" = the default network).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct NetworkAddress {
-    pub network: String,
-    pub address: IpAddr,
+pub(crate) struct NetworkAddress {
+    pub(crate) network: String,
+    pub(crate) address: IpAddr,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub enum GatewayDestination {
+pub(crate) enum GatewayDestination {
     Address(NetworkAddress),
     Hostname { namespace: String, hostname: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct GatewayAddress {
-    pub destination: GatewayDestination,
-    pub hbone_mtls_port: u16,
+pub(crate) struct GatewayAddress {
+    pub(crate) destination: GatewayDestination,
+    pub(crate) hbone_mtls_port: u16,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Default, Serialize)]
 pub struct Locality {
     pub region: String,
     pub zone: String,
-    pub subzone: String,
+    pub(crate) subzone: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum AppTunnelProtocol {
+pub(crate) enum AppTunnelProtocol {
     None,
     Proxy,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ApplicationTunnel {
-    pub protocol: AppTunnelProtocol,
+pub(crate) struct ApplicationTunnel {
+    pub(crate) protocol: AppTunnelProtocol,
     /// `None` keeps the original destination port.
-    pub port: Option<u16>,
+    pub(crate) port: Option<u16>,
 }
 
 /// A pod (or other endpoint) as WDS describes it.
@@ -227,28 +219,28 @@ pub struct Workload {
     pub name: String,
     pub namespace: String,
     pub addresses: Vec<IpAddr>,
-    pub hostname: String,
+    pub(crate) hostname: String,
     pub network: String,
-    pub protocol: TunnelProtocol,
-    pub trust_domain: String,
-    pub service_account: String,
-    pub waypoint: Option<GatewayAddress>,
-    pub network_gateway: Option<GatewayAddress>,
-    pub node: String,
+    pub(crate) protocol: TunnelProtocol,
+    pub(crate) trust_domain: String,
+    pub(crate) service_account: String,
+    pub(crate) waypoint: Option<GatewayAddress>,
+    pub(crate) network_gateway: Option<GatewayAddress>,
+    pub(crate) node: String,
     pub canonical_name: String,
     pub canonical_revision: String,
     pub workload_type: WorkloadType,
     pub workload_name: String,
-    pub native_tunnel: bool,
-    pub application_tunnel: Option<ApplicationTunnel>,
+    pub(crate) native_tunnel: bool,
+    pub(crate) application_tunnel: Option<ApplicationTunnel>,
     /// Each service this workload is an endpoint of, with its port map.
-    pub services: BTreeMap<ServiceKey, PortMap>,
-    pub authorization_policies: Vec<PolicyKey>,
-    pub status: HealthStatus,
+    pub(crate) services: BTreeMap<ServiceKey, PortMap>,
+    pub(crate) authorization_policies: Vec<PolicyKey>,
+    pub(crate) status: HealthStatus,
     pub cluster_id: String,
     pub locality: Locality,
-    pub network_mode: NetworkMode,
-    pub capacity: u32,
+    pub(crate) network_mode: NetworkMode,
+    pub(crate) capacity: u32,
 }
 
 impl Workload {
@@ -293,7 +285,7 @@ impl Workload {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum LbScope {
+pub(crate) enum LbScope {
     Region,
     Zone,
     Subzone,
@@ -303,7 +295,7 @@ pub enum LbScope {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
-pub enum LbMode {
+pub(crate) enum LbMode {
     #[default]
     Standard,
     Strict,
@@ -312,7 +304,7 @@ pub enum LbMode {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
-pub enum HealthPolicy {
+pub(crate) enum HealthPolicy {
     #[default]
     OnlyHealthy,
     AllowAll,
@@ -320,14 +312,14 @@ pub enum HealthPolicy {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "camelCase")]
-pub struct LoadBalancing {
-    pub routing_preference: Vec<LbScope>,
-    pub mode: LbMode,
-    pub health_policy: HealthPolicy,
+pub(crate) struct LoadBalancing {
+    pub(crate) routing_preference: Vec<LbScope>,
+    pub(crate) mode: LbMode,
+    pub(crate) health_policy: HealthPolicy,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
-pub enum IpFamilies {
+pub(crate) enum IpFamilies {
     #[default]
     Automatic,
     Ipv4Only,
@@ -336,22 +328,22 @@ pub enum IpFamilies {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
-pub enum Visibility {
+pub(crate) enum Visibility {
     #[default]
     Public,
     Namespace,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct CidrVip {
-    pub network: String,
-    pub cidr: IpNet,
+pub(crate) struct CidrVip {
+    pub(crate) network: String,
+    pub(crate) cidr: IpNet,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct WeightedWaypoint {
-    pub destination: GatewayAddress,
-    pub weight: u32,
+pub(crate) struct WeightedWaypoint {
+    pub(crate) destination: GatewayAddress,
+    pub(crate) weight: u32,
 }
 
 /// A Kubernetes service (or ServiceEntry) as WDS describes it. Endpoints are not stored here:
@@ -362,25 +354,25 @@ pub struct Service {
     pub name: String,
     pub namespace: String,
     pub hostname: String,
-    pub vips: Vec<NetworkAddress>,
-    pub cidr_vips: Vec<CidrVip>,
-    pub ports: PortMap,
-    pub subject_alt_names: Vec<String>,
-    pub waypoint: Option<GatewayAddress>,
-    pub weighted_waypoints: Vec<WeightedWaypoint>,
-    pub load_balancing: Option<LoadBalancing>,
-    pub ip_families: IpFamilies,
-    pub canonical: bool,
-    pub visibility: Visibility,
+    pub(crate) vips: Vec<NetworkAddress>,
+    pub(crate) cidr_vips: Vec<CidrVip>,
+    pub(crate) ports: PortMap,
+    pub(crate) subject_alt_names: Vec<String>,
+    pub(crate) waypoint: Option<GatewayAddress>,
+    pub(crate) weighted_waypoints: Vec<WeightedWaypoint>,
+    pub(crate) load_balancing: Option<LoadBalancing>,
+    pub(crate) ip_families: IpFamilies,
+    pub(crate) canonical: bool,
+    pub(crate) visibility: Visibility,
 }
 
 impl Service {
     /// The key workloads use to name this service: `namespace/hostname`.
-    pub fn key(&self) -> ServiceKey {
+    pub(crate) fn key(&self) -> ServiceKey {
         ServiceKey::new(&self.namespace, &self.hostname)
     }
 
-    pub fn new(namespace: &str, name: &str, hostname: &str) -> Self {
+    pub(crate) fn new(namespace: &str, name: &str, hostname: &str) -> Self {
         Service {
             name: name.to_string(),
             namespace: namespace.to_string(),
@@ -400,21 +392,21 @@ impl Service {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum PolicyScope {
+pub(crate) enum PolicyScope {
     Global,
     Namespace,
     WorkloadSelector,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum PolicyAction {
+pub(crate) enum PolicyAction {
     Allow,
     Deny,
 }
 
 /// Istio's string match forms. Matching is by byte comparison only, never by regular expression.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub enum StringMatch {
+pub(crate) enum StringMatch {
     Exact(String),
     Prefix(String),
     Suffix(String),
@@ -422,7 +414,7 @@ pub enum StringMatch {
 }
 
 impl StringMatch {
-    pub fn matches(&self, value: &str) -> bool {
+    pub(crate) fn matches(&self, value: &str) -> bool {
         match self {
             StringMatch::Exact(s) => value == s,
             StringMatch::Prefix(s) => value.starts_with(s.as_str()),
@@ -434,55 +426,55 @@ impl StringMatch {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ServiceAccountMatch {
-    pub namespace: String,
-    pub service_account: String,
+pub(crate) struct ServiceAccountMatch {
+    pub(crate) namespace: String,
+    pub(crate) service_account: String,
 }
 
 /// One match of a clause; every populated field must hold.
 #[derive(Clone, Debug, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Match {
+pub(crate) struct Match {
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub namespaces: Vec<StringMatch>,
+    pub(crate) namespaces: Vec<StringMatch>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub not_namespaces: Vec<StringMatch>,
+    pub(crate) not_namespaces: Vec<StringMatch>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub principals: Vec<StringMatch>,
+    pub(crate) principals: Vec<StringMatch>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub not_principals: Vec<StringMatch>,
+    pub(crate) not_principals: Vec<StringMatch>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub source_ips: Vec<IpNet>,
+    pub(crate) source_ips: Vec<IpNet>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub not_source_ips: Vec<IpNet>,
+    pub(crate) not_source_ips: Vec<IpNet>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub destination_ips: Vec<IpNet>,
+    pub(crate) destination_ips: Vec<IpNet>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub not_destination_ips: Vec<IpNet>,
+    pub(crate) not_destination_ips: Vec<IpNet>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub destination_ports: Vec<u16>,
+    pub(crate) destination_ports: Vec<u16>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub not_destination_ports: Vec<u16>,
+    pub(crate) not_destination_ports: Vec<u16>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub service_accounts: Vec<ServiceAccountMatch>,
+    pub(crate) service_accounts: Vec<ServiceAccountMatch>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub not_service_accounts: Vec<ServiceAccountMatch>,
+    pub(crate) not_service_accounts: Vec<ServiceAccountMatch>,
 }
 
 /// A clause matches if any of its matches does (an empty clause matches).
-pub type Clause = Vec<Match>;
+pub(crate) type Clause = Vec<Match>;
 /// A rule matches if every clause does.
-pub type Rule = Vec<Clause>;
+pub(crate) type Rule = Vec<Clause>;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Authorization {
-    pub name: String,
-    pub namespace: String,
-    pub scope: PolicyScope,
-    pub action: PolicyAction,
-    pub dry_run: bool,
-    pub rules: Vec<Rule>,
+    pub(crate) name: String,
+    pub(crate) namespace: String,
+    pub(crate) scope: PolicyScope,
+    pub(crate) action: PolicyAction,
+    pub(crate) dry_run: bool,
+    pub(crate) rules: Vec<Rule>,
     /// What translation changed and why (L7 attributes stripped, invalid input), for operators.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,

@@ -10,7 +10,7 @@ pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
 /// Inbound HBONE (mTLS + HTTP/2 CONNECT).
 pub const HBONE_PORT: u16 = 15008;
 /// Admin, metrics and readiness: never valid proxy destinations.
-pub const ADMIN_PORTS: [u16; 3] = [15000, 15020, 15021];
+pub(crate) const ADMIN_PORTS: [u16; 3] = [15000, 15020, 15021];
 /// The proxy's socket mark (0x539) in shared mode: capture rules let marked packets through.
 pub const DEFAULT_PACKET_MARK: u32 = 1337;
 /// The nftables table the node agent installs in every enrolled pod's namespace.

@@ -32,7 +32,8 @@ pub enum Decision {
 }
 
 impl Decision {
-    pub fn is_allow(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_allow(&self) -> bool {
         matches!(self, Decision::Allow)
     }
 }
@@ -46,13 +47,13 @@ pub fn evaluate(snap: &Snapshot, w: &Workload, attrs: &ConnAttrs) -> Decision {
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Considered {
-    pub policy: PolicyKey,
-    pub scope: crate::model::PolicyScope,
-    pub action: PolicyAction,
-    pub dry_run: bool,
-    pub matched: bool,
+    pub(crate) policy: PolicyKey,
+    pub(crate) scope: crate::model::PolicyScope,
+    pub(crate) action: PolicyAction,
+    pub(crate) dry_run: bool,
+    pub(crate) matched: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub notes: Vec<String>,
+    pub(crate) notes: Vec<String>,
 }
 
 /// A decision with everything that led to it.
@@ -94,7 +95,8 @@ fn decide(snap: &Snapshot, w: &Workload, attrs: &ConnAttrs, record: &mut dyn FnM
 }
 
 /// The algorithm of §4.9 over an explicit policy list.
-pub fn evaluate_policies(policies: &[Arc<Authorization>], attrs: &ConnAttrs) -> Decision {
+#[cfg(test)]
+pub(crate) fn evaluate_policies(policies: &[Arc<Authorization>], attrs: &ConnAttrs) -> Decision {
     evaluate_policies_with(policies, attrs, &mut |_, _| {})
 }
 
@@ -122,7 +124,7 @@ fn evaluate_policies_with(policies: &[Arc<Authorization>], attrs: &ConnAttrs, re
 }
 
 /// A policy matches if any rule does; a rule if every clause does; a clause if any match does.
-pub fn policy_matches(p: &Authorization, attrs: &ConnAttrs) -> bool {
+pub(crate) fn policy_matches(p: &Authorization, attrs: &ConnAttrs) -> bool {
     p.rules.iter().any(|rule| rule.iter().all(|clause| clause.is_empty() || clause.iter().any(|m| match_holds(m, attrs))))
 }
 

@@ -18,13 +18,7 @@ use crate::state::Snapshot;
 #[derive(Clone, Debug)]
 pub enum Upstream {
     /// Tunnel to `hbone_addr`, asking for `target`; the peer must prove one of `identities`.
-    Hbone {
-        hbone_addr: ServerAddr,
-        target: HboneTarget,
-        identities: Vec<Identity>,
-        workload: Arc<Workload>,
-        service: Option<Arc<Service>>,
-    },
+    Hbone { hbone_addr: ServerAddr, target: HboneTarget, identities: Vec<Identity>, workload: Arc<Workload>, service: Option<Arc<Service>> },
     /// Plain TCP to a workload the mesh knows is not captured.
     Direct { addr: ServerAddr, workload: Arc<Workload>, service: Option<Arc<Service>> },
     /// Plain TCP to a destination the mesh does not know.
@@ -230,7 +224,7 @@ pub fn inbound_target(
                 .cloned()
                 .ok_or_else(|| InboundError::UnknownService(host.clone(), *port))?;
             let key = svc.key();
-            let target = target_port(w, &svc, &key, *port).ok_or_else(|| InboundError::NoTargetPort(key, *port))?;
+            let target = target_port(w, &svc, &key, *port).ok_or(InboundError::NoTargetPort(key, *port))?;
             (SocketAddr::new(arrived, target), Some(svc))
         }
     };

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::model::{Authorization, NetworkMode, PolicyKey, PolicyScope, Service, ServiceKey, TunnelProtocol, Visibility, Workload, WorkloadUid};
+use crate::model::{
+    Authorization, NetworkMode, PolicyKey, PolicyScope, Service, ServiceKey, TunnelProtocol, Visibility, Workload, WorkloadUid,
+};
 
 /// The unindexed contents of a snapshot, as a source produces them.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
@@ -103,13 +105,9 @@ impl Snapshot {
         candidates.iter().find(|w| service_account.is_none_or(|sa| w.identity().is_ok_and(|id| id.service_account() == sa)))
     }
 
-    pub fn service(&self, namespace: &str, hostname: &str) -> Option<&Arc<Service>> {
-        self.services.get(&ServiceKey::new(namespace, hostname))
-    }
-
     /// The service a client in `client_ns` means when it dials `ip`: exact VIPs first (visible
     /// ones only; same namespace, then canonical, then first seen), then CIDR VIPs.
-    pub fn service_by_vip(&self, network: &str, ip: IpAddr, client_ns: &str) -> Option<Arc<Service>> {
+    pub(crate) fn service_by_vip(&self, network: &str, ip: IpAddr, client_ns: &str) -> Option<Arc<Service>> {
         let visible = |s: &&Arc<Service>| s.visibility == Visibility::Public || s.namespace == client_ns;
         if let Some(cands) = self.by_vip.get(&ip) {
             let mut cands: Vec<&Arc<Service>> = cands.iter().filter(|(n, _)| n == network).map(|(_, s)| s).filter(visible).collect();
@@ -131,18 +129,19 @@ impl Snapshot {
     }
 
     /// Every workload that lists `service_key` in its services map.
-    pub fn endpoints(&self, service_key: &ServiceKey) -> &[Arc<Workload>] {
+    pub(crate) fn endpoints(&self, service_key: &ServiceKey) -> &[Arc<Workload>] {
         self.endpoints.get(service_key).map(Vec::as_slice).unwrap_or(&[])
     }
 
-    pub fn policy(&self, key: &PolicyKey) -> Option<&Arc<Authorization>> {
+    #[cfg(test)]
+    pub(crate) fn policy(&self, key: &PolicyKey) -> Option<&Arc<Authorization>> {
         self.policies.get(key)
     }
 
     /// The policies that apply to `w` (global, its namespace's, and those it references), plus
     /// the keys it references that this snapshot does not hold. The caller must fail closed on
     /// those: a policy still in flight may be a DENY.
-    pub fn policies_for(&self, w: &Workload) -> (Vec<Arc<Authorization>>, Vec<PolicyKey>) {
+    pub(crate) fn policies_for(&self, w: &Workload) -> (Vec<Arc<Authorization>>, Vec<PolicyKey>) {
         let mut found: Vec<Arc<Authorization>> = self
             .policies
             .values()

@@ -8,9 +8,9 @@ use serde::de::DeserializeOwned;
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("line {line}, column {column}: {message}")]
 pub struct YamlError {
-    pub line: usize,
-    pub column: usize,
-    pub message: String,
+    pub(crate) line: usize,
+    pub(crate) column: usize,
+    pub(crate) message: String,
 }
 
 impl From<serde_saphyr::Error> for YamlError {
@@ -33,7 +33,7 @@ pub fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, YamlError> {
 
 /// Every non-empty document of a stream, as JSON values (the shape Kubernetes objects have on
 /// the API, so typed conversion is the same for files and the API server).
-pub fn documents(text: &str) -> Result<Vec<serde_json::Value>, YamlError> {
+pub(crate) fn documents(text: &str) -> Result<Vec<serde_json::Value>, YamlError> {
     Ok(serde_saphyr::from_multiple(text)?)
 }
 

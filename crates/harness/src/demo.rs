@@ -19,10 +19,10 @@ const PLAIN_CANARY: &str = "FERRY-PLAIN-CANARY";
 pub struct DemoArgs {
     /// Keep the cluster running after the report until Enter or Ctrl-C, to look around.
     #[arg(long)]
-    pub hold: bool,
+    pub(crate) hold: bool,
     /// Keep the working directory (logs, cluster state) after exit.
     #[arg(long)]
-    pub keep_logs: bool,
+    pub(crate) keep_logs: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -6,10 +6,10 @@ use super::objects::{Namespace, Pod};
 
 pub const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
 pub const AMBIENT: &str = "ambient";
-pub const NONE: &str = "none";
+pub(crate) const NONE: &str = "none";
 /// Per-pod opt-out annotation (protocols.md §3.6).
-pub const REDIRECTION_ANNOTATION: &str = "ambient.istio.io/redirection";
-pub const SIDECAR_STATUS_ANNOTATION: &str = "sidecar.istio.io/status";
+pub(crate) const REDIRECTION_ANNOTATION: &str = "ambient.istio.io/redirection";
+pub(crate) const SIDECAR_STATUS_ANNOTATION: &str = "sidecar.istio.io/status";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Capture {

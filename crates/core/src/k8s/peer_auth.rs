@@ -13,7 +13,7 @@ use super::policy::{Selector, ROOT_NAMESPACE};
 use crate::model::{Authorization, Match, PolicyAction, PolicyScope, StringMatch};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     Unset,
     Permissive,
     Strict,
@@ -35,13 +35,13 @@ struct MtlsSpec {
 
 /// A parsed PeerAuthentication.
 #[derive(Clone, Debug)]
-pub struct PeerAuthn {
-    pub name: String,
-    pub namespace: String,
-    pub selector: Option<BTreeMap<String, String>>,
-    pub mode: Mode,
-    pub ports: BTreeMap<u16, Mode>,
-    pub note: Option<String>,
+pub(crate) struct PeerAuthn {
+    pub(crate) name: String,
+    pub(crate) namespace: String,
+    pub(crate) selector: Option<BTreeMap<String, String>>,
+    pub(crate) mode: Mode,
+    pub(crate) ports: BTreeMap<u16, Mode>,
+    pub(crate) note: Option<String>,
 }
 
 fn mode(s: &MtlsSpec) -> Result<Mode, String> {
@@ -53,7 +53,7 @@ fn mode(s: &MtlsSpec) -> Result<Mode, String> {
     }
 }
 
-pub fn parse(obj: &serde_json::Value) -> PeerAuthn {
+pub(crate) fn parse(obj: &serde_json::Value) -> PeerAuthn {
     let meta = obj.get("metadata");
     let text = |k: &str| meta.and_then(|m| m.get(k)).and_then(|v| v.as_str()).unwrap_or("").to_string();
     let namespace = if text("namespace").is_empty() { "default".to_string() } else { text("namespace") };
@@ -91,7 +91,7 @@ fn applicable<'a>(pas: &'a [PeerAuthn], ns: &str, labels: &BTreeMap<String, Stri
 }
 
 /// The DENY-plaintext policy a captured pod needs, if any of its ports is STRICT.
-pub fn policy_for(pas: &[PeerAuthn], ns: &str, labels: &BTreeMap<String, String>) -> Option<Authorization> {
+pub(crate) fn policy_for(pas: &[PeerAuthn], ns: &str, labels: &BTreeMap<String, String>) -> Option<Authorization> {
     let chain = applicable(pas, ns, labels);
     let default = chain.iter().flatten().map(|p| p.mode).find(|m| *m != Mode::Unset).unwrap_or(Mode::Permissive);
     let mut differing: Vec<u16> = chain[0]

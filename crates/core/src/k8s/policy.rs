@@ -17,14 +17,14 @@ use serde::Deserialize;
 
 use crate::model::{Authorization, Clause, Match, PolicyAction, PolicyScope, Rule, ServiceAccountMatch, StringMatch};
 
-pub const ROOT_NAMESPACE: &str = "istio-system";
-pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
+pub(crate) const ROOT_NAMESPACE: &str = "istio-system";
+pub(crate) const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Selector {
+pub(crate) struct Selector {
     #[serde(default)]
-    pub match_labels: BTreeMap<String, String>,
+    pub(crate) match_labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -100,14 +100,14 @@ struct Condition {
 
 /// A translated AuthorizationPolicy and which pods it selects.
 #[derive(Clone, Debug)]
-pub struct TranslatedPolicy {
-    pub policy: Authorization,
+pub(crate) struct TranslatedPolicy {
+    pub(crate) policy: Authorization,
     /// `Some` for WORKLOAD_SELECTOR scope: the labels a pod must carry.
-    pub selector: Option<BTreeMap<String, String>>,
+    pub(crate) selector: Option<BTreeMap<String, String>>,
 }
 
 /// Istio's string forms: `*` (presence), `prefix*`, `*suffix`, exact.
-pub fn string_match(s: &str) -> StringMatch {
+pub(crate) fn string_match(s: &str) -> StringMatch {
     if s == "*" {
         StringMatch::Presence
     } else if let Some(p) = s.strip_suffix('*') {
@@ -284,7 +284,7 @@ fn translate_rule(r: &RuleSpec, action: PolicyAction, notes: &mut Vec<String>, i
 }
 
 /// Translates one AuthorizationPolicy manifest. `None` when it does not apply to L4 proxies.
-pub fn authorization_policy(obj: &serde_json::Value) -> Option<TranslatedPolicy> {
+pub(crate) fn authorization_policy(obj: &serde_json::Value) -> Option<TranslatedPolicy> {
     let meta = obj.get("metadata");
     let text = |k: &str| meta.and_then(|m| m.get(k)).and_then(|v| v.as_str()).unwrap_or("").to_string();
     let (name, namespace) = (text("name"), if text("namespace").is_empty() { "default".to_string() } else { text("namespace") });

@@ -11,7 +11,8 @@ use super::objects::{ClusterState, IntOrString, Pod, Service as K8sService};
 use super::peer_auth::{self, PeerAuthn};
 use super::policy::{self, TranslatedPolicy};
 use crate::model::{
-    Authorization, HealthStatus, NetworkAddress, NetworkMode, PolicyKey, PortMap, Service, ServiceKey, TunnelProtocol, Workload, WorkloadType,
+    Authorization, HealthStatus, NetworkAddress, NetworkMode, PolicyKey, PortMap, Service, ServiceKey, TunnelProtocol, Workload,
+    WorkloadType,
 };
 use crate::state::StateInput;
 
@@ -77,7 +78,7 @@ fn selected(authz: &[TranslatedPolicy], p: &Pod) -> Vec<PolicyKey> {
         .collect()
 }
 
-pub fn hostname(s: &K8sService, o: &TranslateOptions) -> String {
+pub(crate) fn hostname(s: &K8sService, o: &TranslateOptions) -> String {
     format!("{}.{}.svc.{}", s.metadata.name, s.metadata.namespace, o.cluster_domain)
 }
 

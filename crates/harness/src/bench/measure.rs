@@ -12,30 +12,30 @@ use serde_json::Value;
 use super::procstat::{cpu_ns, rss_kb};
 use crate::sim::{apps, Sim};
 
-pub const ECHO_PORT: u16 = 7000;
-pub const SINK_PORT: u16 = 7001;
-pub const IPERF_PORT: u16 = 5201;
+pub(crate) const ECHO_PORT: u16 = 7000;
+pub(crate) const SINK_PORT: u16 = 7001;
+pub(crate) const IPERF_PORT: u16 = 5201;
 
 /// Where a measurement's traffic goes.
 #[derive(Clone, Debug)]
-pub struct Target {
+pub(crate) struct Target {
     /// `direct`, `ferry`, or the alternative proxy's name.
-    pub name: String,
-    pub namespace: String,
+    pub(crate) name: String,
+    pub(crate) namespace: String,
     /// Whether node proxies carry this target's traffic (CPU and memory are reported).
-    pub proxied: bool,
+    pub(crate) proxied: bool,
 }
 
 impl Target {
-    pub fn server_addr(&self, sim: &Sim, port: u16) -> SocketAddr {
+    pub(crate) fn server_addr(&self, sim: &Sim, port: u16) -> SocketAddr {
         sim.pod(&self.namespace, "server").addr(port)
     }
 }
 
-pub type Res<T> = Result<T, String>;
+pub(crate) type Res<T> = Result<T, String>;
 
 /// Runs `ferry bench <args>` in the target's client pod and returns its last JSON line.
-pub fn tool(sim: &Sim, t: &Target, args: &[String]) -> Res<Value> {
+pub(crate) fn tool(sim: &Sim, t: &Target, args: &[String]) -> Res<Value> {
     let child = sim.spawn_in_pod(&t.namespace, "client", args).map_err(|e| e.to_string())?;
     let out = child.wait_with_output().map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -61,7 +61,7 @@ fn proxy_rss(sim: &Sim) -> [u64; 2] {
 }
 
 /// Bulk goodput in Gbit/s with `ferry bench stream`, and each proxy's CPU-seconds per GB.
-pub fn stream(sim: &Sim, t: &Target, streams: usize, d: Duration) -> Res<(f64, [f64; 2])> {
+pub(crate) fn stream(sim: &Sim, t: &Target, streams: usize, d: Duration) -> Res<(f64, [f64; 2])> {
     let before = proxy_cpu(sim);
     let v = tool(
         sim,
@@ -78,7 +78,7 @@ pub fn stream(sim: &Sim, t: &Target, streams: usize, d: Duration) -> Res<(f64, [
 }
 
 /// Bulk goodput in Gbit/s with iperf3 (receiver side).
-pub fn iperf(sim: &Sim, t: &Target, streams: usize, d: Duration) -> Res<f64> {
+pub(crate) fn iperf(sim: &Sim, t: &Target, streams: usize, d: Duration) -> Res<f64> {
     let args = [
         s("-c"),
         s(t.server_addr(sim, IPERF_PORT).ip()),
@@ -105,7 +105,7 @@ fn rr_args(sim: &Sim, t: &Target, conns: usize, rate: u64, size: usize, d: Durat
 }
 
 /// Open-loop request/response latency; with proxy CPU (fraction of a core) and RSS at load.
-pub fn rr(sim: &Sim, t: &Target, conns: usize, rate: u64, size: usize, d: Duration) -> Res<(Value, [f64; 2], [u64; 2])> {
+pub(crate) fn rr(sim: &Sim, t: &Target, conns: usize, rate: u64, size: usize, d: Duration) -> Res<(Value, [f64; 2], [u64; 2])> {
     let before = proxy_cpu(sim);
     let start = Instant::now();
     let args = rr_args(sim, t, conns, rate, size, d, "500ms");
@@ -120,7 +120,7 @@ pub fn rr(sim: &Sim, t: &Target, conns: usize, rate: u64, size: usize, d: Durati
 }
 
 /// New connections per second (connect, 64-byte echo, close).
-pub fn crr(sim: &Sim, t: &Target, concurrency: usize, d: Duration) -> Res<Value> {
+pub(crate) fn crr(sim: &Sim, t: &Target, concurrency: usize, d: Duration) -> Res<Value> {
     let v = tool(
         sim,
         t,
@@ -134,7 +134,7 @@ pub fn crr(sim: &Sim, t: &Target, concurrency: usize, d: Duration) -> Res<Value>
 
 /// Memory per idle proxied connection: proxies' RSS growth while `n` proven-open idle
 /// connections are held, per connection (KiB), and RSS growth left after closing them (KiB).
-pub fn idle_memory(sim: &Sim, t: &Target, n: usize) -> Res<([f64; 2], [f64; 2])> {
+pub(crate) fn idle_memory(sim: &Sim, t: &Target, n: usize) -> Res<([f64; 2], [f64; 2])> {
     // Let the proxies' heap reclaimers (1 s period) return what earlier runs freed first.
     std::thread::sleep(Duration::from_millis(2500));
     let base = proxy_rss(sim);
@@ -161,7 +161,7 @@ pub fn idle_memory(sim: &Sim, t: &Target, n: usize) -> Res<([f64; 2], [f64; 2])>
 }
 
 /// Closed-loop 16 KiB request/response over `conns` connections: aggregate MB/s and p99 µs.
-pub fn concurrency(sim: &Sim, t: &Target, conns: usize, d: Duration) -> Res<(f64, f64)> {
+pub(crate) fn concurrency(sim: &Sim, t: &Target, conns: usize, d: Duration) -> Res<(f64, f64)> {
     let args = rr_args(sim, t, conns, 0, 16 * 1024, d, "300ms");
     let v = tool(sim, t, &args)?;
     if v["count"].as_u64().unwrap_or(0) == 0 || v["errors"].as_u64().unwrap_or(0) > 0 {
@@ -171,7 +171,7 @@ pub fn concurrency(sim: &Sim, t: &Target, conns: usize, d: Duration) -> Res<(f64
 }
 
 /// Time from starting node 2's proxy to its readiness, in ms.
-pub fn proxy_startup(sim: &mut Sim) -> Res<f64> {
+pub(crate) fn proxy_startup(sim: &mut Sim) -> Res<f64> {
     sim.stop_proxy(1, nix::sys::signal::Signal::SIGTERM);
     let start = Instant::now();
     sim.start_proxy(1).map_err(|e| e.to_string())?;
@@ -179,7 +179,7 @@ pub fn proxy_startup(sim: &mut Sim) -> Res<f64> {
 }
 
 /// Time from creating a client pod to its first byte echoed by the target's server, in ms.
-pub fn pod_to_first_byte(sim: &mut Sim, t: &Target, name: &str) -> Res<f64> {
+pub(crate) fn pod_to_first_byte(sim: &mut Sim, t: &Target, name: &str) -> Res<f64> {
     let manifest =
         format!("{{apiVersion: v1, kind: Pod, metadata: {{name: {name}, namespace: {}}}, spec: {{nodeName: node-1}}}}", t.namespace);
     let pod = ferry_core::k8s::manifests::parse_documents(&manifest, "bench")
@@ -206,7 +206,7 @@ pub fn pod_to_first_byte(sim: &mut Sim, t: &Target, name: &str) -> Res<f64> {
 }
 
 /// Starts the servers (ferry bench serve and iperf3) in the target's server pod.
-pub fn start_servers(sim: &Sim, t: &Target) -> Res<()> {
+pub(crate) fn start_servers(sim: &Sim, t: &Target) -> Res<()> {
     let mut serve =
         sim.spawn_in_pod(&t.namespace, "server", &[s("bench"), s("serve"), s("--port"), s(ECHO_PORT)]).map_err(|e| e.to_string())?;
     let mut first = String::new();

@@ -1,7 +1,7 @@
 //! CPU time and resident memory of a process, from /proc: CPU as the sum of every thread's
 //! on-CPU nanoseconds (`/proc/PID/task/*/schedstat`), memory as `VmRSS`.
 
-pub fn cpu_ns(pid: u32) -> Option<u64> {
+pub(crate) fn cpu_ns(pid: u32) -> Option<u64> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
     let mut total = 0u64;
     for t in tasks.flatten() {
@@ -11,7 +11,7 @@ pub fn cpu_ns(pid: u32) -> Option<u64> {
     Some(total)
 }
 
-pub fn rss_kb(pid: u32) -> Option<u64> {
+pub(crate) fn rss_kb(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
 }

@@ -68,7 +68,7 @@ fn targets_section(r: &Results) -> String {
     out
 }
 
-pub fn write(args: &RunArgs, r: &Results, targets: &[String], reps: usize) -> Result<(), String> {
+pub(crate) fn write(args: &RunArgs, r: &Results, targets: &[String], reps: usize) -> Result<(), String> {
     let json_path = args.json.clone().unwrap_or_else(|| args.out.with_extension("jsonl"));
     if let Some(dir) = json_path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
@@ -104,7 +104,7 @@ pub fn write(args: &RunArgs, r: &Results, targets: &[String], reps: usize) -> Re
 }
 
 /// Measurements that should have produced a number and did not.
-pub fn missing(r: &Results, targets: &[Target], only: &[Group]) -> Vec<String> {
+pub(crate) fn missing(r: &Results, targets: &[Target], only: &[Group]) -> Vec<String> {
     let common = [
         "throughput.stream.1",
         "throughput.stream.4",

@@ -7,46 +7,46 @@ use std::fmt::Write;
 use serde_json::json;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Better {
+pub(crate) enum Better {
     Higher,
     Lower,
 }
 
 #[derive(Clone, Debug)]
-pub struct Metric {
-    pub name: String,
-    pub unit: &'static str,
-    pub better: Better,
+pub(crate) struct Metric {
+    pub(crate) name: String,
+    pub(crate) unit: &'static str,
+    pub(crate) better: Better,
 }
 
 #[derive(Default)]
-pub struct Results {
-    pub metrics: Vec<Metric>,
-    pub samples: BTreeMap<String, BTreeMap<String, Vec<f64>>>,
-    pub errors: Vec<String>,
+pub(crate) struct Results {
+    pub(crate) metrics: Vec<Metric>,
+    pub(crate) samples: BTreeMap<String, BTreeMap<String, Vec<f64>>>,
+    pub(crate) errors: Vec<String>,
 }
 
-pub struct Summary {
-    pub median: f64,
-    pub min: f64,
-    pub max: f64,
-    pub n: usize,
+pub(crate) struct Summary {
+    pub(crate) median: f64,
+    pub(crate) min: f64,
+    pub(crate) max: f64,
+    pub(crate) n: usize,
 }
 
 impl Results {
-    pub fn add(&mut self, name: &str, unit: &'static str, better: Better, target: &str, v: f64) {
+    pub(crate) fn add(&mut self, name: &str, unit: &'static str, better: Better, target: &str, v: f64) {
         if !self.metrics.iter().any(|m| m.name == name) {
             self.metrics.push(Metric { name: name.to_string(), unit, better });
         }
         self.samples.entry(name.to_string()).or_default().entry(target.to_string()).or_default().push(v);
     }
 
-    pub fn error(&mut self, what: &str, e: String) {
+    pub(crate) fn error(&mut self, what: &str, e: String) {
         eprintln!("  measurement failed: {what}: {e}");
         self.errors.push(format!("{what}: {e}"));
     }
 
-    pub fn summary(&self, name: &str, target: &str) -> Option<Summary> {
+    pub(crate) fn summary(&self, name: &str, target: &str) -> Option<Summary> {
         let mut v = self.samples.get(name)?.get(target)?.clone();
         if v.is_empty() {
             return None;
@@ -57,7 +57,7 @@ impl Results {
     }
 
     /// One JSON object per (measurement, target).
-    pub fn json_lines(&self) -> String {
+    pub(crate) fn json_lines(&self) -> String {
         let mut out = String::new();
         for m in &self.metrics {
             for (target, samples) in &self.samples[&m.name] {
@@ -72,7 +72,7 @@ impl Results {
     }
 
     /// A Markdown table: one row per measurement, a column per target, ratios to `direct`.
-    pub fn markdown_table(&self, targets: &[String]) -> String {
+    pub(crate) fn markdown_table(&self, targets: &[String]) -> String {
         let mut out = String::from("| measurement | unit | better |");
         for t in targets {
             let _ = write!(out, " {t} (median [min–max]) |");
@@ -110,7 +110,7 @@ impl Results {
     }
 }
 
-pub fn fmt(v: f64) -> String {
+pub(crate) fn fmt(v: f64) -> String {
     if v.abs() >= 100.0 {
         format!("{v:.0}")
     } else if v.abs() >= 10.0 {

@@ -33,24 +33,24 @@ metadata: {name: bench-mesh, labels: {istio.io/dataplane-mode: ambient}}
 pub struct RunArgs {
     /// A seconds-long smoke run (one repetition, short durations, small counts).
     #[arg(long)]
-    pub quick: bool,
+    pub(crate) quick: bool,
     /// Repetitions of every measurement (at least 3 for a report).
     #[arg(long, default_value_t = 3)]
-    pub reps: usize,
+    pub(crate) reps: usize,
     /// Where to write the Markdown report.
     #[arg(long, default_value = "docs/benchmarks.md")]
-    pub out: PathBuf,
+    pub(crate) out: PathBuf,
     /// Where to write one JSON line per measurement (default: next to the report).
     #[arg(long)]
-    pub json: Option<PathBuf>,
+    pub(crate) json: Option<PathBuf>,
     /// Run only these groups (for profiling one path; a report needs all of them).
     #[arg(long, value_enum, value_delimiter = ',')]
-    pub only: Vec<Group>,
+    pub(crate) only: Vec<Group>,
 }
 
 /// A group of measurements, named by the first part of the metric names it produces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Group {
+pub(crate) enum Group {
     Throughput,
     Latency,
     Connections,
@@ -61,7 +61,7 @@ pub enum Group {
 
 impl Group {
     /// The group a metric belongs to (CPU per GB is measured with the throughput runs).
-    pub fn of(metric: &str) -> Option<Group> {
+    pub(crate) fn of(metric: &str) -> Option<Group> {
         match metric.split('.').next()? {
             "throughput" | "cpu_s_per_gb" => Some(Group::Throughput),
             "latency" => Some(Group::Latency),
@@ -178,7 +178,7 @@ fn build_cluster(alt: &Option<(String, AltProxy)>) -> Result<(Sim, Vec<Target>),
 }
 
 /// `ferry bench cluster`: the benchmark cluster, held until Enter, for profiling by hand.
-pub fn hold_cluster() -> Result<(), String> {
+pub(crate) fn hold_cluster() -> Result<(), String> {
     let (sim, targets) = build_cluster(&None)?;
     for t in &targets[..2] {
         let (c, srv) = (sim.pod(&t.namespace, "client"), sim.pod(&t.namespace, "server"));
@@ -207,7 +207,7 @@ pub fn hold_cluster() -> Result<(), String> {
     Ok(())
 }
 
-pub fn run(args: RunArgs) -> Result<(), String> {
+pub(crate) fn run(args: RunArgs) -> Result<(), String> {
     let plan = Plan::new(&args);
     let alt = alt_from_env();
     let (sim, targets) = build_cluster(&alt)?;

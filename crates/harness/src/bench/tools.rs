@@ -26,7 +26,7 @@ fn fill_pattern(buf: &mut [u8], offset: u64) {
 }
 
 /// Echo on `port`, verifying sink on `port + 1`.
-pub async fn serve(port: u16) -> std::io::Result<()> {
+pub(crate) async fn serve(port: u16) -> std::io::Result<()> {
     let echo = TcpListener::bind(("0.0.0.0", port)).await?;
     let sink = TcpListener::bind(("0.0.0.0", port + 1)).await?;
     println!("{}", json!({"listening": {"echo": port, "sink": port + 1}}));
@@ -101,7 +101,7 @@ async fn connect(to: SocketAddr) -> std::io::Result<TcpStream> {
 }
 
 /// Bulk goodput over `streams` connections for `duration`, counted by the receiver.
-pub async fn stream(to: SocketAddr, streams: usize, duration: Duration) -> std::io::Result<serde_json::Value> {
+pub(crate) async fn stream(to: SocketAddr, streams: usize, duration: Duration) -> std::io::Result<serde_json::Value> {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..streams {
@@ -156,7 +156,7 @@ fn summary(h: &Histogram<u64>) -> serde_json::Value {
 /// requests/s in total, each connection on its own thread with microsecond-precise sleeps (an
 /// async timer's millisecond ticks would dominate the latency measured); `rate` = 0: closed loop
 /// as fast as each connection can.
-pub async fn rr(
+pub(crate) async fn rr(
     to: SocketAddr,
     conns: usize,
     rate: u64,
@@ -297,7 +297,7 @@ async fn closed_loop(
 }
 
 /// New connections per second: connect, `size`-byte echo, close, with `concurrency` workers.
-pub async fn crr(to: SocketAddr, concurrency: usize, size: usize, duration: Duration) -> std::io::Result<serde_json::Value> {
+pub(crate) async fn crr(to: SocketAddr, concurrency: usize, size: usize, duration: Duration) -> std::io::Result<serde_json::Value> {
     let end = Instant::now() + duration;
     let errors = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -342,7 +342,7 @@ pub async fn crr(to: SocketAddr, concurrency: usize, size: usize, duration: Dura
 
 /// Opens `n` connections, proves each open with a one-byte echo, reports, then holds them
 /// until stdin closes; then closes them all and reports again.
-pub async fn hold(to: SocketAddr, n: usize) -> std::io::Result<()> {
+pub(crate) async fn hold(to: SocketAddr, n: usize) -> std::io::Result<()> {
     let mut conns = Vec::with_capacity(n);
     let failed = Arc::new(AtomicBool::new(false));
     for chunk in (0..n).collect::<Vec<_>>().chunks(64) {

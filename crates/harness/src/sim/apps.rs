@@ -10,7 +10,7 @@ use std::time::Duration;
 use ferry_sys::Netns;
 
 /// Runs `f` on a new thread inside the namespace at `path` and returns its result.
-pub fn in_netns<T: Send + 'static>(path: &std::path::Path, f: impl FnOnce() -> T + Send + 'static) -> std::io::Result<T> {
+pub(crate) fn in_netns<T: Send + 'static>(path: &std::path::Path, f: impl FnOnce() -> T + Send + 'static) -> std::io::Result<T> {
     let ns = Netns::open(path)?;
     std::thread::spawn(move || {
         ns.enter()?;
@@ -87,7 +87,7 @@ pub fn connect(path: &std::path::Path, dst: SocketAddr) -> std::io::Result<TcpSt
 }
 
 /// A blocking HTTP/1.1 request without a body; returns (status, body).
-pub fn http(path: &std::path::Path, addr: SocketAddr, method: &str, target: &str) -> std::io::Result<(u16, String)> {
+pub(crate) fn http(path: &std::path::Path, addr: SocketAddr, method: &str, target: &str) -> std::io::Result<(u16, String)> {
     let (method, target) = (method.to_string(), target.to_string());
     in_netns(path, move || -> std::io::Result<(u16, String)> {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;

@@ -22,8 +22,8 @@ pub struct CniCall {
 #[derive(Debug, thiserror::Error)]
 #[error("CNI {command} failed in plugin {plugin}: {message}")]
 pub struct CniFailure {
-    pub command: String,
-    pub plugin: String,
+    pub(crate) command: String,
+    pub(crate) plugin: String,
     pub message: String,
 }
 
@@ -81,7 +81,7 @@ fn plugin_conf(list: &Value, plugin: &Value, prev: Option<&Value>) -> Value {
 }
 
 /// ADD through the whole chain; returns the final result.
-pub fn add(node_netns: &str, plugin_dirs: &[PathBuf], list: &Value, call: &CniCall) -> Result<Value, CniFailure> {
+pub(crate) fn add(node_netns: &str, plugin_dirs: &[PathBuf], list: &Value, call: &CniCall) -> Result<Value, CniFailure> {
     let mut prev: Option<Value> = None;
     for plugin in list["plugins"].as_array().into_iter().flatten() {
         let result = invoke(node_netns, plugin_dirs, "ADD", call, &plugin_conf(list, plugin, prev.as_ref()))?;
@@ -92,7 +92,13 @@ pub fn add(node_netns: &str, plugin_dirs: &[PathBuf], list: &Value, call: &CniCa
 
 /// DEL through the chain in reverse, with the cached ADD result; every plugin is called even
 /// when one fails (the runtime must not leak), the first error is returned.
-pub fn del(node_netns: &str, plugin_dirs: &[PathBuf], list: &Value, call: &CniCall, cached: Option<&Value>) -> Result<(), CniFailure> {
+pub(crate) fn del(
+    node_netns: &str,
+    plugin_dirs: &[PathBuf],
+    list: &Value,
+    call: &CniCall,
+    cached: Option<&Value>,
+) -> Result<(), CniFailure> {
     let mut first = None;
     for plugin in list["plugins"].as_array().into_iter().flatten().rev() {
         if let Err(e) = invoke(node_netns, plugin_dirs, "DEL", call, &plugin_conf(list, plugin, cached)) {
@@ -103,7 +109,7 @@ pub fn del(node_netns: &str, plugin_dirs: &[PathBuf], list: &Value, call: &CniCa
 }
 
 /// The IPs in a CNI result, without prefix lengths.
-pub fn result_ips(result: &Value) -> Vec<std::net::IpAddr> {
+pub(crate) fn result_ips(result: &Value) -> Vec<std::net::IpAddr> {
     result["ips"]
         .as_array()
         .into_iter()
@@ -114,7 +120,7 @@ pub fn result_ips(result: &Value) -> Vec<std::net::IpAddr> {
 }
 
 /// The conflist for one simulated node: bridge + host-local, then ferry-cni.
-pub fn node_conflist(subnet: &str, data_dir: &Path, agent_socket: &Path, cluster_state: &Path) -> Value {
+pub(crate) fn node_conflist(subnet: &str, data_dir: &Path, agent_socket: &Path, cluster_state: &Path) -> Value {
     json!({
         "cniVersion": "1.0.0",
         "name": "ferry-sim",

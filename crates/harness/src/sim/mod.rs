@@ -41,36 +41,36 @@ pub enum SimError {
     Timeout(String),
 }
 
-pub type Result<T> = std::result::Result<T, SimError>;
+pub(crate) type Result<T> = std::result::Result<T, SimError>;
 
 #[derive(Clone, Debug)]
 pub struct SimOptions {
-    pub nodes: usize,
+    pub(crate) nodes: usize,
     /// The `ferry` binary (agent, proxy, CA).
-    pub ferry_bin: PathBuf,
+    pub(crate) ferry_bin: PathBuf,
     /// Directories searched for CNI plugins (`ferry-cni`, `bridge`, `host-local`).
     pub cni_dirs: Vec<PathBuf>,
     /// Cluster-state poll interval for agents and proxies.
-    pub poll: Duration,
+    pub(crate) poll: Duration,
     /// Extra environment for every node proxy.
-    pub proxy_env: Vec<(String, String)>,
+    pub(crate) proxy_env: Vec<(String, String)>,
     /// Keep the work directory (logs) after cleanup.
-    pub keep_work_dir: bool,
+    pub(crate) keep_work_dir: bool,
     /// Pin node i's processes (agent, proxy, and pods' processes started with
     /// [`Sim::spawn_in_pod`]) to CPU `(i - 1) % cpus`.
-    pub pin_cpus: bool,
+    pub(crate) pin_cpus: bool,
     /// Run this ZDS-speaking node proxy instead of `ferry proxy` (benchmark comparisons).
-    pub alt_proxy: Option<AltProxy>,
+    pub(crate) alt_proxy: Option<AltProxy>,
 }
 
 /// Another node proxy implementation: started with the in-pod environment ztunnel reads
 /// (`PROXY_MODE`, `INPOD_UDS`, `NODE_NAME`, `LOCAL_XDS_PATH` with the cluster state rendered in
 /// ztunnel's local-config schema, `XDS_ADDRESS=""`, `FAKE_CA=true`) plus `env`.
 #[derive(Clone, Debug)]
-pub struct AltProxy {
-    pub bin: PathBuf,
-    pub args: Vec<String>,
-    pub env: Vec<(String, String)>,
+pub(crate) struct AltProxy {
+    pub(crate) bin: PathBuf,
+    pub(crate) args: Vec<String>,
+    pub(crate) env: Vec<(String, String)>,
 }
 
 impl SimOptions {
@@ -108,7 +108,7 @@ impl Cleanup {
     }
     /// Ctrl-C or SIGTERM: undo everything, then exit. Handlers (not a blocked signal mask) so
     /// the processes the simulation starts keep default signal behaviour.
-    pub fn on_signals(self: Arc<Self>) {
+    pub(crate) fn on_signals(self: Arc<Self>) {
         std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
             rt.block_on(async move {
@@ -122,7 +122,7 @@ impl Cleanup {
         });
     }
 
-    pub fn run(&self) {
+    pub(crate) fn run(&self) {
         for pid in self.pids.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
         }
@@ -140,8 +140,6 @@ impl Cleanup {
 /// A pod the harness created.
 #[derive(Clone, Debug)]
 pub struct SimPod {
-    pub namespace: String,
-    pub name: String,
     pub uid: String,
     pub node: usize,
     pub netns: String,
@@ -160,11 +158,11 @@ impl SimPod {
 }
 
 pub struct Sim {
-    pub id: String,
+    pub(crate) id: String,
     pub opts: SimOptions,
     pub work: PathBuf,
     pub state_dir: PathBuf,
-    pub ca_dir: PathBuf,
+    pub(crate) ca_dir: PathBuf,
     pub router: String,
     pub nodes: Vec<Node>,
     pub pods: BTreeMap<String, SimPod>,
@@ -242,11 +240,6 @@ impl Sim {
         Ok(())
     }
 
-    /// The interfaces that carry node-to-node traffic (router side), for packet captures.
-    pub fn links(&self) -> Vec<(String, String)> {
-        (1..=self.nodes.len()).map(|i| (self.router.clone(), format!("n{i}"))).collect()
-    }
-
     fn node_index(&self, name: &str) -> Result<usize> {
         self.nodes
             .iter()
@@ -306,7 +299,7 @@ impl Sim {
 
     /// Creates a pod like the kubelet does: API object first, then the sandbox and CNI ADD,
     /// then the pod IP in the status.
-    pub fn create_pod(&mut self, mut pod: Pod) -> Result<SimPod> {
+    pub(crate) fn create_pod(&mut self, mut pod: Pod) -> Result<SimPod> {
         let node = self.node_index(&pod.spec.node_name)?;
         let (ns, name) = (pod.metadata.namespace.clone(), pod.metadata.name.clone());
         if pod.metadata.uid.is_empty() {
@@ -330,16 +323,7 @@ impl Sim {
         pod.status.pod_ip = ip.to_string();
         pod.status.phase = "Running".into();
         self.write_object("Pod", &ns, &name, &to_yaml("v1", "Pod", &pod)?)?;
-        let sp = SimPod {
-            namespace: ns.clone(),
-            name: name.clone(),
-            uid: pod.metadata.uid.clone(),
-            node,
-            netns,
-            ip,
-            container_id: call.container_id,
-            cni_result: result,
-        };
+        let sp = SimPod { uid: pod.metadata.uid.clone(), node, netns, ip, container_id: call.container_id, cni_result: result };
         self.pods.insert(format!("{ns}/{name}"), sp.clone());
         Ok(sp)
     }
@@ -357,7 +341,7 @@ impl Sim {
     }
 
     /// Deletes a pod like the kubelet: CNI DEL, sandbox removed, API object removed.
-    pub fn delete_pod(&mut self, ns: &str, name: &str) -> Result<()> {
+    pub(crate) fn delete_pod(&mut self, ns: &str, name: &str) -> Result<()> {
         self.delete_pod_with(ns, name, true)
     }
 
@@ -423,18 +407,18 @@ impl Sim {
     }
 
     /// The CPU node `node` (0-based) is pinned to, when pinning.
-    pub fn cpu_of(&self, node: usize) -> Option<usize> {
+    pub(crate) fn cpu_of(&self, node: usize) -> Option<usize> {
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         self.opts.pin_cpus.then_some(node % cpus)
     }
 
     /// Starts `ferry <args>` inside a pod's namespace (pinned with its node), stdout piped.
-    pub fn spawn_in_pod(&self, ns: &str, name: &str, args: &[String]) -> Result<std::process::Child> {
+    pub(crate) fn spawn_in_pod(&self, ns: &str, name: &str, args: &[String]) -> Result<std::process::Child> {
         self.spawn_program_in_pod(ns, name, &self.opts.ferry_bin.clone(), args)
     }
 
     /// Starts `program <args>` inside a pod's namespace (pinned with its node), stdout piped.
-    pub fn spawn_program_in_pod(&self, ns: &str, name: &str, program: &Path, args: &[String]) -> Result<std::process::Child> {
+    pub(crate) fn spawn_program_in_pod(&self, ns: &str, name: &str, program: &Path, args: &[String]) -> Result<std::process::Child> {
         let pod = self.pod(ns, name);
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &pod.netns]);
@@ -448,7 +432,7 @@ impl Sim {
         Ok(child)
     }
 
-    pub fn node_ip(i: usize) -> Ipv4Addr {
+    pub(crate) fn node_ip(i: usize) -> Ipv4Addr {
         Ipv4Addr::new(198, 19, 254, 10 + i as u8)
     }
 }

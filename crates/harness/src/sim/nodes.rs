@@ -12,14 +12,14 @@ use serde_json::Value;
 use super::{apps, cni, wait, Result, Sim, SimError};
 
 pub struct Node {
-    pub name: String,
+    pub(crate) name: String,
     pub netns: String,
-    pub ip: Ipv4Addr,
-    pub subnet: String,
-    pub dir: PathBuf,
-    pub conflist: PathBuf,
-    pub zds_socket: PathBuf,
-    pub cni_socket: PathBuf,
+    pub(crate) ip: Ipv4Addr,
+    pub(crate) subnet: String,
+    pub(crate) dir: PathBuf,
+    pub(crate) conflist: PathBuf,
+    pub(crate) zds_socket: PathBuf,
+    pub(crate) cni_socket: PathBuf,
     agent: Option<Child>,
     proxy: Option<Child>,
 }
@@ -50,7 +50,7 @@ impl Node {
         serde_json::from_str(&text).map_err(|e| SimError::Manifest(format!("{}: {e}", self.conflist.display())))
     }
 
-    pub fn netns_path(&self) -> PathBuf {
+    pub(crate) fn netns_path(&self) -> PathBuf {
         PathBuf::from(format!("/var/run/netns/{}", self.netns))
     }
 
@@ -62,19 +62,15 @@ impl Node {
         self.dir.join("agent.log")
     }
 
-    pub fn proxy_running(&mut self) -> bool {
+    pub(crate) fn proxy_running(&mut self) -> bool {
         self.proxy.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
-    pub fn proxy_pid(&self) -> Option<u32> {
+    pub(crate) fn proxy_pid(&self) -> Option<u32> {
         self.proxy.as_ref().map(Child::id)
     }
 
-    pub fn agent_pid(&self) -> Option<u32> {
-        self.agent.as_ref().map(Child::id)
-    }
-
-    pub fn has_proxy(&self) -> bool {
+    pub(crate) fn has_proxy(&self) -> bool {
         self.proxy.is_some()
     }
 
@@ -93,7 +89,7 @@ impl Node {
         self.http(15020, "/metrics")
     }
 
-    pub fn http(&self, port: u16, target: &str) -> Result<String> {
+    pub(crate) fn http(&self, port: u16, target: &str) -> Result<String> {
         let addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
         let (status, body) = apps::http(&self.netns_path(), addr, "GET", target)?;
         if status != 200 {
