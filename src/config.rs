@@ -351,7 +351,10 @@ impl ProxyArgs {
             admin_addr: self.admin_addr,
             stats_addr: self.stats_addr,
             readiness_addr: self.readiness_addr,
-            ports: ferry_core::ports::Ports::default(),
+            ports: ferry_core::ports::Ports {
+                management: [self.admin_addr.port(), self.stats_addr.port(), self.readiness_addr.port()],
+                ..Default::default()
+            },
         })
     }
 }

@@ -21,6 +21,10 @@ use tokio::net::{TcpListener, TcpStream};
 struct Harness {
     _dir: TempDir,
     hbone: SocketAddr,
+    /// A listener standing in for the proxy's metrics port (moved off 15020 by configuration):
+    /// the count of connections it accepted.
+    stats_accepts: Arc<std::sync::atomic::AtomicUsize>,
+    stats: SocketAddr,
     outbound: SocketAddr,
     echo: SocketAddr,
     client_cert: Arc<WorkloadCert>,
@@ -45,11 +49,28 @@ async fn echo_server() -> SocketAddr {
     addr
 }
 
+/// A listener that accepts and counts connections (and holds them open).
+async fn counting_listener() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let n2 = n.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            n2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(s);
+        }
+    });
+    (addr, n)
+}
+
 async fn harness(policies: &str) -> Harness {
     let dir = TempDir::new("hbone");
     new_ca(dir.path());
     let echo = echo_server().await;
     let ports = [free_port(), free_port(), free_port()];
+    let (stats, stats_accepts) = counting_listener().await;
     let yaml = format!(
         r#"
 workloads:
@@ -71,8 +92,10 @@ services:
         dir.path().to_str().unwrap(),
         "--handshake-timeout",
         "300ms",
+        "--stats-addr",
+        &stats.to_string(),
     ]);
-    cfg.ports = ferry_core::ports::Ports { outbound: ports[0], inbound_plaintext: ports[1], hbone: ports[2] };
+    cfg.ports = ferry_core::ports::Ports { outbound: ports[0], inbound_plaintext: ports[1], hbone: ports[2], ..cfg.ports };
     cfg.ipv6 = false;
     cfg.orig_src = Some(false);
     let certs = cert_manager(dir.path());
@@ -88,6 +111,8 @@ services:
     Harness {
         _dir: dir,
         hbone: SocketAddr::new("127.0.0.1".parse().unwrap(), hbone.port()),
+        stats_accepts,
+        stats,
         outbound: SocketAddr::new("127.0.0.1".parse().unwrap(), outbound.port()),
         echo,
         client_cert,
@@ -153,7 +178,6 @@ async fn malformed_requests_get_the_prescribed_status() {
         ("unknown service hostname", Method::CONNECT, "nope.default.svc.cluster.local:80".into(), StatusCode::SERVICE_UNAVAILABLE),
         ("service port without mapping", Method::CONNECT, "echo.default.svc.cluster.local:81".into(), StatusCode::SERVICE_UNAVAILABLE),
         ("the proxy's own HBONE port", Method::CONNECT, format!("127.0.0.1:{}", h.hbone.port()), StatusCode::SERVICE_UNAVAILABLE),
-        ("the admin port", Method::CONNECT, "127.0.0.1:15000".into(), StatusCode::SERVICE_UNAVAILABLE),
         ("nothing listening", Method::CONNECT, format!("127.0.0.1:{}", free_port()), StatusCode::SERVICE_UNAVAILABLE),
     ];
     for (name, method, uri, want) in cases {
@@ -161,6 +185,16 @@ async fn malformed_requests_get_the_prescribed_status() {
     }
     // After all of that, the listener still serves.
     assert_eq!(status_of(&h, Method::CONNECT, &format!("127.0.0.1:{echo}")).await, StatusCode::OK);
+}
+
+/// The metrics port was moved by configuration; something really listens there, so only the
+/// self-call check (derived from the configured addresses) can make this a 503.
+#[tokio::test]
+async fn a_moved_management_port_is_still_refused_as_a_destination() {
+    let h = harness("").await;
+    let uri = format!("127.0.0.1:{}", h.stats.port());
+    assert_eq!(status_of(&h, Method::CONNECT, &uri).await, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(h.stats_accepts.load(std::sync::atomic::Ordering::SeqCst), 0, "the proxy dialled its own metrics port");
 }
 
 #[tokio::test]
@@ -216,8 +250,6 @@ async fn outbound_to_own_port_is_refused_not_looped() {
 #[tokio::test]
 async fn pool_never_shares_a_connection_across_identities() {
     let h = harness("").await;
-    let dir = TempDir::new("pool");
-    let _ = dir;
     let sockets = Arc::new(LocalSockets { opts: SocketOptions { mark: None, reuse_port: false, keepalive: Keepalive::default() } });
     let cfg = config(&["--mode", "dedicated", "--workload-info", "a/b/c", "--ca-dir", "/nonexistent"]);
     let pool = Pool::new(sockets, cfg.h2.clone(), Duration::from_secs(5), Duration::from_secs(5));

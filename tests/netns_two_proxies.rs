@@ -1,9 +1,10 @@
-//! Issue 2's end-to-end check on real kernel networking (root only; fails without root):
-//! two network namespaces on a veth pair, one ferry proxy in each (dedicated mode, shared CA
-//! directory, one local config file), outbound TCP redirected to 15001 by ferry's nftables
-//! rules. Shows: echo through the tunnel (pod IP and service VIP); both identities in the
-//! destination's metrics and access log with mutual_tls; the client's IP preserved; a canary
-//! never on the wire (only TLS to 15008); and an impostor's certificate refused.
+//! Dedicated-mode proxies on real kernel networking (root only; fails without root): network
+//! namespaces on veth pairs, one ferry proxy in each (shared CA directory, one local config
+//! file), outbound TCP redirected to 15001 by ferry's nftables rules. One behaviour per test:
+//! echo through the tunnel (pod IP and service VIP) from the client's own IP; nothing but TLS
+//! to 15008 on the wire; both identities in the destination's metrics and access log; an
+//! impostor's certificate refused and explained; management ports unreachable through the
+//! mesh; the admin endpoints; a clean exit on SIGTERM.
 
 mod common;
 
@@ -105,76 +106,107 @@ fn metric_line<'a>(metrics: &'a str, name: &str, labels: &[(&str, &str)]) -> Opt
     metrics.lines().find(|l| l.starts_with(&format!("{name}{{")) && labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
 }
 
-#[test]
-fn two_namespaces_hbone_end_to_end() {
-    require_root();
-    let dir = TempDir::new("two-ns");
-    let ca = dir.path().join("ca");
-    let st = Command::new(FERRY).args(["ca", "init"]).arg(&ca).status().unwrap();
-    assert!(st.success(), "ferry ca init failed");
-    let state = dir.path().join("state.yaml");
-    std::fs::write(&state, STATE).unwrap();
-    let impostor_state = dir.path().join("impostor.yaml");
-    std::fs::write(&impostor_state, IMPOSTOR_STATE).unwrap();
+/// Three namespaces: A (client) wired to B (server) and to C (an impostor claiming payments'
+/// IP with a valid certificate for another identity), each with ferry's redirection and one
+/// dedicated-mode proxy. One behaviour per test; each test gets its own.
+struct TwoProxies {
+    dir: TempDir,
+    a: Ns,
+    b: Ns,
+    c: Ns,
+    logs: [std::path::PathBuf; 3],
+    procs: [Proc; 3],
+    b_peers: std::sync::Arc<std::sync::Mutex<Vec<std::net::SocketAddr>>>,
+    c_peers: std::sync::Arc<std::sync::Mutex<Vec<std::net::SocketAddr>>>,
+    _guard: std::sync::MutexGuard<'static, ()>,
+}
 
-    let (a, b, c) = (Ns::new("a"), Ns::new("b"), Ns::new("c"));
-    veth(&a, "eth0", "198.18.0.1", &b, "eth0", "198.18.0.2");
-    veth(&a, "eth1", "198.18.1.1", &c, "eth0", "198.18.1.3");
-    a.exec("ip route add 198.19.0.0/16 dev eth0");
-    for ns in [&a, &b, &c] {
-        install_redirect(ns);
+/// Three proxies per fixture: one fixture at a time keeps two cores responsive.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl TwoProxies {
+    fn start() -> TwoProxies {
+        require_root();
+        let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = TempDir::new("two-ns");
+        let ca = dir.path().join("ca");
+        let st = Command::new(FERRY).args(["ca", "init"]).arg(&ca).status().unwrap();
+        assert!(st.success(), "ferry ca init failed");
+        let state = dir.path().join("state.yaml");
+        std::fs::write(&state, STATE).unwrap();
+        let impostor_state = dir.path().join("impostor.yaml");
+        std::fs::write(&impostor_state, IMPOSTOR_STATE).unwrap();
+        let (a, b, c) = (Ns::new("a"), Ns::new("b"), Ns::new("c"));
+        veth(&a, "eth0", "198.18.0.1", &b, "eth0", "198.18.0.2");
+        veth(&a, "eth1", "198.18.1.1", &c, "eth0", "198.18.1.3");
+        a.exec("ip route add 198.19.0.0/16 dev eth0");
+        for ns in [&a, &b, &c] {
+            install_redirect(ns);
+        }
+        let b_peers = echo_server(&b, "0.0.0.0:8080");
+        let c_peers = echo_server(&c, "0.0.0.0:8080");
+        let logs = [dir.path().join("a.log"), dir.path().join("b.log"), dir.path().join("c.log")];
+        let mut procs = [
+            start_proxy(&a, "default/client/client", &state, &ca, &logs[0]),
+            start_proxy(&b, "default/server/server", &state, &ca, &logs[1]),
+            start_proxy(&c, "default/payments/attacker", &impostor_state, &ca, &logs[2]),
+        ];
+        for (i, ns) in [&a, &b, &c].into_iter().enumerate() {
+            wait_ready(ns, &mut procs[i], &logs[i]);
+        }
+        TwoProxies { dir, a, b, c, logs, procs, b_peers, c_peers, _guard: guard }
     }
-    let b_peers = echo_server(&b, "0.0.0.0:8080");
-    let c_peers = echo_server(&c, "0.0.0.0:8080");
 
-    let logs = [dir.path().join("a.log"), dir.path().join("b.log"), dir.path().join("c.log")];
-    let mut pa = start_proxy(&a, "default/client/client", &state, &ca, &logs[0]);
-    let mut pb = start_proxy(&b, "default/server/server", &state, &ca, &logs[1]);
-    let mut pc = start_proxy(&c, "default/payments/attacker", &impostor_state, &ca, &logs[2]);
-    wait_ready(&a, &mut pa, &logs[0]);
-    wait_ready(&b, &mut pb, &logs[1]);
-    wait_ready(&c, &mut pc, &logs[2]);
+    /// A payload with a random canary, sent to the server by pod IP and by service VIP.
+    fn echo_twice(&self) -> Vec<u8> {
+        let canary = format!("FERRY-CANARY-{:016x}", fastrand::u64(..));
+        let payload = canary.repeat(64).into_bytes();
+        for (dst, what) in [("198.18.0.2:8080", "pod IP"), ("198.19.0.10:80", "service VIP")] {
+            let got = echo_roundtrip(&self.a, dst, payload.clone()).unwrap_or_else(|| panic!("echo via {what}"));
+            assert_eq!(got, payload, "echo through the tunnel ({what})");
+        }
+        payload
+    }
 
-    // Capture everything on the A<->B link while the canary crosses it.
-    let pcap = dir.path().join("ab.pcap");
-    let cap_log = dir.path().join("tcpdump.log");
+    /// The access-log lines of proxy `i`, once `want` of them have been written.
+    fn access_lines(&self, i: usize, want: usize) -> Vec<serde_json::Value> {
+        wait_for(|| access_lines(&self.logs[i]).len() >= want, "access-log lines");
+        access_lines(&self.logs[i])
+    }
+}
+
+#[test]
+fn echo_goes_through_the_tunnel_by_pod_ip_and_service_vip_from_the_clients_own_address() {
+    let f = TwoProxies::start();
+    f.echo_twice();
+    let peers = f.b_peers.lock().unwrap().clone();
+    assert_eq!(peers.len(), 2);
+    assert!(peers.iter().all(|p| p.ip().to_string() == "198.18.0.1"), "server saw {peers:?}");
+}
+
+#[test]
+fn only_hbone_crosses_the_link_and_never_the_plaintext() {
+    let f = TwoProxies::start();
+    let pcap = f.dir.path().join("ab.pcap");
+    let cap_log = f.dir.path().join("tcpdump.log");
     let mut tcpdump = Proc(
-        a.command("tcpdump")
+        f.a.command("tcpdump")
             .args(["-i", "eth0", "-n", "-U", "--immediate-mode", "-s", "0", "-w"])
             .arg(&pcap)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&cap_log).unwrap())
             .spawn()
-            .expect("tcpdump must be installed (.ci/run installs it)"),
+            .expect("tcpdump must be installed (./x test installs it)"),
     );
     wait_for(|| std::fs::read_to_string(&cap_log).unwrap_or_default().contains("listening on"), "tcpdump to start");
-
-    let canary = format!("FERRY-CANARY-{:016x}", fastrand::u64(..));
-    let payload = canary.repeat(64).into_bytes();
-    let got = echo_roundtrip(&a, "198.18.0.2:8080", payload.clone()).expect("echo via pod IP");
-    assert_eq!(got, payload, "echo through the tunnel (pod IP)");
-    let got = echo_roundtrip(&a, "198.19.0.10:80", payload.clone()).expect("echo via service VIP");
-    assert_eq!(got, payload, "echo through the tunnel (service VIP)");
-
-    // The impostor presents a valid certificate from the same CA, for the wrong identity.
-    let refused = echo_roundtrip(&a, "198.18.1.3:8080", b"secret for payments".to_vec());
-    assert!(refused.as_deref().unwrap_or_default().is_empty(), "nothing may come back from an impostor: {refused:?}");
-    assert!(c_peers.lock().unwrap().is_empty(), "the impostor's application must never be reached");
-
-    std::thread::sleep(Duration::from_millis(500));
+    f.echo_twice();
+    // Both connections are complete at the destination before the capture stops.
+    f.access_lines(1, 2);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(tcpdump.0.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
     let _ = tcpdump.0.wait();
-
-    // The wire: no canary bytes, and every TCP segment is to or from 15008.
     let raw = std::fs::read(&pcap).unwrap();
     let dump = Command::new("tcpdump").args(["-nn", "-r"]).arg(&pcap).output().unwrap();
-    assert!(
-        raw.len() > 1000,
-        "the capture must have seen the traffic ({} bytes): {}\n{}",
-        raw.len(),
-        String::from_utf8_lossy(&dump.stdout),
-        std::fs::read_to_string(&cap_log).unwrap_or_default()
-    );
+    assert!(raw.len() > 1000, "the capture must have seen the traffic ({} bytes): {}", raw.len(), String::from_utf8_lossy(&dump.stdout));
     assert!(!raw.windows(13).any(|w| w == b"FERRY-CANARY-"), "plaintext canary found on the veth");
     let other = Command::new("tcpdump").args(["-nn", "-r"]).arg(&pcap).arg("tcp and not port 15008").output().unwrap();
     assert!(other.status.success());
@@ -182,14 +214,25 @@ fn two_namespaces_hbone_end_to_end() {
     assert!(other.trim().is_empty(), "TCP other than HBONE on the wire:\n{other}");
     let hbone = Command::new("tcpdump").args(["-nn", "-r"]).arg(&pcap).arg("tcp port 15008").output().unwrap();
     assert!(String::from_utf8_lossy(&hbone.stdout).lines().count() > 10, "HBONE traffic must be on the wire");
+}
 
-    // The application saw the client's own address (original source preserved).
-    let peers = b_peers.lock().unwrap().clone();
-    assert_eq!(peers.len(), 2);
-    assert!(peers.iter().all(|p| p.ip().to_string() == "198.18.0.1"), "server saw {peers:?}");
-
-    // Destination metrics name both identities over mutual TLS.
-    let (status, metrics) = http_get(&b, "127.0.0.1:15020", "/metrics").expect("metrics");
+#[test]
+fn destination_metrics_and_access_log_name_both_identities() {
+    let f = TwoProxies::start();
+    let payload = f.echo_twice();
+    let lines = f.access_lines(1, 2);
+    let ok: Vec<_> = lines.iter().filter(|l| l["message"] == "connection complete").collect();
+    assert_eq!(ok.len(), 2, "access log lines: {lines:#?}");
+    for l in ok {
+        assert_eq!(l["src.identity"], "spiffe://cluster.local/ns/default/sa/client");
+        assert_eq!(l["dst.identity"], "spiffe://cluster.local/ns/default/sa/server");
+        assert_eq!(l["connection_security_policy"], "mutual_tls");
+        assert_eq!(l["direction"], "inbound");
+        assert_eq!(l["bytes_recv"].as_u64(), Some(payload.len() as u64));
+        assert_eq!(l["bytes_sent"].as_u64(), Some(payload.len() as u64));
+        assert_eq!(l["dst.addr"], "198.18.0.2:8080");
+    }
+    let (status, metrics) = http_get(&f.b, "127.0.0.1:15020", "/metrics").expect("metrics");
     assert_eq!(status, 200);
     let line = metric_line(
         &metrics,
@@ -212,46 +255,47 @@ fn two_namespaces_hbone_end_to_end() {
         "istio_tcp_connections_closed_total",
         &[("reporter", "destination"), ("source_principal", "spiffe://cluster.local/ns/default/sa/client")],
     );
-    assert!(closed.is_some(), "closed counter");
+    assert!(closed.is_some_and(|l| l.trim_end().ends_with(" 2")), "two closed connections: {closed:?}");
+}
 
-    // Destination access log: one line per connection with both identities.
-    let lines = access_lines(&logs[1]);
-    let ok: Vec<_> = lines.iter().filter(|l| l["message"] == "connection complete").collect();
-    assert_eq!(ok.len(), 2, "access log lines: {lines:#?}");
-    for l in ok {
-        assert_eq!(l["src.identity"], "spiffe://cluster.local/ns/default/sa/client");
-        assert_eq!(l["dst.identity"], "spiffe://cluster.local/ns/default/sa/server");
-        assert_eq!(l["connection_security_policy"], "mutual_tls");
-        assert_eq!(l["direction"], "inbound");
-        assert_eq!(l["bytes_recv"].as_u64(), Some(payload.len() as u64));
-        assert_eq!(l["bytes_sent"].as_u64(), Some(payload.len() as u64));
-        assert_eq!(l["dst.addr"], "198.18.0.2:8080");
-    }
-
-    // The source refused the impostor and says why.
-    let a_lines = access_lines(&logs[0]);
+#[test]
+fn an_impostor_certificate_is_refused_and_the_refusal_explained() {
+    let f = TwoProxies::start();
+    let refused = echo_roundtrip(&f.a, "198.18.1.3:8080", b"secret for payments".to_vec());
+    assert!(refused.as_deref().unwrap_or_default().is_empty(), "nothing may come back from an impostor: {refused:?}");
+    assert!(f.c_peers.lock().unwrap().is_empty(), "the impostor's application must never be reached");
+    let a_lines = f.access_lines(0, 1);
     let refused = a_lines
         .iter()
         .find(|l| l["dst.addr"] == "198.18.1.3:15008")
         .unwrap_or_else(|| panic!("no access log for the impostor connection: {a_lines:#?}"));
     assert_eq!(refused["response_flags"], "IDENTITY_ERROR");
+    assert_eq!(refused["dst.hbone_addr"], "198.18.1.3:8080");
     let err = refused["error"].as_str().unwrap();
     assert!(err.contains("spiffe://cluster.local/ns/default/sa/attacker is not one of the expected identities"), "{err}");
-    let (_, a_metrics) = http_get(&a, "127.0.0.1:15020", "/metrics").expect("metrics");
+    let (_, a_metrics) = http_get(&f.a, "127.0.0.1:15020", "/metrics").expect("metrics");
     assert!(
         metric_line(&a_metrics, "istio_tcp_connections_failed_total", &[("reporter", "source"), ("response_flags", "IDENTITY_ERROR")])
             .is_some(),
         "{a_metrics}"
     );
+}
 
-    // Management ports are not reachable through the mesh (invariant P13).
+#[test]
+fn management_and_proxy_ports_are_not_reachable_through_the_mesh() {
+    let f = TwoProxies::start();
     for port in [15000, 15020, 15021, 15008, 15001, 15006] {
-        let r = echo_roundtrip(&a, &format!("198.18.0.2:{port}"), b"GET / HTTP/1.0\r\n\r\n".to_vec());
+        let r = echo_roundtrip(&f.a, &format!("198.18.0.2:{port}"), b"GET / HTTP/1.0\r\n\r\n".to_vec());
         assert!(r.as_deref().unwrap_or_default().is_empty(), "port {port} answered through the mesh: {r:?}");
     }
+    // The server's own port is reachable, so the refusals above are not a broken path.
+    assert_eq!(echo_roundtrip(&f.a, "198.18.0.2:8080", b"x".to_vec()).as_deref(), Some(&b"x"[..]));
+}
 
-    // Admin: config dump, runtime log level, quit.
-    let (status, dump) = http_get(&a, "127.0.0.1:15000", "/config_dump").expect("config dump");
+#[test]
+fn admin_serves_the_config_dump_and_log_levels_and_quits_on_request() {
+    let mut f = TwoProxies::start();
+    let (status, dump) = http_get(&f.a, "127.0.0.1:15000", "/config_dump").expect("config dump");
     assert_eq!(status, 200);
     let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
     assert_eq!(dump["workloads"].as_array().unwrap().len(), 3);
@@ -262,21 +306,27 @@ fn two_namespaces_hbone_end_to_end() {
     assert_eq!(cert["identity"], "spiffe://cluster.local/ns/default/sa/client");
     assert_eq!(cert["state"], "available");
     assert_eq!(cert["certificate"]["chain"][0]["uriSans"][0], "spiffe://cluster.local/ns/default/sa/client");
-    assert_eq!(http_request(&a, "POST", "127.0.0.1:15000", "/logging?level=debug").unwrap(), (200, "current log level: debug\n".into()));
-    assert_eq!(http_request(&a, "POST", "127.0.0.1:15000", "/logging?level=a=b=c").unwrap().0, 400);
-    assert_eq!(http_request(&a, "GET", "127.0.0.1:15000", "/logging").unwrap().0, 405);
-    assert_eq!(http_request(&a, "POST", "127.0.0.1:15000", "/logging?reset").unwrap().0, 200);
-    assert_eq!(http_request(&c, "POST", "127.0.0.1:15000", "/quitquitquit").unwrap().0, 200);
-    let status = wait_exit(&mut pc);
+    let a = &f.a;
+    assert_eq!(http_request(a, "POST", "127.0.0.1:15000", "/logging?level=debug").unwrap(), (200, "current log level: debug\n".into()));
+    assert_eq!(http_request(a, "POST", "127.0.0.1:15000", "/logging?level=a=b=c").unwrap().0, 400);
+    assert_eq!(http_request(a, "GET", "127.0.0.1:15000", "/logging").unwrap().0, 405);
+    assert_eq!(http_request(a, "POST", "127.0.0.1:15000", "/logging?reset").unwrap().0, 200);
+    assert_eq!(http_request(&f.c, "POST", "127.0.0.1:15000", "/quitquitquit").unwrap().0, 200);
+    let status = wait_exit(&mut f.procs[2]);
     assert!(status.success(), "exit after /quitquitquit: {status}");
+}
 
-    // Graceful shutdown on SIGTERM.
-    for p in [&mut pa, &mut pb] {
+#[test]
+fn sigterm_drains_and_exits_cleanly() {
+    let mut f = TwoProxies::start();
+    f.echo_twice();
+    for i in [0, 1] {
+        let p = &mut f.procs[i];
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.0.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
-    }
-    for (p, log) in [(&mut pa, &logs[0]), (&mut pb, &logs[1])] {
         let status = wait_exit(p);
-        assert!(status.success(), "proxy exit on SIGTERM: {status}; log: {}", std::fs::read_to_string(log).unwrap_or_default());
+        let log = std::fs::read_to_string(&f.logs[i]).unwrap_or_default();
+        assert!(status.success(), "proxy exit on SIGTERM: {status}; log: {log}");
+        assert!(log.contains("drain complete"), "the proxy reports its drain: {log}");
     }
 }
 

@@ -42,7 +42,7 @@ fn fixture(ports: Ports) -> Fixture {
 }
 
 fn ephemeral() -> Ports {
-    Ports { outbound: 0, inbound_plaintext: 0, hbone: 0 }
+    Ports { outbound: 0, inbound_plaintext: 0, hbone: 0, ..Ports::default() }
 }
 
 fn netns_fd() -> OwnedFd {
@@ -114,7 +114,7 @@ async fn start_failure_is_pending_and_retried() {
     // Occupy the outbound port without SO_REUSEPORT, as an old proxy might.
     let blocker = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     let port = blocker.local_addr().unwrap().port();
-    let mut f = fixture(Ports { outbound: port, inbound_plaintext: 0, hbone: 0 });
+    let mut f = fixture(Ports { outbound: port, inbound_plaintext: 0, hbone: 0, ..Ports::default() });
     f.mgr.connected();
     let r = add(&mut f, "a");
     assert!(matches!(&r, Reply::Nack(e) if e.starts_with("failure to start proxy : ")), "{r:?}");

@@ -59,8 +59,8 @@ fn error_kind(e: &crate::hbone::server::ServeError) -> &'static str {
     }
 }
 
-struct Inbound {
-    px: Arc<WorkloadProxy>,
+pub(super) struct Inbound {
+    pub(super) px: Arc<WorkloadProxy>,
 }
 
 impl StreamHandler for Inbound {

@@ -276,3 +276,6 @@ pub(crate) fn copy_failure(res: &copy::CopyResult) -> Option<crate::telemetry::c
         (None, None) => None,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -34,7 +34,9 @@ pub struct Ns {
 
 impl Ns {
     pub fn new(tag: &str) -> Ns {
-        let name = format!("ferry-{tag}-{}", std::process::id());
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("ferry-{tag}-{}-{n}", std::process::id());
         let _ = Command::new("ip").args(["netns", "del", &name]).status();
         sh(&format!("ip netns add {name} && ip -n {name} link set lo up"));
         Ns { name }

@@ -16,16 +16,28 @@ pub const DEFAULT_PACKET_MARK: u32 = 1337;
 /// The nftables table the node agent installs in every enrolled pod's namespace.
 pub const INPOD_NFT_TABLE: &str = "ferry_inpod";
 
-/// Ports ferry owns in every namespace it serves; configurable only for in-process tests.
+/// The ports a proxy owns, none of which is ever a valid destination (loop and self-call
+/// protection). The capture ports are fixed in production (configurable only for in-process
+/// tests); the management ports come from the configured admin, metrics and readiness
+/// addresses, so moving one never leaves it reachable through the mesh.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ports {
     pub outbound: u16,
     pub inbound_plaintext: u16,
     pub hbone: u16,
+    /// Admin, metrics and readiness, as configured.
+    pub management: [u16; 3],
 }
 
 impl Default for Ports {
     fn default() -> Self {
-        Ports { outbound: OUTBOUND_PORT, inbound_plaintext: INBOUND_PLAINTEXT_PORT, hbone: HBONE_PORT }
+        Ports { outbound: OUTBOUND_PORT, inbound_plaintext: INBOUND_PLAINTEXT_PORT, hbone: HBONE_PORT, management: ADMIN_PORTS }
+    }
+}
+
+impl Ports {
+    /// Whether `port` is one of this proxy's own.
+    pub fn is_own(&self, port: u16) -> bool {
+        port == self.outbound || port == self.inbound_plaintext || port == self.hbone || self.management.contains(&port)
     }
 }

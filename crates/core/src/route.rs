@@ -185,7 +185,7 @@ fn to_workload(
 }
 
 pub fn is_own_port(ports: &Ports, port: u16) -> bool {
-    port == ports.outbound || port == ports.inbound_plaintext || port == ports.hbone || crate::ports::ADMIN_PORTS.contains(&port)
+    ports.is_own(port)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

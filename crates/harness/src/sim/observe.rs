@@ -36,9 +36,11 @@ pub fn find_record(log: &Path, direction: &str, src: IpAddr, dst: SocketAddr, li
     }
 }
 
-/// The value of the first metric line named `name` carrying every label pair.
+/// The value of the first sample of metric `name` (labelled or not) carrying every label pair.
 pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let (labelled, bare) = (format!("{name}{{"), format!("{name} "));
     text.lines()
-        .find(|l| l.starts_with(&format!("{name}{{")) && labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter(|l| l.starts_with(&labelled) || l.starts_with(&bare))
+        .find(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
