@@ -86,7 +86,12 @@ pub fn load(path: &Path) -> Result<ClusterState, StateError> {
     let mut state = ClusterState::default();
     for f in manifest_files(path)? {
         let text = read_capped(&f)?;
-        manifests::merge(&mut state, manifests::parse_documents(text.trim_start_matches('\u{feff}'), &f.display().to_string())?)?;
+        let (text, origin) = (text.trim_start_matches('\u{feff}'), f.display().to_string());
+        let parsed = match f.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) {
+            true => manifests::parse_json_document(text, &origin)?,
+            false => manifests::parse_documents(text, &origin)?,
+        };
+        manifests::merge(&mut state, parsed)?;
     }
     Ok(state)
 }

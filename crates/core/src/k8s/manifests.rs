@@ -47,13 +47,29 @@ pub fn merge(into: &mut ClusterState, from: ClusterState) -> Result<(), Manifest
 
 /// Parses a multi-document YAML text (a `kind: List` is flattened).
 pub fn parse_documents(text: &str, origin: &str) -> Result<ClusterState, ManifestError> {
-    let mut state = ClusterState::default();
     let docs = yaml::documents(text).map_err(|e| ManifestError::Syntax {
         origin: origin.to_string(),
         line: e.line,
         column: e.column,
         message: e.message,
     })?;
+    collect(docs, origin)
+}
+
+/// Parses one JSON document (an object or a `kind: List`), as `kubectl get -o json` writes
+/// them: the same objects as YAML, read by the smaller JSON parser.
+pub fn parse_json_document(text: &str, origin: &str) -> Result<ClusterState, ManifestError> {
+    let doc: Value = serde_json::from_str(text).map_err(|e| ManifestError::Syntax {
+        origin: origin.to_string(),
+        line: e.line(),
+        column: e.column(),
+        message: e.to_string().split(" at line ").next().unwrap_or_default().to_string(),
+    })?;
+    collect(vec![doc], origin)
+}
+
+fn collect(docs: Vec<Value>, origin: &str) -> Result<ClusterState, ManifestError> {
+    let mut state = ClusterState::default();
     for (i, value) in docs.into_iter().enumerate() {
         if value.is_null() {
             continue;
@@ -158,6 +174,19 @@ mod tests {
             let e = parse_documents(text, "f.yaml").unwrap_err().to_string();
             assert!(e.contains(needle) && e.contains("f.yaml"), "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn json_documents_read_as_yaml_ones_do() {
+        let yaml = parse_documents("apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x, labels: {app: web}}\n", "y").unwrap();
+        let json =
+            parse_json_document(r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"a","namespace":"x","labels":{"app":"web"}}}"#, "j")
+                .unwrap();
+        assert_eq!(yaml, json);
+        let e = parse_json_document("{\n  \"kind\": \n}", "f.json").unwrap_err().to_string();
+        assert!(e.contains("f.json: line 3"), "{e}");
+        let e = parse_json_document(r#"{"kind":"Pod","metadata":{"name":"a"}}"#, "f.json").unwrap_err().to_string();
+        assert!(e.contains("needs apiVersion and kind"), "{e}");
     }
 
     #[test]

@@ -10,6 +10,35 @@ use serde::{de, Deserialize, Deserializer};
 
 use crate::model::{GatewayDestination, NetworkAddress};
 
+/// An enum written as one YAML word, deserialized through the string path: every such enum then
+/// shares one instantiation of the parser (a derived enum costs ~13 KB of code each, and the
+/// proxy's idle memory is mostly the pages of its binary). `default` names the variant an
+/// absent key takes.
+macro_rules! words {
+    ($name:ident $(default $default:ident)? { $($variant:ident = [$($word:literal),+]),+ $(,)? }) => {
+        #[derive(Clone, Copy, Debug)]
+        pub(super) enum $name {
+            $($variant),+
+        }
+
+        $(impl Default for $name {
+            fn default() -> Self {
+                $name::$default
+            }
+        })?
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                match s.as_str() {
+                    $($($word)|+ => Ok($name::$variant),)+
+                    other => Err(de::Error::unknown_variant(other, &[$($($word),+),+])),
+                }
+            }
+        }
+    };
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct LocalConfig {
@@ -70,42 +99,18 @@ pub(super) struct LocalWorkload {
     pub(super) services: BTreeMap<String, BTreeMap<u16, u16>>,
 }
 
-#[derive(Deserialize, Default, Clone, Copy)]
-pub(super) enum LocalProtocol {
-    #[default]
-    #[serde(rename = "TCP", alias = "tcp")]
-    Tcp,
-    #[serde(rename = "HBONE", alias = "hbone")]
-    Hbone,
-}
+words!(LocalProtocol default Tcp { Tcp = ["TCP", "tcp"], Hbone = ["HBONE", "hbone"] });
 
-#[derive(Deserialize, Default, Clone, Copy)]
-pub(super) enum LocalNetworkMode {
-    #[default]
-    Standard,
-    HostNetwork,
-}
+words!(LocalNetworkMode default Standard { Standard = ["Standard"], HostNetwork = ["HostNetwork"] });
 
-#[derive(Deserialize, Default, Clone, Copy)]
-#[serde(rename_all = "lowercase")]
-pub(super) enum LocalWorkloadType {
-    #[default]
-    #[serde(alias = "Deployment")]
-    Deployment,
-    #[serde(alias = "CronJob", alias = "Cronjob")]
-    Cronjob,
-    #[serde(alias = "Pod")]
-    Pod,
-    #[serde(alias = "Job")]
-    Job,
-}
+words!(LocalWorkloadType default Deployment {
+    Deployment = ["deployment", "Deployment"],
+    Cronjob = ["cronjob", "CronJob", "Cronjob"],
+    Pod = ["pod", "Pod"],
+    Job = ["job", "Job"],
+});
 
-#[derive(Deserialize, Default, Clone, Copy)]
-pub(super) enum LocalStatus {
-    #[default]
-    Healthy,
-    Unhealthy,
-}
+words!(LocalStatus default Healthy { Healthy = ["Healthy"], Unhealthy = ["Unhealthy"] });
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -137,13 +142,7 @@ pub(super) struct LocalAppTunnel {
     pub(super) port: Option<u16>,
 }
 
-#[derive(Deserialize, Clone, Copy)]
-pub(super) enum LocalAppTunnelProtocol {
-    #[serde(rename = "NONE")]
-    None,
-    #[serde(rename = "PROXY")]
-    Proxy,
-}
+words!(LocalAppTunnelProtocol { None = ["NONE"], Proxy = ["PROXY"] });
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -206,49 +205,32 @@ pub(super) struct LocalLoadBalancer {
     pub(super) health_policy: LocalHealthPolicy,
 }
 
-#[derive(Deserialize, Clone, Copy)]
-pub(super) enum LocalScope {
-    Region,
-    Zone,
-    Subzone,
-    Node,
-    Cluster,
-    Network,
-}
+words!(LocalScope {
+    Region = ["Region"],
+    Zone = ["Zone"],
+    Subzone = ["Subzone"],
+    Node = ["Node"],
+    Cluster = ["Cluster"],
+    Network = ["Network"],
+});
 
-#[derive(Deserialize, Default, Clone, Copy)]
-pub(super) enum LocalLbMode {
-    #[default]
-    Standard,
-    Strict,
-    Failover,
-    Passthrough,
-}
+words!(LocalLbMode default Standard {
+    Standard = ["Standard"],
+    Strict = ["Strict"],
+    Failover = ["Failover"],
+    Passthrough = ["Passthrough"],
+});
 
-#[derive(Deserialize, Default, Clone, Copy)]
-pub(super) enum LocalHealthPolicy {
-    #[default]
-    OnlyHealthy,
-    AllowAll,
-}
+words!(LocalHealthPolicy default OnlyHealthy { OnlyHealthy = ["OnlyHealthy"], AllowAll = ["AllowAll"] });
 
-#[derive(Deserialize, Default, Clone, Copy)]
-pub(super) enum LocalIpFamilies {
-    #[default]
-    Automatic,
-    #[serde(rename = "IPv4", alias = "IPv4Only")]
-    Ipv4,
-    #[serde(rename = "IPv6", alias = "IPv6Only")]
-    Ipv6,
-    Dual,
-}
+words!(LocalIpFamilies default Automatic {
+    Automatic = ["Automatic"],
+    Ipv4 = ["IPv4", "IPv4Only"],
+    Ipv6 = ["IPv6", "IPv6Only"],
+    Dual = ["Dual"],
+});
 
-#[derive(Deserialize, Default, Clone, Copy)]
-pub(super) enum LocalVisibility {
-    #[default]
-    Public,
-    Namespace,
-}
+words!(LocalVisibility default Public { Public = ["Public"], Namespace = ["Namespace"] });
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

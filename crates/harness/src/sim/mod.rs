@@ -248,13 +248,25 @@ impl Sim {
     }
 
     /// Writes one object into the cluster state (atomically: agents and proxies never read a
-    /// half-written file).
-    pub fn write_object(&self, kind: &str, namespace: &str, name: &str, yaml: &str) -> Result<()> {
-        let file = self.state_dir.join(format!("{}-{}-{}.yaml", kind.to_lowercase(), namespace, name));
+    /// half-written file), as `.json` when the text is JSON (what the harness itself writes)
+    /// and `.yaml` otherwise.
+    pub fn write_object(&self, kind: &str, namespace: &str, name: &str, text: &str) -> Result<()> {
+        let ext = if text.trim_start().starts_with('{') { "json" } else { "yaml" };
+        let [json, yaml] = self.object_files(kind, namespace, name);
+        let (file, other) = if ext == "json" { (json, yaml) } else { (yaml, json) };
         let tmp = self.state_dir.join(format!(".{}.tmp", fastrand::u64(..)));
-        std::fs::write(&tmp, yaml)?;
+        std::fs::write(&tmp, text)?;
         std::fs::rename(&tmp, &file)?;
+        match std::fs::remove_file(other) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
         self.state_changed()
+    }
+
+    fn object_files(&self, kind: &str, namespace: &str, name: &str) -> [PathBuf; 2] {
+        let base = format!("{}-{}-{}", kind.to_lowercase(), namespace, name);
+        [self.state_dir.join(format!("{base}.json")), self.state_dir.join(format!("{base}.yaml"))]
     }
 
     fn state_changed(&self) -> Result<()> {
@@ -265,11 +277,13 @@ impl Sim {
     }
 
     pub fn delete_object(&self, kind: &str, namespace: &str, name: &str) -> Result<()> {
-        let file = self.state_dir.join(format!("{}-{}-{}.yaml", kind.to_lowercase(), namespace, name));
-        match std::fs::remove_file(file) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-            _ => self.state_changed(),
+        for file in self.object_files(kind, namespace, name) {
+            match std::fs::remove_file(file) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
         }
+        self.state_changed()
     }
 
     /// Applies manifests: pods are created on their node through CNI, everything else is
@@ -371,7 +385,7 @@ impl Sim {
     /// Sets (or with `None` removes) a label on a namespace object in the cluster state.
     pub fn label_namespace(&self, ns: &str, key: &str, value: Option<&str>) -> Result<()> {
         let mut n = ferry_core::k8s::objects::Namespace::default();
-        let file = self.state_dir.join(format!("namespace--{ns}.yaml"));
+        let [file, _] = self.object_files("Namespace", "", ns);
         if let Ok(text) = std::fs::read_to_string(&file) {
             n = ferry_core::yaml::from_str(&text).map_err(|e| SimError::Manifest(e.to_string()))?;
         }
