@@ -11,13 +11,18 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use std::time::Duration;
+
 use crate::config::Config;
+use crate::limits::{HTTP_CONNECTIONS, HTTP_CONNECTIONS_PER_SOURCE};
+use crate::listen::Gate;
+use crate::net::Keepalive;
 use crate::readiness::Readiness;
 use crate::state::StateStore;
 use crate::telemetry::LogHandle;
@@ -82,17 +87,50 @@ pub(crate) fn start(admin: Arc<AdminState>) -> std::io::Result<[SocketAddr; 3]> 
     Ok(addrs)
 }
 
+/// Serves one management listener. Anyone who can reach a pod IP can reach 15020 and 15021,
+/// so each server caps its connections (in total and per source), gives a client
+/// `FERRY_HTTP_HEADER_TIMEOUT` to send each request's headers (which also closes idle
+/// keep-alive connections), bounds header size, and sets TCP keepalive so sockets of
+/// vanished clients are reclaimed.
 async fn serve(l: TcpListener, kind: Server, admin: Arc<AdminState>) {
+    let name = kind.name();
+    let gate = Gate::new(name, HTTP_CONNECTIONS, HTTP_CONNECTIONS_PER_SOURCE);
+    let header_timeout = admin.cfg.limits.http_header_timeout;
     loop {
-        let Ok((s, _)) = l.accept().await else { continue };
+        let (s, peer) = crate::listen::accept(name, || l.accept()).await;
+        let Some(place) = gate.admit(crate::net::canonical(peer).ip()) else { continue };
+        crate::net::tune_stream(&s, &MANAGEMENT_KEEPALIVE);
         let admin = admin.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let admin = admin.clone();
                 async move { Ok::<_, Infallible>(route(kind, &admin, req)) }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_buf_size(MAX_REQUEST_HEAD)
+                .serve_connection(TokioIo::new(s), svc)
+                .await;
+            drop(place);
         });
+    }
+}
+
+/// Largest request head a management server reads (requests have no body).
+const MAX_REQUEST_HEAD: usize = 16 * 1024;
+
+/// Keepalive for management connections: a vanished client's socket is gone in ~90 s.
+const MANAGEMENT_KEEPALIVE: Keepalive =
+    Keepalive { enabled: true, time: Duration::from_secs(60), interval: Duration::from_secs(10), retries: 3, user_timeout: false };
+
+impl Server {
+    fn name(self) -> &'static str {
+        match self {
+            Server::Admin => "admin",
+            Server::Stats => "metrics",
+            Server::Readiness => "readiness",
+        }
     }
 }
 

@@ -64,8 +64,8 @@ fn load_state(cfg: &Config) -> Result<StateStore, AppError> {
     let store = StateStore::new();
     match &cfg.local {
         LocalSource::File(p) => {
-            store.replace(local::load_file(p)?);
-            tokio::spawn(local::watch_file(p.clone(), store.clone(), cfg.local_poll));
+            store.replace(local::load_file(p, cfg.limits.max_config_bytes)?);
+            tokio::spawn(local::watch_file(p.clone(), store.clone(), cfg.local_poll, cfg.limits.max_config_bytes));
         }
         LocalSource::Inline(y) => {
             store.replace(ferry_core::local_config::parse(y, "LOCAL_XDS")?);

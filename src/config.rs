@@ -181,6 +181,9 @@ pub struct ProxyArgs {
     #[arg(long, env = "FERRY_READINESS_ADDR", default_value = "[::]:15021")]
     pub(crate) readiness_addr: SocketAddr,
 
+    #[command(flatten)]
+    pub limits: crate::limits::LimitArgs,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "plain", ignore_case = true)]
     pub(crate) log_format: LogFormat,
@@ -253,6 +256,7 @@ pub struct Config {
     pub(crate) stats_addr: SocketAddr,
     pub(crate) readiness_addr: SocketAddr,
     pub ports: ferry_core::ports::Ports,
+    pub(crate) limits: crate::limits::Limits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -351,6 +355,7 @@ impl ProxyArgs {
             admin_addr: self.admin_addr,
             stats_addr: self.stats_addr,
             readiness_addr: self.readiness_addr,
+            limits: self.limits.validate().map_err(invalid)?,
             ports: ferry_core::ports::Ports {
                 management: [self.admin_addr.port(), self.stats_addr.port(), self.readiness_addr.port()],
                 ..Default::default()

@@ -13,6 +13,8 @@ pub mod hbone;
 pub mod heap;
 pub mod inpod;
 pub mod k8s;
+pub mod limits;
+pub(crate) mod listen;
 pub mod net;
 pub mod netlink;
 pub mod proto;

@@ -66,6 +66,10 @@ async fn counting_listener() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>
 }
 
 async fn harness(policies: &str) -> Harness {
+    harness_with(policies, &[]).await
+}
+
+async fn harness_with(policies: &str, extra: &[&str]) -> Harness {
     let dir = TempDir::new("hbone");
     new_ca(dir.path());
     let echo = echo_server().await;
@@ -83,7 +87,8 @@ services:
 "#,
         echo_port = echo.port()
     );
-    let mut cfg = config(&[
+    let stats_arg = stats.to_string();
+    let mut args = vec![
         "--mode",
         "dedicated",
         "--workload-info",
@@ -93,8 +98,10 @@ services:
         "--handshake-timeout",
         "300ms",
         "--stats-addr",
-        &stats.to_string(),
-    ]);
+        &stats_arg,
+    ];
+    args.extend_from_slice(extra);
+    let mut cfg = config(&args);
     cfg.ports = ferry_core::ports::Ports { outbound: ports[0], inbound_plaintext: ports[1], hbone: ports[2], ..cfg.ports };
     cfg.ipv6 = false;
     cfg.orig_src = Some(false);
@@ -252,7 +259,8 @@ async fn pool_never_shares_a_connection_across_identities() {
     let h = harness("").await;
     let sockets = Arc::new(LocalSockets { opts: SocketOptions { mark: None, reuse_port: false, keepalive: Keepalive::default() } });
     let cfg = config(&["--mode", "dedicated", "--workload-info", "a/b/c", "--ca-dir", "/nonexistent"]);
-    let pool = Pool::new(sockets, cfg.h2.clone(), Duration::from_secs(5), Duration::from_secs(5));
+    let budget = ferry::hbone::budget::TotalBudget::new(1 << 24, 1 << 22, Duration::from_secs(60));
+    let pool = Pool::new(sockets, cfg.h2.clone(), Duration::from_secs(5), Duration::from_secs(5), budget);
     let req = || Request::builder().method(Method::CONNECT).uri(format!("127.0.0.1:{}", h.echo.port())).body(()).unwrap();
     let client = id("default", "client");
     let src: std::net::IpAddr = "127.0.0.2".parse().unwrap();
@@ -311,4 +319,24 @@ async fn open_stream(h: &Harness) -> (h2::SendStream<Bytes>, h2::RecvStream) {
     let resp = resp.await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     (stream, resp.into_body())
+}
+
+/// A peer that keeps a TLS connection open without streams is disconnected after the idle
+/// timeout; one with an open stream is not.
+#[tokio::test]
+async fn idle_hbone_connections_are_closed() {
+    let h = harness_with("", &["--hbone-idle-timeout", "300ms"]).await;
+    let tcp = TcpStream::connect(h.hbone).await.unwrap();
+    let cfg = h.client_cert.client_config(vec![h.server_id.clone()]);
+    let tls = tokio_rustls::TlsConnector::from(cfg).connect(ferry::tls::dummy_server_name(), tcp).await.unwrap();
+    let (_send, conn) = h2::client::handshake(tls).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    assert!(ended.is_ok(), "an idle HBONE connection must be closed by the server");
+    // With a stream open, the connection stays past the idle timeout.
+    let mut send = raw_client(&h).await.ready().await.unwrap();
+    let req = Request::builder().method(Method::CONNECT).uri(format!("127.0.0.1:{}", h.echo.port())).body(()).unwrap();
+    let (resp, mut body) = send.send_request(req, false).unwrap();
+    assert_eq!(resp.await.unwrap().status(), StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    body.send_data(Bytes::from_static(b"still here"), true).unwrap();
 }

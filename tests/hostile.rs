@@ -301,7 +301,8 @@ fn a_reset_flood_cannot_make_the_proxy_hold_dials() {
         "{streams} reset streams made the proxy hold {max} descriptors (baseline {base}): dials must be cancelled and capped"
     );
     assert!(legit_during, "legitimate traffic must keep flowing during the attack");
-    let handled = v.metric("ferry_hbone_setups_total", &[("result", "cancelled")]) + v.metric("ferry_hbone_setups_total", &[("result", "shed")]);
+    let handled =
+        v.metric("ferry_hbone_setups_total", &[("result", "cancelled")]) + v.metric("ferry_hbone_setups_total", &[("result", "shed")]);
     assert!(handled > 0.0, "cancelled and shed set-ups are counted");
 }
 

@@ -17,6 +17,8 @@ use ferry_core::k8s::capture::{decide, Capture};
 use ferry_sys::Netns;
 
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// CNI requests served at once; a node starts pods at a few per second.
+const MAX_CNI_CONNECTIONS: usize = 64;
 
 pub(crate) fn bind(path: &Path) -> std::io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
@@ -41,17 +43,21 @@ fn fail(message: impl Into<String>) -> AgentResponse {
 }
 
 impl Agent {
+    /// Serves CNI requests: at most `MAX_CNI_CONNECTIONS` at once (more are closed at once
+    /// and counted; the runtime retries), each bounded by `READ_TIMEOUT`.
     pub(crate) async fn serve_cni(self: Arc<Self>, listener: UnixListener) {
+        let places = Arc::new(tokio::sync::Semaphore::new(MAX_CNI_CONNECTIONS));
         loop {
-            match listener.accept().await {
-                Ok((s, _)) => {
-                    tokio::spawn(self.clone().cni_conn(s));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "CNI socket accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
+            let (s, _) = crate::listen::accept("cni", || listener.accept()).await;
+            let Ok(place) = places.clone().try_acquire_owned() else {
+                metrics::counter!("ferry_connections_shed_total", "listener" => "cni", "reason" => "limit").increment(1);
+                continue;
+            };
+            let me = self.clone();
+            tokio::spawn(async move {
+                me.cni_conn(s).await;
+                drop(place);
+            });
         }
     }
 

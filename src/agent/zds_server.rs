@@ -15,6 +15,8 @@ use crate::zds::{self, WorkloadRequest, WorkloadResponse, ZdsError, ZdsHello, Zd
 use ferry_sys::Netns;
 
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Node proxies connected at once: one, plus a new one during an upgrade, with room to spare.
+const MAX_ZDS_CONNECTIONS: usize = 8;
 
 pub(crate) struct ConnHandle {
     id: u64,
@@ -50,12 +52,18 @@ async fn exchange(sock: &ZdsSocket, req: &WorkloadRequest, netns: Option<&Netns>
 
 impl Agent {
     pub(crate) async fn serve_zds(self: Arc<Self>, listener: ZdsListener) {
+        let places = Arc::new(tokio::sync::Semaphore::new(MAX_ZDS_CONNECTIONS));
         loop {
-            match listener.accept().await {
-                Ok(sock) => {
-                    tokio::spawn(self.clone().zds_conn(sock));
+            let sock = crate::listen::accept("zds", || listener.accept()).await;
+            match places.clone().try_acquire_owned() {
+                Ok(place) => {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        me.zds_conn(sock).await;
+                        drop(place);
+                    });
                 }
-                Err(e) => tracing::warn!(error = %e, "ZDS accept failed"),
+                Err(_) => metrics::counter!("ferry_connections_shed_total", "listener" => "zds", "reason" => "limit").increment(1),
             }
             // At most five new proxy connections per second.
             tokio::time::sleep(Duration::from_millis(200)).await;

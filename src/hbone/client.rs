@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use super::budget::{Budget, Chunk, TotalBudget};
 use h2::client::SendRequest;
 use http::{Request, StatusCode};
 use tokio::sync::Mutex as AsyncMutex;
@@ -86,7 +86,8 @@ impl PoolKey {
 
 struct PooledConn {
     key: PoolKey,
-    sender: SendRequest<Bytes>,
+    sender: SendRequest<Chunk>,
+    budget: Budget,
     checkouts: u32,
     max: u32,
     last_used: Instant,
@@ -101,23 +102,31 @@ pub struct Pool {
     cfg: H2Config,
     connect_timeout: Duration,
     handshake_timeout: Duration,
+    budget: TotalBudget,
     slots: Mutex<HashMap<PoolKey, Slot>>,
 }
 
 impl Pool {
-    pub fn new(sockets: Arc<dyn SocketFactory>, cfg: H2Config, connect_timeout: Duration, handshake_timeout: Duration) -> Arc<Self> {
-        let pool = Arc::new(Pool { sockets, cfg, connect_timeout, handshake_timeout, slots: Mutex::new(HashMap::new()) });
+    pub fn new(
+        sockets: Arc<dyn SocketFactory>,
+        cfg: H2Config,
+        connect_timeout: Duration,
+        handshake_timeout: Duration,
+        budget: TotalBudget,
+    ) -> Arc<Self> {
+        let pool = Arc::new(Pool { sockets, cfg, connect_timeout, handshake_timeout, budget, slots: Mutex::new(HashMap::new()) });
         tokio::spawn(sweep(Arc::downgrade(&pool)));
         pool
     }
 
     /// Opens a CONNECT stream for `req` over a pooled (or new) connection for `key`.
     pub async fn connect(&self, key: &PoolKey, cert: &WorkloadCert, req: Request<()>) -> Result<H2Stream, HboneError> {
-        let mut sender = self.checkout(key, cert).await?;
+        let (mut sender, mut budget) = self.checkout(key, cert).await?;
         let addr = key.dst;
         // A pooled connection may have died since checkout; one fresh dial is worth a retry.
         if sender.clone().ready().await.is_err() {
-            sender = self.dial(key, cert).await?.sender;
+            let c = self.dial(key, cert).await?;
+            (sender, budget) = (c.sender, c.budget);
         }
         let mut sender = sender.ready().await.map_err(|source| HboneError::Stream { addr, source })?;
         let (resp, send) = sender.send_request(req, false).map_err(|source| HboneError::Stream { addr, source })?;
@@ -128,7 +137,7 @@ impl Pool {
         if resp.status() != StatusCode::OK {
             return Err(HboneError::Status { addr, status: resp.status() });
         }
-        Ok(H2Stream { send, recv: resp.into_body() })
+        Ok(H2Stream { send, recv: resp.into_body(), budget })
     }
 
     fn slot(&self, key: &PoolKey) -> Slot {
@@ -136,7 +145,7 @@ impl Pool {
         slots.entry(key.clone()).or_default().clone()
     }
 
-    async fn checkout(&self, key: &PoolKey, cert: &WorkloadCert) -> Result<SendRequest<Bytes>, HboneError> {
+    async fn checkout(&self, key: &PoolKey, cert: &WorkloadCert) -> Result<(SendRequest<Chunk>, Budget), HboneError> {
         let slot = self.slot(key);
         // Holding the slot lock while dialling makes concurrent first connections share one dial.
         let mut conns = slot.lock().await;
@@ -146,24 +155,25 @@ impl Pool {
             let c = &mut conns[i];
             c.checkouts += 1;
             c.last_used = now;
-            let sender = c.sender.clone();
+            let taken = (c.sender.clone(), c.budget.clone());
             if c.checkouts >= c.max {
                 conns.swap_remove(i);
             }
-            return Ok(sender);
+            return Ok(taken);
         }
         if self.cfg.max_streams_per_conn <= 1 {
             // Nothing to share: concurrent dials must not queue behind each other.
             drop(conns);
-            return Ok(self.dial(key, cert).await?.sender);
+            let c = self.dial(key, cert).await?;
+            return Ok((c.sender, c.budget));
         }
         let mut c = self.dial(key, cert).await?;
         c.checkouts = 1;
-        let sender = c.sender.clone();
+        let taken = (c.sender.clone(), c.budget.clone());
         if c.checkouts < c.max {
             conns.push(c);
         }
-        Ok(sender)
+        Ok(taken)
     }
 
     async fn dial(&self, key: &PoolKey, cert: &WorkloadCert) -> Result<PooledConn, HboneError> {
@@ -189,7 +199,7 @@ impl Pool {
             .max_send_buffer_size(self.cfg.stream_window as usize)
             .initial_max_send_streams(self.cfg.max_streams_per_conn as usize)
             .enable_push(false)
-            .handshake::<_, Bytes>(tls)
+            .handshake::<_, Chunk>(tls)
             .await
             .map_err(|source| HboneError::H2Handshake { addr, source })?;
         let alive = Arc::new(AtomicBool::new(true));
@@ -202,7 +212,15 @@ impl Pool {
             }
             flag.store(false, Ordering::Relaxed);
         });
-        Ok(PooledConn { key: key.clone(), sender, checkouts: 0, max: self.cfg.max_streams_per_conn, last_used: Instant::now(), alive })
+        Ok(PooledConn {
+            key: key.clone(),
+            sender,
+            budget: self.budget.connection(),
+            checkouts: 0,
+            max: self.cfg.max_streams_per_conn,
+            last_used: Instant::now(),
+            alive,
+        })
     }
 
     /// Number of pooled connections (for tests and the config dump).

@@ -4,13 +4,13 @@
 //! never shared across identities); [`server`] accepts them and hands each CONNECT stream to a
 //! handler. The headers ztunnel sends (`baggage`, `forwarded`, `traceparent`) are built here.
 
+pub mod budget;
 pub mod client;
 pub mod server;
 
 use std::fmt::Write;
 use std::net::SocketAddr;
 
-use bytes::Bytes;
 use h2::{RecvStream, SendStream};
 use http::HeaderMap;
 
@@ -18,8 +18,10 @@ use ferry_core::model::Workload;
 
 /// One CONNECT stream: the byte pipe of one proxied TCP connection.
 pub struct H2Stream {
-    pub(crate) send: SendStream<Bytes>,
+    pub(crate) send: SendStream<budget::Chunk>,
     pub(crate) recv: RecvStream,
+    /// The connection's budget for bytes queued to the peer.
+    pub(crate) budget: budget::Budget,
 }
 
 /// `ip:port` with IPv6 in brackets, the form used on the wire.

@@ -6,14 +6,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::RecvStream;
 use http::Request;
 use rustls::ServerConfig;
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
+use super::budget::{Budget, Chunk, TotalBudget};
 use crate::config::H2Config;
 use crate::drain::DrainWatch;
 use crate::tls::verify::leaf_identity;
@@ -27,6 +28,19 @@ pub(crate) struct ConnInfo {
     /// The address the connection arrived on (the pod IP in the destination's namespace).
     pub(crate) local: SocketAddr,
     pub(crate) identity: Identity,
+    /// Budget for bytes queued to this peer.
+    pub(crate) budget: Budget,
+    /// Places for streams setting up at once on this connection.
+    pub(crate) setups: Arc<Semaphore>,
+}
+
+/// What one connection may hold, from the proxy's limits.
+#[derive(Clone, Debug)]
+pub(crate) struct ServeLimits {
+    pub(crate) budget: TotalBudget,
+    pub(crate) setups_per_connection: usize,
+    /// A connection without streams for this long is closed.
+    pub(crate) idle_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +62,7 @@ pub(crate) trait StreamHandler: Send + Sync + 'static {
     fn handle(
         self: Arc<Self>,
         req: Request<RecvStream>,
-        respond: SendResponse<Bytes>,
+        respond: SendResponse<Chunk>,
         conn: Arc<ConnInfo>,
         drain: DrainWatch,
     ) -> impl std::future::Future<Output = ()> + Send + 'static;
@@ -61,6 +75,7 @@ pub(crate) async fn serve<H: StreamHandler>(
     tls: Arc<ServerConfig>,
     cfg: &H2Config,
     handshake_timeout: Duration,
+    limits: &ServeLimits,
     drain: DrainWatch,
     handler: Arc<H>,
 ) -> Result<(), ServeError> {
@@ -81,21 +96,38 @@ pub(crate) async fn serve<H: StreamHandler>(
             .max_header_list_size(64 * 1024)
             .max_concurrent_streams(200)
             .max_send_buffer_size(400 * 1024)
-            .handshake::<_, Bytes>(stream)
+            .handshake::<_, Chunk>(stream)
             .await?;
         Ok::<_, ServeError>((conn, identity))
     };
     let (mut conn, identity) =
         tokio::time::timeout(handshake_timeout, handshake).await.map_err(|_| ServeError::Timeout(handshake_timeout))??;
-    let info = Arc::new(ConnInfo { peer: crate::net::canonical(peer), local: crate::net::canonical(local), identity });
+    let info = Arc::new(ConnInfo {
+        peer: crate::net::canonical(peer),
+        local: crate::net::canonical(local),
+        identity,
+        budget: limits.budget.connection(),
+        setups: Arc::new(Semaphore::new(limits.setups_per_connection)),
+    });
     let keepalive = super::client::keepalive(conn.ping_pong(), cfg.ping_interval, cfg.ping_timeout);
     tokio::pin!(keepalive);
     let mut goaway_sent = false;
+    // A connection that carries no stream for the idle timeout is closed (GOAWAY), so a peer
+    // cannot park descriptors on 15008 forever. Clients release idle pooled connections sooner.
+    let streams = Arc::new(());
+    let idle = tokio::time::sleep(limits.idle_timeout);
+    tokio::pin!(idle);
     loop {
         tokio::select! {
             next = conn.accept() => match next {
                 Some(Ok((req, respond))) => {
-                    tokio::spawn(handler.clone().handle(req, respond, info.clone(), drain.clone()));
+                    let stream = handler.clone().handle(req, respond, info.clone(), drain.clone());
+                    let open = streams.clone();
+                    tokio::spawn(async move {
+                        stream.await;
+                        drop(open);
+                    });
+                    idle.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
                 }
                 Some(Err(e)) => {
                     tracing::debug!(peer = %info.peer, error = %e, "HBONE connection error");
@@ -108,6 +140,16 @@ pub(crate) async fn serve<H: StreamHandler>(
                 goaway_sent = true;
             }
             _ = drain.forced() => return Ok(()),
+            _ = &mut idle, if !goaway_sent => {
+                if Arc::strong_count(&streams) == 1 {
+                    tracing::debug!(peer = %info.peer, "HBONE connection idle; closing it");
+                    metrics::counter!("ferry_hbone_idle_closed_total").increment(1);
+                    conn.graceful_shutdown();
+                    goaway_sent = true;
+                } else {
+                    idle.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
+                }
+            }
             _ = &mut keepalive => {
                 tracing::warn!(peer = %info.peer, "HBONE keepalive timed out; closing the connection");
                 return Ok(());

@@ -52,7 +52,10 @@ impl FileSource {
                 continue;
             }
             last = now;
-            match cluster_state::load(&self.path) {
+            // Reading and parsing run on a blocking thread, never on a data-path worker.
+            let path = self.path.clone();
+            let Ok(loaded) = tokio::task::spawn_blocking(move || cluster_state::load(&path)).await else { continue };
+            match loaded {
                 Ok(state) => {
                     if **self.tx.borrow() != state {
                         tracing::info!(path = %self.path.display(), pods = state.pods.len(), services = state.services.len(), "cluster state updated");

@@ -16,6 +16,7 @@ use metrics::Counter;
 use socket2::SockRef;
 use tokio::net::TcpStream;
 
+use crate::hbone::budget::{Budget, Chunk, Room};
 use crate::hbone::H2Stream;
 
 const MIN_CHUNK: usize = 16 * 1024;
@@ -49,10 +50,10 @@ pub(crate) async fn tcp_tcp(down: &TcpStream, up: &TcpStream, rx: &Counter, tx: 
 /// Copies between a TCP connection and an HBONE stream. `tcp_is_downstream` says which side
 /// the client is on, for the direction of the counters.
 pub(crate) async fn tcp_h2(tcp: &TcpStream, stream: H2Stream, tcp_is_downstream: bool, rx: &Counter, tx: &Counter) -> CopyResult {
-    let H2Stream { mut send, mut recv } = stream;
+    let H2Stream { mut send, mut recv, budget } = stream;
     let (mut up_bytes, mut down_bytes) = (0u64, 0u64);
     let (to_h2_counter, to_tcp_counter) = if tcp_is_downstream { (rx, tx) } else { (tx, rx) };
-    let a = tcp_to_h2(tcp, &mut send, to_h2_counter, &mut up_bytes);
+    let a = tcp_to_h2(tcp, &mut send, &budget, to_h2_counter, &mut up_bytes);
     let b = h2_to_tcp(&mut recv, tcp, to_tcp_counter, &mut down_bytes);
     let error = match tokio::try_join!(a, b) {
         Ok(_) => None,
@@ -114,20 +115,28 @@ async fn tcp_to_tcp(r: &TcpStream, w: &TcpStream, counter: &Counter, total: &mut
     Ok(())
 }
 
-async fn tcp_to_h2(r: &TcpStream, send: &mut SendStream<Bytes>, counter: &Counter, total: &mut u64) -> io::Result<()> {
+async fn tcp_to_h2(r: &TcpStream, send: &mut SendStream<Chunk>, budget: &Budget, counter: &Counter, total: &mut u64) -> io::Result<()> {
     let mut chunk = MIN_CHUNK;
-    while let Some(buf) = read_chunk(r, &mut chunk).await? {
+    loop {
+        // Room is taken only once there is data, and before it is read: an idle stream holds
+        // no budget, and no stream holds bytes the budget does not count.
+        r.readable().await?;
+        // Boxed: the wait is rare and short, and an idle connection's task should not carry it.
+        let mut room = Box::pin(budget.room(chunk)).await.map_err(|e| io::Error::new(io::ErrorKind::TimedOut, e))?;
+        let Some(buf) = read_chunk(r, &mut chunk).await? else { break };
+        room.shrink_to(buf.len());
         let n = buf.len() as u64;
-        send_h2(send, buf.freeze()).await?;
+        send_h2(send, buf.freeze(), room).await?;
         counter.increment(n);
         *total += n;
     }
-    send.send_data(Bytes::new(), true).map_err(h2_io)?;
+    send.send_data(Chunk::from(Bytes::new()), true).map_err(h2_io)?;
     Ok(())
 }
 
-/// Sends `data`, waiting for flow-control capacity as the peer grants it.
-async fn send_h2(send: &mut SendStream<Bytes>, mut data: Bytes) -> io::Result<()> {
+/// Sends `data`, waiting for flow-control capacity as the peer grants it; each part queued in
+/// h2 carries its share of `room`.
+async fn send_h2(send: &mut SendStream<Chunk>, mut data: Bytes, mut room: Room) -> io::Result<()> {
     while !data.is_empty() {
         send.reserve_capacity(data.len());
         let granted = std::future::poll_fn(|cx| send.poll_capacity(cx))
@@ -138,7 +147,8 @@ async fn send_h2(send: &mut SendStream<Bytes>, mut data: Bytes) -> io::Result<()
             continue;
         }
         let part = data.split_to(granted.min(data.len()));
-        send.send_data(part, false).map_err(h2_io)?;
+        let part_room = room.split(part.len());
+        send.send_data(Chunk::new(part, part_room), false).map_err(h2_io)?;
     }
     Ok(())
 }

@@ -7,9 +7,8 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use h2::server::SendResponse;
-use h2::RecvStream;
+use h2::{RecvStream, SendStream};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use tokio::net::TcpStream;
 
@@ -17,7 +16,8 @@ use super::connections::Tracking;
 use super::copy;
 use super::{until_closed, ProxyError, WorkloadProxy};
 use crate::drain::DrainWatch;
-use crate::hbone::server::{serve, ConnInfo, StreamHandler};
+use crate::hbone::budget::Chunk;
+use crate::hbone::server::{serve, ConnInfo, ServeLimits, StreamHandler};
 use crate::hbone::{self, H2Stream};
 use crate::telemetry::conn::{ConnRecord, Direction, Failure};
 use crate::telemetry::metrics::Peer;
@@ -37,7 +37,12 @@ pub(crate) async fn handle_connection(px: Arc<WorkloadProxy>, tcp: TcpStream, dr
     };
     let cfg = &px.inputs.cfg;
     let handler = Arc::new(Inbound { px: px.clone() });
-    if let Err(e) = serve(tcp, tls, &cfg.h2, cfg.handshake_timeout, drain, handler).await {
+    let limits = ServeLimits {
+        budget: px.inputs.budget.clone(),
+        setups_per_connection: cfg.limits.hbone_setups_per_connection,
+        idle_timeout: cfg.limits.hbone_idle_timeout,
+    };
+    if let Err(e) = serve(tcp, tls, &cfg.h2, cfg.handshake_timeout, &limits, drain, handler).await {
         metrics::counter!("ferry_hbone_inbound_errors_total", "reason" => error_kind(&e)).increment(1);
         tracing::info!(peer = ?peer, error = %e, "inbound HBONE connection failed");
     }
@@ -67,7 +72,7 @@ impl StreamHandler for Inbound {
     fn handle(
         self: Arc<Self>,
         req: Request<RecvStream>,
-        respond: SendResponse<Bytes>,
+        respond: SendResponse<Chunk>,
         conn: Arc<ConnInfo>,
         drain: DrainWatch,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
@@ -95,32 +100,68 @@ struct Opened {
     rec: ConnRecord,
 }
 
-/// Opens the stream; a refusal is answered with its status and recorded here.
-async fn setup(px: Arc<WorkloadProxy>, req: Request<RecvStream>, mut respond: SendResponse<Bytes>, conn: Arc<ConnInfo>) -> Option<Opened> {
+/// Opens the stream; a refusal is answered with its status and recorded here. The set-up holds
+/// a place on its connection and on the proxy, and is abandoned (its dial cancelled) the moment
+/// the peer resets the stream, so reset floods cannot make the proxy hold dials (P10).
+async fn setup(px: Arc<WorkloadProxy>, req: Request<RecvStream>, mut respond: SendResponse<Chunk>, conn: Arc<ConnInfo>) -> Option<Opened> {
     let mut rec = ConnRecord::new(Direction::Inbound, ClientAddr(conn.peer), conn.local);
     rec.source_identity(&conn.identity);
     rec.set_mtls(true);
-    match open(&px, req, &mut respond, &conn, &mut rec).await {
-        Ok((up, tunnel, tracking)) => Some(Opened { up, tunnel, tracking, rec }),
+    let opened = match setup_places(&px, &conn) {
+        Ok(_places) => {
+            let dialled = dial(&px, &req, &conn, &mut rec);
+            tokio::select! {
+                r = dialled => r,
+                _ = std::future::poll_fn(|cx| respond.poll_reset(cx)) => Err(ProxyError::Cancelled),
+            }
+        }
+        Err(e) => Err(e),
+    };
+    let result = opened.and_then(|(up, tracking, baggage)| accept(&mut respond, up, tracking, baggage));
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(ProxyError::Cancelled) => "cancelled",
+        Err(ProxyError::Shed(_)) => "shed",
+        Err(_) => "refused",
+    };
+    metrics::counter!("ferry_hbone_setups_total", "result" => outcome).increment(1);
+    match result {
+        Ok((up, send, tracking)) => {
+            let tunnel = H2Stream { send, recv: req.into_body(), budget: conn.budget.clone() };
+            Some(Opened { up, tunnel, tracking, rec })
+        }
         Err(e) => {
             tracing::debug!(peer = %conn.peer, identity = %conn.identity, error = %e, "inbound CONNECT refused");
-            let mut resp = Response::new(());
-            *resp.status_mut() = e.status();
-            let _ = respond.send_response(resp, true);
+            if !matches!(e, ProxyError::Cancelled) {
+                let mut resp = Response::new(());
+                *resp.status_mut() = e.status();
+                let _ = respond.send_response(resp, true);
+            }
             rec.finish(0, 0, Some(Failure { flags: e.response_flags(), error: e.to_string() }));
             None
         }
     }
 }
 
-/// Validates, authorizes and dials the application, then answers 200.
-async fn open(
+/// A place for one set-up on the stream's connection and on the proxy, or a refusal to shed.
+fn setup_places(px: &WorkloadProxy, conn: &ConnInfo) -> Result<[tokio::sync::OwnedSemaphorePermit; 2], ProxyError> {
+    let on_conn = conn
+        .setups
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ProxyError::Shed("this HBONE connection (FERRY_HBONE_SETUPS_PER_CONNECTION)"))?;
+    let on_proxy = px.inputs.setups.clone().try_acquire_owned().map_err(|_| ProxyError::Shed("the proxy (FERRY_HBONE_SETUPS)"))?;
+    Ok([on_conn, on_proxy])
+}
+
+/// Validates, authorizes and dials the application; returns the app connection, its tracking
+/// and the baggage to answer with.
+async fn dial(
     px: &WorkloadProxy,
-    req: Request<RecvStream>,
-    respond: &mut SendResponse<Bytes>,
+    req: &Request<RecvStream>,
     conn: &ConnInfo,
     rec: &mut ConnRecord,
-) -> Result<(TcpStream, H2Stream, Tracking), ProxyError> {
+) -> Result<(TcpStream, Tracking, Option<HeaderValue>), ProxyError> {
     if req.method() != Method::CONNECT {
         return Err(ProxyError::NotConnect(req.method().to_string()));
     }
@@ -129,7 +170,7 @@ async fn open(
     let local = Box::pin(px.local_workload()).await?;
     let local_id = px.identity(&local)?;
     let snap = px.inputs.state.snapshot();
-    label_source(rec, &snap, &local.network, conn, &req);
+    label_source(rec, &snap, &local.network, conn, req);
     rec.destination_workload(&local, Some(&local_id));
     let (target, svc) = inbound_target(&snap, &local, conn.local.ip(), &authority, &px.inputs.cfg.ports)?;
     rec.upstream = Some(target);
@@ -147,17 +188,25 @@ async fn open(
     let up = crate::net::connect(px.sockets.as_ref(), *target, source, px.inputs.cfg.connect_timeout)
         .await
         .map_err(|source| ProxyError::Connect { addr: *target, source })?;
+    let baggage =
+        px.inputs.cfg.response_baggage.then(|| HeaderValue::try_from(hbone::baggage(&local, &px.inputs.cfg.cluster_id)).ok()).flatten();
+    Ok((up, tracking, baggage))
+}
+
+/// Answers 200: the application accepted the connection.
+fn accept(
+    respond: &mut SendResponse<Chunk>,
+    up: TcpStream,
+    tracking: Tracking,
+    baggage: Option<HeaderValue>,
+) -> Result<(TcpStream, SendStream<Chunk>, Tracking), ProxyError> {
     let mut resp = Response::new(());
     *resp.status_mut() = StatusCode::OK;
-    if px.inputs.cfg.response_baggage {
-        if let Ok(v) = HeaderValue::try_from(hbone::baggage(&local, &px.inputs.cfg.cluster_id)) {
-            resp.headers_mut().insert("baggage", v);
-        }
+    if let Some(v) = baggage {
+        resp.headers_mut().insert("baggage", v);
     }
-    let send = respond
-        .send_response(resp, false)
-        .map_err(|e| ProxyError::Connect { addr: *target, source: std::io::Error::other(e.to_string()) })?;
-    Ok((up, H2Stream { send, recv: req.into_body() }, tracking))
+    let send = respond.send_response(resp, false).map_err(|_| ProxyError::Cancelled)?;
+    Ok((up, send, tracking))
 }
 
 /// Source labels: from state when the workload at the peer IP has the verified identity,

@@ -21,7 +21,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::{Config, WorkloadInfo};
 use crate::drain::DrainWatch;
+use crate::hbone::budget::TotalBudget;
 use crate::hbone::client::{HboneError, Pool};
+use crate::listen::Gate;
 use crate::net::SocketFactory;
 use crate::state::StateStore;
 use crate::tls::certs::{CertError, CertManager};
@@ -56,6 +58,10 @@ pub(crate) enum ProxyError {
     BadAuthority(String),
     #[error("plaintext destination {0} is not an address of the served workload")]
     NotLocal(SocketAddr),
+    #[error("the peer reset the stream before it was set up; its dial was cancelled")]
+    Cancelled,
+    #[error("too many CONNECT streams setting up at once on {0}; refused without dialling")]
+    Shed(&'static str),
 }
 
 impl ProxyError {
@@ -66,6 +72,9 @@ impl ProxyError {
             ProxyError::Denied(_) => "DENY",
             ProxyError::Hbone(e) => e.response_flags(),
             ProxyError::Cert(_) | ProxyError::BadIdentity(_) => "IDENTITY_ERROR",
+            // Envoy's flags for a downstream that went away and an upstream overflow.
+            ProxyError::Cancelled => "DC",
+            ProxyError::Shed(_) => "UO",
             ProxyError::LocalWorkloadUnknown(_)
             | ProxyError::Route(_)
             | ProxyError::Inbound(_)
@@ -91,7 +100,9 @@ impl ProxyError {
             | ProxyError::Hbone(_)
             | ProxyError::Cert(_)
             | ProxyError::Connect { .. }
-            | ProxyError::NotLocal(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | ProxyError::NotLocal(_)
+            | ProxyError::Cancelled
+            | ProxyError::Shed(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -103,11 +114,30 @@ pub struct ProxyInputs {
     pub(crate) certs: Arc<CertManager>,
     /// Open inbound connections, re-authorized on every policy change.
     pub(crate) conns: Arc<connections::ConnectionManager>,
+    /// Caps on open data-path connections over every served pod, per direction.
+    pub(crate) outbound_gate: Arc<Gate>,
+    pub(crate) inbound_gate: Arc<Gate>,
+    /// Places for CONNECT streams setting up at once, over the proxy.
+    pub(crate) setups: Arc<tokio::sync::Semaphore>,
+    /// Bytes queued for HBONE peers, over the proxy.
+    pub(crate) budget: TotalBudget,
 }
 
 impl ProxyInputs {
     pub fn new(cfg: Arc<Config>, state: StateStore, certs: Arc<CertManager>) -> Arc<Self> {
-        Arc::new(ProxyInputs { cfg, state, certs, conns: Default::default() })
+        let l = &cfg.limits;
+        let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map(|(soft, _)| soft).unwrap_or(1024);
+        let max = l.connections(nofile);
+        Arc::new(ProxyInputs {
+            outbound_gate: Gate::new("outbound", max, max),
+            inbound_gate: Gate::new("inbound", max, l.max_connections_per_source),
+            setups: Arc::new(tokio::sync::Semaphore::new(l.hbone_setups)),
+            budget: TotalBudget::new(l.hbone_buffer_total, l.hbone_connection_buffer, l.hbone_stall_timeout),
+            cfg,
+            state,
+            certs,
+            conns: Default::default(),
+        })
     }
 }
 
@@ -149,7 +179,7 @@ impl WorkloadProxy {
                 "ENABLE_ORIG_SRC=true but IP_TRANSPARENT is not permitted (needs CAP_NET_ADMIN)",
             ));
         }
-        let pool = Pool::new(sockets.clone(), cfg.h2.clone(), cfg.connect_timeout, cfg.handshake_timeout);
+        let pool = Pool::new(sockets.clone(), cfg.h2.clone(), cfg.connect_timeout, cfg.handshake_timeout, inputs.budget.clone());
         let px = Arc::new(WorkloadProxy { inputs, info, sockets, pool, orig_src });
         Ok((px, Listeners { outbound, inbound_plaintext, hbone }))
     }
@@ -158,13 +188,17 @@ impl WorkloadProxy {
     pub async fn run(self: Arc<Self>, l: Listeners, drain: DrainWatch) {
         let (px1, px2, px3) = (self.clone(), self.clone(), self.clone());
         tokio::join!(
-            accept_loop(l.outbound, drain.clone(), "outbound", move |s, d| outbound::handle(px1.clone(), s, d)),
-            accept_loop(l.inbound_plaintext, drain.clone(), "inbound plaintext", move |s, d| inbound_passthrough::handle(
-                px2.clone(),
+            accept_loop(l.outbound, drain.clone(), "outbound", self.inputs.outbound_gate.clone(), move |s, d| outbound::handle(
+                px1.clone(),
                 s,
                 d
             )),
-            accept_loop(l.hbone, drain.clone(), "inbound HBONE", move |s, d| inbound::handle_connection(px3.clone(), s, d)),
+            accept_loop(l.inbound_plaintext, drain.clone(), "inbound plaintext", self.inputs.inbound_gate.clone(), move |s, d| {
+                inbound_passthrough::handle(px2.clone(), s, d)
+            }),
+            accept_loop(l.hbone, drain.clone(), "inbound HBONE", self.inputs.inbound_gate.clone(), move |s, d| {
+                inbound::handle_connection(px3.clone(), s, d)
+            }),
         );
     }
 
@@ -196,21 +230,24 @@ fn listen_any(sockets: &dyn SocketFactory, port: u16, ipv6: bool, transparent: b
     sockets.listen(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port), transparent)
 }
 
-async fn accept_loop<F, Fut>(listener: TcpListener, drain: DrainWatch, name: &'static str, handle: F)
+/// Accepts until the drain starts. Each connection holds a place in `gate` (over every served
+/// pod) for its whole life; one over the cap is closed at once.
+async fn accept_loop<F, Fut>(listener: TcpListener, drain: DrainWatch, name: &'static str, gate: Arc<Gate>, handle: F)
 where
     F: Fn(TcpStream, DrainWatch) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     loop {
         tokio::select! {
-            r = listener.accept() => match r {
-                Ok((s, _)) => { tokio::spawn(handle(s, drain.clone())); }
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(listener = name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+            (s, peer) = crate::listen::accept(name, || listener.accept()) => {
+                if let Some(place) = gate.admit(crate::net::canonical(peer).ip()) {
+                    let conn = handle(s, drain.clone());
+                    tokio::spawn(async move {
+                        conn.await;
+                        drop(place);
+                    });
                 }
-            },
+            }
             _ = drain.draining() => break,
         }
     }

@@ -11,15 +11,17 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::inbound::Inbound;
 use super::*;
+use crate::hbone::budget::Chunk;
 use crate::hbone::server::{ConnInfo, StreamHandler};
 use crate::net::{Keepalive, LocalSockets, SocketOptions};
 use crate::tls::ca::{self, InitOptions, LocalCa};
 
 /// Bytes of task per open connection, by path. Measured 2026-12-01 (debug / release build):
-/// outbound 1520 / 1488, inbound plaintext 1496 / 1472, inbound HBONE stream 1136 / 1128.
+/// outbound 1520 / 1488, inbound plaintext 1496 / 1472, inbound HBONE stream 1192 (1136 before
+/// each stream carried its connection's send budget, the bound on memory per slow peer).
 const OUTBOUND_BUDGET: usize = 1600;
 const INBOUND_PLAINTEXT_BUDGET: usize = 1600;
-const INBOUND_STREAM_BUDGET: usize = 1200;
+const INBOUND_STREAM_BUDGET: usize = 1264;
 
 async fn proxy() -> (Arc<WorkloadProxy>, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("ferry-task-size-{}-{}", std::process::id(), fastrand::u32(..)));
@@ -43,10 +45,10 @@ async fn tcp_pair() -> (TcpStream, TcpStream) {
 }
 
 /// A real CONNECT stream, as the HBONE server hands it to the handler.
-async fn connect_stream() -> (http::Request<h2::RecvStream>, h2::server::SendResponse<Bytes>, h2::client::SendRequest<Bytes>) {
+async fn connect_stream() -> (http::Request<h2::RecvStream>, h2::server::SendResponse<Chunk>, h2::client::SendRequest<Bytes>) {
     let (c, s) = tokio::io::duplex(64 * 1024);
     let server = tokio::spawn(async move {
-        let mut conn = h2::server::handshake(s).await.unwrap();
+        let mut conn = h2::server::Builder::new().handshake::<_, Chunk>(s).await.unwrap();
         let got = conn.accept().await.unwrap().unwrap();
         tokio::spawn(async move { while conn.accept().await.is_some() {} });
         got
@@ -79,6 +81,8 @@ async fn open_connection_tasks_stay_within_their_memory_budget() {
         peer: "127.0.0.2:40000".parse().unwrap(),
         local: "127.0.0.1:15008".parse().unwrap(),
         identity: ferry_core::identity::Identity::new("cluster.local", "ns", "sa").unwrap(),
+        budget: px.inputs.budget.connection(),
+        setups: Arc::new(tokio::sync::Semaphore::new(1)),
     });
     let stream = Arc::new(Inbound { px: px.clone() }).handle(req, respond, conn, drain.clone());
     let size = std::mem::size_of_val(&stream);

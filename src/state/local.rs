@@ -1,6 +1,10 @@
 //! The local state file (`LOCAL_XDS_PATH`): read at start and polled for changes. Parsing and
 //! validation are `ferry_core::local_config`; a file that fails them is reported with its line
 //! and column and changes nothing: the watcher keeps serving the last good state.
+//!
+//! Invariant P10: a file larger than `FERRY_MAX_CONFIG_BYTES` is refused unread, and parsing
+//! runs on a blocking thread, never on a data-path worker, so even a slow parse cannot delay
+//! connections.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -14,18 +18,26 @@ use super::StateStore;
 pub enum LocalFileError {
     #[error("cannot read local config {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
+    #[error("local config {path} is larger than {max} bytes (FERRY_MAX_CONFIG_BYTES); refused unread")]
+    TooLarge { path: PathBuf, max: u64 },
     #[error(transparent)]
     Config(#[from] LocalConfigError),
 }
 
-pub(crate) fn load_file(path: &Path) -> Result<StateInput, LocalFileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LocalFileError::Read { path: path.to_path_buf(), source })?;
+pub(crate) fn load_file(path: &Path, max_bytes: u64) -> Result<StateInput, LocalFileError> {
+    use std::io::Read;
+    let read = |source| LocalFileError::Read { path: path.to_path_buf(), source };
+    let mut text = String::new();
+    std::fs::File::open(path).map_err(read)?.take(max_bytes + 1).read_to_string(&mut text).map_err(read)?;
+    if text.len() as u64 > max_bytes {
+        return Err(LocalFileError::TooLarge { path: path.to_path_buf(), max: max_bytes });
+    }
     Ok(local_config::parse(&text, &path.display().to_string())?)
 }
 
 /// Polls `path` and republishes the state whenever its contents change. Polling (not inotify)
 /// also follows Kubernetes ConfigMap symlink swaps.
-pub(crate) async fn watch_file(path: PathBuf, store: StateStore, interval: Duration) {
+pub(crate) async fn watch_file(path: PathBuf, store: StateStore, interval: Duration, max_bytes: u64) {
     let mut last = file_stamp(&path);
     loop {
         tokio::time::sleep(interval).await;
@@ -34,7 +46,10 @@ pub(crate) async fn watch_file(path: PathBuf, store: StateStore, interval: Durat
             continue;
         }
         last = stamp;
-        match load_file(&path) {
+        let p = path.clone();
+        let loaded = tokio::task::spawn_blocking(move || load_file(&p, max_bytes)).await;
+        let Ok(loaded) = loaded else { continue };
+        match loaded {
             Ok(input) => {
                 let (w, s, p) = (input.workloads.len(), input.services.len(), input.policies.len());
                 let version = store.replace(input);
@@ -67,8 +82,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("state.yaml");
         std::fs::write(&path, "workloads:\n- {name: a, namespace: n, workloadIps: [\"10.0.0.1\"]}\n").unwrap();
-        let store = StateStore::from_input(load_file(&path).unwrap());
-        let task = tokio::spawn(watch_file(path.clone(), store.clone(), Duration::from_millis(10)));
+        let store = StateStore::from_input(load_file(&path, 1 << 20).unwrap());
+        let task = tokio::spawn(watch_file(path.clone(), store.clone(), Duration::from_millis(10), 1 << 20));
         let v1 = store.snapshot().version;
 
         std::fs::write(&path, "workloads:\n- {name: a, namespace: n, workloadIps: [\"not-an-ip\"]}\n").unwrap();
