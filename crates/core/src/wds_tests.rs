@@ -76,13 +76,13 @@ fn round_trip(input: &StateInput) -> StateInput {
     let mut out = StateInput::default();
     for w in &input.workloads {
         match decode_address(workload(w).message).unwrap() {
-            Decoded::Workload(w) => out.workloads.push(w),
+            Decoded::Workload(w) => out.workloads.push(*w),
             other => panic!("{other:?}"),
         }
     }
     for s in &input.services {
         match decode_address(service(s).message).unwrap() {
-            Decoded::Service(s) => out.services.push(s),
+            Decoded::Service(s) => out.services.push(*s),
             other => panic!("{other:?}"),
         }
     }
@@ -101,7 +101,7 @@ fn encoding_and_decoding_are_inverses() {
     use prost::Message;
     let bytes = workload(&input.workloads[0]).message.encode_to_vec();
     let back = crate::proto::workload::Address::decode(bytes.as_slice()).unwrap();
-    assert_eq!(decode_address(back).unwrap(), Decoded::Workload(input.workloads[0].clone()));
+    assert_eq!(decode_address(back).unwrap(), Decoded::Workload(Box::new(input.workloads[0].clone())));
 }
 
 #[test]

@@ -12,14 +12,14 @@ use crate::proto::workload as pw;
 /// What an `Address` resource holds.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Decoded {
-    Workload(Workload),
-    Service(Service),
+    Workload(Box<Workload>),
+    Service(Box<Service>),
 }
 
 pub fn decode_address(a: pw::Address) -> Result<Decoded, WdsError> {
     match a.r#type {
-        Some(pw::address::Type::Workload(w)) => workload(w).map(Decoded::Workload),
-        Some(pw::address::Type::Service(s)) => service(s).map(Decoded::Service),
+        Some(pw::address::Type::Workload(w)) => workload(w).map(|w| Decoded::Workload(Box::new(w))),
+        Some(pw::address::Type::Service(s)) => service(s).map(|s| Decoded::Service(Box::new(s))),
         None => Err(bad("an Address with neither a workload nor a service")),
     }
 }
@@ -202,7 +202,7 @@ pub fn decode_authorization(p: ps::Authorization) -> Result<Authorization, WdsEr
         .into_iter()
         .map(|r| r.clauses.into_iter().map(|c| c.matches.into_iter().map(match_model).collect::<Result<Vec<_>, _>>()).collect())
         .collect::<Result<_, _>>()?;
-    let notes = p.extensions.iter().filter(|e| e.name == super::NOTE_EXTENSION).filter_map(|e| super::note_text(e)).collect();
+    let notes = p.extensions.iter().filter(|e| e.name == super::NOTE_EXTENSION).filter_map(super::note_text).collect();
     Ok(Authorization { name: p.name, namespace: p.namespace, scope, action, dry_run: p.dry_run, rules, notes })
 }
 
