@@ -19,4 +19,5 @@ pub mod route;
 pub mod state;
 pub mod timefmt;
 pub mod wds;
+pub mod xds;
 pub mod yaml;
