@@ -8,6 +8,7 @@ pub mod admin;
 pub mod agent;
 pub mod app;
 pub mod config;
+pub mod controller;
 pub mod drain;
 pub mod hbone;
 pub mod heap;

@@ -24,6 +24,9 @@ enum Cmd {
     /// Run the node agent: decide which pods are captured, install their redirection, and
     /// hand their network namespaces to the node proxy (ZDS); serves the CNI plugin.
     Agent(Box<ferry::agent::AgentArgs>),
+    /// Run the control plane: serve workloads and policies over WDS (delta xDS) and workload
+    /// certificates over Istio's CA API, to node proxies (ferry's or Istio's ztunnel), on 15012.
+    Controller(Box<ferry::controller::ControllerArgs>),
     /// Run the mesh on this machine without Kubernetes (as root): two simulated nodes, pods in
     /// and outside the mesh, traffic between them, and a report of what was encrypted.
     #[cfg(feature = "harness")]
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Proxy(args) => ferry::app::run_proxy(*args).map_err(|e| e.to_string()),
         Cmd::Agent(args) => ferry::agent::run_agent(*args).map_err(|e| e.to_string()),
+        Cmd::Controller(args) => ferry::controller::run_controller(*args).map_err(|e| e.to_string()),
         #[cfg(feature = "harness")]
         Cmd::Demo(a) => ferry_harness::demo::run(a),
         #[cfg(feature = "harness")]

@@ -196,6 +196,29 @@ fn to_pem(der: &[u8]) -> String {
     pem::encode(&pem::Pem::new("CERTIFICATE", der))
 }
 
+impl LocalCa {
+    /// A TLS serving certificate for `dns_names` (the control plane's address as clients dial
+    /// it), with a fresh P-256 key: `(chain PEM, leaf first, root last; key PEM)`.
+    pub(crate) fn serving_certificate(&self, dns_names: &[String], ttl: Duration) -> Result<(String, String), CaError> {
+        let key = KeyPair::generate().map_err(|e| CaError::Sign(e.to_string()))?;
+        let mut p = CertificateParams::new(dns_names.to_vec()).map_err(|e| CaError::Sign(e.to_string()))?;
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now - BACKDATE;
+        p.not_after = now + ttl;
+        p.serial_number = Some(random_serial());
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        p.use_authority_key_identifier_extension = true;
+        let leaf = p.signed_by(&key, &self.issuer).map_err(|e| CaError::Sign(e.to_string()))?;
+        let mut chain = leaf.pem();
+        for i in &self.intermediates {
+            chain.push_str(i);
+        }
+        chain.push_str(&self.root_bundle);
+        Ok((chain, key.serialize_pem()))
+    }
+}
+
 /// The raw subject public key bits of a certificate.
 fn spki_of(der: &[u8]) -> Option<Vec<u8>> {
     use x509_parser::prelude::{FromDer, X509Certificate};

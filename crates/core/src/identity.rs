@@ -56,7 +56,7 @@ impl Identity {
     pub fn namespace(&self) -> &str {
         &self.namespace
     }
-    pub(crate) fn service_account(&self) -> &str {
+    pub fn service_account(&self) -> &str {
         &self.service_account
     }
 

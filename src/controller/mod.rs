@@ -1,0 +1,186 @@
+//! `ferry controller`, the control plane: watches cluster state, translates it with the one
+//! pure translation (`ferry_core::k8s::translate`), and serves it to node proxies over Istio's
+//! wire protocols on one TLS port (15012): WDS (delta ADS, `istio.workload.Address` and
+//! `istio.security.Authorization`) and the CA API (`CreateCertificate`). Every stream and
+//! request is authenticated by its bearer token before anything is served.
+//!
+//! Cluster state comes from Kubernetes manifests on disk (the simulated cluster, and a
+//! controller run beside a cluster); the Kubernetes API watchers will feed the same index.
+
+mod ads;
+pub(crate) mod auth;
+mod ca;
+mod health;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_core::k8s::objects::ClusterState;
+use ferry_core::k8s::translate::{to_state, TranslateOptions};
+use ferry_core::timefmt::parse_duration;
+use ferry_core::xds::Resources;
+use tokio::sync::watch;
+
+use crate::k8s::source::{ClusterSource, FileSource};
+use crate::proto::ca::istio_certificate_service_server::IstioCertificateServiceServer;
+use crate::proto::xds::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use crate::telemetry::{self, LogFormat};
+use crate::tls::ca::LocalCa;
+
+fn list(s: &str) -> Result<Vec<String>, String> {
+    Ok(s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(String::from).collect())
+}
+
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "Controller")]
+pub struct ControllerArgs {
+    /// Kubernetes manifests (a file or directory) the controller serves; re-read on change.
+    #[arg(long, env = "FERRY_CLUSTER_STATE", value_name = "PATH")]
+    pub cluster_state: PathBuf,
+    /// How often the cluster state is checked for changes.
+    #[arg(long, env = "FERRY_CLUSTER_STATE_POLL", value_parser = parse_duration, default_value = "1s")]
+    pub cluster_state_poll: Duration,
+    /// Address of the TLS gRPC server (xDS and CA), 15012 as istiod.
+    #[arg(long, env = "FERRY_XDS_LISTEN", default_value = "[::]:15012")]
+    pub listen: SocketAddr,
+    /// The mesh CA in Istio's plugged-in layout (`cacerts`: ca-cert.pem, ca-key.pem,
+    /// root-cert.pem, cert-chain.pem); create one with `ferry ca init`.
+    #[arg(long, env = "FERRY_CA_DIR", value_name = "DIR")]
+    pub ca_dir: PathBuf,
+    /// DNS names on the serving certificate: the names proxies dial (XDS_ADDRESS's host).
+    #[arg(long, env = "FERRY_SERVING_NAMES", value_parser = list, default_value = "ferry-controller.istio-system.svc,istiod.istio-system.svc")]
+    pub serving_names: Vec<String>,
+    /// Tokens the controller accepts, one `token namespace/sa[/pod[/uid]]` per line (stands in
+    /// for the Kubernetes TokenReview; the simulated cluster's harness writes it).
+    #[arg(long, env = "FERRY_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: PathBuf,
+    /// Service accounts (`namespace/name`) whose tokens may open xDS streams: node proxies.
+    #[arg(long, env = "FERRY_PROXY_ACCOUNTS", value_parser = list, default_value = "istio-system/ztunnel")]
+    pub proxy_accounts: Vec<String>,
+    /// Service accounts allowed to request certificates for pods on their node.
+    #[arg(long, env = "CA_TRUSTED_NODE_ACCOUNTS", value_parser = list, default_value = "istio-system/ztunnel")]
+    pub trusted_node_accounts: Vec<String>,
+    /// Longest certificate lifetime issued; longer requests are capped.
+    #[arg(long, env = "FERRY_MAX_CERT_TTL", value_parser = parse_duration, default_value = "24h")]
+    pub max_cert_ttl: Duration,
+    #[arg(long, env = "TRUST_DOMAIN", default_value = ferry_core::identity::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+    #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
+    pub cluster_id: String,
+    #[arg(long, env = "CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Readiness (`/healthz/ready`, ready once state is loaded and the server listens).
+    #[arg(long, env = "FERRY_READINESS_ADDR", default_value = "[::]:15021")]
+    pub readiness_addr: SocketAddr,
+    /// Prometheus metrics (`/metrics`), 15014 as istiod.
+    #[arg(long, env = "FERRY_STATS_ADDR", default_value = "[::]:15014")]
+    pub stats_addr: SocketAddr,
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "plain", ignore_case = true)]
+    pub log_format: LogFormat,
+    #[arg(long, env = "FERRY_LOG")]
+    pub log_level: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error(transparent)]
+    State(#[from] ferry_cni::cluster_state::StateError),
+    #[error(transparent)]
+    Ca(#[from] crate::tls::ca::CaError),
+    #[error("{what}: {source}")]
+    Io { what: &'static str, source: std::io::Error },
+    #[error("the xDS/CA server failed: {0}")]
+    Serve(String),
+}
+
+pub fn run_controller(args: ControllerArgs) -> Result<(), ControllerError> {
+    let _log = telemetry::init_logging(args.log_format, args.log_level.clone());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("ferry-controller")
+        .enable_all()
+        .build()
+        .map_err(|source| ControllerError::Io { what: "cannot start the runtime", source })?;
+    rt.block_on(serve(args))
+}
+
+async fn serve(args: ControllerArgs) -> Result<(), ControllerError> {
+    let source = FileSource::load(&args.cluster_state)?;
+    tokio::spawn(source.clone().watch(args.cluster_state_poll));
+    let cluster = source.subscribe();
+    let opts = TranslateOptions {
+        trust_domain: args.trust_domain.clone(),
+        cluster_id: args.cluster_id.clone(),
+        cluster_domain: args.cluster_domain.clone(),
+        network: String::new(),
+    };
+    let resources = publish(cluster.clone(), opts);
+    let ca = Arc::new(LocalCa::load(&args.ca_dir)?);
+    let (chain, key) = ca.serving_certificate(&args.serving_names, Duration::from_secs(365 * 86400))?;
+    let reviewer: Arc<dyn auth::TokenReviewer> = Arc::new(auth::TokenFile::new(&args.token_file));
+    let ads = ads::Ads {
+        resources: resources.clone(),
+        reviewer: reviewer.clone(),
+        proxy_accounts: args.proxy_accounts.clone(),
+        nonce: Arc::new(AtomicU64::new(1)),
+    };
+    let cas = ca::CaServer {
+        ca,
+        reviewer,
+        trusted_node_accounts: args.trusted_node_accounts.clone(),
+        cluster,
+        trust_domain: args.trust_domain.clone(),
+        max_ttl: args.max_cert_ttl,
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| ControllerError::Io { what: "cannot bind the xDS/CA port", source })?;
+    let ready = health::start(&args, resources)
+        .map_err(|source| ControllerError::Io { what: "cannot bind the readiness or metrics port", source })?;
+    tracing::info!(listen = %args.listen, state = %args.cluster_state.display(), "ferry controller serving xDS and CA");
+    let tls = tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(chain, key));
+    let server = tonic::transport::Server::builder()
+        .tls_config(tls)
+        .map_err(|e| ControllerError::Serve(e.to_string()))?
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(AggregatedDiscoveryServiceServer::new(ads))
+        .add_service(IstioCertificateServiceServer::new(cas));
+    ready.mark_serving();
+    let incoming = tonic::codegen::tokio_stream::wrappers::TcpListenerStream::new(listener);
+    server.serve_with_incoming_shutdown(incoming, shutdown()).await.map_err(|e| ControllerError::Serve(e.to_string()))?;
+    tracing::info!("ferry controller stopped");
+    Ok(())
+}
+
+/// Re-translates and re-encodes the state on every change; returns the current resources.
+fn publish(mut cluster: watch::Receiver<Arc<ClusterState>>, opts: TranslateOptions) -> watch::Receiver<Arc<Resources>> {
+    let build = move |c: &ClusterState| Arc::new(Resources::from_state(&to_state(c, &opts)));
+    let first = build(&cluster.borrow_and_update());
+    tracing::info!(resources = first.len(), "cluster state translated");
+    let (tx, rx) = watch::channel(first);
+    tokio::spawn(async move {
+        while cluster.changed().await.is_ok() {
+            let next = build(&cluster.borrow_and_update());
+            tracing::info!(resources = next.len(), "cluster state changed; pushing deltas");
+            tx.send_replace(next);
+        }
+    });
+    rx
+}
+
+async fn shutdown() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => {}
+                _ = i.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
