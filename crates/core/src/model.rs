@@ -461,7 +461,15 @@ pub(crate) struct Match {
     pub(crate) not_service_accounts: Vec<ServiceAccountMatch>,
 }
 
-/// A clause matches if any of its matches does (an empty clause matches).
+impl Match {
+    /// No field populated. Such a match never holds (§4.9: a clause matches if any *non-empty*
+    /// match does); compared with the default so a new field cannot be forgotten here.
+    pub(crate) fn is_empty(&self) -> bool {
+        *self == Match::default()
+    }
+}
+
+/// A clause matches if any of its non-empty matches does (an empty clause matches).
 pub(crate) type Clause = Vec<Match>;
 /// A rule matches if every clause does.
 pub(crate) type Rule = Vec<Clause>;

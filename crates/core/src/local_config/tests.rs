@@ -176,3 +176,21 @@ fn rendering_round_trips() {
     assert_eq!(back, original, "{text}");
     assert!(text.contains("!Exact \"cluster.local/ns/default/sa/bad\""), "string matches render as ztunnel's YAML tags:\n{text}");
 }
+
+#[test]
+fn empty_matches_allow_nothing() {
+    // ztunnel's `rules: [[[{}]]]`: a clause of only empty matches never matches (§4.9).
+    use crate::rbac::{evaluate, ConnAttrs};
+    use crate::state::Snapshot;
+    let text = "workloads:\n- {name: a, namespace: shop, workloadIps: [\"10.0.0.2\"]}\npolicies:\n- {name: p, namespace: shop, scope: Namespace, action: Allow, rules: [[[{}]]]}\n";
+    let snap = Snapshot::build(parse(text, "f.yaml").unwrap(), 1);
+    let w = snap.find_workload("shop", "a", None).unwrap();
+    for id in [None, Some("spiffe://cluster.local/ns/front/sa/client")] {
+        let attrs = ConnAttrs {
+            src_ip: "10.0.0.9".parse().unwrap(),
+            src_identity: id.map(|i| i.parse().unwrap()),
+            dst: (w.addresses[0], 80).into(),
+        };
+        assert!(!evaluate(&snap, w, &attrs).is_allow(), "{id:?}");
+    }
+}
