@@ -489,6 +489,18 @@ pub struct Authorization {
 }
 
 impl Authorization {
+    /// A policy that could not be read, failing closed in its scope: an ALLOW allows nothing
+    /// (its presence still makes its scope default-deny), anything else denies everything. One
+    /// rule for both readers (Kubernetes manifests and the local config), with the same note.
+    pub(crate) fn failing_closed(name: String, namespace: String, scope: PolicyScope, allow: bool, dry_run: bool, why: &str) -> Self {
+        let (action, rules, outcome) = match allow {
+            true => (PolicyAction::Allow, Vec::new(), "it allows nothing"),
+            false => (PolicyAction::Deny, vec![Vec::new()], "it denies everything in its scope"),
+        };
+        let notes = vec![format!("invalid policy ({why}); failing closed: {outcome}")];
+        Authorization { name, namespace, scope, action, dry_run, rules, notes }
+    }
+
     /// The key workloads reference policies by: `namespace/name`.
     pub fn key(&self) -> PolicyKey {
         PolicyKey::new(&self.namespace, &self.name)

@@ -404,22 +404,14 @@ fn scope_of(namespace: &str, selector: Option<&Selector>) -> (PolicyScope, Optio
 
 /// An unreadable policy fails closed for its scope: ALLOW allows nothing, anything else
 /// denies everything.
-fn invalid_policy(mut p: Authorization, obj: &serde_json::Value, why: &str) -> TranslatedPolicy {
+fn invalid_policy(p: Authorization, obj: &serde_json::Value, why: &str) -> TranslatedPolicy {
     let spec = obj.get("spec");
     let action = spec.and_then(|s| s.get("action")).and_then(|a| a.as_str()).unwrap_or("ALLOW");
     let selector: Option<Selector> = spec.and_then(|s| s.get("selector")).cloned().and_then(|s| serde_json::from_value(s).ok());
     let (scope, labels) = scope_of(&p.namespace, selector.as_ref());
-    p.scope = scope;
-    if action == "ALLOW" {
-        p.action = PolicyAction::Allow;
-        p.rules = Vec::new();
-        p.notes.push(format!("invalid policy ({why}); failing closed: it allows nothing"));
-    } else {
-        p.action = PolicyAction::Deny;
-        p.rules = vec![Vec::new()];
-        p.notes.push(format!("invalid policy ({why}); failing closed: it denies everything in its scope"));
-    }
-    TranslatedPolicy { policy: p, selector: labels }
+    let mut failed = Authorization::failing_closed(p.name, p.namespace, scope, action == "ALLOW", p.dry_run, why);
+    failed.notes.splice(0..0, p.notes);
+    TranslatedPolicy { policy: failed, selector: labels }
 }
 
 #[cfg(test)]

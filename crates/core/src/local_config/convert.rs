@@ -8,6 +8,7 @@ use ipnet::IpNet;
 use super::schema::*;
 use crate::model::{self, *};
 use crate::state::StateInput;
+use crate::yaml::YamlError;
 
 impl LocalConfig {
     pub(super) fn into_state(self) -> Result<StateInput, String> {
@@ -33,7 +34,10 @@ impl LocalConfig {
         let mut policies = Vec::with_capacity(self.policies.len());
         let mut pkeys = HashSet::new();
         for (i, p) in self.policies.into_iter().enumerate() {
-            let p = p.into_model(i)?;
+            let p = match p {
+                PolicyEntry::Read(p) => p.into_model(i)?,
+                PolicyEntry::Unreadable { head, error } => head.failing_closed(i, &error)?,
+            };
             if !pkeys.insert(p.key()) {
                 return Err(format!("policies[{i}]: duplicate policy {}", p.key()));
             }
@@ -220,6 +224,27 @@ impl LocalPolicy {
                 .collect(),
             notes: Vec::new(),
         })
+    }
+}
+
+impl PolicyHead {
+    /// The policy an unreadable entry becomes (see `Authorization::failing_closed`). A scope
+    /// that cannot be read is taken as the policy's namespace, as the Kubernetes translation
+    /// does for an unreadable selector.
+    fn failing_closed(self, i: usize, error: &YamlError) -> Result<Authorization, String> {
+        if self.name.is_empty() || self.namespace.is_empty() {
+            return Err(format!("policies[{i}]: name and namespace must not be empty"));
+        }
+        let (scope, fallback) = match self.scope.as_str() {
+            Some("Global") => (PolicyScope::Global, ""),
+            Some("Namespace") => (PolicyScope::Namespace, ""),
+            Some("WorkloadSelector") => (PolicyScope::WorkloadSelector, ""),
+            _ => (PolicyScope::Namespace, "; its scope cannot be read, so it applies to its namespace"),
+        };
+        let allow = self.action.as_str() == Some("Allow");
+        let dry_run = matches!(self.dry_run, Loose::Bool(true));
+        let why = format!("policies[{i}], line {}, column {}: {}{fallback}", error.line, error.column, error.message);
+        Ok(Authorization::failing_closed(self.name, self.namespace, scope, allow, dry_run, &why))
     }
 }
 
