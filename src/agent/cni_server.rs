@@ -11,7 +11,7 @@ use ferry_cni::protocol::{AgentRequest, AgentResponse, PodEvent, MAX_LINE_BYTES}
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use super::pods::{PodEntry, PodRecord};
+use super::pods::{pod_key, PodEntry, PodRecord, Sandbox};
 use super::Agent;
 use ferry_core::k8s::capture::{decide, Capture};
 use ferry_sys::Netns;
@@ -30,6 +30,16 @@ pub(crate) fn bind(path: &Path) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(l)
+}
+
+fn sandbox(ev: &PodEvent) -> Sandbox<'_> {
+    Sandbox { pod_uid: &ev.pod_uid, container_id: &ev.container_id }
+}
+
+/// How a CNI event names its sandbox in messages and logs.
+fn describe(ev: &PodEvent) -> String {
+    let uid = if ev.pod_uid.is_empty() { "no uid" } else { &ev.pod_uid };
+    format!("pod {}/{} ({uid}), sandbox {}", ev.pod_namespace, ev.pod_name, ev.container_id)
 }
 
 fn ok(enrolled: bool, message: impl Into<String>) -> AgentResponse {
@@ -93,6 +103,9 @@ impl Agent {
 
     async fn cni_add(&self, ev: PodEvent) -> AgentResponse {
         let pod = format!("{}/{}", ev.pod_namespace, ev.pod_name);
+        if ev.container_id.is_empty() {
+            return fail(format!("pod {pod}: CNI_CONTAINERID is empty, so a later DEL could not be told apart from another sandbox's"));
+        }
         let netns = match Netns::open(Path::new(&ev.netns)) {
             Ok(n) => Arc::new(n),
             Err(e) => return fail(format!("pod {pod}: netns {e}")),
@@ -104,7 +117,7 @@ impl Agent {
             ));
         };
         let decision = state.pod(&ev.pod_namespace, &ev.pod_name).map(|p| decide(state.namespace(&ev.pod_namespace), p));
-        let uid = if ev.pod_uid.is_empty() { pod.clone() } else { ev.pod_uid.clone() };
+        let uid = pod_key(&ev.pod_uid, &ev.pod_namespace, &ev.pod_name);
         let mut cache = self.pods.lock().await;
         if let Some(old) = cache.pods.get(&uid) {
             if old.netns.id() != netns.id() && old.record.enrolled {
@@ -117,6 +130,7 @@ impl Agent {
             namespace: ev.pod_namespace,
             name: ev.pod_name,
             netns_path: ev.netns.into(),
+            container_id: ev.container_id,
             ips: ev.ips,
             enrolled: false,
         };
@@ -151,13 +165,16 @@ impl Agent {
         tokio::time::timeout(self.args.pod_wait, wait).await.ok().flatten()
     }
 
+    /// Releases and forgets the sandbox's record. A DEL of a sandbox the agent does not hold
+    /// (an old sandbox of a re-created pod, a retry, a pod never captured) changes nothing:
+    /// DEL must be idempotent, and releasing another sandbox would un-capture a live pod.
     async fn cni_del(&self, ev: PodEvent) -> AgentResponse {
         let mut cache = self.pods.lock().await;
-        let uid = match cache.pods.contains_key(&ev.pod_uid) {
-            true => Some(ev.pod_uid.clone()),
-            false => cache.find(&ev.pod_namespace, &ev.pod_name).map(|e| e.record.uid.clone()),
+        let Some(uid) = cache.sandbox_record(&sandbox(&ev)).map(|e| e.record.uid.clone()) else {
+            let sandbox = describe(&ev);
+            tracing::info!(%sandbox, "CNI DEL for a sandbox the agent does not hold; nothing changed");
+            return ok(false, format!("{sandbox} is not known; nothing changed"));
         };
-        let Some(uid) = uid else { return ok(false, "pod not known; nothing to do") };
         if cache.pods.get(&uid).is_some_and(|e| e.record.enrolled) {
             if let Err(e) = self.release(&mut cache, &uid).await {
                 tracing::info!(%uid, error = %e, "rules could not all be removed (the sandbox may already be gone)");
@@ -171,8 +188,8 @@ impl Agent {
     async fn cni_check(&self, ev: PodEvent) -> AgentResponse {
         let state = self.cluster.borrow().clone();
         let cache = self.pods.lock().await;
-        let Some(e) = cache.find(&ev.pod_namespace, &ev.pod_name) else {
-            return fail(format!("pod {}/{} was never added", ev.pod_namespace, ev.pod_name));
+        let Some(e) = cache.sandbox_record(&sandbox(&ev)) else {
+            return fail(format!("{} was never added", describe(&ev)));
         };
         match super::pods::wants_capture(&state, &e.record) {
             Some(true) if !e.record.enrolled => fail("pod must be captured but is not enrolled"),
