@@ -18,18 +18,9 @@ use ferry_sys::Netns;
 
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The socket, owner-only from the moment it exists (a stale socket file is replaced).
 pub(crate) fn bind(path: &Path) -> std::io::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    let l = UnixListener::bind(path)?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(l)
+    crate::net::bind_private(path, |p| UnixListener::bind(p))
 }
 
 fn sandbox(ev: &PodEvent) -> Sandbox<'_> {
@@ -40,6 +31,12 @@ fn sandbox(ev: &PodEvent) -> Sandbox<'_> {
 fn describe(ev: &PodEvent) -> String {
     let uid = if ev.pod_uid.is_empty() { "no uid" } else { &ev.pod_uid };
     format!("pod {}/{} ({uid}), sandbox {}", ev.pod_namespace, ev.pod_name, ev.container_id)
+}
+
+fn response_line(resp: &AgentResponse) -> Vec<u8> {
+    let mut out = serde_json::to_vec(resp).unwrap_or_default();
+    out.push(b'\n');
+    out
 }
 
 fn ok(enrolled: bool, message: impl Into<String>) -> AgentResponse {
@@ -66,7 +63,16 @@ impl Agent {
     }
 
     async fn cni_conn(self: Arc<Self>, stream: UnixStream) {
+        let (uid, pid) = match stream.peer_cred() {
+            Ok(c) => (Ok(c.uid()), c.pid()),
+            Err(e) => (Err(e), None),
+        };
+        let allowed = super::peer_allowed("cni", uid, pid);
         let (r, mut w) = stream.into_split();
+        if let Err(refused) = allowed {
+            let _ = w.write_all(&response_line(&fail(refused))).await;
+            return;
+        }
         let mut line = String::new();
         let mut reader = BufReader::new(r.take(MAX_LINE_BYTES as u64));
         let read = reader.read_line(&mut line);
@@ -78,10 +84,7 @@ impl Agent {
             Ok(Err(e)) => fail(format!("cannot read the request: {e}")),
             Err(_) => fail("no request within 10s"),
         };
-        if let Ok(mut out) = serde_json::to_vec(&resp) {
-            out.push(b'\n');
-            let _ = w.write_all(&out).await;
-        }
+        let _ = w.write_all(&response_line(&resp)).await;
     }
 
     async fn cni_request(&self, req: AgentRequest) -> AgentResponse {
