@@ -221,3 +221,38 @@ async fn peers_need_exactly_one_spiffe_san_in_our_trust_domain() {
     let (c, _) = handshake(&two, &client, vec![id("server")]).await;
     assert!(c.unwrap_err().contains("carries 2 URI SANs"));
 }
+
+#[tokio::test]
+async fn leaves_whose_key_usage_forbids_signing_are_refused_both_ways() {
+    use rcgen::KeyUsagePurpose as Ku;
+    let ca = new_ca("hs-ku");
+    let now = time::OffsetDateTime::now_utc();
+    let hour = time::Duration::hours(1);
+    let leaf = |sa: &str, usages: &[Ku]| {
+        let mut p = leaf_params(&[&id(sa).to_string()], now - hour, now + hour);
+        p.key_usages = usages.to_vec();
+        custom(&ca, id(sa), p)
+    };
+    #[rustfmt::skip]
+    let cases: Vec<(&str, Vec<Ku>, Option<&str>)> = vec![
+        // (name, the leaf's key usage, the refusal; None: accepted)
+        ("keyEncipherment only", vec![Ku::KeyEncipherment], Some("key usage lacks digitalSignature")),
+        ("keyAgreement only", vec![Ku::KeyAgreement], Some("key usage lacks digitalSignature")),
+        ("certificate signing only", vec![Ku::KeyCertSign], Some("key usage lacks digitalSignature")),
+        ("digitalSignature and keyEncipherment (what Istio issues)", vec![Ku::DigitalSignature, Ku::KeyEncipherment], None),
+        ("no key usage extension (unrestricted, RFC 5280)", vec![], None),
+    ];
+    for (name, usages, refusal) in cases {
+        // The listener judges the client's leaf.
+        let (_, s) = handshake(&cert(&ca, "server").await, &leaf("client", &usages), vec![id("server")]).await;
+        // The dialer judges the server's leaf.
+        let (c, _) = handshake(&leaf("server", &usages), &cert(&ca, "client").await, vec![id("server")]).await;
+        match refusal {
+            None => assert!(s.is_ok() && c.is_ok(), "{name}: {s:?} {c:?}"),
+            Some(want) => {
+                let (s, c) = (s.expect_err(name), c.expect_err(name));
+                assert!(s.contains(want) && c.contains(want), "{name}: listener: {s}; dialer: {c}");
+            }
+        }
+    }
+}
