@@ -312,3 +312,45 @@ async fn open_stream(h: &Harness) -> (h2::SendStream<Bytes>, h2::RecvStream) {
     assert_eq!(resp.status(), StatusCode::OK);
     (stream, resp.into_body())
 }
+
+/// This test binary's metrics, from a recorder installed on first use.
+fn metrics_text() -> String {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().expect("one recorder")).render()
+}
+
+/// A client that offers no certificate when the server asks for one.
+#[derive(Debug)]
+struct NoClientCert;
+
+impl rustls::client::ResolvesClientCert for NoClientCert {
+    fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        None
+    }
+    fn has_certs(&self) -> bool {
+        false
+    }
+}
+
+#[tokio::test]
+async fn a_client_without_a_certificate_is_refused_and_counted_as_such() {
+    metrics_text();
+    let h = harness("").await;
+    let mut cfg = (*h.client_cert.client_config(vec![h.server_id.clone()])).clone();
+    cfg.client_auth_cert_resolver = Arc::new(NoClientCert);
+    let tcp = TcpStream::connect(h.hbone).await.unwrap();
+    // TLS 1.3: the client finishes first; the server's refusal arrives as an alert.
+    if let Ok(mut tls) = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(ferry::tls::dummy_server_name(), tcp).await {
+        let mut buf = [0u8; 16];
+        let r = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await.expect("the server must refuse, not wait");
+        assert!(matches!(r, Ok(0) | Err(_)), "refused, not answered: {r:?}");
+    }
+    let counted = |m: &str| m.lines().any(|l| l.starts_with("ferry_hbone_inbound_errors_total{reason=\"no_client_certificate\"}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !counted(&metrics_text()) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let m = metrics_text();
+    assert!(counted(&m), "{}", m.lines().filter(|l| l.contains("ferry_hbone_inbound_errors_total")).collect::<Vec<_>>().join("\n"));
+    assert!(!m.contains("reason=\"alpn\""), "a missing certificate is not an ALPN failure");
+}
