@@ -256,3 +256,29 @@ async fn leaves_whose_key_usage_forbids_signing_are_refused_both_ways() {
         }
     }
 }
+
+#[tokio::test]
+async fn serials_are_positive_twenty_random_bytes() {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let d = tmpdir("serials");
+    ca::init(&d, &opts()).unwrap();
+    let mut ders: Vec<Vec<u8>> = [ca::ROOT_CERT, ca::CA_CERT]
+        .iter()
+        .flat_map(|f| parse_certs(&std::fs::read_to_string(d.join(f)).unwrap()).unwrap())
+        .map(|c| c.to_vec())
+        .collect();
+    let ca = LocalCa::load(&d).unwrap();
+    let _ = std::fs::remove_dir_all(&d);
+    for _ in 0..64 {
+        ders.push(cert(&ca, "client").await.chain[0].to_vec());
+    }
+    let mut seen = std::collections::HashSet::new();
+    for der in &ders {
+        let (_, c) = X509Certificate::from_der(der).unwrap();
+        let serial = c.raw_serial();
+        // RFC 5280 §4.1.2.2: positive, at most 20 octets; CA/B forum wants at least 64 random bits.
+        assert_eq!(serial.len(), 20, "{serial:02x?}");
+        assert!(serial[0] & 0x80 == 0 && serial[0] != 0, "positive and minimally encoded: {serial:02x?}");
+        assert!(seen.insert(serial.to_vec()), "a serial repeated: {serial:02x?}");
+    }
+}
