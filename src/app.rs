@@ -46,6 +46,9 @@ pub fn run_proxy(args: ProxyArgs) -> Result<(), AppError> {
     let log_level = args.log_level.clone();
     let cfg = Arc::new(args.into_config()?);
     let log = Arc::new(telemetry::init_logging(log_format, log_level));
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
     match ferry_sys::raise_fd_limit() {
         Ok(n) => tracing::debug!(limit = n, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit; busy nodes may run out of descriptors"),
