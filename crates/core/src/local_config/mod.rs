@@ -18,8 +18,8 @@ pub use render::to_yaml;
 pub enum LocalConfigError {
     #[error("local config {origin}: line {line}, column {column}: {message}")]
     Syntax { origin: String, line: usize, column: usize, message: String },
-    #[error("local config {origin}: {message}")]
-    Invalid { origin: String, message: String },
+    #[error("local config {origin}: line {line}: {message}")]
+    Invalid { origin: String, line: usize, message: String },
 }
 
 /// Parses a local config document; `origin` names it in errors (a path, or `LOCAL_XDS`).
@@ -34,7 +34,7 @@ pub fn parse(text: &str, origin: &str) -> Result<StateInput, LocalConfigError> {
             message: e.message,
         })?
     };
-    doc.into_state().map_err(|message| LocalConfigError::Invalid { origin: origin.to_string(), message })
+    doc.into_state().map_err(|e| LocalConfigError::Invalid { origin: origin.to_string(), line: e.line, message: e.message })
 }
 
 #[cfg(test)]

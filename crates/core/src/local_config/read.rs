@@ -15,7 +15,9 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use super::schema::{LocalConfig, LocalPolicy, PolicyEntry, PolicyHead};
+use serde_saphyr::Spanned;
+
+use super::schema::{Lined, LocalConfig, LocalPolicy, PolicyEntry, PolicyHead};
 use crate::yaml::{self, YamlError};
 
 /// More unreadable entries than this reject the file: each costs one more pass.
@@ -72,8 +74,8 @@ impl<'de> Visitor<'de> for Document<'_> {
                 return Err(de::Error::custom(format_args!("duplicate field `{key}`")));
             }
             match key.as_str() {
-                "workloads" => doc.workloads = map.next_value()?,
-                "services" => doc.services = map.next_value()?,
+                "workloads" => doc.workloads = lined(map.next_value()?),
+                "services" => doc.services = lined(map.next_value()?),
                 "policies" => doc.policies = map.next_value_seed(Policies(self))?,
                 other => return Err(de::Error::unknown_field(other, FIELDS)),
             }
@@ -82,30 +84,34 @@ impl<'de> Visitor<'de> for Document<'_> {
     }
 }
 
+fn lined<T>(v: Vec<Spanned<T>>) -> Vec<Lined<T>> {
+    v.into_iter().map(Lined::from).collect()
+}
+
 /// The `policies` list: each entry as written, or its head when it is set aside.
 struct Policies<'a>(Document<'a>);
 
 impl<'de> DeserializeSeed<'de> for Policies<'_> {
-    type Value = Vec<PolicyEntry>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<PolicyEntry>, D::Error> {
+    type Value = Vec<Lined<PolicyEntry>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<Lined<PolicyEntry>>, D::Error> {
         d.deserialize_seq(self)
     }
 }
 
 impl<'de> Visitor<'de> for Policies<'_> {
-    type Value = Vec<PolicyEntry>;
+    type Value = Vec<Lined<PolicyEntry>>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a list of policies")
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<PolicyEntry>, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Lined<PolicyEntry>>, A::Error> {
         let mut out = Vec::new();
         loop {
             let i = out.len();
             let next = match self.0.set_aside.get(&i) {
-                None => seq.next_element::<LocalPolicy>().map(|p| p.map(PolicyEntry::Read)),
-                Some(error) => {
-                    seq.next_element::<PolicyHead>().map(|h| h.map(|head| PolicyEntry::Unreadable { head, error: error.clone() }))
-                }
+                None => seq.next_element::<Spanned<LocalPolicy>>().map(|p| p.map(|p| Lined::from(p).map(PolicyEntry::Read))),
+                Some(error) => seq
+                    .next_element::<Spanned<PolicyHead>>()
+                    .map(|h| h.map(|h| Lined::from(h).map(|head| PolicyEntry::Unreadable { head, error: error.clone() }))),
             };
             match next {
                 Ok(Some(entry)) => out.push(entry),

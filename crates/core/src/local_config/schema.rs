@@ -14,9 +14,27 @@ use crate::yaml::YamlError;
 /// The document. Read by `read` (not derived) so one unreadable policy entry can be set aside.
 #[derive(Default)]
 pub(super) struct LocalConfig {
-    pub(super) workloads: Vec<LocalWorkload>,
-    pub(super) services: Vec<LocalService>,
-    pub(super) policies: Vec<PolicyEntry>,
+    pub(super) workloads: Vec<Lined<LocalWorkload>>,
+    pub(super) services: Vec<Lined<LocalService>>,
+    pub(super) policies: Vec<Lined<PolicyEntry>>,
+}
+
+/// An entry and the line it starts on, for the errors validation reports about it.
+pub(super) struct Lined<T> {
+    pub(super) line: usize,
+    pub(super) value: T,
+}
+
+impl<T> Lined<T> {
+    pub(super) fn map<U>(self, f: impl FnOnce(T) -> U) -> Lined<U> {
+        Lined { line: self.line, value: f(self.value) }
+    }
+}
+
+impl<T> From<serde_saphyr::Spanned<T>> for Lined<T> {
+    fn from(s: serde_saphyr::Spanned<T>) -> Self {
+        Lined { line: s.referenced.line() as usize, value: s.value }
+    }
 }
 
 /// One entry of `policies`: as written, or, when it cannot be read, what places it.

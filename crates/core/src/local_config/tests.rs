@@ -131,23 +131,25 @@ fn errors_name_line_and_column() {
 }
 
 #[test]
-fn semantic_errors_name_the_entry() {
-    let cases: &[(&str, &str)] = &[
-        (
-            "workloads:\n- {uid: x, namespace: a, workloadIps: [\"10.0.0.1\"]}\n- {uid: x, namespace: a, workloadIps: [\"10.0.0.2\"]}\n",
-            "workloads[1]: duplicate uid",
-        ),
-        ("workloads:\n- {namespace: a, workloadIps: []}\n", "needs workloadIps or hostname"),
-        ("workloads:\n- {namespace: \"a/b\", workloadIps: [\"10.0.0.1\"]}\n", "invalid namespace"),
-        ("workloads:\n- {namespace: a, workloadIps: [\"10.0.0.1\"], services: {\"nohost\": {80: 80}}}\n", "not <namespace>/<hostname>"),
-        (
-            "services:\n- {name: a, namespace: b, hostname: c, vips: [], ports: {}, endpoints: [{workloadUid: nope}]}\n",
-            "unknown workload uid",
-        ),
+fn semantic_errors_name_the_entry_and_its_line() {
+    let w = |uid: &str, ip: &str| format!("- {{uid: {uid}, namespace: a, workloadIps: [\"{ip}\"]}}\n");
+    let svc = "- {name: a, namespace: b, hostname: c, vips: [], ports: {}}\n";
+    let pol = "- {name: p, namespace: n, scope: Global, action: Deny}\n";
+    #[rustfmt::skip]
+    let cases: Vec<(String, &str)> = vec![
+        // (document, what the error must say)
+        (format!("workloads:\n{}{}{}", w("x", "10.0.0.1"), w("y", "10.0.0.2"), w("x", "10.0.0.3")), "line 4: workloads[2]: duplicate uid \"x\" (first at line 2)"),
+        ("workloads:\n- {namespace: a, workloadIps: []}\n".into(), "line 2: workloads[0] (): needs workloadIps or hostname"),
+        ("workloads:\n- {namespace: \"a/b\", workloadIps: [\"10.0.0.1\"]}\n".into(), "line 2: workloads[0] (): identity \"spiffe://cluster.local/ns/a/b/sa/default\": invalid namespace"),
+        ("\nworkloads:\n- {namespace: a, workloadIps: [\"10.0.0.1\"], services: {\"nohost\": {80: 80}}}\n".into(), "line 3: workloads[0] (): service key"),
+        ("services:\n- {name: a, namespace: b, hostname: c, vips: [], ports: {}, endpoints: [{workloadUid: nope}]}\n".into(), "line 2: services[0]: endpoint names unknown workload uid"),
+        (format!("services:\n{svc}{svc}"), "line 3: services[1]: duplicate service b/c (first at line 2)"),
+        (format!("policies:\n{pol}\n{pol}"), "line 4: policies[1]: duplicate policy n/p (first at line 2)"),
+        (format!("policies:\n{pol}- {{name: p, namespace: n, scope: Global, action: Deny, bogus: 1}}\n"), "line 3: policies[1]: duplicate policy n/p (first at line 2)"),
     ];
     for (text, needle) in cases {
-        match parse(text, "f.yaml") {
-            Err(LocalConfigError::Invalid { message, .. }) => assert!(message.contains(needle), "{text:?}: {message}"),
+        match parse(&text, "f.yaml") {
+            Err(e @ LocalConfigError::Invalid { .. }) => assert!(e.to_string().contains(needle), "{text:?}:\n{e}\nwant: {needle}"),
             other => panic!("{text:?}: expected a validation error, got {other:?}"),
         }
     }
