@@ -247,12 +247,18 @@ async fn outbound_to_own_port_is_refused_not_looped() {
     assert!(matches!(r, Ok(0) | Err(_)), "loop must be refused: {r:?}");
 }
 
+/// A client pool of its own (not the proxy's), with `extra` configuration arguments.
+fn client_pool(extra: &[&str], connect_timeout: Duration, handshake_timeout: Duration) -> Arc<Pool> {
+    let sockets = Arc::new(LocalSockets { opts: SocketOptions { mark: None, reuse_port: false, keepalive: Keepalive::default() } });
+    let mut args = vec!["--mode", "dedicated", "--workload-info", "a/b/c", "--ca-dir", "/nonexistent"];
+    args.extend_from_slice(extra);
+    Pool::new(sockets, config(&args).h2, connect_timeout, handshake_timeout)
+}
+
 #[tokio::test]
 async fn pool_never_shares_a_connection_across_identities() {
     let h = harness("").await;
-    let sockets = Arc::new(LocalSockets { opts: SocketOptions { mark: None, reuse_port: false, keepalive: Keepalive::default() } });
-    let cfg = config(&["--mode", "dedicated", "--workload-info", "a/b/c", "--ca-dir", "/nonexistent"]);
-    let pool = Pool::new(sockets, cfg.h2.clone(), Duration::from_secs(5), Duration::from_secs(5));
+    let pool = client_pool(&[], Duration::from_secs(5), Duration::from_secs(5));
     let req = || Request::builder().method(Method::CONNECT).uri(format!("127.0.0.1:{}", h.echo.port())).body(()).unwrap();
     let client = id("default", "client");
     let src: std::net::IpAddr = "127.0.0.2".parse().unwrap();
@@ -273,6 +279,32 @@ async fn pool_never_shares_a_connection_across_identities() {
     let e = pool.connect(&wrong, &h.client_cert, req()).await.err().unwrap();
     assert_eq!(e.response_flags(), "IDENTITY_ERROR", "{e}");
     assert!(e.to_string().contains("is not one of the expected identities"), "{e}");
+}
+
+#[tokio::test]
+async fn concurrent_first_connections_share_one_dial() {
+    let h = harness("").await;
+    let pool = client_pool(&[], Duration::from_secs(5), Duration::from_secs(5));
+    let key = PoolKey::new(
+        id("default", "client"),
+        vec![h.server_id.clone()],
+        "127.0.0.2".parse().unwrap(),
+        ferry_core::addr::ServerAddr(h.hbone),
+    );
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (pool, key, cert, echo) = (pool.clone(), key.clone(), h.client_cert.clone(), h.echo);
+            tokio::spawn(async move {
+                let req = Request::builder().method(Method::CONNECT).uri(format!("127.0.0.1:{}", echo.port())).body(()).unwrap();
+                pool.connect(&key, &cert, req).await
+            })
+        })
+        .collect();
+    let mut streams = Vec::new();
+    for t in tasks {
+        streams.push(t.await.unwrap().expect("every request gets a stream"));
+    }
+    assert_eq!(pool.pooled(), 1, "eight concurrent first requests, one connection");
 }
 
 #[tokio::test]
@@ -353,4 +385,36 @@ async fn a_client_without_a_certificate_is_refused_and_counted_as_such() {
     let m = metrics_text();
     assert!(counted(&m), "{}", m.lines().filter(|l| l.contains("ferry_hbone_inbound_errors_total")).collect::<Vec<_>>().join("\n"));
     assert!(!m.contains("reason=\"alpn\""), "a missing certificate is not an ALPN failure");
+}
+
+#[tokio::test]
+async fn a_connection_at_its_peers_stream_limit_fails_in_bounded_time() {
+    // ferry's listener allows 200 concurrent streams per connection; this pool would put 1000 on one.
+    let h = harness("").await;
+    let (connect_timeout, handshake_timeout) = (Duration::from_millis(500), Duration::from_millis(500));
+    let pool = client_pool(&["--pool-max-streams-per-connection", "1000"], connect_timeout, handshake_timeout);
+    let req = move || Request::builder().method(Method::CONNECT).uri(format!("127.0.0.1:{}", h.echo.port())).body(()).unwrap();
+    let key = PoolKey::new(
+        id("default", "client"),
+        vec![h.server_id.clone()],
+        "127.0.0.2".parse().unwrap(),
+        ferry_core::addr::ServerAddr(h.hbone),
+    );
+    let mut open = Vec::new();
+    for _ in 0..200 {
+        open.push(pool.connect(&key, &h.client_cert, req()).await.unwrap());
+    }
+    // The 201st stream is queued by HTTP/2 until one closes; the next cannot even be queued.
+    let (p, k, c) = (pool.clone(), key.clone(), h.client_cert.clone());
+    let queued = tokio::spawn(async move { p.connect(&k, &c, req()).await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let start = std::time::Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(60), pool.connect(&key, &h.client_cert, req())).await;
+    let waited = start.elapsed();
+    let e = r.expect("a request must not wait for a free stream without bound").err().expect("no stream is free");
+    assert!(e.to_string().contains("no free stream"), "after {waited:?}: {e}");
+    assert_eq!(e.response_flags(), "CONNECT", "{e}");
+    assert!(waited >= connect_timeout + handshake_timeout, "it waits as long as a dial may take: {waited:?}");
+    queued.abort();
+    drop(open);
 }
