@@ -13,7 +13,7 @@ use crate::inpod::WorkloadManager;
 use crate::net::{LocalSockets, SocketOptions};
 use crate::proxy::{ProxyInputs, WorkloadProxy};
 use crate::readiness::Readiness;
-use crate::state::{local, StateStore};
+use crate::state::{local, PolicyNotes, StateStore};
 use crate::telemetry::{self, LogHandle};
 use crate::tls::ca::LocalCa;
 use crate::tls::certs::CertManager;
@@ -46,6 +46,9 @@ pub fn run_proxy(args: ProxyArgs) -> Result<(), AppError> {
     let log_level = args.log_level.clone();
     let cfg = Arc::new(args.into_config()?);
     let log = Arc::new(telemetry::init_logging(log_format, log_level));
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
     match ferry_sys::raise_fd_limit() {
         Ok(n) => tracing::debug!(limit = n, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit; busy nodes may run out of descriptors"),
@@ -64,11 +67,15 @@ fn load_state(cfg: &Config) -> Result<StateStore, AppError> {
     let store = StateStore::new();
     match &cfg.local {
         LocalSource::File(p) => {
-            store.replace(local::load_file(p, cfg.limits.max_config_bytes)?);
-            tokio::spawn(local::watch_file(p.clone(), store.clone(), cfg.local_poll, cfg.limits.max_config_bytes));
+            let (input, mut notes) = (local::load_file(p, cfg.limits.max_config_bytes)?, PolicyNotes::default());
+            notes.log(&input);
+            store.replace(input);
+            tokio::spawn(local::watch_file(p.clone(), store.clone(), cfg.local_poll, cfg.limits.max_config_bytes, notes));
         }
         LocalSource::Inline(y) => {
-            store.replace(ferry_core::local_config::parse(y, "LOCAL_XDS")?);
+            let input = ferry_core::local_config::parse(y, "LOCAL_XDS")?;
+            PolicyNotes::default().log(&input);
+            store.replace(input);
         }
         LocalSource::Cluster(path) => {
             let source = crate::k8s::source::FileSource::load(path)?;
@@ -79,16 +86,16 @@ fn load_state(cfg: &Config) -> Result<StateStore, AppError> {
                 network: String::new(),
             };
             let mut rx = crate::k8s::source::ClusterSource::subscribe(source.as_ref());
-            let mut logged = std::collections::HashSet::new();
+            let mut notes = PolicyNotes::default();
             let input = ferry_core::k8s::translate::to_state(&rx.borrow_and_update(), &opts);
-            log_policy_notes(&input, &mut logged);
+            notes.log(&input);
             store.replace(input);
             tokio::spawn(source.watch(cfg.local_poll));
             let store2 = store.clone();
             tokio::spawn(async move {
                 while rx.changed().await.is_ok() {
                     let input = ferry_core::k8s::translate::to_state(&rx.borrow_and_update(), &opts);
-                    log_policy_notes(&input, &mut logged);
+                    notes.log(&input);
                     store2.replace(input);
                 }
             });
@@ -100,17 +107,6 @@ fn load_state(cfg: &Config) -> Result<StateStore, AppError> {
         }
     }
     Ok(store)
-}
-
-/// Logs each policy translation note once (they also stay visible in `/config_dump`).
-fn log_policy_notes(input: &ferry_core::state::StateInput, logged: &mut std::collections::HashSet<String>) {
-    for p in &input.policies {
-        for note in &p.notes {
-            if logged.insert(format!("{}: {note}", p.key())) {
-                tracing::warn!(policy = %p.key(), note = %note, "authorization policy translated for L4 enforcement");
-            }
-        }
-    }
 }
 
 async fn serve(cfg: Arc<Config>, log: Arc<LogHandle>) -> Result<(), AppError> {

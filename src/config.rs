@@ -85,9 +85,11 @@ pub struct ProxyArgs {
     #[arg(long, env = "NODE_NAME", default_value = "")]
     pub(crate) node_name: String,
 
-    /// Cluster ID (metrics labels, baggage). ISTIO_META_CLUSTER_ID is also honoured.
-    #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
-    pub(crate) cluster_id: String,
+    /// Cluster ID (metrics labels, baggage). Without this flag: ISTIO_META_CLUSTER_ID, else
+    /// CLUSTER_ID, else "Kubernetes" (Istio's order); the flag wins over both, with a warning
+    /// naming what it overrides.
+    #[arg(long)]
+    pub(crate) cluster_id: Option<String>,
 
     /// Mark set on the proxy's sockets so the capture rules skip them. Default: 1337 in shared
     /// mode, unset in dedicated mode.
@@ -241,6 +243,8 @@ pub struct Config {
     pub(crate) trust_domain: String,
     pub(crate) node_name: String,
     pub(crate) cluster_id: String,
+    /// What choosing the configuration overrode, for the log once it is set up.
+    pub(crate) warnings: Vec<String>,
     pub(crate) packet_mark: Option<u32>,
     pub orig_src: Option<bool>,
     pub ipv6: bool,
@@ -305,7 +309,7 @@ impl ProxyArgs {
             (None, None, None) => LocalSource::None,
             _ => return Err(invalid("set one of LOCAL_XDS_PATH, LOCAL_XDS or FERRY_CLUSTER_STATE")),
         };
-        let cluster_id = std::env::var("ISTIO_META_CLUSTER_ID").ok().filter(|s| !s.is_empty()).unwrap_or(self.cluster_id.clone());
+        let (cluster_id, warnings) = cluster_id(self.cluster_id.as_deref(), &|k| std::env::var(k).ok());
         let packet_mark = match (self.mode, self.packet_mark) {
             (ProxyMode::Shared, None) => Some(ferry_core::ports::DEFAULT_PACKET_MARK),
             (_, m) => m,
@@ -322,6 +326,7 @@ impl ProxyArgs {
             trust_domain: self.trust_domain.clone(),
             node_name: self.node_name.clone(),
             cluster_id,
+            warnings,
             packet_mark,
             // Without the agent's policy routing, replies to a spoofed source would leave the
             // namespace instead of returning to the proxy; dedicated mode opts in explicitly.
@@ -362,6 +367,22 @@ impl ProxyArgs {
             },
         })
     }
+}
+
+/// The cluster id: `--cluster-id`, else ISTIO_META_CLUSTER_ID, else CLUSTER_ID, else
+/// "Kubernetes" (empty values are unset). Each source it overrides with a different value is
+/// named in a warning, so a flag that silently lost (or won) is visible in the log.
+fn cluster_id(flag: Option<&str>, env: &dyn Fn(&str) -> Option<String>) -> (String, Vec<String>) {
+    let set = |v: Option<String>| v.filter(|s| !s.is_empty());
+    let sources = [
+        set(flag.map(String::from)).map(|v| (format!("--cluster-id {v}"), v)),
+        set(env("ISTIO_META_CLUSTER_ID")).map(|v| (format!("ISTIO_META_CLUSTER_ID={v}"), v)),
+        set(env("CLUSTER_ID")).map(|v| (format!("CLUSTER_ID={v}"), v)),
+    ];
+    let mut given = sources.into_iter().flatten();
+    let Some((winner, id)) = given.next() else { return ("Kubernetes".into(), Vec::new()) };
+    let warnings = given.filter(|(_, v)| *v != id).map(|(loser, _)| format!("cluster id: {winner} overrides {loser}")).collect();
+    (id, warnings)
 }
 
 /// A configuration with every default, for tests.
@@ -436,6 +457,37 @@ mod tests {
         for bad in ["ns/name", "ns//sa", "a/b/c/d", ""] {
             assert!(parse_workload_info(bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// (case, --cluster-id, environment, the cluster id, what the warnings name)
+    type ClusterIdCase =
+        (&'static str, Option<&'static str>, &'static [(&'static str, &'static str)], &'static str, &'static [&'static str]);
+
+    #[test]
+    fn an_explicit_cluster_id_wins_and_an_overridden_one_is_named() {
+        #[rustfmt::skip]
+        let cases: &[ClusterIdCase] = &[
+            ("nothing set", None, &[], "Kubernetes", &[]),
+            ("CLUSTER_ID", None, &[("CLUSTER_ID", "c1")], "c1", &[]),
+            ("ISTIO_META_CLUSTER_ID over CLUSTER_ID (Istio's order)", None, &[("CLUSTER_ID", "c1"), ("ISTIO_META_CLUSTER_ID", "m1")], "m1", &["ISTIO_META_CLUSTER_ID=m1", "CLUSTER_ID=c1"]),
+            ("the same value twice raises nothing", None, &[("CLUSTER_ID", "m1"), ("ISTIO_META_CLUSTER_ID", "m1")], "m1", &[]),
+            ("an empty ISTIO_META_CLUSTER_ID is unset", None, &[("CLUSTER_ID", "c1"), ("ISTIO_META_CLUSTER_ID", "")], "c1", &[]),
+            ("the flag alone", Some("f1"), &[], "f1", &[]),
+            ("the flag over ISTIO_META_CLUSTER_ID", Some("f1"), &[("ISTIO_META_CLUSTER_ID", "m1")], "f1", &["--cluster-id f1", "ISTIO_META_CLUSTER_ID=m1"]),
+            ("the flag over both", Some("f1"), &[("CLUSTER_ID", "c1"), ("ISTIO_META_CLUSTER_ID", "m1")], "f1", &["--cluster-id f1", "ISTIO_META_CLUSTER_ID=m1", "CLUSTER_ID=c1"]),
+            ("the flag equal to the environment", Some("m1"), &[("ISTIO_META_CLUSTER_ID", "m1")], "m1", &[]),
+        ];
+        let wrong: Vec<String> = cases
+            .iter()
+            .filter_map(|(case, flag, env, want, named)| {
+                let lookup = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
+                let (id, warnings) = cluster_id(*flag, &lookup);
+                let all = warnings.join("; ");
+                let ok = id == *want && named.iter().all(|n| all.contains(n)) && named.is_empty() == warnings.is_empty();
+                (!ok).then(|| format!("{case}: got {id:?} {warnings:?}, want {want:?} naming {named:?}"))
+            })
+            .collect();
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     }
 
     #[test]

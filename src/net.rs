@@ -3,10 +3,12 @@
 //! dedicated mode, each pod's in in-pod mode).
 //!
 //! Every socket carries the packet mark (when configured) so the capture rules skip it, and
-//! every TCP connection gets TCP_NODELAY and keepalives (protocols.md §1.1).
+//! every TCP connection gets TCP_NODELAY and keepalives (protocols.md §1.1). Also the agent's
+//! owner-only Unix socket files ([`bind_private`]).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -199,4 +201,54 @@ pub(crate) fn canonical(a: SocketAddr) -> SocketAddr {
 /// Makes the next close of `s` send RST instead of FIN, to propagate a reset end to end.
 pub(crate) fn set_reset_on_close(s: &TcpStream) {
     let _ = SockRef::from(s).set_linger(Some(Duration::ZERO));
+}
+
+/// Binds a Unix socket at `path` that no other user can reach, not even for a moment: `bind`
+/// runs on a path inside a fresh 0700 directory next to `path`, the socket file is made 0600
+/// there, and only then renamed into place. A rename is atomic and replaces a stale socket
+/// file; the bound socket follows its inode. (Binding at `path` and chmod-ing afterwards
+/// leaves the file as open as the umask allows until the chmod.)
+pub(crate) fn bind_private<T>(path: &Path, bind: impl FnOnce(&Path) -> io::Result<T>) -> io::Result<T> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| io::Error::other(format!("socket path {} names no file", path.display())))?;
+    std::fs::create_dir_all(dir)?;
+    let staging = dir.join(format!(".{}.{:08x}.bind", name.to_string_lossy(), fastrand::u32(..)));
+    std::fs::DirBuilder::new().mode(0o700).create(&staging)?;
+    let bound = (|| {
+        let tmp = staging.join("socket");
+        let socket = bind(&tmp)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&tmp, path)?;
+        Ok(socket)
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    bound
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[test]
+    fn a_private_socket_is_bound_out_of_reach_then_moved_into_place() {
+        let dir = std::env::temp_dir().join(format!("ferry-bind-private-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("agent.sock");
+        std::fs::write(&path, "a stale socket file").unwrap();
+        let listener = bind_private(&path, |tmp| {
+            let staging = std::fs::metadata(tmp.parent().unwrap()).unwrap();
+            assert_eq!(staging.mode() & 0o777, 0o700, "bound inside a directory only its owner can enter");
+            assert_eq!(tmp.parent().unwrap().parent(), Some(dir.as_path()), "on the same file system as the target");
+            std::os::unix::net::UnixListener::bind(tmp)
+        })
+        .unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        std::os::unix::net::UnixStream::connect(&path).expect("the renamed socket accepts connections");
+        assert!(listener.accept().is_ok());
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, ["agent.sock"], "the staging directory is gone");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

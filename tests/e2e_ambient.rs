@@ -292,3 +292,32 @@ fn the_readme_demo_succeeds_and_leaves_nothing_behind() {
     let new_procs: Vec<_> = procs_after.difference(&procs_before).collect();
     assert!(new_procs.is_empty(), "the demo left ferry processes behind: {new_procs:?}");
 }
+
+#[test]
+fn a_late_del_of_an_old_sandbox_leaves_the_recreated_pod_captured() {
+    let mut sim = cluster(DEMO);
+    let old = sim.pod("shop", "cache").clone();
+    sim.delete_pod_with("shop", "cache", true).unwrap();
+    // The same name again (a StatefulSet, or any re-created pod): a new uid and sandbox.
+    let manifest = "apiVersion: v1\nkind: Pod\nmetadata: {name: cache, namespace: shop, labels: {app: cache}}\nspec: {nodeName: node-1, serviceAccountName: backend}\n";
+    sim.apply(manifest).unwrap();
+    let new = sim.pod("shop", "cache").clone();
+    assert_ne!(new.uid, old.uid);
+    apps::echo_server(&new.netns_path(), 8080).unwrap();
+    sim.wait_known(new.ip).unwrap();
+    assert_eq!(Sim::redirection_state(&new.netns).unwrap(), (true, true), "the new pod is enrolled at ADD");
+
+    // The runtime repeats the old sandbox's DEL, with its uid and without one.
+    for with_uid in [true, false] {
+        sim.repeat_del("shop", "cache", &old, with_uid).expect("DEL is idempotent");
+        assert_eq!(Sim::redirection_state(&new.netns).unwrap(), (true, true), "with uid {with_uid}: the new pod keeps its redirection");
+        assert!(running(&sim.nodes[0]).contains(&new.uid), "with uid {with_uid}: the node proxy still serves the new pod");
+    }
+    let p = b"still in the mesh".to_vec();
+    assert_eq!(roundtrip(&sim, FRONTEND, new.addr(8080), &p).as_deref(), Some(&p[..]));
+    assert_mtls(
+        &inbound_record(&sim, FRONTEND, ("shop", "cache"), 8080).expect("inbound record"),
+        &id("shop", "frontend"),
+        &id("shop", "backend"),
+    );
+}

@@ -254,13 +254,19 @@ async fn outbound_to_own_port_is_refused_not_looped() {
     assert!(matches!(r, Ok(0) | Err(_)), "loop must be refused: {r:?}");
 }
 
+/// A client pool of its own (not the proxy's), with `extra` configuration arguments.
+fn client_pool(extra: &[&str], connect_timeout: Duration, handshake_timeout: Duration) -> Arc<Pool> {
+    let sockets = Arc::new(LocalSockets { opts: SocketOptions { mark: None, reuse_port: false, keepalive: Keepalive::default() } });
+    let mut args = vec!["--mode", "dedicated", "--workload-info", "a/b/c", "--ca-dir", "/nonexistent"];
+    args.extend_from_slice(extra);
+    let budget = ferry::hbone::budget::TotalBudget::new(1 << 24, 1 << 22, Duration::from_secs(60));
+    Pool::new(sockets, config(&args).h2, connect_timeout, handshake_timeout, budget)
+}
+
 #[tokio::test]
 async fn pool_never_shares_a_connection_across_identities() {
     let h = harness("").await;
-    let sockets = Arc::new(LocalSockets { opts: SocketOptions { mark: None, reuse_port: false, keepalive: Keepalive::default() } });
-    let cfg = config(&["--mode", "dedicated", "--workload-info", "a/b/c", "--ca-dir", "/nonexistent"]);
-    let budget = ferry::hbone::budget::TotalBudget::new(1 << 24, 1 << 22, Duration::from_secs(60));
-    let pool = Pool::new(sockets, cfg.h2.clone(), Duration::from_secs(5), Duration::from_secs(5), budget);
+    let pool = client_pool(&[], Duration::from_secs(5), Duration::from_secs(5));
     let req = || Request::builder().method(Method::CONNECT).uri(format!("127.0.0.1:{}", h.echo.port())).body(()).unwrap();
     let client = id("default", "client");
     let src: std::net::IpAddr = "127.0.0.2".parse().unwrap();
@@ -281,6 +287,32 @@ async fn pool_never_shares_a_connection_across_identities() {
     let e = pool.connect(&wrong, &h.client_cert, req()).await.err().unwrap();
     assert_eq!(e.response_flags(), "IDENTITY_ERROR", "{e}");
     assert!(e.to_string().contains("is not one of the expected identities"), "{e}");
+}
+
+#[tokio::test]
+async fn concurrent_first_connections_share_one_dial() {
+    let h = harness("").await;
+    let pool = client_pool(&[], Duration::from_secs(5), Duration::from_secs(5));
+    let key = PoolKey::new(
+        id("default", "client"),
+        vec![h.server_id.clone()],
+        "127.0.0.2".parse().unwrap(),
+        ferry_core::addr::ServerAddr(h.hbone),
+    );
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (pool, key, cert, echo) = (pool.clone(), key.clone(), h.client_cert.clone(), h.echo);
+            tokio::spawn(async move {
+                let req = Request::builder().method(Method::CONNECT).uri(format!("127.0.0.1:{}", echo.port())).body(()).unwrap();
+                pool.connect(&key, &cert, req).await
+            })
+        })
+        .collect();
+    let mut streams = Vec::new();
+    for t in tasks {
+        streams.push(t.await.unwrap().expect("every request gets a stream"));
+    }
+    assert_eq!(pool.pooled(), 1, "eight concurrent first requests, one connection");
 }
 
 #[tokio::test]
@@ -339,4 +371,78 @@ async fn idle_hbone_connections_are_closed() {
     assert_eq!(resp.await.unwrap().status(), StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(900)).await;
     body.send_data(Bytes::from_static(b"still here"), true).unwrap();
+}
+
+/// This test binary's metrics, from a recorder installed on first use.
+fn metrics_text() -> String {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().expect("one recorder")).render()
+}
+
+/// A client that offers no certificate when the server asks for one.
+#[derive(Debug)]
+struct NoClientCert;
+
+impl rustls::client::ResolvesClientCert for NoClientCert {
+    fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        None
+    }
+    fn has_certs(&self) -> bool {
+        false
+    }
+}
+
+#[tokio::test]
+async fn a_client_without_a_certificate_is_refused_and_counted_as_such() {
+    metrics_text();
+    let h = harness("").await;
+    let mut cfg = (*h.client_cert.client_config(vec![h.server_id.clone()])).clone();
+    cfg.client_auth_cert_resolver = Arc::new(NoClientCert);
+    let tcp = TcpStream::connect(h.hbone).await.unwrap();
+    // TLS 1.3: the client finishes first; the server's refusal arrives as an alert.
+    if let Ok(mut tls) = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(ferry::tls::dummy_server_name(), tcp).await {
+        let mut buf = [0u8; 16];
+        let r = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await.expect("the server must refuse, not wait");
+        assert!(matches!(r, Ok(0) | Err(_)), "refused, not answered: {r:?}");
+    }
+    let counted = |m: &str| m.lines().any(|l| l.starts_with("ferry_hbone_inbound_errors_total{reason=\"no_client_certificate\"}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !counted(&metrics_text()) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let m = metrics_text();
+    assert!(counted(&m), "{}", m.lines().filter(|l| l.contains("ferry_hbone_inbound_errors_total")).collect::<Vec<_>>().join("\n"));
+    assert!(!m.contains("reason=\"alpn\""), "a missing certificate is not an ALPN failure");
+}
+
+#[tokio::test]
+async fn a_connection_at_its_peers_stream_limit_fails_in_bounded_time() {
+    // ferry's listener allows 200 concurrent streams per connection; this pool would put 1000 on one.
+    let h = harness("").await;
+    let (connect_timeout, handshake_timeout) = (Duration::from_millis(500), Duration::from_millis(500));
+    let pool = client_pool(&["--pool-max-streams-per-connection", "1000"], connect_timeout, handshake_timeout);
+    let req = move || Request::builder().method(Method::CONNECT).uri(format!("127.0.0.1:{}", h.echo.port())).body(()).unwrap();
+    let key = PoolKey::new(
+        id("default", "client"),
+        vec![h.server_id.clone()],
+        "127.0.0.2".parse().unwrap(),
+        ferry_core::addr::ServerAddr(h.hbone),
+    );
+    let mut open = Vec::new();
+    for _ in 0..200 {
+        open.push(pool.connect(&key, &h.client_cert, req()).await.unwrap());
+    }
+    // The 201st stream is queued by HTTP/2 until one closes; the next cannot even be queued.
+    let (p, k, c) = (pool.clone(), key.clone(), h.client_cert.clone());
+    let queued = tokio::spawn(async move { p.connect(&k, &c, req()).await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let start = std::time::Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(60), pool.connect(&key, &h.client_cert, req())).await;
+    let waited = start.elapsed();
+    let e = r.expect("a request must not wait for a free stream without bound").err().expect("no stream is free");
+    assert!(e.to_string().contains("no free stream"), "after {waited:?}: {e}");
+    assert_eq!(e.response_flags(), "CONNECT", "{e}");
+    assert!(waited >= connect_timeout + handshake_timeout, "it waits as long as a dial may take: {waited:?}");
+    queued.abort();
+    drop(open);
 }

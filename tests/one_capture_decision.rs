@@ -51,6 +51,7 @@ fn agent_and_cni_fallback_agree_on_every_pod() {
             uid: format!("{ns}/{name}"),
             namespace: ns.to_string(),
             name: name.clone(),
+            container_id: String::new(),
             netns_path: "/nonexistent".into(),
             ips: Vec::new(),
             enrolled: false,

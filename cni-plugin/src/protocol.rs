@@ -35,7 +35,8 @@ pub enum AgentRequest {
 /// What the plugin knows about the pod sandbox at the time of the event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodEvent {
-    pub(crate) container_id: String,
+    /// The sandbox (CNI_CONTAINERID): with the pod uid, what a DEL must match.
+    pub container_id: String,
     /// Path of the pod's network namespace; empty on DEL when the runtime already removed it.
     #[serde(default)]
     pub netns: String,

@@ -11,7 +11,7 @@ use ferry_cni::protocol::{AgentRequest, AgentResponse, PodEvent, MAX_LINE_BYTES}
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use super::pods::{PodEntry, PodRecord};
+use super::pods::{pod_key, PodEntry, PodRecord, Sandbox};
 use super::Agent;
 use ferry_core::k8s::capture::{decide, Capture};
 use ferry_sys::Netns;
@@ -20,18 +20,25 @@ const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// CNI requests served at once; a node starts pods at a few per second.
 const MAX_CNI_CONNECTIONS: usize = 64;
 
+/// The socket, owner-only from the moment it exists (a stale socket file is replaced).
 pub(crate) fn bind(path: &Path) -> std::io::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    let l = UnixListener::bind(path)?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(l)
+    crate::net::bind_private(path, |p| UnixListener::bind(p))
+}
+
+fn sandbox(ev: &PodEvent) -> Sandbox<'_> {
+    Sandbox { pod_uid: &ev.pod_uid, container_id: &ev.container_id }
+}
+
+/// How a CNI event names its sandbox in messages and logs.
+fn describe(ev: &PodEvent) -> String {
+    let uid = if ev.pod_uid.is_empty() { "no uid" } else { &ev.pod_uid };
+    format!("pod {}/{} ({uid}), sandbox {}", ev.pod_namespace, ev.pod_name, ev.container_id)
+}
+
+fn response_line(resp: &AgentResponse) -> Vec<u8> {
+    let mut out = serde_json::to_vec(resp).unwrap_or_default();
+    out.push(b'\n');
+    out
 }
 
 fn ok(enrolled: bool, message: impl Into<String>) -> AgentResponse {
@@ -62,11 +69,22 @@ impl Agent {
     }
 
     async fn cni_conn(self: Arc<Self>, stream: UnixStream) {
+        let (uid, pid) = match stream.peer_cred() {
+            Ok(c) => (Ok(c.uid()), c.pid()),
+            Err(e) => (Err(e), None),
+        };
+        let allowed = super::peer_allowed("cni", uid, pid);
         let (r, mut w) = stream.into_split();
+        // The request is read (bounded) even from a refused peer, so the refusal reaches it
+        // instead of a broken pipe on its write.
         let mut line = String::new();
         let mut reader = BufReader::new(r.take(MAX_LINE_BYTES as u64));
-        let read = reader.read_line(&mut line);
-        let resp = match tokio::time::timeout(READ_TIMEOUT, read).await {
+        let read = tokio::time::timeout(READ_TIMEOUT, reader.read_line(&mut line)).await;
+        if let Err(refused) = allowed {
+            let _ = w.write_all(&response_line(&fail(refused))).await;
+            return;
+        }
+        let resp = match read {
             Ok(Ok(_)) => match serde_json::from_str::<AgentRequest>(line.trim_end()) {
                 Ok(req) => self.cni_request(req).await,
                 Err(e) => fail(format!("malformed request: {e}")),
@@ -74,10 +92,7 @@ impl Agent {
             Ok(Err(e)) => fail(format!("cannot read the request: {e}")),
             Err(_) => fail("no request within 10s"),
         };
-        if let Ok(mut out) = serde_json::to_vec(&resp) {
-            out.push(b'\n');
-            let _ = w.write_all(&out).await;
-        }
+        let _ = w.write_all(&response_line(&resp)).await;
     }
 
     async fn cni_request(&self, req: AgentRequest) -> AgentResponse {
@@ -99,6 +114,9 @@ impl Agent {
 
     async fn cni_add(&self, ev: PodEvent) -> AgentResponse {
         let pod = format!("{}/{}", ev.pod_namespace, ev.pod_name);
+        if ev.container_id.is_empty() {
+            return fail(format!("pod {pod}: CNI_CONTAINERID is empty, so a later DEL could not be told apart from another sandbox's"));
+        }
         let netns = match Netns::open(Path::new(&ev.netns)) {
             Ok(n) => Arc::new(n),
             Err(e) => return fail(format!("pod {pod}: netns {e}")),
@@ -110,7 +128,7 @@ impl Agent {
             ));
         };
         let decision = state.pod(&ev.pod_namespace, &ev.pod_name).map(|p| decide(state.namespace(&ev.pod_namespace), p));
-        let uid = if ev.pod_uid.is_empty() { pod.clone() } else { ev.pod_uid.clone() };
+        let uid = pod_key(&ev.pod_uid, &ev.pod_namespace, &ev.pod_name);
         let mut cache = self.pods.lock().await;
         if let Some(old) = cache.pods.get(&uid) {
             if old.netns.id() != netns.id() && old.record.enrolled {
@@ -123,6 +141,7 @@ impl Agent {
             namespace: ev.pod_namespace,
             name: ev.pod_name,
             netns_path: ev.netns.into(),
+            container_id: ev.container_id,
             ips: ev.ips,
             enrolled: false,
         };
@@ -157,13 +176,16 @@ impl Agent {
         tokio::time::timeout(self.args.pod_wait, wait).await.ok().flatten()
     }
 
+    /// Releases and forgets the sandbox's record. A DEL of a sandbox the agent does not hold
+    /// (an old sandbox of a re-created pod, a retry, a pod never captured) changes nothing:
+    /// DEL must be idempotent, and releasing another sandbox would un-capture a live pod.
     async fn cni_del(&self, ev: PodEvent) -> AgentResponse {
         let mut cache = self.pods.lock().await;
-        let uid = match cache.pods.contains_key(&ev.pod_uid) {
-            true => Some(ev.pod_uid.clone()),
-            false => cache.find(&ev.pod_namespace, &ev.pod_name).map(|e| e.record.uid.clone()),
+        let Some(uid) = cache.sandbox_record(&sandbox(&ev)).map(|e| e.record.uid.clone()) else {
+            let sandbox = describe(&ev);
+            tracing::info!(%sandbox, "CNI DEL for a sandbox the agent does not hold; nothing changed");
+            return ok(false, format!("{sandbox} is not known; nothing changed"));
         };
-        let Some(uid) = uid else { return ok(false, "pod not known; nothing to do") };
         if cache.pods.get(&uid).is_some_and(|e| e.record.enrolled) {
             if let Err(e) = self.release(&mut cache, &uid).await {
                 tracing::info!(%uid, error = %e, "rules could not all be removed (the sandbox may already be gone)");
@@ -177,8 +199,8 @@ impl Agent {
     async fn cni_check(&self, ev: PodEvent) -> AgentResponse {
         let state = self.cluster.borrow().clone();
         let cache = self.pods.lock().await;
-        let Some(e) = cache.find(&ev.pod_namespace, &ev.pod_name) else {
-            return fail(format!("pod {}/{} was never added", ev.pod_namespace, ev.pod_name));
+        let Some(e) = cache.sandbox_record(&sandbox(&ev)) else {
+            return fail(format!("{} was never added", describe(&ev)));
         };
         match super::pods::wants_capture(&state, &e.record) {
             Some(true) if !e.record.enrolled => fail("pod must be captured but is not enrolled"),

@@ -218,6 +218,51 @@ impl Agent {
     }
 }
 
+/// Whether the process on the other end of one of the agent's sockets may use it: root or the
+/// agent's own user, who could already do what the sockets allow. The socket files are 0600
+/// as well; this holds even where a file mode was loosened. Anyone else is refused with a
+/// warning naming it and `ferry_agent_socket_peers_refused_total{socket}`; the error is the
+/// refusal in words for the peer.
+pub(crate) fn peer_allowed(socket: &'static str, uid: std::io::Result<u32>, pid: Option<i32>) -> Result<(), String> {
+    let me = nix::unistd::geteuid().as_raw();
+    let refusal = match uid {
+        Ok(uid) if uid == 0 || uid == me => return Ok(()),
+        Ok(uid) => {
+            let why = "refusing a connection from a process that is neither root nor the agent's user";
+            tracing::warn!(socket, peer_uid = uid, peer_pid = pid, "{why}");
+            format!("refused: this socket answers only root or the agent's user (uid {me}), not uid {uid}")
+        }
+        Err(e) => {
+            tracing::warn!(socket, error = %e, "refusing a connection whose peer credentials cannot be read");
+            "refused: the peer's credentials cannot be read".to_string()
+        }
+    };
+    metrics::counter!("ferry_agent_socket_peers_refused_total", "socket" => socket).increment(1);
+    Err(refusal)
+}
+
 pub(crate) fn pod_name(e: &PodEntry) -> String {
     format!("{}/{}", e.record.namespace, e.record.name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_root_or_the_agents_user_pass_and_every_refusal_is_counted() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let me = nix::unistd::geteuid().as_raw();
+        let verdicts = metrics::with_local_recorder(&recorder, || {
+            [("cni", Ok(0)), ("cni", Ok(me)), ("cni", Ok(65534)), ("cni", Err(std::io::Error::other("no credentials"))), ("zds", Ok(65534))]
+                .map(|(socket, uid)| peer_allowed(socket, uid, Some(42)))
+        });
+        assert!(verdicts[0].is_ok() && verdicts[1].is_ok(), "{verdicts:?}");
+        assert_eq!(verdicts[2], Err(format!("refused: this socket answers only root or the agent's user (uid {me}), not uid 65534")));
+        assert!(verdicts[3].is_err() && verdicts[4].is_err());
+        let text = handle.render();
+        assert!(text.contains("ferry_agent_socket_peers_refused_total{socket=\"cni\"} 2"), "{text}");
+        assert!(text.contains("ferry_agent_socket_peers_refused_total{socket=\"zds\"} 1"), "{text}");
+    }
 }

@@ -20,9 +20,13 @@ pub(crate) const VIRTUAL_INTERFACES_ANNOTATION: &str = "istio.io/reroute-virtual
 /// One pod sandbox the agent has seen through CNI.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PodRecord {
+    /// The cache key: the pod's uid, or `namespace/name` when the runtime passed none.
     pub uid: String,
     pub namespace: String,
     pub name: String,
+    /// The sandbox (CNI_CONTAINERID). Empty in records persisted before it was kept.
+    #[serde(default)]
+    pub container_id: String,
     pub netns_path: PathBuf,
     pub ips: Vec<IpAddr>,
     /// Redirection installed and the node proxy acknowledged the pod.
@@ -81,9 +85,39 @@ impl PodCache {
         }
     }
 
-    pub(crate) fn find(&self, namespace: &str, name: &str) -> Option<&PodEntry> {
-        self.pods.values().find(|e| e.record.namespace == namespace && e.record.name == name)
+    /// The record a CNI DEL or CHECK is about: the one of the same sandbox (a sandbox belongs
+    /// to one pod, so where the event and the record both name a pod uid they must agree), or,
+    /// for a record persisted before sandboxes were kept, the one of the same pod uid. Never a
+    /// name alone: a late or retried DEL of an old sandbox must not release a re-created pod of
+    /// the same name, which would then run uncaptured until something re-added it.
+    pub(crate) fn sandbox_record(&self, s: &Sandbox) -> Option<&PodEntry> {
+        let same_pod = |e: &PodEntry| s.pod_uid.is_empty() || !keyed_by_uid(&e.record) || e.record.uid == s.pod_uid;
+        if let Some(e) = self.pods.values().find(|e| !s.container_id.is_empty() && e.record.container_id == s.container_id) {
+            return Some(e).filter(|e| same_pod(e));
+        }
+        self.pods.get(s.pod_uid).filter(|e| !s.pod_uid.is_empty() && e.record.container_id.is_empty())
     }
+}
+
+/// The cache key of a pod: its uid, or `namespace/name` when the runtime passed none (a real
+/// uid never contains `/`).
+pub(crate) fn pod_key(pod_uid: &str, namespace: &str, name: &str) -> String {
+    if pod_uid.is_empty() {
+        format!("{namespace}/{name}")
+    } else {
+        pod_uid.to_string()
+    }
+}
+
+fn keyed_by_uid(r: &PodRecord) -> bool {
+    !r.uid.contains('/')
+}
+
+/// Which sandbox a CNI event is about: K8S_POD_UID (may be empty) and CNI_CONTAINERID.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Sandbox<'a> {
+    pub(crate) pod_uid: &'a str,
+    pub(crate) container_id: &'a str,
 }
 
 /// Whether the cluster state wants `r` captured. A pod missing from the state keeps its
@@ -132,11 +166,16 @@ mod tests {
     use ferry_core::k8s::manifests::parse_documents;
 
     fn entry(uid: &str, ns: &str, name: &str, enrolled: bool) -> PodEntry {
+        sandbox_entry(uid, ns, name, "", enrolled)
+    }
+
+    fn sandbox_entry(uid: &str, ns: &str, name: &str, container_id: &str, enrolled: bool) -> PodEntry {
         PodEntry {
             record: PodRecord {
                 uid: uid.into(),
                 namespace: ns.into(),
                 name: name.into(),
+                container_id: container_id.into(),
                 netns_path: "/proc/self/ns/net".into(),
                 ips: vec![],
                 enrolled,
@@ -182,6 +221,55 @@ metadata: {name: plain}
             cache.pods.insert(uid.into(), entry(uid, ns, name, enrolled));
         }
         assert_eq!(plan(&cache, &state), vec![Action::Enroll("1".into()), Action::Release("3".into()), Action::Release("5".into())]);
+    }
+
+    #[test]
+    fn a_del_matches_its_pod_and_its_sandbox_never_the_name_alone() {
+        let mut cache = PodCache::default();
+        for (key, name, cid) in [
+            ("u-a", "a", "c-a2"),  // pod a; its sandbox was re-created (c-a1 is the old one)
+            ("u-b2", "b", "c-b2"), // pod b re-created under the same name (the old pod was u-b1)
+            ("ns/c", "c", "c-c"),  // pod c, added without K8S_POD_UID
+            ("u-d", "d", ""),      // pod d, from a record persisted before sandboxes were kept
+        ] {
+            cache.pods.insert(key.into(), sandbox_entry(key, "ns", name, cid, true));
+        }
+        let del = |pod_uid, container_id| cache.sandbox_record(&Sandbox { pod_uid, container_id }).map(|e| e.record.uid.clone());
+        #[rustfmt::skip]
+        let cases: &[(&str, &str, &str, &str, Option<&str>)] = &[
+            // (case, K8S_POD_UID, pod name, CNI_CONTAINERID, the record released)
+            ("the pod's current sandbox", "u-a", "a", "c-a2", Some("u-a")),
+            ("a late DEL of the pod's old sandbox", "u-a", "a", "c-a1", None),
+            ("a retried DEL of the old pod of the same name", "u-b1", "b", "c-b1", None),
+            ("an old sandbox of the same name, no uid", "", "b", "c-b1", None),
+            ("the new pod's sandbox, no uid", "", "b", "c-b2", Some("u-b2")),
+            ("the current sandbox under another pod's uid", "u-z", "a", "c-a2", None),
+            ("a pod added without a uid: its sandbox", "", "c", "c-c", Some("ns/c")),
+            ("a pod added without a uid: another sandbox", "", "c", "c-c0", None),
+            ("a pod added without a uid: its sandbox under a uid", "u-c", "c", "c-c", Some("ns/c")),
+            ("a persisted record, by its uid", "u-d", "d", "c-d", Some("u-d")),
+            ("a persisted record, by name only", "", "d", "c-d", None),
+            ("an unknown pod", "u-x", "x", "c-x", None),
+        ];
+        let wrong: Vec<String> = cases
+            .iter()
+            .filter_map(|(case, uid, _name, cid, want)| {
+                let got = del(uid, cid);
+                (got.as_deref() != *want).then(|| format!("{case}: released {got:?}, want {want:?}"))
+            })
+            .collect();
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn records_persisted_without_a_sandbox_still_load() {
+        let old = r#"[{"uid":"u","namespace":"ns","name":"a","netns_path":"/proc/self/ns/net","ips":["10.0.0.1"],"enrolled":true}]"#;
+        let file = std::env::temp_dir().join(format!("ferry-pods-{}.json", std::process::id()));
+        std::fs::write(&file, old).unwrap();
+        let cache = PodCache::load(&file);
+        let _ = std::fs::remove_file(&file);
+        let r = &cache.pods["u"].record;
+        assert!(r.enrolled && r.container_id.is_empty(), "{r:?}");
     }
 
     #[test]

@@ -71,13 +71,8 @@ impl Agent {
     }
 
     async fn zds_conn(self: Arc<Self>, sock: ZdsSocket) {
-        let me = nix::unistd::geteuid().as_raw();
-        match sock.peer_uid() {
-            Ok(uid) if uid == 0 || uid == me => {}
-            other => {
-                tracing::warn!(peer = ?other, "refusing a ZDS connection from a process that is neither root nor the agent's user");
-                return;
-            }
+        if super::peer_allowed("zds", sock.peer_uid(), None).is_err() {
+            return;
         }
         match tokio::time::timeout(ACK_TIMEOUT, sock.recv::<ZdsHello>()).await {
             Ok(Ok(h)) if h.msg.version == zds::Version::V1 as i32 => {}

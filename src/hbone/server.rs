@@ -51,6 +51,8 @@ pub(crate) enum ServeError {
     Timeout(Duration),
     #[error("peer did not negotiate ALPN h2")]
     Alpn,
+    #[error("peer presented no client certificate; HBONE requires mutual TLS")]
+    NoClientCertificate,
     #[error("peer identity: {0}")]
     Identity(#[from] crate::tls::verify::PeerIdentityError),
     #[error("HTTP/2: {0}")]
@@ -81,13 +83,16 @@ pub(crate) async fn serve<H: StreamHandler>(
 ) -> Result<(), ServeError> {
     let (peer, local) = (tcp.peer_addr().map_err(ServeError::Tls)?, tcp.local_addr().map_err(ServeError::Tls)?);
     let handshake = async {
-        let mut stream = TlsAcceptor::from(tls).accept(tcp).await.map_err(ServeError::Tls)?;
+        let mut stream = TlsAcceptor::from(tls).accept(tcp).await.map_err(|e| match crate::tls::is_no_certificate(&e) {
+            true => ServeError::NoClientCertificate,
+            false => ServeError::Tls(e),
+        })?;
         stream.get_mut().1.set_buffer_limit(Some(crate::tls::SEND_BUFFER_LIMIT));
         let (_, session) = stream.get_ref();
         if session.alpn_protocol() != Some(ALPN_H2) {
             return Err(ServeError::Alpn);
         }
-        let leaf = session.peer_certificates().and_then(|c| c.first()).ok_or(ServeError::Alpn)?;
+        let leaf = session.peer_certificates().and_then(|c| c.first()).ok_or(ServeError::NoClientCertificate)?;
         let identity = leaf_identity(leaf)?;
         let conn = h2::server::Builder::new()
             .initial_window_size(cfg.stream_window)

@@ -59,6 +59,7 @@ fn error_kind(e: &crate::hbone::server::ServeError) -> &'static str {
         Tls(_) => "tls",
         Timeout(_) => "handshake_timeout",
         Alpn => "alpn",
+        NoClientCertificate => "no_client_certificate",
         Identity(_) => "identity",
         H2(_) => "http2",
     }

@@ -4,11 +4,33 @@
 
 pub mod local;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_core::state::{Snapshot, StateInput};
 use tokio::sync::watch;
+
+/// Logs each policy note (a translation change, a policy failing closed) once per run; the
+/// notes also stay visible in `/config_dump`.
+#[derive(Default)]
+pub(crate) struct PolicyNotes(HashSet<String>);
+
+impl PolicyNotes {
+    /// Logs the notes of `input` not logged before; returns how many it logged.
+    pub(crate) fn log(&mut self, input: &StateInput) -> usize {
+        let mut logged = 0;
+        for p in &input.policies {
+            for note in &p.notes {
+                if self.0.insert(format!("{}: {note}", p.key())) {
+                    tracing::warn!(policy = %p.key(), note = %note, "authorization policy translated for L4 enforcement");
+                    logged += 1;
+                }
+            }
+        }
+        logged
+    }
+}
 
 /// Publishes snapshots. Cheap to clone; every clone sees the same current snapshot.
 #[derive(Clone)]

@@ -104,7 +104,7 @@ impl LocalCa {
         let p = &mut csr.params;
         p.not_before = now - BACKDATE;
         p.not_after = now + ttl;
-        p.serial_number = Some(random_serial());
+        p.serial_number = Some(random_serial()?);
         p.distinguished_name = DistinguishedName::new();
         p.is_ca = IsCa::NoCa;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
@@ -146,12 +146,12 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<(), CaError> {
     fs::create_dir_all(dir).map_err(|source| CaError::Write { path: dir.to_path_buf(), source })?;
     let sign_err = |e: rcgen::Error| CaError::Sign(e.to_string());
     let root_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(sign_err)?;
-    let root_params = ca_params(&opts.organization, "ferry root CA", opts.root_validity, 1);
+    let root_params = ca_params(&opts.organization, "ferry root CA", opts.root_validity, 1)?;
     let root = root_params.self_signed(&root_key).map_err(sign_err)?;
     let root_issuer = Issuer::new(root_params, root_key);
     let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(sign_err)?;
     let ca =
-        ca_params(&opts.organization, "ferry intermediate CA", opts.ca_validity, 0).signed_by(&ca_key, &root_issuer).map_err(sign_err)?;
+        ca_params(&opts.organization, "ferry intermediate CA", opts.ca_validity, 0)?.signed_by(&ca_key, &root_issuer).map_err(sign_err)?;
     write_file(&dir.join(CA_KEY), &ca_key.serialize_pem(), 0o600)?;
     write_file(&dir.join(CA_CERT), &ca.pem(), 0o644)?;
     write_file(&dir.join(ROOT_CERT), &root.pem(), 0o644)?;
@@ -159,19 +159,19 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<(), CaError> {
     Ok(())
 }
 
-fn ca_params(org: &str, cn: &str, validity: Duration, path_len: u8) -> CertificateParams {
+fn ca_params(org: &str, cn: &str, validity: Duration, path_len: u8) -> Result<CertificateParams, CaError> {
     let mut p = CertificateParams::default();
     let now = time::OffsetDateTime::now_utc();
     p.not_before = now - BACKDATE;
     p.not_after = now + validity;
-    p.serial_number = Some(random_serial());
+    p.serial_number = Some(random_serial()?);
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, org);
     dn.push(DnType::CommonName, cn);
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
     p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    p
+    Ok(p)
 }
 
 fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), CaError> {
@@ -184,12 +184,15 @@ fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), CaError> {
     f.write_all(contents.as_bytes()).map_err(|source| CaError::Write { path: path.to_path_buf(), source })
 }
 
-fn random_serial() -> SerialNumber {
-    let mut b = [0u8; 16];
-    b.iter_mut().for_each(|x| *x = fastrand::u8(..));
+/// A serial from the operating system's CSPRNG (ring's, through rustls): 20 octets, the most
+/// RFC 5280 §4.1.2.2 allows, positive and without a leading zero octet (158 random bits), so
+/// serials cannot be predicted and never repeat in practice.
+fn random_serial() -> Result<SerialNumber, CaError> {
+    let mut b = [0u8; 20];
+    super::provider().secure_random.fill(&mut b).map_err(|_| CaError::Sign("the system random number generator failed".into()))?;
     b[0] &= 0x7f; // positive
-    b[0] |= 0x01; // no leading zero byte
-    SerialNumber::from_slice(&b)
+    b[0] |= 0x01; // no leading zero octet, so the DER integer keeps all 20
+    Ok(SerialNumber::from_slice(&b))
 }
 
 fn to_pem(der: &[u8]) -> String {
@@ -205,7 +208,7 @@ impl LocalCa {
         let now = time::OffsetDateTime::now_utc();
         p.not_before = now - BACKDATE;
         p.not_after = now + ttl;
-        p.serial_number = Some(random_serial());
+        p.serial_number = Some(random_serial()?);
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         p.use_authority_key_identifier_extension = true;

@@ -168,6 +168,11 @@ pub(crate) fn describe_tls_error(e: &std::io::Error) -> String {
     }
 }
 
+/// Whether a handshake failed because the peer sent no certificate (mandatory client auth).
+pub(crate) fn is_no_certificate(e: &std::io::Error) -> bool {
+    matches!(e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()), Some(rustls::Error::NoCertificatesPresented))
+}
+
 /// The server name rustls requires; never sent (SNI off) and never checked.
 pub fn dummy_server_name() -> ServerName<'static> {
     ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into())

@@ -221,3 +221,64 @@ async fn peers_need_exactly_one_spiffe_san_in_our_trust_domain() {
     let (c, _) = handshake(&two, &client, vec![id("server")]).await;
     assert!(c.unwrap_err().contains("carries 2 URI SANs"));
 }
+
+#[tokio::test]
+async fn leaves_whose_key_usage_forbids_signing_are_refused_both_ways() {
+    use rcgen::KeyUsagePurpose as Ku;
+    let ca = new_ca("hs-ku");
+    let now = time::OffsetDateTime::now_utc();
+    let hour = time::Duration::hours(1);
+    let leaf = |sa: &str, usages: &[Ku]| {
+        let mut p = leaf_params(&[&id(sa).to_string()], now - hour, now + hour);
+        p.key_usages = usages.to_vec();
+        custom(&ca, id(sa), p)
+    };
+    #[rustfmt::skip]
+    let cases: Vec<(&str, Vec<Ku>, Option<&str>)> = vec![
+        // (name, the leaf's key usage, the refusal; None: accepted)
+        ("keyEncipherment only", vec![Ku::KeyEncipherment], Some("key usage lacks digitalSignature")),
+        ("keyAgreement only", vec![Ku::KeyAgreement], Some("key usage lacks digitalSignature")),
+        ("certificate signing only", vec![Ku::KeyCertSign], Some("key usage lacks digitalSignature")),
+        ("digitalSignature and keyEncipherment (what Istio issues)", vec![Ku::DigitalSignature, Ku::KeyEncipherment], None),
+        ("no key usage extension (unrestricted, RFC 5280)", vec![], None),
+    ];
+    for (name, usages, refusal) in cases {
+        // The listener judges the client's leaf.
+        let (_, s) = handshake(&cert(&ca, "server").await, &leaf("client", &usages), vec![id("server")]).await;
+        // The dialer judges the server's leaf.
+        let (c, _) = handshake(&leaf("server", &usages), &cert(&ca, "client").await, vec![id("server")]).await;
+        match refusal {
+            None => assert!(s.is_ok() && c.is_ok(), "{name}: {s:?} {c:?}"),
+            Some(want) => {
+                let (s, c) = (s.expect_err(name), c.expect_err(name));
+                assert!(s.contains(want) && c.contains(want), "{name}: listener: {s}; dialer: {c}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn serials_are_positive_twenty_random_bytes() {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let d = tmpdir("serials");
+    ca::init(&d, &opts()).unwrap();
+    let mut ders: Vec<Vec<u8>> = [ca::ROOT_CERT, ca::CA_CERT]
+        .iter()
+        .flat_map(|f| parse_certs(&std::fs::read_to_string(d.join(f)).unwrap()).unwrap())
+        .map(|c| c.to_vec())
+        .collect();
+    let ca = LocalCa::load(&d).unwrap();
+    let _ = std::fs::remove_dir_all(&d);
+    for _ in 0..64 {
+        ders.push(cert(&ca, "client").await.chain[0].to_vec());
+    }
+    let mut seen = std::collections::HashSet::new();
+    for der in &ders {
+        let (_, c) = X509Certificate::from_der(der).unwrap();
+        let serial = c.raw_serial();
+        // RFC 5280 §4.1.2.2: positive, at most 20 octets; CA/B forum wants at least 64 random bits.
+        assert_eq!(serial.len(), 20, "{serial:02x?}");
+        assert!(serial[0] & 0x80 == 0 && serial[0] != 0, "positive and minimally encoded: {serial:02x?}");
+        assert!(seen.insert(serial.to_vec()), "a serial repeated: {serial:02x?}");
+    }
+}

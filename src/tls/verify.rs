@@ -2,7 +2,8 @@
 //!
 //! Both directions require the peer leaf to carry exactly one URI SAN, and that SAN to be a
 //! strictly parsed SPIFFE identity: the identity that is verified is the identity that is
-//! authorized and logged. The dialer additionally requires an exact match with one of the
+//! authorized and logged. Its key usage, when it has one, must include digitalSignature: the
+//! leaf's key signs the TLS 1.3 handshake, and webpki does not check key usage. The dialer additionally requires an exact match with one of the
 //! identities it expects; the listener requires the peer to be in our trust domain.
 
 use std::sync::Arc;
@@ -30,6 +31,8 @@ pub(crate) enum PeerIdentityError {
     Unexpected { got: String, expected: String },
     #[error("peer identity {got} is not in trust domain {want}")]
     TrustDomain { got: String, want: String },
+    #[error("peer certificate key usage lacks digitalSignature (it allows only {0}), so its key may not sign the handshake")]
+    KeyUsage(String),
 }
 
 impl From<PeerIdentityError> for rustls::Error {
@@ -38,9 +41,29 @@ impl From<PeerIdentityError> for rustls::Error {
     }
 }
 
+fn parse(der: &[u8]) -> Result<X509Certificate<'_>, PeerIdentityError> {
+    Ok(X509Certificate::from_der(der).map_err(|e| PeerIdentityError::Malformed(e.to_string()))?.1)
+}
+
 /// The SPIFFE identity of a leaf certificate that carries exactly one URI SAN.
 pub(crate) fn leaf_identity(der: &[u8]) -> Result<Identity, PeerIdentityError> {
-    let (_, cert) = X509Certificate::from_der(der).map_err(|e| PeerIdentityError::Malformed(e.to_string()))?;
+    identity_of(&parse(der)?)
+}
+
+/// What both verifiers require of a peer's leaf beyond its chain: a key usage that allows
+/// signing (no key usage extension at all is unrestricted, RFC 5280 §4.2.1.3) and exactly one
+/// SPIFFE URI SAN. Returns that identity.
+fn verified_leaf(der: &[u8]) -> Result<Identity, PeerIdentityError> {
+    let cert = parse(der)?;
+    match cert.key_usage() {
+        Ok(Some(ku)) if !ku.value.digital_signature() => return Err(PeerIdentityError::KeyUsage(ku.value.to_string())),
+        Ok(_) => {}
+        Err(e) => return Err(PeerIdentityError::Malformed(e.to_string())),
+    }
+    identity_of(&cert)
+}
+
+fn identity_of(cert: &X509Certificate<'_>) -> Result<Identity, PeerIdentityError> {
     let mut uris = Vec::new();
     for ext in cert.extensions() {
         if let x509_parser::extensions::ParsedExtension::SubjectAlternativeName(san) = ext.parsed_extension() {
@@ -87,7 +110,7 @@ impl ServerCertVerifier for ExpectedIdentityVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let parsed = ParsedCertificate::try_from(end_entity)?;
         rustls::client::verify_server_cert_signed_by_trust_anchor(&parsed, &self.roots, intermediates, now, self.algs.all)?;
-        let got = leaf_identity(end_entity)?;
+        let got = verified_leaf(end_entity)?;
         if !self.expected.contains(&got) {
             return Err(PeerIdentityError::Unexpected { got: got.to_string(), expected: join(&self.expected) }.into());
         }
@@ -151,7 +174,7 @@ impl ClientCertVerifier for TrustDomainVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         self.inner.verify_client_cert(end_entity, intermediates, now)?;
-        let got = leaf_identity(end_entity)?;
+        let got = verified_leaf(end_entity)?;
         if got.trust_domain() != self.trust_domain {
             return Err(PeerIdentityError::TrustDomain { got: got.to_string(), want: self.trust_domain.clone() }.into());
         }

@@ -85,15 +85,10 @@ pub(crate) struct ZdsListener {
 }
 
 impl ZdsListener {
-    /// Binds `path` (replacing a stale socket file) with owner-only permissions: the socket
-    /// decides which identities a node proxy may serve (invariant P1).
+    /// Binds `path` (replacing a stale socket file), owner-only from the moment it exists: the
+    /// socket decides which identities a node proxy may serve (invariant P1).
     pub(crate) fn bind(path: &Path) -> io::Result<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let fd = seqpacket::listen_at(path)?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        let fd = crate::net::bind_private(path, seqpacket::listen_at)?;
         Ok(ZdsListener { fd: seqpacket::register(fd)? })
     }
 

@@ -461,7 +461,15 @@ pub(crate) struct Match {
     pub(crate) not_service_accounts: Vec<ServiceAccountMatch>,
 }
 
-/// A clause matches if any of its matches does (an empty clause matches).
+impl Match {
+    /// No field populated. Such a match never holds (§4.9: a clause matches if any *non-empty*
+    /// match does); compared with the default so a new field cannot be forgotten here.
+    pub(crate) fn is_empty(&self) -> bool {
+        *self == Match::default()
+    }
+}
+
+/// A clause matches if any of its non-empty matches does (an empty clause matches).
 pub(crate) type Clause = Vec<Match>;
 /// A rule matches if every clause does.
 pub(crate) type Rule = Vec<Clause>;
@@ -481,6 +489,18 @@ pub struct Authorization {
 }
 
 impl Authorization {
+    /// A policy that could not be read, failing closed in its scope: an ALLOW allows nothing
+    /// (its presence still makes its scope default-deny), anything else denies everything. One
+    /// rule for both readers (Kubernetes manifests and the local config), with the same note.
+    pub(crate) fn failing_closed(name: String, namespace: String, scope: PolicyScope, allow: bool, dry_run: bool, why: &str) -> Self {
+        let (action, rules, outcome) = match allow {
+            true => (PolicyAction::Allow, Vec::new(), "it allows nothing"),
+            false => (PolicyAction::Deny, vec![Vec::new()], "it denies everything in its scope"),
+        };
+        let notes = vec![format!("invalid policy ({why}); failing closed: {outcome}")];
+        Authorization { name, namespace, scope, action, dry_run, rules, notes }
+    }
+
     /// The key workloads reference policies by: `namespace/name`.
     pub fn key(&self) -> PolicyKey {
         PolicyKey::new(&self.namespace, &self.name)

@@ -123,9 +123,12 @@ fn evaluate_policies_with(policies: &[Arc<Authorization>], attrs: &ConnAttrs, re
     Decision::Deny { policy: None, reason: "allow policies exist, but none allowed".into() }
 }
 
-/// A policy matches if any rule does; a rule if every clause does; a clause if any match does.
+/// A policy matches if any rule does; a rule if every clause does; a clause if it is empty or
+/// any of its non-empty matches holds. An empty match is skipped, as ztunnel does: an ALLOW of
+/// `[[[{}]]]` allows nothing, and a translation that wants "match everything" writes an empty
+/// clause instead.
 pub(crate) fn policy_matches(p: &Authorization, attrs: &ConnAttrs) -> bool {
-    p.rules.iter().any(|rule| rule.iter().all(|clause| clause.is_empty() || clause.iter().any(|m| match_holds(m, attrs))))
+    p.rules.iter().any(|rule| rule.iter().all(|clause| clause.is_empty() || clause.iter().any(|m| !m.is_empty() && match_holds(m, attrs))))
 }
 
 fn match_holds(m: &Match, a: &ConnAttrs) -> bool {

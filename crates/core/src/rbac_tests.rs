@@ -24,13 +24,18 @@ fn one(m: Match) -> Rules {
     vec![vec![vec![m]]]
 }
 
+/// One rule with no clauses: it matches every connection.
+fn everything() -> Rules {
+    vec![vec![]]
+}
+
 const CLIENT: &str = "spiffe://cluster.local/ns/front/sa/client";
 
 #[test]
 fn deny_before_allow_and_defaults() {
     let a = attrs("10.0.0.1", Some(CLIENT), "10.0.0.2:80");
-    let allow_all = policy("allow", PolicyAction::Allow, one(Match::default()));
-    let deny_all = policy("deny", PolicyAction::Deny, one(Match::default()));
+    let allow_all = policy("allow", PolicyAction::Allow, everything());
+    let deny_all = policy("deny", PolicyAction::Deny, everything());
     let allow_none = policy("nothing", PolicyAction::Allow, vec![]);
     let cases: Vec<(&str, Vec<Arc<Authorization>>, bool)> = vec![
         ("no policies allow", vec![], true),
@@ -39,6 +44,9 @@ fn deny_before_allow_and_defaults() {
         ("allow with empty rules allows nothing", vec![allow_none.clone()], false),
         ("deny with empty rules denies nothing", vec![policy("d", PolicyAction::Deny, vec![])], true),
         ("one matching allow suffices", vec![allow_none, allow_all], true),
+        // §4.9: a clause matches if any *non-empty* match does, so `[[[{}]]]` matches nothing.
+        ("allow of one empty match allows nothing", vec![policy("e", PolicyAction::Allow, one(Match::default()))], false),
+        ("deny of one empty match denies nothing", vec![policy("e", PolicyAction::Deny, one(Match::default()))], true),
     ];
     for (name, ps, want) in cases {
         assert_eq!(evaluate_policies(&ps, &a).is_allow(), want, "{name}");
@@ -48,7 +56,7 @@ fn deny_before_allow_and_defaults() {
 #[test]
 fn deny_reasons_name_the_policy() {
     let a = attrs("10.0.0.1", Some(CLIENT), "10.0.0.2:80");
-    let d = evaluate_policies(&[policy("deny", PolicyAction::Deny, one(Match::default()))], &a);
+    let d = evaluate_policies(&[policy("deny", PolicyAction::Deny, everything())], &a);
     assert_eq!(d, Decision::Deny { policy: Some("ns/deny".into()), reason: "explicitly denied by ns/deny".into() });
     let d = evaluate_policies(&[policy("a", PolicyAction::Allow, vec![])], &a);
     assert_eq!(d, Decision::Deny { policy: None, reason: "allow policies exist, but none allowed".into() });
@@ -103,6 +111,12 @@ fn rule_clause_match_structure() {
         ("policy: any rule", vec![vec![vec![no()]], vec![vec![yes()]]], true),
         ("empty clause matches", vec![vec![vec![]]], true),
         ("empty rule matches", vec![vec![]], true),
+        ("no rules never match", vec![], false),
+        ("a clause of only an empty match does not match", vec![vec![vec![Match::default()]]], false),
+        ("a clause of only empty matches does not match", vec![vec![vec![Match::default(), Match::default()]]], false),
+        ("an empty match is skipped, a holding one still counts", vec![vec![vec![Match::default(), yes()]]], true),
+        ("an empty match is skipped, not counted as holding", vec![vec![vec![Match::default(), no()]]], false),
+        ("an empty-match clause fails the rule", vec![vec![vec![yes()], vec![Match::default()]]], false),
     ];
     for (name, rules, want) in cases {
         assert_eq!(policy_matches(&policy("p", PolicyAction::Allow, rules), &a), want, "{name}");
@@ -112,7 +126,7 @@ fn rule_clause_match_structure() {
 #[test]
 fn dry_run_is_never_enforced() {
     let a = attrs("10.0.0.1", Some(CLIENT), "10.0.0.2:80");
-    let mut deny = (*policy("deny", PolicyAction::Deny, one(Match::default()))).clone();
+    let mut deny = (*policy("deny", PolicyAction::Deny, everything())).clone();
     deny.dry_run = true;
     assert!(evaluate_policies(&[Arc::new(deny)], &a).is_allow());
     let mut allow_nothing = (*policy("a", PolicyAction::Allow, vec![])).clone();

@@ -16,7 +16,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err("empty duration".into());
     }
     while !rest.is_empty() {
-        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or(format!("{s:?}: missing unit"))?;
+        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(|| format!("{s:?}: missing unit"))?;
         let (num, tail) = rest.split_at(num_end);
         let value: f64 = num.parse().map_err(|_| format!("{s:?}: bad number {num:?}"))?;
         let unit_end = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
@@ -31,7 +31,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "d" => 86400.0,
             _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)")),
         };
-        total += Duration::try_from_secs_f64(value * scale).map_err(|e| format!("{s:?}: {e}"))?;
+        let part = Duration::try_from_secs_f64(value * scale).map_err(|e| format!("{s:?}: {e}"))?;
+        // Each part fits; their sum may not (an operator's typo, or hostile input).
+        total = total.checked_add(part).ok_or_else(|| format!("{s:?}: too long for a duration"))?;
         rest = next;
     }
     Ok(total)
@@ -58,6 +60,19 @@ mod tests {
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         for bad in ["", "5x", "s", "1h30", "-5s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn durations_too_long_to_hold_are_errors_not_panics() {
+        let huge = "10000000000000000000s"; // 1e19 s: fits a Duration once, not twice
+        assert!(parse_duration(huge).is_ok());
+        let cases =
+            [huge.repeat(2), format!("{huge}{}", "5000000000000000000h"), "9".repeat(40) + "d", "1h".repeat(100_000) + &huge.repeat(2)];
+        for s in cases {
+            let r = std::panic::catch_unwind(|| parse_duration(&s));
+            let e = r.unwrap_or_else(|_| panic!("parse_duration panicked on {} bytes", s.len())).expect_err("too long");
+            assert!(e.contains("too long") || e.contains("overflow") || e.contains("cannot"), "{e}");
         }
     }
 

@@ -2,7 +2,7 @@
 //! never panics on input and bounds what a document can make it do (nesting depth, alias
 //! expansion, document count). Errors carry the line and column an operator needs.
 
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, DeserializeSeed};
 
 /// A YAML document that does not parse or does not fit the expected shape.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -29,6 +29,12 @@ impl From<serde_saphyr::Error> for YamlError {
 /// One document into `T`.
 pub fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, YamlError> {
     Ok(serde_saphyr::from_str(text)?)
+}
+
+/// One document through a seed, for a reader that carries state across the document (the local
+/// config's set-aside policy entries).
+pub(crate) fn from_str_seed<'de, S: DeserializeSeed<'de>>(text: &'de str, seed: S) -> Result<S::Value, YamlError> {
+    Ok(serde_saphyr::with_deserializer_from_str(text, |d| seed.deserialize(d))?)
 }
 
 /// Every non-empty document of a stream, as JSON values (the shape Kubernetes objects have on

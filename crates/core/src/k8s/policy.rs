@@ -4,9 +4,10 @@
 //!
 //! The rule is to never widen access. What an L4 proxy cannot see (methods, paths, hosts,
 //! headers, request principals, remote IPs, unknown `when` keys) drops an ALLOW rule (allows
-//! less) and is removed from a DENY rule (denies more). A policy that cannot be read at all
-//! fails closed: an invalid ALLOW allows nothing, an invalid DENY denies everything in its
-//! scope. Every such change is recorded as a note on the resulting policy.
+//! less) and is removed from a DENY rule (denies more). A policy that cannot be read at all, or
+//! has a shape istio's validation rejects (an empty source, operation or condition), fails
+//! closed: an invalid ALLOW allows nothing, an invalid DENY denies everything in its scope.
+//! Every such change is recorded as a note on the resulting policy.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -143,6 +144,66 @@ impl Issues {
     }
 }
 
+fn unset(v: &Strs) -> bool {
+    v.as_ref().is_none_or(|v| v.is_empty())
+}
+
+impl SourceSpec {
+    fn is_empty(&self) -> bool {
+        [
+            &self.principals,
+            &self.not_principals,
+            &self.request_principals,
+            &self.not_request_principals,
+            &self.namespaces,
+            &self.not_namespaces,
+            &self.service_accounts,
+            &self.not_service_accounts,
+            &self.ip_blocks,
+            &self.not_ip_blocks,
+            &self.remote_ip_blocks,
+            &self.not_remote_ip_blocks,
+        ]
+        .into_iter()
+        .all(unset)
+    }
+}
+
+impl OperationSpec {
+    fn is_empty(&self) -> bool {
+        [&self.hosts, &self.not_hosts, &self.ports, &self.not_ports, &self.methods, &self.not_methods, &self.paths, &self.not_paths]
+            .into_iter()
+            .all(unset)
+    }
+}
+
+/// The empty shapes istio's validation (`pkg/config/validation`) rejects, in its words. ferry
+/// reads manifests with no admission webhook in front, so it must refuse them itself: read as
+/// written each is an empty match, which matches nothing (§4.9), so an ALLOW would silently
+/// allow less than meant and a DENY deny nothing at all. The author's intent is unknown, so the
+/// policy fails closed like any other unreadable one.
+fn rejected_shape(rules: &[RuleSpec]) -> Option<String> {
+    for (i, r) in rules.iter().enumerate() {
+        let why = if r.from.as_ref().is_some_and(|f| f.is_empty()) {
+            "`from` must not be empty".to_string()
+        } else if r.from.iter().flatten().any(|f| f.source.is_empty()) {
+            "`from.source` must not be empty".to_string()
+        } else if r.to.as_ref().is_some_and(|t| t.is_empty()) {
+            "`to` must not be empty".to_string()
+        } else if r.to.iter().flatten().any(|t| t.operation.is_empty()) {
+            "`to.operation` must not be empty".to_string()
+        } else if r.when.iter().flatten().any(|c| c.key.is_empty()) {
+            "`key` must not be empty".to_string()
+        } else if let Some(c) = r.when.iter().flatten().find(|c| unset(&c.values) && unset(&c.not_values)) {
+            format!("at least one of `values` or `notValues` must be set for key {}", c.key)
+        } else {
+            continue;
+        };
+        return Some(format!("rule {i}: {why}, which istio's validation rejects"));
+    }
+    None
+}
+
 fn strings(v: &Strs, f: fn(&str) -> StringMatch) -> Vec<StringMatch> {
     v.iter().flatten().map(|s| f(s)).collect()
 }
@@ -276,7 +337,12 @@ fn translate_rule(r: &RuleSpec, action: PolicyAction, notes: &mut Vec<String>, i
         }
         PolicyAction::Deny => {
             // Malformed values were skipped and L7 conditions never became matches: the rule
-            // now matches more, so it denies more.
+            // now matches more, so it denies more. A source or operation left with nothing to
+            // compare must match every connection, but an empty match matches none (§4.9), so
+            // its whole clause (an OR) becomes the empty clause, which matches all.
+            for clause in rule.iter_mut().filter(|c| c.iter().any(Match::is_empty)) {
+                clause.clear();
+            }
             notes.push(format!("rule {index}: removed {what}, which an L4 proxy cannot enforce; the rule now denies more"));
             Some(rule)
         }
@@ -317,6 +383,9 @@ pub(crate) fn authorization_policy(obj: &serde_json::Value) -> Option<Translated
         other => return Some(invalid_policy(p, obj, &format!("unknown action {other:?}"))),
     }
     let _ = spec.provider;
+    if let Some(why) = rejected_shape(spec.rules.as_deref().unwrap_or_default()) {
+        return Some(invalid_policy(p, obj, &why));
+    }
     let (scope, selector) = scope_of(&p.namespace, spec.selector.as_ref());
     p.scope = scope;
     let mut notes = Vec::new();
@@ -335,22 +404,14 @@ fn scope_of(namespace: &str, selector: Option<&Selector>) -> (PolicyScope, Optio
 
 /// An unreadable policy fails closed for its scope: ALLOW allows nothing, anything else
 /// denies everything.
-fn invalid_policy(mut p: Authorization, obj: &serde_json::Value, why: &str) -> TranslatedPolicy {
+fn invalid_policy(p: Authorization, obj: &serde_json::Value, why: &str) -> TranslatedPolicy {
     let spec = obj.get("spec");
     let action = spec.and_then(|s| s.get("action")).and_then(|a| a.as_str()).unwrap_or("ALLOW");
     let selector: Option<Selector> = spec.and_then(|s| s.get("selector")).cloned().and_then(|s| serde_json::from_value(s).ok());
     let (scope, labels) = scope_of(&p.namespace, selector.as_ref());
-    p.scope = scope;
-    if action == "ALLOW" {
-        p.action = PolicyAction::Allow;
-        p.rules = Vec::new();
-        p.notes.push(format!("invalid policy ({why}); failing closed: it allows nothing"));
-    } else {
-        p.action = PolicyAction::Deny;
-        p.rules = vec![Vec::new()];
-        p.notes.push(format!("invalid policy ({why}); failing closed: it denies everything in its scope"));
-    }
-    TranslatedPolicy { policy: p, selector: labels }
+    let mut failed = Authorization::failing_closed(p.name, p.namespace, scope, action == "ALLOW", p.dry_run, why);
+    failed.notes.splice(0..0, p.notes);
+    TranslatedPolicy { policy: failed, selector: labels }
 }
 
 #[cfg(test)]

@@ -186,6 +186,73 @@ fn unusual_and_invalid_policies_fail_closed() {
 }
 
 #[test]
+fn istio_invalid_empty_shapes_fail_closed() {
+    // istio's validation rejects these shapes; read as written they would be an empty match,
+    // which matches nothing (§4.9) and so hides the author's intent either way.
+    #[rustfmt::skip]
+    let cases: Vec<(&str, &str, &str)> = vec![
+        // (name, rules, the note's reason)
+        ("empty source", "[{from: [{source: {}}]}]", "rule 0: `from.source` must not be empty"),
+        ("source of empty lists", "[{from: [{source: {principals: [], namespaces: []}}]}]", "rule 0: `from.source` must not be empty"),
+        ("empty from", "[{from: []}]", "rule 0: `from` must not be empty"),
+        ("empty operation", "[{to: [{operation: {}}]}]", "rule 0: `to.operation` must not be empty"),
+        ("empty to", "[{}, {to: []}]", "rule 1: `to` must not be empty"),
+        ("condition without values", "[{when: [{key: source.ip}]}]", "rule 0: at least one of `values` or `notValues` must be set for key source.ip"),
+        ("condition with empty values", "[{when: [{key: source.ip, values: [], notValues: []}]}]", "at least one of `values` or `notValues`"),
+        ("condition without a key", "[{when: [{key: \"\", values: [a]}]}]", "rule 0: `key` must not be empty"),
+        ("one bad source among good ones", "[{from: [{source: {namespaces: [shop]}}, {source: {}}]}]", "`from.source` must not be empty"),
+    ];
+    for (name, rules, reason) in cases {
+        // An invalid ALLOW allows nothing: not the frontend, not plaintext.
+        let snap = snapshot(&ap("p", &format!("{{rules: {rules}}}")));
+        assert!(!allowed(&snap, Some(FRONTEND), 80), "ALLOW {name}: frontend");
+        assert!(!allowed(&snap, None, 80), "ALLOW {name}: plaintext");
+        let notes = &snap.policy(&"shop/p".into()).unwrap().notes;
+        assert!(notes.iter().any(|n| n.contains(reason) && n.contains("allows nothing")), "ALLOW {name}: {notes:?}");
+        // An invalid DENY denies everything in its scope, and nothing outside it.
+        let deny = ap("p", &format!("{{selector: {{matchLabels: {{app: backend}}}}, action: DENY, rules: {rules}}}"));
+        let snap = snapshot(&deny);
+        assert!(!allowed(&snap, Some(FRONTEND), 80), "DENY {name}: frontend");
+        assert!(!allowed(&snap, None, 80), "DENY {name}: plaintext");
+        assert!(decide(&snap, "other", "10.0.0.1", Some(FRONTEND), 80).is_allow(), "DENY {name}: outside its scope");
+        let notes = &snap.policy(&"shop/p".into()).unwrap().notes;
+        assert!(notes.iter().any(|n| n.contains(reason) && n.contains("denies everything in its scope")), "DENY {name}: {notes:?}");
+    }
+}
+
+#[test]
+fn deny_rules_stripped_to_nothing_still_deny() {
+    // Removing what an L4 proxy cannot see (or a malformed value) from a DENY source leaves
+    // nothing to compare: that source must match every connection, so the rule denies more.
+    #[rustfmt::skip]
+    let cases: Vec<(&str, &str)> = vec![
+        ("only L7 in the source", "{from: [{source: {requestPrincipals: [\"*\"]}}]}"),
+        ("only L7 in one of two sources", "{from: [{source: {namespaces: [nope]}}, {source: {remoteIpBlocks: [1.2.3.4]}}]}"),
+        ("only L7 in the operation", "{to: [{operation: {methods: [GET]}}]}"),
+        ("only a malformed ipBlock", "{from: [{source: {ipBlocks: [nope]}}]}"),
+        ("only a malformed port", "{to: [{operation: {ports: [http]}}]}"),
+        ("only a malformed condition value", "{when: [{key: source.ip, values: [nope]}]}"),
+    ];
+    for (name, rule) in cases {
+        let snap = snapshot(&ap("d", &format!("{{action: DENY, rules: [{rule}]}}")));
+        assert!(!allowed(&snap, Some(FRONTEND), 80), "{name}: frontend");
+        assert!(!allowed(&snap, Some(INTRUDER), 81), "{name}: anyone, any port");
+        assert!(!allowed(&snap, None, 80), "{name}: plaintext");
+        let p = snap.policy(&"shop/d".into()).unwrap();
+        assert!(p.notes.iter().any(|n| n.contains("denies more")), "{name}: {:?}", p.notes);
+        assert!(
+            p.rules.iter().flatten().all(|clause| clause.iter().all(|m| *m != Match::default())),
+            "{name}: no empty match left: {:?}",
+            p.rules
+        );
+    }
+    // What is left of a partly L7 source still narrows the rule.
+    let snap = snapshot(&ap("d", "{action: DENY, rules: [{from: [{source: {namespaces: [evil], requestPrincipals: [\"*\"]}}]}]}"));
+    assert!(allowed(&snap, Some(FRONTEND), 80), "the namespace condition is kept");
+    assert!(!allowed(&snap, Some(INTRUDER), 80));
+}
+
+#[test]
 fn peer_authentication_strict_denies_plaintext_to_captured_pods() {
     let pa = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: strict, namespace: shop}\nspec: {mtls: {mode: STRICT}}\n";
     let snap = snapshot(pa);

@@ -1,42 +1,68 @@
 //! Local config schema to model: validation the schema cannot express (non-empty names, unique
 //! keys, identities that parse) and the one-to-one mapping of every enum.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::hash::Hash;
 
 use ipnet::IpNet;
 
 use super::schema::*;
 use crate::model::{self, *};
 use crate::state::StateInput;
+use crate::yaml::YamlError;
+
+/// A document that parses but does not validate: the line of the entry at fault, and why.
+#[derive(Debug)]
+pub(super) struct Invalid {
+    pub(super) line: usize,
+    pub(super) message: String,
+}
+
+/// Attaches the entry's line to an entry's validation error.
+fn at<T>(line: usize, r: Result<T, String>) -> Result<T, Invalid> {
+    r.map_err(|message| Invalid { line, message })
+}
+
+/// Refuses a second entry with the same key, naming both lines.
+fn unique<K: Hash + Eq + Display>(seen: &mut HashMap<K, usize>, key: K, line: usize, entry: String, what: &str) -> Result<(), Invalid> {
+    match seen.get(&key) {
+        Some(first) => Err(Invalid { line, message: format!("{entry}: duplicate {what} {key} (first at line {first})") }),
+        None => {
+            seen.insert(key, line);
+            Ok(())
+        }
+    }
+}
 
 impl LocalConfig {
-    pub(super) fn into_state(self) -> Result<StateInput, String> {
+    pub(super) fn into_state(self) -> Result<StateInput, Invalid> {
         let mut workloads = Vec::with_capacity(self.workloads.len());
-        let mut uids = HashSet::new();
-        for (i, w) in self.workloads.into_iter().enumerate() {
-            let w = w.into_model(i)?;
-            if !uids.insert(w.uid.clone()) {
-                return Err(format!("workloads[{i}]: duplicate uid {:?}", w.uid));
-            }
+        let mut uids = HashMap::new();
+        for (i, Lined { line, value }) in self.workloads.into_iter().enumerate() {
+            let w = at(line, value.into_model(i))?;
+            unique(&mut uids, format!("{:?}", w.uid.as_str()), line, format!("workloads[{i}]"), "uid")?;
             workloads.push(w);
         }
         let mut services = Vec::with_capacity(self.services.len());
-        let mut keys = HashSet::new();
-        for (i, s) in self.services.into_iter().enumerate() {
-            let (svc, endpoints) = s.into_model(i)?;
-            if !keys.insert(svc.key()) {
-                return Err(format!("services[{i}]: duplicate service {}", svc.key()));
-            }
-            attach_endpoints(&mut workloads, &svc, endpoints, i)?;
+        let mut keys = HashMap::new();
+        for (i, Lined { line, value }) in self.services.into_iter().enumerate() {
+            let (svc, endpoints) = at(line, value.into_model(i))?;
+            unique(&mut keys, svc.key(), line, format!("services[{i}]"), "service")?;
+            at(line, attach_endpoints(&mut workloads, &svc, endpoints, i))?;
             services.push(svc);
         }
         let mut policies = Vec::with_capacity(self.policies.len());
-        let mut pkeys = HashSet::new();
-        for (i, p) in self.policies.into_iter().enumerate() {
-            let p = p.into_model(i)?;
-            if !pkeys.insert(p.key()) {
-                return Err(format!("policies[{i}]: duplicate policy {}", p.key()));
-            }
+        let mut pkeys = HashMap::new();
+        for (i, Lined { line, value }) in self.policies.into_iter().enumerate() {
+            let p = at(
+                line,
+                match value {
+                    PolicyEntry::Read(p) => p.into_model(i),
+                    PolicyEntry::Unreadable { head, error } => head.failing_closed(i, &error),
+                },
+            )?;
+            unique(&mut pkeys, p.key(), line, format!("policies[{i}]"), "policy")?;
             policies.push(p);
         }
         Ok(StateInput { workloads, services, policies })
@@ -220,6 +246,27 @@ impl LocalPolicy {
                 .collect(),
             notes: Vec::new(),
         })
+    }
+}
+
+impl PolicyHead {
+    /// The policy an unreadable entry becomes (see `Authorization::failing_closed`). A scope
+    /// that cannot be read is taken as the policy's namespace, as the Kubernetes translation
+    /// does for an unreadable selector.
+    fn failing_closed(self, i: usize, error: &YamlError) -> Result<Authorization, String> {
+        if self.name.is_empty() || self.namespace.is_empty() {
+            return Err(format!("policies[{i}]: name and namespace must not be empty"));
+        }
+        let (scope, fallback) = match self.scope.as_str() {
+            Some("Global") => (PolicyScope::Global, ""),
+            Some("Namespace") => (PolicyScope::Namespace, ""),
+            Some("WorkloadSelector") => (PolicyScope::WorkloadSelector, ""),
+            _ => (PolicyScope::Namespace, "; its scope cannot be read, so it applies to its namespace"),
+        };
+        let allow = self.action.as_str() == Some("Allow");
+        let dry_run = matches!(self.dry_run, Loose::Bool(true));
+        let why = format!("policies[{i}], line {}, column {}: {}{fallback}", error.line, error.column, error.message);
+        Ok(Authorization::failing_closed(self.name, self.namespace, scope, allow, dry_run, &why))
     }
 }
 

@@ -9,6 +9,7 @@ use ipnet::IpNet;
 use serde::{de, Deserialize, Deserializer};
 
 use crate::model::{GatewayDestination, NetworkAddress};
+use crate::yaml::YamlError;
 
 /// An enum written as one YAML word, deserialized through the string path: every such enum then
 /// shares one instantiation of the parser (a derived enum costs ~13 KB of code each, and the
@@ -39,15 +40,114 @@ macro_rules! words {
     };
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+/// The document. Read by `read` (not derived) so one unreadable policy entry can be set aside.
+#[derive(Default)]
 pub(super) struct LocalConfig {
+    pub(super) workloads: Vec<Lined<LocalWorkload>>,
+    pub(super) services: Vec<Lined<LocalService>>,
+    pub(super) policies: Vec<Lined<PolicyEntry>>,
+}
+
+/// An entry and the line it starts on, for the errors validation reports about it.
+pub(super) struct Lined<T> {
+    pub(super) line: usize,
+    pub(super) value: T,
+}
+
+impl<T> Lined<T> {
+    pub(super) fn map<U>(self, f: impl FnOnce(T) -> U) -> Lined<U> {
+        Lined { line: self.line, value: f(self.value) }
+    }
+}
+
+impl<T> From<serde_saphyr::Spanned<T>> for Lined<T> {
+    fn from(s: serde_saphyr::Spanned<T>) -> Self {
+        Lined { line: s.referenced.line() as usize, value: s.value }
+    }
+}
+
+/// One entry of `policies`: as written, or, when it cannot be read, what places it.
+pub(super) enum PolicyEntry {
+    Read(LocalPolicy),
+    Unreadable { head: PolicyHead, error: YamlError },
+}
+
+/// What places an unreadable policy entry, read leniently; every other key is skipped unread.
+/// The name and namespace must still be strings: without them the entry has no scope.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct PolicyHead {
+    pub(super) name: String,
+    pub(super) namespace: String,
     #[serde(default)]
-    pub(super) workloads: Vec<LocalWorkload>,
+    pub(super) scope: Loose,
     #[serde(default)]
-    pub(super) services: Vec<LocalService>,
+    pub(super) action: Loose,
     #[serde(default)]
-    pub(super) policies: Vec<LocalPolicy>,
+    pub(super) dry_run: Loose,
+}
+
+/// Any well-formed YAML node, keeping only a string or boolean scalar; never fails on one.
+#[derive(Default)]
+pub(super) enum Loose {
+    #[default]
+    Other,
+    Str(String),
+    Bool(bool),
+}
+
+impl Loose {
+    pub(super) fn as_str(&self) -> Option<&str> {
+        match self {
+            Loose::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Loose {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Loose;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any YAML node")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Loose, E> {
+                Ok(Loose::Str(v.to_string()))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Loose, E> {
+                Ok(Loose::Bool(v))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Loose, E> {
+                Ok(Loose::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Loose, E> {
+                Ok(Loose::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Loose, E> {
+                Ok(Loose::Other)
+            }
+            fn visit_unit<E>(self) -> Result<Loose, E> {
+                Ok(Loose::Other)
+            }
+            fn visit_none<E>(self) -> Result<Loose, E> {
+                Ok(Loose::Other)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Loose, D::Error> {
+                Loose::deserialize(d)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Loose, A::Error> {
+                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+                Ok(Loose::Other)
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Loose, A::Error> {
+                while map.next_entry::<de::IgnoredAny, de::IgnoredAny>()?.is_some() {}
+                Ok(Loose::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Deserialize)]

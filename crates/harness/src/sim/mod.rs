@@ -363,19 +363,32 @@ impl Sim {
     /// is removed at cleanup) so a test can inspect what CNI DEL left in it.
     pub fn delete_pod_with(&mut self, ns: &str, name: &str, remove_sandbox: bool) -> Result<()> {
         let pod = self.pods.remove(&format!("{ns}/{name}")).ok_or_else(|| SimError::Manifest(format!("no pod {ns}/{name}")))?;
-        let n = &self.nodes[pod.node];
-        let call = cni::CniCall {
-            container_id: pod.container_id.clone(),
-            netns: pod.netns_path(),
-            ifname: "eth0".into(),
-            args: format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_UID={}", pod.uid),
-        };
-        let del = cni::del(&n.netns, &self.opts.cni_dirs, &n.conflist_value()?, &call, Some(&pod.cni_result));
+        let del = self.cni_del(ns, name, &pod, true, pod.netns_path());
         if remove_sandbox {
             let _ = sh(&format!("ip netns del {}", pod.netns));
         }
         self.delete_object("Pod", ns, name)?;
-        del.map_err(Into::into)
+        del
+    }
+
+    /// Repeats the CNI DEL of a sandbox that is gone, as a runtime does after a timeout or its
+    /// own restart (DEL must be idempotent): no netns path, as the spec allows once the runtime
+    /// removed it (the harness reuses a pod name's netns name, so the old path may now be a
+    /// new sandbox's). `with_uid = false` leaves K8S_POD_UID out, as some runtimes do.
+    pub fn repeat_del(&self, ns: &str, name: &str, old: &SimPod, with_uid: bool) -> Result<()> {
+        self.cni_del(ns, name, old, with_uid, PathBuf::new())
+    }
+
+    fn cni_del(&self, ns: &str, name: &str, pod: &SimPod, with_uid: bool, netns: PathBuf) -> Result<()> {
+        let n = &self.nodes[pod.node];
+        let uid = if with_uid { format!(";K8S_POD_UID={}", pod.uid) } else { String::new() };
+        let call = cni::CniCall {
+            container_id: pod.container_id.clone(),
+            netns,
+            ifname: "eth0".into(),
+            args: format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name}{uid}"),
+        };
+        Ok(cni::del(&n.netns, &self.opts.cni_dirs, &n.conflist_value()?, &call, Some(&pod.cni_result))?)
     }
 
     pub fn pod(&self, ns: &str, name: &str) -> &SimPod {
