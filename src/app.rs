@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::admin::{self, AdminState};
-use crate::config::{Config, LocalSource, ProxyArgs, ProxyMode};
+use crate::config::{CaSource, Config, LocalSource, ProxyArgs, ProxyMode};
 use crate::drain;
 use crate::inpod::WorkloadManager;
 use crate::net::{LocalSockets, SocketOptions};
@@ -15,8 +15,10 @@ use crate::proxy::{ProxyInputs, WorkloadProxy};
 use crate::readiness::Readiness;
 use crate::state::{local, PolicyNotes, StateStore};
 use crate::telemetry::{self, LogHandle};
-use crate::tls::ca::LocalCa;
+use crate::tls::ca::{CaClient, LocalCa};
 use crate::tls::certs::CertManager;
+use crate::xds::ads::AdsClient;
+use crate::xds::ca::IstioCa;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -100,6 +102,7 @@ fn load_state(cfg: &Config) -> Result<StateStore, AppError> {
                 }
             });
         }
+        LocalSource::None if cfg.xds.is_some() => {}
         LocalSource::None => {
             tracing::warn!(
                 "no state source (LOCAL_XDS_PATH/LOCAL_XDS): every workload is unknown, so outbound connections will be refused"
@@ -114,9 +117,22 @@ async fn serve(cfg: Arc<Config>, log: Arc<LogHandle>) -> Result<(), AppError> {
     let state_block = ready.block("state manager");
     let proxy_block = ready.block("proxy");
     let state = load_state(&cfg)?;
+    let xds_status = cfg.xds.clone().map(|settings| {
+        let (client, status) = AdsClient::new(settings.clone(), state.clone(), &ready);
+        tracing::info!(address = %settings.target.url, tls_name = %settings.target.tls_name, node = %settings.node.id, "state from xDS");
+        tokio::spawn(client.run());
+        status
+    });
     drop(state_block);
-    let ca = LocalCa::load(&cfg.ca_dir)?;
-    let certs = CertManager::new(Arc::new(ca), cfg.secret_ttl);
+    let ca: Arc<dyn CaClient> = match &cfg.ca {
+        CaSource::Local(dir) => Arc::new(LocalCa::load(dir)?),
+        CaSource::Remote(target) => {
+            let ca = IstioCa::new(target.clone(), cfg.mode == ProxyMode::Shared);
+            tracing::info!(ca = ca.url(), impersonate = cfg.mode == ProxyMode::Shared, "certificates from the Istio CA API");
+            Arc::new(ca)
+        }
+    };
+    let certs = CertManager::new(ca, cfg.secret_ttl);
     let inputs = ProxyInputs::new(cfg.clone(), state.clone(), certs.clone());
     tokio::spawn(crate::proxy::connections::watch(inputs.conns.clone(), state.clone()));
     let (quit_tx, mut quit_rx) = mpsc::channel(1);
@@ -128,10 +144,17 @@ async fn serve(cfg: Arc<Config>, log: Arc<LogHandle>) -> Result<(), AppError> {
         }
         ProxyMode::Shared => Some(start_shared(&inputs, &cfg, &ready, drain)),
     };
-    let extra: Option<admin::DumpExtra> = manager.clone().map(|m| {
-        let f: admin::DumpExtra = Arc::new(move || m.lock().unwrap_or_else(|e| e.into_inner()).dump());
-        f
-    });
+    let extra: Option<admin::DumpExtra> = match (manager.clone(), xds_status) {
+        (None, None) => None,
+        (m, x) => Some(Arc::new(move || {
+            let mut v = m.as_ref().map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).dump()).unwrap_or_else(|| serde_json::json!({}));
+            if let (Some(x), Some(obj)) = (&x, v.as_object_mut()) {
+                let status = x.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                obj.insert("xds".into(), serde_json::to_value(status).unwrap_or_default());
+            }
+            v
+        })),
+    };
     let admin = Arc::new(AdminState {
         cfg: cfg.clone(),
         state,

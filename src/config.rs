@@ -11,6 +11,7 @@ use ferry_core::timefmt::parse_duration;
 
 use crate::net::Keepalive;
 use crate::telemetry::LogFormat;
+use crate::xds::settings::{self, Env, Target, XdsSettings};
 use ferry_core::identity::{Identity, DEFAULT_TRUST_DOMAIN};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -59,19 +60,49 @@ pub struct ProxyArgs {
     #[arg(long, env = "FERRY_LOCAL_XDS_POLL", value_parser = parse_duration, default_value = "1s")]
     pub(crate) local_xds_poll: Duration,
 
-    /// xDS (WDS) server address. ferry does not implement the xDS client yet: only the empty
-    /// value (no xDS, local state only) is accepted.
-    #[arg(long, env = "XDS_ADDRESS", default_value = "")]
-    pub(crate) xds_address: String,
+    /// xDS (WDS) server, `https://host:port` (a bare `host:port` gets `https://`). Unset: istiod
+    /// (https://istiod.istio-system.svc:15012) when running in Kubernetes (KUBERNETES_SERVICE_HOST
+    /// set) without a local state source, else none. The empty value disables xDS.
+    #[arg(long, env = "XDS_ADDRESS")]
+    pub(crate) xds_address: Option<String>,
+
+    /// Roots that verify the xDS server: a PEM file, inline PEM, or SYSTEM (the OS bundle).
+    #[arg(long, env = "XDS_ROOT_CA", default_value = crate::xds::settings::DEFAULT_ROOT_CA)]
+    pub(crate) xds_root_ca: String,
+
+    /// Name the xDS server's certificate must carry, when it is not XDS_ADDRESS's host.
+    #[arg(long, env = "ALT_XDS_HOSTNAME")]
+    pub(crate) alt_xds_hostname: Option<String>,
+
+    /// Bearer token for xDS and the CA: a file (re-read on every call) or the token itself.
+    /// Extra metadata: XDS_HEADER_<NAME>=<value>, CA_HEADER_<NAME>=<value>; node metadata:
+    /// ISTIO_META_<KEY>=<value>, ISTIO_METAJSON_<KEY>=<json>, INSTANCE_IP, POD_NAME, POD_NAMESPACE.
+    #[arg(long, env = "AUTH_TOKEN", default_value = crate::xds::settings::DEFAULT_TOKEN)]
+    pub(crate) auth_token: String,
+
+    /// On-demand address discovery. Not implemented: ferry subscribes to every address, so
+    /// only "false" is accepted.
+    #[arg(long, env = "XDS_ON_DEMAND", action = clap::ArgAction::Set, value_parser = BoolishValueParser::new(), default_value = "false")]
+    pub(crate) xds_on_demand: bool,
 
     /// Built-in CA directory in Istio's plugged-in CA layout (ca-cert.pem, ca-key.pem,
-    /// root-cert.pem, cert-chain.pem); create one with `ferry ca init`.
+    /// root-cert.pem, cert-chain.pem); create one with `ferry ca init`. The standalone
+    /// alternative to CA_ADDRESS.
     #[arg(long, env = "FERRY_CA_DIR", value_name = "DIR")]
     pub(crate) ca_dir: Option<PathBuf>,
 
-    /// Istio CA address. ferry does not implement the CA client yet: use --ca-dir.
-    #[arg(long, env = "CA_ADDRESS", default_value = "")]
-    pub(crate) ca_address: String,
+    /// Istio CA (`IstioCertificateService`), `https://host:port`. Unset: XDS_ADDRESS's server
+    /// when xDS is on and no --ca-dir is given.
+    #[arg(long, env = "CA_ADDRESS")]
+    pub(crate) ca_address: Option<String>,
+
+    /// Roots that verify the CA server (as XDS_ROOT_CA).
+    #[arg(long, env = "CA_ROOT_CA", default_value = crate::xds::settings::DEFAULT_ROOT_CA)]
+    pub(crate) ca_root_ca: String,
+
+    /// Name the CA server's certificate must carry, when it is not CA_ADDRESS's host.
+    #[arg(long, env = "ALT_CA_HOSTNAME")]
+    pub(crate) alt_ca_hostname: Option<String>,
 
     /// Workload certificate lifetime requested from the CA.
     #[arg(long, env = "SECRET_TTL", value_parser = parse_duration, default_value = "24h")]
@@ -204,6 +235,24 @@ pub(crate) enum LocalSource {
     Cluster(PathBuf),
 }
 
+/// Where workload certificates come from.
+#[derive(Clone, Debug)]
+pub(crate) enum CaSource {
+    /// The built-in CA, from a directory (standalone mode).
+    Local(PathBuf),
+    /// Istio's CA API at a control plane.
+    Remote(Target),
+}
+
+impl CaSource {
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            CaSource::Local(d) => format!("built-in CA at {}", d.display()),
+            CaSource::Remote(t) => t.url.clone(),
+        }
+    }
+}
+
 /// The workload a dedicated-mode proxy serves.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct WorkloadInfo {
@@ -238,7 +287,9 @@ pub struct Config {
     pub(crate) local_poll: Duration,
     pub(crate) cluster_domain: String,
     pub(crate) inpod_uds: PathBuf,
-    pub(crate) ca_dir: PathBuf,
+    /// Workload discovery over xDS, unless state comes from a local source.
+    pub(crate) xds: Option<std::sync::Arc<XdsSettings>>,
+    pub(crate) ca: CaSource,
     pub(crate) secret_ttl: Duration,
     pub(crate) trust_domain: String,
     pub(crate) node_name: String,
@@ -275,22 +326,9 @@ fn invalid(msg: impl Into<String>) -> ConfigError {
 
 impl ProxyArgs {
     pub fn into_config(self) -> Result<Config, ConfigError> {
-        if !self.xds_address.is_empty() {
-            return Err(invalid(format!(
-                "XDS_ADDRESS={:?}: ferry has no xDS client yet; unset it (or set it to \"\") and provide state with LOCAL_XDS_PATH",
-                self.xds_address
-            )));
-        }
-        if !self.ca_address.is_empty() {
-            return Err(invalid("CA_ADDRESS is set, but ferry has no Istio CA client yet; use --ca-dir/FERRY_CA_DIR"));
-        }
         if self.tls12_enabled {
             return Err(invalid("TLS12_ENABLED=true: ferry speaks TLS 1.3 only on HBONE"));
         }
-        let ca_dir = self
-            .ca_dir
-            .clone()
-            .ok_or_else(|| invalid("no certificate authority: set --ca-dir/FERRY_CA_DIR (create one with `ferry ca init DIR`)"))?;
         if !(16_384..=16_777_215).contains(&self.http2_frame_size) {
             return Err(invalid(format!("HTTP2_FRAME_SIZE={} must be within 16384..=16777215", self.http2_frame_size)));
         }
@@ -310,6 +348,9 @@ impl ProxyArgs {
             _ => return Err(invalid("set one of LOCAL_XDS_PATH, LOCAL_XDS or FERRY_CLUSTER_STATE")),
         };
         let (cluster_id, warnings) = cluster_id(self.cluster_id.as_deref(), &|k| std::env::var(k).ok());
+        let env = self.control_plane_env(std::env::vars());
+        let in_kubernetes = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+        let (xds, ca) = self.control_plane(&Env { vars: &env }, in_kubernetes, !matches!(local, LocalSource::None), &cluster_id)?;
         let packet_mark = match (self.mode, self.packet_mark) {
             (ProxyMode::Shared, None) => Some(ferry_core::ports::DEFAULT_PACKET_MARK),
             (_, m) => m,
@@ -321,7 +362,8 @@ impl ProxyArgs {
             local_poll: self.local_xds_poll,
             cluster_domain: self.cluster_domain.clone(),
             inpod_uds: self.inpod_uds.clone(),
-            ca_dir,
+            xds,
+            ca,
             secret_ttl: self.secret_ttl,
             trust_domain: self.trust_domain.clone(),
             node_name: self.node_name.clone(),
@@ -366,6 +408,74 @@ impl ProxyArgs {
                 ..Default::default()
             },
         })
+    }
+}
+
+impl ProxyArgs {
+    /// The control-plane settings as the environment ferry reads: the flags (which carry
+    /// their env vars) plus the prefixed variables, which have no flags.
+    fn control_plane_env(&self, vars: impl Iterator<Item = (String, String)>) -> Vec<(String, String)> {
+        const PREFIXES: [&str; 4] = ["XDS_HEADER_", "CA_HEADER_", "ISTIO_META_", "ISTIO_METAJSON_"];
+        const PLAIN: [&str; 3] = ["INSTANCE_IP", "POD_NAME", "POD_NAMESPACE"];
+        let mut env: Vec<(String, String)> =
+            vars.filter(|(k, _)| PREFIXES.iter().any(|p| k.starts_with(p)) || PLAIN.contains(&k.as_str())).collect();
+        env.push(("XDS_ROOT_CA".into(), self.xds_root_ca.clone()));
+        env.push(("CA_ROOT_CA".into(), self.ca_root_ca.clone()));
+        env.push(("AUTH_TOKEN".into(), self.auth_token.clone()));
+        env.extend(self.alt_xds_hostname.iter().map(|h| ("ALT_XDS_HOSTNAME".to_string(), h.clone())));
+        env.extend(self.alt_ca_hostname.iter().map(|h| ("ALT_CA_HOSTNAME".to_string(), h.clone())));
+        env
+    }
+
+    /// Chooses the state source's control plane and the CA, refusing combinations that
+    /// would leave it unclear where state or certificates come from.
+    fn control_plane(
+        &self,
+        env: &Env,
+        in_kubernetes: bool,
+        local_state: bool,
+        cluster_id: &str,
+    ) -> Result<(Option<std::sync::Arc<XdsSettings>>, CaSource), ConfigError> {
+        if self.xds_on_demand {
+            return Err(invalid(
+                "XDS_ON_DEMAND=true: on-demand discovery is not implemented; ferry subscribes to every address (unset it)",
+            ));
+        }
+        let address = match &self.xds_address {
+            Some(a) => a.clone(),
+            None if in_kubernetes && !local_state => crate::xds::settings::ISTIOD_ADDRESS.to_string(),
+            None => String::new(),
+        };
+        if !address.is_empty() && local_state {
+            return Err(invalid(format!(
+                "XDS_ADDRESS={address:?} and a local state source (LOCAL_XDS_PATH, LOCAL_XDS or FERRY_CLUSTER_STATE) are both set; \
+                 state comes from one source: set XDS_ADDRESS=\"\" to use the local one"
+            )));
+        }
+        let xds = if address.is_empty() {
+            None
+        } else {
+            let target = settings::xds_target(env, &address, cluster_id).map_err(invalid)?;
+            let node = settings::node_info(env, &self.node_name, cluster_id).map_err(invalid)?;
+            Some(std::sync::Arc::new(XdsSettings { target, node }))
+        };
+        let ca_address = self.ca_address.clone().filter(|a| !a.is_empty());
+        let ca = match (&self.ca_dir, ca_address) {
+            (Some(_), Some(a)) => {
+                return Err(invalid(format!("both FERRY_CA_DIR and CA_ADDRESS={a:?} are set; choose the built-in CA or the control plane's")))
+            }
+            (Some(d), None) => CaSource::Local(d.clone()),
+            (None, Some(a)) => CaSource::Remote(settings::ca_target(env, &a, cluster_id).map_err(invalid)?),
+            (None, None) if !address.is_empty() && self.ca_address.is_none() => {
+                CaSource::Remote(settings::ca_target(env, &address, cluster_id).map_err(invalid)?)
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "no certificate authority: set CA_ADDRESS (a control plane's CA) or --ca-dir/FERRY_CA_DIR (create one with `ferry ca init DIR`)",
+                ))
+            }
+        };
+        Ok((xds, ca))
     }
 }
 
@@ -485,6 +595,50 @@ mod tests {
                 let all = warnings.join("; ");
                 let ok = id == *want && named.iter().all(|n| all.contains(n)) && named.is_empty() == warnings.is_empty();
                 (!ok).then(|| format!("{case}: got {id:?} {warnings:?}, want {want:?} naming {named:?}"))
+            })
+            .collect();
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    type ControlPlaneCase = (&'static str, &'static [&'static str], bool, bool, Result<(Option<&'static str>, &'static str), &'static str>);
+
+    #[test]
+    fn the_control_plane_is_chosen_explicitly_and_never_two_at_once() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct W {
+            #[command(flatten)]
+            a: ProxyArgs,
+        }
+        // (case, flags, in Kubernetes, local state, Ok((xds url, ca)) or the error's words)
+        #[rustfmt::skip]
+        let cases: &[ControlPlaneCase] = &[
+            ("standalone", &["--ca-dir=/ca"], false, true, Ok((None, "built-in CA at /ca"))),
+            ("in Kubernetes, istiod by default for both", &[], true, false, Ok((Some("https://istiod.istio-system.svc:15012"), "https://istiod.istio-system.svc:15012"))),
+            ("a bare host:port", &["--xds-address=cp:15012"], false, false, Ok((Some("https://cp:15012"), "https://cp:15012"))),
+            ("a separate CA", &["--xds-address=cp:15012", "--ca-address=ca:15012"], false, false, Ok((Some("https://cp:15012"), "https://ca:15012"))),
+            ("xDS with the built-in CA", &["--xds-address=cp:15012", "--ca-dir=/ca"], false, false, Ok((Some("https://cp:15012"), "built-in CA at /ca"))),
+            ("a local file in Kubernetes needs no xDS", &["--ca-dir=/ca"], true, true, Ok((None, "built-in CA at /ca"))),
+            ("xDS and a local file", &["--xds-address=cp:15012", "--ca-dir=/ca"], false, true, Err("both set")),
+            ("two CAs", &["--ca-dir=/ca", "--ca-address=ca:15012"], false, true, Err("choose the built-in CA")),
+            ("no CA at all", &[], false, true, Err("no certificate authority")),
+            ("xDS disabled, CA_ADDRESS=\"\"", &["--xds-address=", "--ca-address="], true, false, Err("no certificate authority")),
+            ("plaintext", &["--xds-address=http://cp:15010"], false, false, Err("only https")),
+            ("on demand", &["--xds-on-demand=true", "--ca-dir=/ca"], false, true, Err("XDS_ON_DEMAND")),
+        ];
+        let wrong: Vec<String> = cases
+            .iter()
+            .filter_map(|(case, flags, k8s, local, want)| {
+                let args = W::try_parse_from(std::iter::once("ferry").chain(flags.iter().copied())).expect(case).a;
+                let env = args.control_plane_env(std::iter::empty());
+                let got = args.control_plane(&Env { vars: &env }, *k8s, *local, "Kubernetes");
+                let ok = match (&got, want) {
+                    (Ok((x, ca)), Ok((wx, wca))) => x.as_ref().map(|x| x.target.url.as_str()) == *wx && ca.describe() == *wca,
+                    (Err(e), Err(words)) => e.to_string().contains(words),
+                    _ => false,
+                };
+                let shown = got.map(|(x, ca)| (x.map(|x| x.target.url.clone()), ca.describe()));
+                (!ok).then(|| format!("{case}: got {shown:?}, want {want:?}"))
             })
             .collect();
         assert!(wrong.is_empty(), "{}", wrong.join("\n"));

@@ -25,4 +25,5 @@ pub mod redirect;
 pub mod state;
 pub mod telemetry;
 pub mod tls;
+pub(crate) mod xds;
 pub mod zds;

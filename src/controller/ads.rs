@@ -25,6 +25,9 @@ pub(crate) struct Ads {
     /// `namespace/service-account` of the accounts allowed to receive WDS (node proxies).
     pub(crate) proxy_accounts: Vec<String>,
     pub(crate) nonce: Arc<AtomicU64>,
+    /// Turns true when the controller stops: every stream ends, so clients reconnect
+    /// elsewhere and graceful shutdown does not wait on streams that never finish.
+    pub(crate) closing: watch::Receiver<bool>,
 }
 
 type Out = Result<DeltaDiscoveryResponse, Status>;
@@ -46,7 +49,14 @@ impl AggregatedDiscoveryService for Ads {
             }
         };
         let (tx, rx) = mpsc::channel(16);
-        let stream = Stream { caller, tx, resources: self.resources.clone(), nonce: self.nonce.clone(), subs: HashMap::new() };
+        let stream = Stream {
+            caller,
+            tx,
+            resources: self.resources.clone(),
+            nonce: self.nonce.clone(),
+            subs: HashMap::new(),
+            closing: self.closing.clone(),
+        };
         tokio::spawn(stream.run(req.into_inner()));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -71,6 +81,7 @@ struct Stream {
     resources: watch::Receiver<Arc<Resources>>,
     nonce: Arc<AtomicU64>,
     subs: HashMap<String, Subscriber>,
+    closing: watch::Receiver<bool>,
 }
 
 impl Stream {
@@ -78,6 +89,7 @@ impl Stream {
         let who = self.caller.account();
         metrics::gauge!("ferry_xds_connections").increment(1.0);
         tracing::info!(client = %who, "xDS stream opened");
+        let mut closing = self.closing.clone();
         loop {
             tokio::select! {
                 msg = requests.message() => match msg {
@@ -92,6 +104,7 @@ impl Stream {
                         break;
                     }
                 },
+                _ = closing.changed() => break,
                 changed = self.resources.changed() => {
                     if changed.is_err() || !self.push_all().await {
                         break;

@@ -30,10 +30,6 @@ use crate::proto::xds::aggregated_discovery_service_server::AggregatedDiscoveryS
 use crate::telemetry::{self, LogFormat};
 use crate::tls::ca::LocalCa;
 
-fn list(s: &str) -> Result<Vec<String>, String> {
-    Ok(s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(String::from).collect())
-}
-
 #[derive(Clone, Debug, clap::Args)]
 #[command(next_help_heading = "Controller")]
 pub struct ControllerArgs {
@@ -51,17 +47,22 @@ pub struct ControllerArgs {
     #[arg(long, env = "FERRY_CA_DIR", value_name = "DIR")]
     pub ca_dir: PathBuf,
     /// DNS names on the serving certificate: the names proxies dial (XDS_ADDRESS's host).
-    #[arg(long, env = "FERRY_SERVING_NAMES", value_parser = list, default_value = "ferry-controller.istio-system.svc,istiod.istio-system.svc")]
+    #[arg(
+        long,
+        env = "FERRY_SERVING_NAMES",
+        value_delimiter = ',',
+        default_value = "ferry-controller.istio-system.svc,istiod.istio-system.svc"
+    )]
     pub serving_names: Vec<String>,
     /// Tokens the controller accepts, one `token namespace/sa[/pod[/uid]]` per line (stands in
     /// for the Kubernetes TokenReview; the simulated cluster's harness writes it).
     #[arg(long, env = "FERRY_TOKEN_FILE", value_name = "FILE")]
     pub token_file: PathBuf,
     /// Service accounts (`namespace/name`) whose tokens may open xDS streams: node proxies.
-    #[arg(long, env = "FERRY_PROXY_ACCOUNTS", value_parser = list, default_value = "istio-system/ztunnel")]
+    #[arg(long, env = "FERRY_PROXY_ACCOUNTS", value_delimiter = ',', default_value = "istio-system/ztunnel")]
     pub proxy_accounts: Vec<String>,
     /// Service accounts allowed to request certificates for pods on their node.
-    #[arg(long, env = "CA_TRUSTED_NODE_ACCOUNTS", value_parser = list, default_value = "istio-system/ztunnel")]
+    #[arg(long, env = "CA_TRUSTED_NODE_ACCOUNTS", value_delimiter = ',', default_value = "istio-system/ztunnel")]
     pub trusted_node_accounts: Vec<String>,
     /// Longest certificate lifetime issued; longer requests are capped.
     #[arg(long, env = "FERRY_MAX_CERT_TTL", value_parser = parse_duration, default_value = "24h")]
@@ -108,6 +109,38 @@ pub fn run_controller(args: ControllerArgs) -> Result<(), ControllerError> {
 }
 
 async fn serve(args: ControllerArgs) -> Result<(), ControllerError> {
+    let running = bind(args).await?;
+    running.serve(shutdown()).await
+}
+
+/// A bound controller: its xDS/CA address and the server, not yet serving.
+pub(crate) struct Running {
+    pub(crate) addr: SocketAddr,
+    listener: tokio::net::TcpListener,
+    router: tonic::transport::server::Router,
+    ready: health::Ready,
+    closing: watch::Sender<bool>,
+}
+
+impl Running {
+    /// Serves until `stop` completes.
+    pub(crate) async fn serve(self, stop: impl std::future::Future<Output = ()>) -> Result<(), ControllerError> {
+        self.ready.mark_serving();
+        let incoming = tonic::codegen::tokio_stream::wrappers::TcpListenerStream::new(self.listener);
+        let closing = self.closing;
+        let stop = async move {
+            stop.await;
+            tracing::info!("ferry controller stopping: ending every xDS stream");
+            closing.send_replace(true);
+        };
+        self.router.serve_with_incoming_shutdown(incoming, stop).await.map_err(|e| ControllerError::Serve(e.to_string()))?;
+        tracing::info!(listen = %self.addr, "ferry controller stopped");
+        Ok(())
+    }
+}
+
+/// Loads the state and the CA and binds every port; serving starts with [`Running::serve`].
+pub(crate) async fn bind(args: ControllerArgs) -> Result<Running, ControllerError> {
     let source = FileSource::load(&args.cluster_state)?;
     tokio::spawn(source.clone().watch(args.cluster_state_poll));
     let cluster = source.subscribe();
@@ -121,11 +154,13 @@ async fn serve(args: ControllerArgs) -> Result<(), ControllerError> {
     let ca = Arc::new(LocalCa::load(&args.ca_dir)?);
     let (chain, key) = ca.serving_certificate(&args.serving_names, Duration::from_secs(365 * 86400))?;
     let reviewer: Arc<dyn auth::TokenReviewer> = Arc::new(auth::TokenFile::new(&args.token_file));
+    let (closing, closing_rx) = watch::channel(false);
     let ads = ads::Ads {
         resources: resources.clone(),
         reviewer: reviewer.clone(),
         proxy_accounts: args.proxy_accounts.clone(),
         nonce: Arc::new(AtomicU64::new(1)),
+        closing: closing_rx,
     };
     let cas = ca::CaServer {
         ca,
@@ -138,22 +173,19 @@ async fn serve(args: ControllerArgs) -> Result<(), ControllerError> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|source| ControllerError::Io { what: "cannot bind the xDS/CA port", source })?;
+    let addr = listener.local_addr().map_err(|source| ControllerError::Io { what: "cannot read the xDS/CA address", source })?;
     let ready = health::start(&args, resources)
         .map_err(|source| ControllerError::Io { what: "cannot bind the readiness or metrics port", source })?;
-    tracing::info!(listen = %args.listen, state = %args.cluster_state.display(), "ferry controller serving xDS and CA");
+    tracing::info!(listen = %addr, state = %args.cluster_state.display(), "ferry controller serving xDS and CA");
     let tls = tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(chain, key));
-    let server = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .tls_config(tls)
         .map_err(|e| ControllerError::Serve(e.to_string()))?
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(AggregatedDiscoveryServiceServer::new(ads))
         .add_service(IstioCertificateServiceServer::new(cas));
-    ready.mark_serving();
-    let incoming = tonic::codegen::tokio_stream::wrappers::TcpListenerStream::new(listener);
-    server.serve_with_incoming_shutdown(incoming, shutdown()).await.map_err(|e| ControllerError::Serve(e.to_string()))?;
-    tracing::info!("ferry controller stopped");
-    Ok(())
+    Ok(Running { addr, listener, router, ready, closing })
 }
 
 /// Re-translates and re-encodes the state on every change; returns the current resources.

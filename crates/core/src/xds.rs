@@ -240,6 +240,15 @@ impl ClientState {
         }
     }
 
+    /// Resources held, of every type.
+    pub fn len(&self) -> usize {
+        self.addresses.len() + self.policies.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// `initial_resource_versions` for a reconnect.
     pub fn versions(&self, type_url: &str) -> BTreeMap<String, String> {
         match type_url {
@@ -262,25 +271,17 @@ impl ClientState {
     }
 }
 
-/// A policy whose rules could not be read, in the same scope, failing closed.
+/// A policy whose rules could not be read, in the same scope, failing closed (the one rule
+/// every reader uses, [`Authorization::failing_closed`]).
 fn fail_closed(msg: crate::proto::security::Authorization, why: &str) -> Authorization {
-    use crate::model::{PolicyAction, PolicyScope};
+    use crate::model::PolicyScope;
     let scope = match msg.scope {
         0 => PolicyScope::Global,
         2 => PolicyScope::WorkloadSelector,
         _ => PolicyScope::Namespace,
     };
     let allow = msg.action == crate::proto::security::Action::Allow as i32;
-    Authorization {
-        name: msg.name,
-        namespace: msg.namespace,
-        scope,
-        action: if allow { PolicyAction::Allow } else { PolicyAction::Deny },
-        dry_run: false,
-        // A rule without clauses matches every connection; no rules match none.
-        rules: if allow { Vec::new() } else { vec![Vec::new()] },
-        notes: vec![format!("refused from xDS ({why}); enforced as {}", if allow { "allow nothing" } else { "deny everything" })],
-    }
+    Authorization::failing_closed(msg.name, msg.namespace, scope, allow, false, &format!("refused from xDS: {why}"))
 }
 
 #[cfg(test)]

@@ -95,7 +95,7 @@ fn the_client_applies_what_decodes_and_refuses_the_rest_failing_closed() {
     assert!(applied.nack().is_some());
     let p = &c.state().policies[0];
     assert_eq!((p.action, p.rules.clone()), (PolicyAction::Deny, vec![vec![]]));
-    assert!(p.notes[0].contains("deny everything"), "{:?}", p.notes);
+    assert!(p.notes[0].contains("refused from xDS") && p.notes[0].contains("denies everything"), "{:?}", p.notes);
     // Removals by name.
     let applied = c.apply(ADDRESS_TYPE, Vec::new(), &["Kubernetes//Pod/ns/a".into()]);
     assert!(applied.changed && applied.nack().is_none());
