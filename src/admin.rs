@@ -150,7 +150,13 @@ fn route(kind: Server, a: &AdminState, req: Request<Incoming>) -> Resp {
         (Server::Admin, "/config_dump") => json_resp(config_dump(a)),
         (Server::Admin, "/logging") if req.method() == Method::POST => logging(a, req.uri().query().unwrap_or("")),
         (Server::Admin, "/quitquitquit") if req.method() == Method::POST => {
-            let _ = a.quit.try_send(());
+            // The drain starts a moment after this answer is written: an idle proxy exits as
+            // soon as it drains, and the caller should see its 200, not a reset.
+            let quit = a.quit.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                let _ = quit.try_send(());
+            });
             text(StatusCode::OK, "shutting down\n")
         }
         (Server::Admin, "/logging" | "/quitquitquit") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),

@@ -113,6 +113,8 @@ fn load_state(cfg: &Config) -> Result<StateStore, AppError> {
 }
 
 async fn serve(cfg: Arc<Config>, log: Arc<LogHandle>) -> Result<(), AppError> {
+    // Before anything records a metric: counters recorded earlier would be lost.
+    let metrics = telemetry::metrics::install();
     let ready = Readiness::new();
     let state_block = ready.block("state manager");
     let proxy_block = ready.block("proxy");
@@ -155,16 +157,7 @@ async fn serve(cfg: Arc<Config>, log: Arc<LogHandle>) -> Result<(), AppError> {
             v
         })),
     };
-    let admin = Arc::new(AdminState {
-        cfg: cfg.clone(),
-        state,
-        certs,
-        log,
-        metrics: telemetry::metrics::install(),
-        ready: ready.clone(),
-        quit: quit_tx,
-        extra,
-    });
+    let admin = Arc::new(AdminState { cfg: cfg.clone(), state, certs, log, metrics, ready: ready.clone(), quit: quit_tx, extra });
     let addrs = admin::start(admin).map_err(io("cannot bind the admin, metrics or readiness port"))?;
     drop(proxy_block);
     tracing::info!(admin = %addrs[0], metrics = %addrs[1], readiness = %addrs[2], mode = ?cfg.mode, "ferry proxy started");

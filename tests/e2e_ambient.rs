@@ -262,7 +262,7 @@ fn bad_input_changes_nothing_and_says_why() {
     sim.start_agent(0).unwrap();
     sim.start_proxy(0).unwrap();
     std::fs::write(sim.state_dir.join("broken.yaml"), "apiVersion: v1\nkind: Pod\nmetadata: {name: Not_Valid}\n").unwrap();
-    for log in [sim.nodes[0].agent_log(), sim.nodes[0].proxy_log()] {
+    for log in [sim.nodes[0].agent_log(), sim.controller_log()] {
         eventually("the bad manifest is reported", || {
             std::fs::read_to_string(&log).unwrap_or_default().contains("not a valid Kubernetes name")
         });
@@ -279,7 +279,7 @@ fn the_readme_demo_succeeds_and_leaves_nothing_behind() {
     // demo): only what appeared during this run and is still there counts as left behind.
     let snapshot = || -> (std::collections::BTreeSet<String>, std::collections::BTreeSet<String>) {
         let lines = |cmd: &str| ferry_harness::sim::sh(cmd).unwrap().lines().map(str::to_string).collect();
-        (lines("ip netns list"), lines("pgrep -f 'ferry (agent|proxy)' || true"))
+        (lines("ip netns list"), lines("pgrep -f 'ferry (agent|proxy|controller)' || true"))
     };
     let (ns_before, procs_before) = snapshot();
     let out = std::process::Command::new(ferry_bin()).arg("demo").output().unwrap();

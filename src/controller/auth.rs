@@ -51,11 +51,16 @@ pub(crate) fn bearer(meta: &tonic::metadata::MetadataMap) -> Result<&str, AuthEr
     v.strip_prefix("Bearer ").map(str::trim).filter(|t| !t.is_empty()).ok_or(AuthError::Missing)
 }
 
-/// Tokens issued by the simulated cluster's harness: a file of `token namespace/sa[/pod[/uid]]`
-/// lines, re-read when it changes. Stands in for the API server's TokenReview.
+/// The audience every token must be issued for, as istiod requires (protocols.md §5).
+pub(crate) const AUDIENCE: &str = "istio-ca";
+
+/// Tokens issued by the simulated cluster's harness: a file of
+/// `token namespace/sa[/pod[/uid]] [audiences=a,b]` lines (audience `istio-ca` when none is
+/// named), re-read when it changes. Stands in for the API server's TokenReview, and refuses
+/// what a TokenReview with audience `istio-ca` refuses.
 pub(crate) struct TokenFile {
     path: PathBuf,
-    cache: std::sync::Mutex<(Option<std::time::SystemTime>, HashMap<String, Caller>)>,
+    cache: std::sync::Mutex<(Option<std::time::SystemTime>, Tokens)>,
 }
 
 impl TokenFile {
@@ -70,23 +75,33 @@ impl TokenFile {
             let text = std::fs::read_to_string(&self.path).map_err(|e| AuthError::Unavailable(e.to_string()))?;
             *cache = (Some(modified), parse_token_file(&text));
         }
-        cache.1.get(token).cloned().ok_or_else(|| AuthError::Rejected("unknown token".into()))
+        let (caller, audiences) = cache.1.get(token).cloned().ok_or_else(|| AuthError::Rejected("unknown token".into()))?;
+        if !audiences.iter().any(|a| a == AUDIENCE) {
+            return Err(AuthError::Rejected(format!("the token is for audiences [{}], not {AUDIENCE}", audiences.join(", "))));
+        }
+        Ok(caller)
     }
 }
 
-fn parse_token_file(text: &str) -> HashMap<String, Caller> {
+/// Token to its caller and the audiences it was issued for.
+type Tokens = HashMap<String, (Caller, Vec<String>)>;
+
+fn parse_token_file(text: &str) -> Tokens {
     let mut out = HashMap::new();
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
-        let Some((token, who)) = line.split_once(char::is_whitespace) else { continue };
-        let parts: Vec<&str> = who.trim().split('/').collect();
+        let mut words = line.split_whitespace();
+        let (Some(token), Some(who)) = (words.next(), words.next()) else { continue };
+        let audiences = match words.next().and_then(|w| w.strip_prefix("audiences=")) {
+            Some(list) => list.split(',').map(String::from).collect(),
+            None => vec![AUDIENCE.to_string()],
+        };
+        let parts: Vec<&str> = who.split('/').collect();
         if parts.len() < 2 {
             continue;
         }
         let opt = |i: usize| parts.get(i).filter(|s| !s.is_empty()).map(|s| s.to_string());
-        out.insert(
-            token.to_string(),
-            Caller { namespace: parts[0].to_string(), service_account: parts[1].to_string(), pod: opt(2), pod_uid: opt(3) },
-        );
+        let caller = Caller { namespace: parts[0].to_string(), service_account: parts[1].to_string(), pod: opt(2), pod_uid: opt(3) };
+        out.insert(token.to_string(), (caller, audiences));
     }
     out
 }
@@ -103,11 +118,14 @@ mod tests {
 
     #[test]
     fn token_files_name_accounts_and_pods() {
-        let m = parse_token_file("# comment\ntok1 istio-system/ztunnel/ztunnel-abc/uid-1\ntok2 shop/frontend\nbroken\n");
-        assert_eq!(m["tok1"].account(), "istio-system/ztunnel");
-        assert_eq!(m["tok1"].pod.as_deref(), Some("ztunnel-abc"));
-        assert_eq!(m["tok2"].pod, None);
-        assert_eq!(m.len(), 2);
+        let m = parse_token_file(
+            "# comment\ntok1 istio-system/ztunnel/ztunnel-abc/uid-1\ntok2 shop/frontend\nbroken\ntok3 shop/frontend audiences=api,other\n",
+        );
+        assert_eq!(m["tok1"].0.account(), "istio-system/ztunnel");
+        assert_eq!(m["tok1"].0.pod.as_deref(), Some("ztunnel-abc"));
+        assert_eq!(m["tok2"].0.pod, None);
+        assert_eq!((m["tok2"].1.clone(), m["tok3"].1.clone()), (vec![AUDIENCE.to_string()], vec!["api".to_string(), "other".to_string()]));
+        assert_eq!(m.len(), 3);
     }
 
     #[test]

@@ -34,13 +34,19 @@ enum Refusal {
     Denied(String),
     #[error("{0}")]
     BadRequest(String),
+    /// A pod this decision needs is not in the state yet; becomes `Denied` if it never shows.
+    #[error("{0}")]
+    NotYet(String),
 }
+
+/// How long a certificate request waits for a pod this controller has not seen yet.
+const CACHE_LAG: Duration = Duration::from_secs(3);
 
 impl Refusal {
     fn label(&self) -> &'static str {
         match self {
             Refusal::Unauthenticated(_) => "unauthenticated",
-            Refusal::Denied(_) => "denied",
+            Refusal::Denied(_) | Refusal::NotYet(_) => "denied",
             Refusal::BadRequest(_) => "bad_request",
         }
     }
@@ -65,7 +71,7 @@ impl IstioCertificateService for CaServer {
                 tracing::warn!(reason = %r, "certificate request refused");
                 Err(match r {
                     Refusal::Unauthenticated(_) => Status::unauthenticated("request not authenticated"),
-                    Refusal::Denied(_) => Status::permission_denied("not allowed to request this identity"),
+                    Refusal::Denied(_) | Refusal::NotYet(_) => Status::permission_denied("not allowed to request this identity"),
                     Refusal::BadRequest(m) => Status::invalid_argument(m),
                 })
             }
@@ -83,7 +89,7 @@ impl CaServer {
             None => own,
             Some(id) if id == own => own,
             Some(id) => {
-                self.authorize_impersonation(&caller, &id)?;
+                self.authorize_impersonation(&caller, &id).await?;
                 id
             }
         };
@@ -93,9 +99,29 @@ impl CaServer {
         Ok((id, chain))
     }
 
-    /// The node authorizer: a trusted node account, bound to a pod that exists with the same
-    /// uid, may get the identity of a pod scheduled on that pod's node.
-    fn authorize_impersonation(&self, caller: &Caller, id: &Identity) -> Result<(), Refusal> {
+    /// The node authorizer, waiting up to [`CACHE_LAG`] for the cluster state to show a pod
+    /// it does not know yet: a node proxy learns of a new pod from its node agent and may ask
+    /// before this controller's watch has delivered it. Only a refusal about a missing pod is
+    /// retried; a wrong account or trust domain is refused at once.
+    async fn authorize_impersonation(&self, caller: &Caller, id: &Identity) -> Result<(), Refusal> {
+        let mut cluster = self.cluster.clone();
+        let deadline = tokio::time::Instant::now() + CACHE_LAG;
+        loop {
+            cluster.borrow_and_update();
+            match self.check_impersonation(caller, id) {
+                Err(Refusal::NotYet(why)) => {
+                    if tokio::time::timeout_at(deadline, cluster.changed()).await.is_err() {
+                        return Err(Refusal::Denied(why));
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// A trusted node account, bound to a pod that exists with the same uid, may get the
+    /// identity of a pod scheduled on that pod's node.
+    fn check_impersonation(&self, caller: &Caller, id: &Identity) -> Result<(), Refusal> {
         let who = caller.account();
         if !self.trusted_node_accounts.contains(&who) {
             return Err(Refusal::Denied(format!(
@@ -109,7 +135,7 @@ impl CaServer {
         let state = self.cluster.borrow().clone();
         let pod_name = caller.pod.as_deref().ok_or_else(|| Refusal::Denied(format!("{who}'s token is not bound to a pod")))?;
         let pod =
-            state.pod(&caller.namespace, pod_name).ok_or_else(|| Refusal::Denied(format!("{who}'s pod {pod_name} does not exist")))?;
+            state.pod(&caller.namespace, pod_name).ok_or_else(|| Refusal::NotYet(format!("{who}'s pod {pod_name} does not exist")))?;
         let same_pod =
             caller.pod_uid.as_deref().is_none_or(|uid| uid == pod.metadata.uid) && pod.service_account() == caller.service_account;
         if !same_pod {
@@ -124,7 +150,7 @@ impl CaServer {
                 && p.status.phase != "Failed"
         });
         if !on_node {
-            return Err(Refusal::Denied(format!("{who} on node {node:?} asked for {id}, but no pod with that identity runs on that node")));
+            return Err(Refusal::NotYet(format!("{who} on node {node:?} asked for {id}, but no pod with that identity runs on that node")));
         }
         Ok(())
     }

@@ -89,7 +89,9 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
     opts.keep_work_dir = args.keep_logs;
     println!("ferry demo: an ambient mesh on this machine, no Kubernetes needed\n");
     println!("  building 2 nodes and a router as network namespaces; pods get their network from");
-    println!("  the bridge + host-local CNI plugins chained with ferry-cni, as a container runtime does\n");
+    println!("  the bridge + host-local CNI plugins chained with ferry-cni, as a container runtime does;");
+    println!("  one `ferry controller` serves workloads (WDS over delta xDS) and certificates (the Istio");
+    println!("  CA API) over TLS to every node proxy, each authenticated by its own token\n");
     let mut sim = Sim::new(opts).map_err(|e| e.to_string())?;
     sim.cleanup.clone().on_signals();
     let work = sim.work.clone();
@@ -308,4 +310,5 @@ fn report(sim: &Sim, rows: &[Row], wire: &Wire) {
     println!("      metrics      ip netns exec {} curl -s 127.0.0.1:15020/metrics", n2.netns);
     println!("      config dump  ip netns exec {} curl -s 127.0.0.1:15000/config_dump", n2.netns);
     println!("      access log   {} (JSON lines, target \"access\")", n2.proxy_log().display());
+    println!("      controller   ip netns exec {} curl -s 127.0.0.1:15014/metrics; log {}", sim.router, sim.controller_log().display());
 }

@@ -77,6 +77,10 @@ const ENV_HELP: &str = "Environment:
   FERRY_BENCH_ALT_NAME   its name in the report (default: the binary's file name)
   FERRY_BENCH_ALT_ARGS   its arguments, whitespace-separated
   FERRY_BENCH_ALT_ENV    its environment, whitespace-separated K=V
+  FERRY_BENCH_ALT_CONTROL_PLANE
+                         \"true\": point it at the cluster's `ferry controller` (XDS_ADDRESS,
+                         CA_ADDRESS, ...) as ferry's proxies are; otherwise it reads a
+                         local config (LOCAL_XDS_PATH) and uses FAKE_CA
   FERRY_BENCH_PROXY_ENV  extra environment for ferry's node proxies, whitespace-separated K=V";
 
 pub fn run(cmd: BenchCmd) -> Result<(), String> {

@@ -114,7 +114,10 @@ fn alt_from_env() -> Option<(String, AltProxy)> {
     let bin = PathBuf::from(std::env::var_os("FERRY_BENCH_ALT_PROXY")?);
     let name = std::env::var("FERRY_BENCH_ALT_NAME")
         .unwrap_or_else(|_| bin.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or("alt".into()));
-    Some((name, AltProxy { bin, args: words("FERRY_BENCH_ALT_ARGS"), env: env_pairs("FERRY_BENCH_ALT_ENV") }))
+    // The alternative proxy reads a local config unless asked to use the controller, so a
+    // data-path comparison does not depend on its control-plane interop.
+    let control_plane = std::env::var("FERRY_BENCH_ALT_CONTROL_PLANE").is_ok_and(|v| v == "true");
+    Some((name, AltProxy { bin, args: words("FERRY_BENCH_ALT_ARGS"), env: env_pairs("FERRY_BENCH_ALT_ENV"), control_plane }))
 }
 
 /// The whitespace-separated words of an environment variable.

@@ -12,6 +12,7 @@
 
 pub mod apps;
 pub mod cni;
+mod control;
 mod nodes;
 pub mod observe;
 
@@ -64,13 +65,15 @@ pub struct SimOptions {
 }
 
 /// Another node proxy implementation: started with the in-pod environment ztunnel reads
-/// (`PROXY_MODE`, `INPOD_UDS`, `NODE_NAME`, `LOCAL_XDS_PATH` with the cluster state rendered in
-/// ztunnel's local-config schema, `XDS_ADDRESS=""`, `FAKE_CA=true`) plus `env`.
+/// (`PROXY_MODE`, `INPOD_UDS`, `NODE_NAME`) plus `env`, and either pointed at the controller
+/// exactly as ferry's proxies are (`control_plane`), or given `LOCAL_XDS_PATH` with the
+/// cluster state rendered in ztunnel's local-config schema, `XDS_ADDRESS=""`, `FAKE_CA=true`.
 #[derive(Clone, Debug)]
 pub(crate) struct AltProxy {
     pub(crate) bin: PathBuf,
     pub(crate) args: Vec<String>,
     pub(crate) env: Vec<(String, String)>,
+    pub(crate) control_plane: bool,
 }
 
 impl SimOptions {
@@ -167,6 +170,7 @@ pub struct Sim {
     pub nodes: Vec<Node>,
     pub pods: BTreeMap<String, SimPod>,
     pub cleanup: Arc<Cleanup>,
+    pub(crate) controller: control::Controller,
 }
 
 pub fn sh(cmd: &str) -> Result<String> {
@@ -201,12 +205,14 @@ impl Sim {
             nodes: Vec::new(),
             pods: BTreeMap::new(),
             cleanup,
+            controller: control::Controller { child: None },
         };
         sim.build_network()?;
         let out = Command::new(&sim.opts.ferry_bin).args(["ca", "init"]).arg(&sim.ca_dir).output()?;
         if !out.status.success() {
             return Err(SimError::Command { cmd: "ferry ca init".into(), stderr: String::from_utf8_lossy(&out.stderr).into() });
         }
+        sim.issue_tokens()?;
         Ok(sim)
     }
 

@@ -98,18 +98,19 @@ impl Node {
         Ok(body)
     }
 
-    fn ready(&self) -> bool {
+    /// Whether the node proxy answers its readiness probe with 200.
+    pub fn ready(&self) -> bool {
         self.http(15021, "/healthz/ready").is_ok()
     }
 }
 
-fn log_file(path: &Path) -> Result<File> {
+pub(super) fn log_file(path: &Path) -> Result<File> {
     Ok(OpenOptions::new().create(true).append(true).open(path)?)
 }
 
 /// `ip netns exec <ns> [taskset -c <cpu>] setpriv --pdeathsig KILL -- <bin>`: the child dies
 /// with us.
-fn in_node(netns: &str, cpu: Option<usize>, bin: &Path) -> Command {
+pub(super) fn in_node(netns: &str, cpu: Option<usize>, bin: &Path) -> Command {
     let mut c = Command::new("ip");
     c.args(["netns", "exec", netns]);
     if let Some(cpu) = cpu {
@@ -151,7 +152,6 @@ impl Sim {
         c.env("INPOD_UDS", &n.zds_socket)
             .env("PROXY_MODE", "shared")
             .env("NODE_NAME", &n.name)
-            .env("FERRY_CA_DIR", &self.ca_dir)
             .env("LOG_FORMAT", "json")
             .envs(self.opts.proxy_env.iter().map(|(k, v)| (k, v)))
             .stderr(log_file(&n.proxy_log())?);
@@ -168,8 +168,6 @@ impl Sim {
         Ok(())
     }
 
-    /// `ferry proxy` reading the cluster state, or the alternative proxy reading the same state
-    /// rendered as a ztunnel local config.
     /// The cluster state rendered as a ztunnel local-config file for an alternative proxy;
     /// rewritten (atomically) on every state change, so a proxy that watches it sees new pods.
     pub(crate) fn render_local_config(&self) -> Result<PathBuf> {
@@ -186,20 +184,26 @@ impl Sim {
         let cpu = self.cpu_of(i);
         let Some(alt) = &self.opts.alt_proxy else {
             let mut c = in_node(&self.nodes[i].netns, cpu, &self.opts.ferry_bin);
-            c.arg("proxy")
-                .env("FERRY_CLUSTER_STATE", &self.state_dir)
-                .env("FERRY_LOCAL_XDS_POLL", format!("{}ms", self.opts.poll.as_millis()));
+            c.arg("proxy").envs(self.control_plane_env(i));
             return Ok(c);
         };
-        let file = self.render_local_config()?;
         let mut c = in_node(&self.nodes[i].netns, cpu, &alt.bin);
-        c.args(&alt.args).env("LOCAL_XDS_PATH", &file).env("XDS_ADDRESS", "").env("FAKE_CA", "true");
+        c.args(&alt.args);
+        if alt.control_plane {
+            c.envs(self.control_plane_env(i));
+        } else {
+            let file = self.render_local_config()?;
+            c.env("LOCAL_XDS_PATH", &file).env("XDS_ADDRESS", "").env("FAKE_CA", "true");
+        }
         c.envs(alt.env.iter().map(|(k, v)| (k, v)));
         Ok(c)
     }
 
-    /// Starts the agent and the proxy on every node.
+    /// `ferry proxy` (or the alternative proxy) on node `i`, pointed at the controller; or
+    /// the alternative proxy reading the cluster state rendered as a ztunnel local config.
+    /// Starts the controller, then the agent and the proxy on every node.
     pub fn start(&mut self) -> Result<()> {
+        self.start_controller()?;
         for i in 0..self.nodes.len() {
             self.start_agent(i)?;
         }
