@@ -23,6 +23,25 @@ pub struct DemoArgs {
     /// Keep the working directory (logs, cluster state) after exit.
     #[arg(long)]
     pub(crate) keep_logs: bool,
+    /// Run node N's proxy as another ZDS-speaking binary, e.g. Istio's ztunnel (`2=/path/to/ztunnel`),
+    /// pointed at the controller exactly as ferry's proxies are: an interop check. Its access log
+    /// must be JSON lines with ztunnel's field names (`LOG_FORMAT=json`, set for it).
+    #[arg(long, value_name = "N=PATH", value_parser = node_proxy)]
+    pub(crate) node_proxy: Option<(usize, PathBuf)>,
+    /// Arguments for the --node-proxy binary, whitespace-separated (`proxy` to run ferry itself).
+    #[arg(long, value_name = "ARGS", requires = "node_proxy", default_value = "")]
+    pub(crate) node_proxy_args: String,
+    /// Extra environment for the --node-proxy binary, `K=V` (repeatable).
+    #[arg(long, value_name = "K=V", requires = "node_proxy")]
+    pub(crate) node_proxy_env: Vec<String>,
+}
+
+fn node_proxy(s: &str) -> Result<(usize, PathBuf), String> {
+    let (n, path) = s.split_once('=').ok_or("expected N=PATH, e.g. 2=/usr/local/bin/ztunnel")?;
+    match n.parse::<usize>() {
+        Ok(n @ 1..=2) => Ok((n - 1, PathBuf::from(path))),
+        _ => Err(format!("node {n:?}: the demo has nodes 1 and 2")),
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -87,6 +106,17 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
     preflight(&exe)?;
     let mut opts = SimOptions::new(exe, 2);
     opts.keep_work_dir = args.keep_logs;
+    if let Some((node, bin)) = &args.node_proxy {
+        let env = args.node_proxy_env.iter().filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string()));
+        opts.alt_proxy = Some(crate::sim::AltProxy {
+            bin: bin.clone(),
+            args: args.node_proxy_args.split_whitespace().map(String::from).collect(),
+            env: env.chain([("LOG_FORMAT".to_string(), "json".to_string())]).collect(),
+            control_plane: true,
+            nodes: vec![*node],
+        });
+        println!("ferry demo: node-{}'s proxy is {} (interop check)\n", node + 1, bin.display());
+    }
     println!("ferry demo: an ambient mesh on this machine, no Kubernetes needed\n");
     println!("  building 2 nodes and a router as network namespaces; pods get their network from");
     println!("  the bridge + host-local CNI plugins chained with ferry-cni, as a container runtime does;");
@@ -220,7 +250,11 @@ fn run_flow(sim: &Sim, f: &Flow) -> Row {
     row.src_id = text("src.identity");
     row.dst_id = text("dst.identity");
     row.bytes = r["bytes_recv"].as_u64().unwrap_or(0);
-    let mtls = r["connection_security_policy"] == "mutual_tls";
+    // ztunnel's records carry no security policy; an identity on both sides means mTLS there.
+    let mtls = match r.get("connection_security_policy") {
+        Some(p) => p == "mutual_tls",
+        None => r["src.identity"].is_string() && r["dst.identity"].is_string(),
+    };
     row.path = match (f.expect, mtls) {
         (_, true) => "HBONE, mutual TLS".into(),
         (Expect::Passthrough, false) => "plain TCP (destination not in mesh)".into(),

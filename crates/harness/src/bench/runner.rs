@@ -117,7 +117,10 @@ fn alt_from_env() -> Option<(String, AltProxy)> {
     // The alternative proxy reads a local config unless asked to use the controller, so a
     // data-path comparison does not depend on its control-plane interop.
     let control_plane = std::env::var("FERRY_BENCH_ALT_CONTROL_PLANE").is_ok_and(|v| v == "true");
-    Some((name, AltProxy { bin, args: words("FERRY_BENCH_ALT_ARGS"), env: env_pairs("FERRY_BENCH_ALT_ENV"), control_plane }))
+    Some((
+        name,
+        AltProxy { bin, args: words("FERRY_BENCH_ALT_ARGS"), env: env_pairs("FERRY_BENCH_ALT_ENV"), control_plane, nodes: Vec::new() },
+    ))
 }
 
 /// The whitespace-separated words of an environment variable.

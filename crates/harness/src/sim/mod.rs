@@ -74,6 +74,8 @@ pub(crate) struct AltProxy {
     pub(crate) args: Vec<String>,
     pub(crate) env: Vec<(String, String)>,
     pub(crate) control_plane: bool,
+    /// The nodes (0-based) that run it instead of `ferry proxy`; empty: every node.
+    pub(crate) nodes: Vec<usize>,
 }
 
 impl SimOptions {
@@ -276,7 +278,7 @@ impl Sim {
     }
 
     fn state_changed(&self) -> Result<()> {
-        if self.opts.alt_proxy.is_some() {
+        if self.opts.alt_proxy.as_ref().is_some_and(|a| !a.control_plane) {
             self.render_local_config()?;
         }
         Ok(())

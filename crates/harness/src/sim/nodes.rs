@@ -182,7 +182,8 @@ impl Sim {
 
     fn proxy_command(&self, i: usize) -> Result<Command> {
         let cpu = self.cpu_of(i);
-        let Some(alt) = &self.opts.alt_proxy else {
+        let alt = self.opts.alt_proxy.as_ref().filter(|a| a.nodes.is_empty() || a.nodes.contains(&i));
+        let Some(alt) = alt else {
             let mut c = in_node(&self.nodes[i].netns, cpu, &self.opts.ferry_bin);
             c.arg("proxy").envs(self.control_plane_env(i));
             return Ok(c);
