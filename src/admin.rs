@@ -6,9 +6,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http::{header, Method, Request, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -25,6 +23,7 @@ use crate::listen::Gate;
 use crate::net::Keepalive;
 use crate::readiness::Readiness;
 use crate::state::StateStore;
+use crate::telemetry::http::{text, Resp};
 use crate::telemetry::LogHandle;
 use crate::tls::certs::CertManager;
 
@@ -41,8 +40,6 @@ pub(crate) struct AdminState {
     pub(crate) quit: mpsc::Sender<()>,
     pub(crate) extra: Option<DumpExtra>,
 }
-
-type Resp = Response<Full<Bytes>>;
 
 #[derive(Clone, Copy)]
 enum Server {
@@ -134,19 +131,12 @@ impl Server {
     }
 }
 
-fn text(status: StatusCode, body: impl Into<String>) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(body.into())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
-    r
-}
-
 fn route(kind: Server, a: &AdminState, req: Request<Incoming>) -> Resp {
     let path = req.uri().path();
     match (kind, path) {
         (Server::Readiness, "/healthz/ready") if req.method() == Method::GET => readiness(a),
         (Server::Readiness, "/healthz/ready") => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
-        (Server::Stats, "/metrics" | "/stats/prometheus") => metrics(a, &req),
+        (Server::Stats, "/metrics" | "/stats/prometheus") => crate::telemetry::exposition::response(&a.metrics, req.headers()),
         (Server::Admin, "/config_dump") => json_resp(config_dump(a)),
         (Server::Admin, "/logging") if req.method() == Method::POST => logging(a, req.uri().query().unwrap_or("")),
         (Server::Admin, "/quitquitquit") if req.method() == Method::POST => {
@@ -176,21 +166,6 @@ fn readiness(a: &AdminState) -> Resp {
     } else {
         text(StatusCode::INTERNAL_SERVER_ERROR, format!("not ready, pending: {}\n", pending.join(", ")))
     }
-}
-
-fn metrics(a: &AdminState, req: &Request<Incoming>) -> Resp {
-    let openmetrics =
-        req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("application/openmetrics-text"));
-    let mut body = a.metrics.render();
-    let ctype = if openmetrics {
-        body.push_str("# EOF\n");
-        "application/openmetrics-text;charset=utf-8;version=1.0.0"
-    } else {
-        "text/plain; charset=utf-8"
-    };
-    let mut r = text(StatusCode::OK, body);
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(ctype));
-    r
 }
 
 fn logging(a: &AdminState, query: &str) -> Resp {

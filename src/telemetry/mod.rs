@@ -2,7 +2,10 @@
 //! metrics use Istio's names and labels (protocols.md §7) so existing dashboards work.
 
 pub mod conn;
+pub(crate) mod exposition;
+pub(crate) mod http;
 pub mod metrics;
+pub(crate) mod process;
 
 use std::sync::Mutex;
 
