@@ -138,7 +138,9 @@ fn route(kind: Server, a: &AdminState, req: Request<Incoming>) -> Resp {
         (Server::Readiness, "/healthz/ready") => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         (Server::Stats, "/metrics" | "/stats/prometheus") => crate::telemetry::exposition::response(&a.metrics, req.headers()),
         (Server::Admin, "/config_dump") => json_resp(config_dump(a)),
-        (Server::Admin, "/logging") if req.method() == Method::POST => logging(a, req.uri().query().unwrap_or("")),
+        (Server::Admin, "/logging") if matches!(*req.method(), Method::GET | Method::POST) => {
+            logging(&a.log, req.method(), req.uri().query().unwrap_or(""))
+        }
         (Server::Admin, "/quitquitquit") if req.method() == Method::POST => {
             // The drain starts a moment after this answer is written: an idle proxy exits as
             // soon as it drains, and the caller should see its 200, not a reset.
@@ -149,11 +151,12 @@ fn route(kind: Server, a: &AdminState, req: Request<Incoming>) -> Resp {
             });
             text(StatusCode::OK, "shutting down\n")
         }
-        (Server::Admin, "/logging" | "/quitquitquit") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
+        (Server::Admin, "/logging") => text(StatusCode::METHOD_NOT_ALLOWED, "use GET to list or POST to change\n"),
+        (Server::Admin, "/quitquitquit") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
         (Server::Admin, "/debug/authorization") => explain(a, req.uri().query().unwrap_or("")),
         (Server::Admin, "/") => text(
             StatusCode::OK,
-            "ferry admin\n  GET  /config_dump\n  GET  /debug/authorization?destination=<ip:port>&source_ip=<ip>[&source_identity=<spiffe id>]\n  POST /logging[?level=<filter>|?reset]\n  POST /quitquitquit\n",
+            "ferry admin\n  GET  /config_dump\n  GET  /debug/authorization?destination=<ip:port>&source_ip=<ip>[&source_identity=<spiffe id>]\n  GET  /logging (the current filter)\n  POST /logging?level=<level>|<target>=<level>[,...] (a level replaces the filter, target directives merge into it)\n  POST /logging?reset\n  POST /quitquitquit\n",
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
@@ -168,24 +171,31 @@ fn readiness(a: &AdminState) -> Resp {
     }
 }
 
-fn logging(a: &AdminState, query: &str) -> Resp {
+/// ztunnel's `/logging`: GET (or a bare POST) lists the filter; POST `?level=` sets a level
+/// or merges `target=level` / `target:level` directives; POST `?reset` restores the start-up
+/// filter. A refused request changes nothing.
+fn logging(log: &LogHandle, method: &Method, query: &str) -> Resp {
     let mut level = None;
     let mut reset = false;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
-            Some(("level", v)) => level = Some(v.to_string()),
+            Some(("level", v)) if level.is_none() => level = Some(percent_decode(v)),
+            Some(("reset", _)) => reset = true,
             None if pair == "reset" => reset = true,
-            _ => return text(StatusCode::BAD_REQUEST, format!("unknown parameter {pair:?}; use level=<filter> or reset\n")),
+            _ => return text(StatusCode::BAD_REQUEST, format!("unknown or repeated parameter {pair:?}; use level=<filter> or reset\n")),
         }
     }
+    if *method != Method::POST && (level.is_some() || reset) {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "use POST to change the log level\n");
+    }
     let result = match (level, reset) {
-        (Some(l), false) => a.log.set(&l),
-        (None, true) => a.log.reset(),
+        (Some(l), false) => log.apply(&l),
+        (None, true) => log.reset(),
         (None, false) => Ok(()),
-        (Some(_), true) => Err("use either level or reset".to_string()),
+        (Some(_), true) => return text(StatusCode::BAD_REQUEST, "use either level or reset\n"),
     };
     match result {
-        Ok(()) => text(StatusCode::OK, format!("current log level: {}\n", a.log.current())),
+        Ok(()) => text(StatusCode::OK, format!("current log level: {}\n", log.current())),
         Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
     }
 }
@@ -295,4 +305,67 @@ fn config_dump(a: &AdminState) -> serde_json::Value {
         }
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn call(log: &LogHandle, method: Method, query: &str) -> (u16, String) {
+        let r = logging(log, &method, query);
+        let status = r.status().as_u16();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let body = rt.block_on(r.into_body().collect()).unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// The review's table through the handler, and what each filter lets through: after
+    /// istioctl's `access:debug` both the access log and the other logs keep coming.
+    #[test]
+    fn logging_rows_through_the_handler() {
+        let out = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (log, sub) = crate::telemetry::test_logging("info", out.clone());
+        let dispatch = tracing::Dispatch::new(sub);
+        // The whole test runs under the subscriber: a reload recomputes which call sites are
+        // enabled against the current dispatcher, as it does against the global one in ferry.
+        tracing::dispatcher::with_default(&dispatch, || handler_rows(&log, &out));
+    }
+
+    fn handler_rows(log: &LogHandle, out: &std::sync::Mutex<Vec<u8>>) {
+        let lines = |f: &dyn Fn()| {
+            out.lock().unwrap().clear();
+            f();
+            String::from_utf8(out.lock().unwrap().clone()).unwrap()
+        };
+        let emit = || {
+            tracing::info!(target: "access", "access-info");
+            tracing::debug!(target: "access", "access-debug");
+            tracing::info!(target: "ferry::proxy", "proxy-info");
+            tracing::debug!(target: "ferry::proxy", "proxy-debug");
+        };
+        assert_eq!(call(log, Method::POST, ""), (200, "current log level: info\n".into()));
+        assert_eq!(call(log, Method::GET, ""), (200, "current log level: info\n".into()));
+        for bad in ["level=xyz", "level=bogus:::", "level=info&x=1", "level=debug&reset", "level=a=b=c"] {
+            assert_eq!(call(log, Method::POST, bad).0, 400, "{bad}");
+        }
+        assert_eq!(call(log, Method::GET, "level=debug").0, 405);
+        assert_eq!(log.current(), "info", "refused requests change nothing");
+
+        assert_eq!(call(log, Method::POST, "level=access%3Adebug"), (200, "current log level: info,access=debug\n".into()));
+        let seen = lines(&emit);
+        for want in ["access-info", "access-debug", "proxy-info"] {
+            assert!(seen.contains(want), "{want} missing after access:debug:\n{seen}");
+        }
+        assert!(!seen.contains("proxy-debug"), "{seen}");
+
+        assert_eq!(call(log, Method::POST, "level=ferry::proxy=debug").1, "current log level: info,access=debug,ferry::proxy=debug\n");
+        let seen = lines(&emit);
+        assert!(seen.contains("proxy-debug"), "{seen}");
+        assert_eq!(call(log, Method::POST, "level=warn").1, "current log level: warn\n");
+        assert!(lines(&emit).is_empty(), "warn replaces the whole filter");
+        assert_eq!(call(log, Method::POST, "reset").1, "current log level: info\n");
+        let seen = lines(&emit);
+        assert!(seen.contains("proxy-info") && !seen.contains("access-debug"), "{seen}");
+    }
 }
