@@ -163,6 +163,21 @@ fn a_real_prometheus_scrapes_every_role_and_sees_the_dashboard_labels() {
     assert_eq!(build.len(), 2, "both node proxies in the Ztunnel dashboard's versions panel: {build:?}");
     let enrolled = query(&prom, "ferry_agent_enrolled_pods{job=\"ferry-agent\"}");
     assert_eq!(enrolled.first().map(|r| r.1), Some(1.0), "node-2's agent enrolled the backend: {enrolled:?}");
+    let zds = query(&prom, "ferry_agent_zds_connections{job=\"ferry-agent\"}");
+    assert_eq!(zds.first().map(|r| r.1), Some(1.0), "node-2's proxy is connected to its agent: {zds:?}");
+
+    // A held connection is one open socket on each side, and none once it is closed.
+    let sockets = |p: &Prometheus| {
+        let mut by: Vec<(String, f64)> =
+            query(p, "sum by (reporter) (istio_tcp_sockets_open)").iter().map(|(m, v)| (label(m, "reporter").to_string(), *v)).collect();
+        by.sort_by(|a, b| a.0.cmp(&b.0));
+        by
+    };
+    let open = |n: f64| vec![("destination".to_string(), n), ("source".to_string(), n)];
+    let held = ferry_harness::sim::apps::connect(&sim.pod("shop", "frontend").netns_path(), backend).expect("hold a connection");
+    poll("one open socket per side in istio_tcp_sockets_open", &prom, |p| (sockets(p) == open(1.0)).then_some(()));
+    drop(held);
+    poll("no open sockets once the connection closed", &prom, |p| (sockets(p) == open(0.0)).then_some(()));
     for family in ["process_open_fds", "process_resident_memory_bytes", "process_cpu_seconds_total"] {
         assert_eq!(query(&prom, family).len(), 4, "{family} from every target");
     }
