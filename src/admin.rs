@@ -1,26 +1,19 @@
 //! Operations endpoints, served on their own single-threaded runtime so a busy data path
-//! never starves them: admin (config dump, logging, quit) on localhost, Prometheus metrics,
+//! never starves them, by the bounded management server every role shares
+//! (`telemetry::http`): admin (config dump, logging, quit) on localhost, Prometheus metrics,
 //! and readiness (protocols.md §7). Admin is never bound in a pod's namespace (invariant P13).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{header, Method, Request, StatusCode};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use std::time::Duration;
-
 use crate::config::Config;
-use crate::limits::{HTTP_CONNECTIONS, HTTP_CONNECTIONS_PER_SOURCE};
-use crate::listen::Gate;
-use crate::net::Keepalive;
 use crate::readiness::Readiness;
 use crate::state::StateStore;
 use crate::telemetry::http::{text, Resp};
@@ -84,42 +77,12 @@ pub(crate) fn start(admin: Arc<AdminState>) -> std::io::Result<[SocketAddr; 3]> 
     Ok(addrs)
 }
 
-/// Serves one management listener. Anyone who can reach a pod IP can reach 15020 and 15021,
-/// so each server caps its connections (in total and per source), gives a client
-/// `FERRY_HTTP_HEADER_TIMEOUT` to send each request's headers (which also closes idle
-/// keep-alive connections), bounds header size, and sets TCP keepalive so sockets of
-/// vanished clients are reclaimed.
+/// Serves one management listener on the shared bounded server, with the configured
+/// `FERRY_HTTP_HEADER_TIMEOUT`.
 async fn serve(l: TcpListener, kind: Server, admin: Arc<AdminState>) {
-    let name = kind.name();
-    let gate = Gate::new(name, HTTP_CONNECTIONS, HTTP_CONNECTIONS_PER_SOURCE);
     let header_timeout = admin.cfg.limits.http_header_timeout;
-    loop {
-        let (s, peer) = crate::listen::accept(name, || l.accept()).await;
-        let Some(place) = gate.admit(crate::net::canonical(peer).ip()) else { continue };
-        crate::net::tune_stream(&s, &MANAGEMENT_KEEPALIVE);
-        let admin = admin.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(route(kind, &admin, req)) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .max_buf_size(MAX_REQUEST_HEAD)
-                .serve_connection(TokioIo::new(s), svc)
-                .await;
-            drop(place);
-        });
-    }
+    crate::telemetry::http::serve(l, kind.name(), header_timeout, move |req| route(kind, &admin, req)).await
 }
-
-/// Largest request head a management server reads (requests have no body).
-const MAX_REQUEST_HEAD: usize = 16 * 1024;
-
-/// Keepalive for management connections: a vanished client's socket is gone in ~90 s.
-const MANAGEMENT_KEEPALIVE: Keepalive =
-    Keepalive { enabled: true, time: Duration::from_secs(60), interval: Duration::from_secs(10), retries: 3, user_timeout: false };
 
 impl Server {
     fn name(self) -> &'static str {
@@ -131,7 +94,7 @@ impl Server {
     }
 }
 
-fn route(kind: Server, a: &AdminState, req: Request<Incoming>) -> Resp {
+fn route(kind: Server, a: &AdminState, req: &Request<Incoming>) -> Resp {
     let path = req.uri().path();
     match (kind, path) {
         (Server::Readiness, "/healthz/ready") if req.method() == Method::GET => readiness(a),

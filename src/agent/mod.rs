@@ -110,7 +110,12 @@ async fn serve(args: AgentArgs) -> Result<(), AgentError> {
         let agent = agent.clone();
         move || agent.publish_gauges()
     };
-    tokio::spawn(telemetry::http::serve(stats, "metrics", telemetry::http::metrics_route(handle, refresh)));
+    tokio::spawn(telemetry::http::serve(
+        stats,
+        "metrics",
+        telemetry::http::HEADER_TIMEOUT,
+        telemetry::http::metrics_route(handle, refresh),
+    ));
     tracing::info!(node = %agent.args.node_name, zds = %agent.args.zds_socket.display(), cni = %agent.args.cni_socket.display(), "ferry agent ready");
     tokio::spawn(agent.clone().serve_zds(zds));
     tokio::spawn(agent.clone().serve_cni(cni));

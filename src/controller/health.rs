@@ -9,7 +9,7 @@ use http::StatusCode;
 use tokio::sync::watch;
 
 use super::ControllerArgs;
-use crate::telemetry::http::{bind, metrics_route, serve, text};
+use crate::telemetry::http::{bind, metrics_route, serve, text, HEADER_TIMEOUT};
 use crate::telemetry::metrics::Role;
 
 /// Ready once the state is translated (it is, before this starts) and the server listens.
@@ -27,12 +27,12 @@ pub(crate) fn start(args: &ControllerArgs, resources: watch::Receiver<Arc<Resour
     let metrics = crate::telemetry::metrics::install(Role::Controller);
     let (r, m) = (bind(args.readiness_addr)?, bind(args.stats_addr)?);
     let flag = ready.clone();
-    tokio::spawn(serve(r, "readiness", move |req| match req.uri().path() {
+    tokio::spawn(serve(r, "readiness", HEADER_TIMEOUT, move |req| match req.uri().path() {
         "/healthz/ready" if flag.0.load(Ordering::Relaxed) => text(StatusCode::OK, "ready\n"),
         "/healthz/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: starting the xDS server\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }));
     let refresh = move || metrics::gauge!("ferry_controller_resources").set(resources.borrow().len() as f64);
-    tokio::spawn(serve(m, "metrics", metrics_route(metrics, refresh)));
+    tokio::spawn(serve(m, "metrics", HEADER_TIMEOUT, metrics_route(metrics, refresh)));
     Ok(ready)
 }
