@@ -163,6 +163,9 @@ fn a_real_prometheus_scrapes_every_role_and_sees_the_dashboard_labels() {
     assert_eq!(build.len(), 2, "both node proxies in the Ztunnel dashboard's versions panel: {build:?}");
     let enrolled = query(&prom, "ferry_agent_enrolled_pods{job=\"ferry-agent\"}");
     assert_eq!(enrolled.first().map(|r| r.1), Some(1.0), "node-2's agent enrolled the backend: {enrolled:?}");
+    let cni_adds = query(&prom, "sum(ferry_agent_cni_requests_total{job=\"ferry-agent\",command=\"ADD\",result=\"ok\"})");
+    let on_node2 = sim.pods.values().filter(|p| p.node == 1).count() as f64;
+    assert_eq!(cni_adds.first().map(|r| r.1), Some(on_node2), "one CNI ADD per pod created on node-2: {cni_adds:?}");
     let zds = query(&prom, "ferry_agent_zds_connections{job=\"ferry-agent\"}");
     assert_eq!(zds.first().map(|r| r.1), Some(1.0), "node-2's proxy is connected to its agent: {zds:?}");
 
