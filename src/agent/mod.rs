@@ -82,14 +82,17 @@ pub(crate) struct Agent {
 
 pub fn run_agent(args: AgentArgs) -> Result<(), AgentError> {
     telemetry::init_logging(args.log_format, None);
+    // Before anything runs, so no count is recorded into the no-op recorder.
+    let metrics = telemetry::metrics::install(telemetry::metrics::Role::Agent);
+    describe_metrics();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|source| AgentError::Io { what: "cannot start the runtime".into(), source })?;
-    rt.block_on(serve(args))
+    rt.block_on(serve(args, metrics))
 }
 
-async fn serve(args: AgentArgs) -> Result<(), AgentError> {
+async fn serve(args: AgentArgs, metrics: metrics_exporter_prometheus::PrometheusHandle) -> Result<(), AgentError> {
     let io = |what: &str| {
         let what = what.to_string();
         move |source| AgentError::Io { what, source }
@@ -104,8 +107,7 @@ async fn serve(args: AgentArgs) -> Result<(), AgentError> {
         .map_err(io(&format!("cannot bind the metrics address {} (--metrics-addr/FERRY_AGENT_METRICS_ADDR)", args.metrics_addr)))?;
     let agent = Arc::new(Agent::new(args, source.subscribe(), cache));
     agent.restore().await;
-    let handle = telemetry::metrics::install(telemetry::metrics::Role::Agent);
-    describe_metrics();
+    agent.publish_gauges();
     let refresh = {
         let agent = agent.clone();
         move || agent.publish_gauges()
@@ -114,7 +116,7 @@ async fn serve(args: AgentArgs) -> Result<(), AgentError> {
         stats,
         "metrics",
         telemetry::http::HEADER_TIMEOUT,
-        telemetry::http::metrics_route(handle, refresh),
+        telemetry::http::metrics_route(metrics, refresh),
     ));
     tracing::info!(node = %agent.args.node_name, zds = %agent.args.zds_socket.display(), cni = %agent.args.cni_socket.display(), "ferry agent ready");
     tokio::spawn(agent.clone().serve_zds(zds));
