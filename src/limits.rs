@@ -21,11 +21,12 @@ pub struct LimitArgs {
     pub max_connections_per_source: usize,
 
     /// CONNECT streams of one HBONE connection that may be setting up (authorizing and dialling
-    /// the application) at once; more are answered 503 at once.
+    /// the application) at once; more wait for a place, and are answered 503 after waiting
+    /// as long as the connect timeout.
     #[arg(long, env = "FERRY_HBONE_SETUPS_PER_CONNECTION", default_value_t = 32)]
     pub hbone_setups_per_connection: usize,
 
-    /// CONNECT streams setting up at once over the whole proxy.
+    /// CONNECT streams setting up at once over the whole proxy (more wait, as above).
     #[arg(long, env = "FERRY_HBONE_SETUPS", default_value_t = 1024)]
     pub hbone_setups: usize,
 

@@ -102,21 +102,20 @@ struct Opened {
 }
 
 /// Opens the stream; a refusal is answered with its status and recorded here. The set-up holds
-/// a place on its connection and on the proxy, and is abandoned (its dial cancelled) the moment
-/// the peer resets the stream, so reset floods cannot make the proxy hold dials (P10).
+/// a place on its connection and on the proxy while it authorizes and dials, and is abandoned
+/// (its wait or dial cancelled) the moment the peer resets the stream, so reset floods cannot
+/// make the proxy hold dials (P10).
 async fn setup(px: Arc<WorkloadProxy>, req: Request<RecvStream>, mut respond: SendResponse<Chunk>, conn: Arc<ConnInfo>) -> Option<Opened> {
     let mut rec = ConnRecord::new(Direction::Inbound, ClientAddr(conn.peer), conn.local);
     rec.source_identity(&conn.identity);
     rec.set_mtls(true);
-    let opened = match setup_places(&px, &conn) {
-        Ok(_places) => {
-            let dialled = dial(&px, &req, &conn, &mut rec);
-            tokio::select! {
-                r = dialled => r,
-                _ = std::future::poll_fn(|cx| respond.poll_reset(cx)) => Err(ProxyError::Cancelled),
-            }
-        }
-        Err(e) => Err(e),
+    let work = async {
+        let _places = setup_places(&px, &conn).await?;
+        dial(&px, &req, &conn, &mut rec).await
+    };
+    let opened = tokio::select! {
+        r = work => r,
+        _ = std::future::poll_fn(|cx| respond.poll_reset(cx)) => Err(ProxyError::Cancelled),
     };
     let result = opened.and_then(|(up, tracking, baggage)| accept(&mut respond, up, tracking, baggage));
     let outcome = match &result {
@@ -144,15 +143,20 @@ async fn setup(px: Arc<WorkloadProxy>, req: Request<RecvStream>, mut respond: Se
     }
 }
 
-/// A place for one set-up on the stream's connection and on the proxy, or a refusal to shed.
-fn setup_places(px: &WorkloadProxy, conn: &ConnInfo) -> Result<[tokio::sync::OwnedSemaphorePermit; 2], ProxyError> {
-    let on_conn = conn
-        .setups
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| ProxyError::Shed("this HBONE connection (FERRY_HBONE_SETUPS_PER_CONNECTION)"))?;
-    let on_proxy = px.inputs.setups.clone().try_acquire_owned().map_err(|_| ProxyError::Shed("the proxy (FERRY_HBONE_SETUPS)"))?;
-    Ok([on_conn, on_proxy])
+/// A place for one set-up on the stream's connection and on the proxy. A stream beyond the
+/// caps waits for a place, so a legitimate burst multiplexed on one pooled connection queues
+/// instead of failing; the queue is bounded by HTTP/2's streams per connection, and a stream
+/// that waits longer than the connect timeout is shed.
+async fn setup_places(px: &WorkloadProxy, conn: &ConnInfo) -> Result<[tokio::sync::OwnedSemaphorePermit; 2], ProxyError> {
+    let deadline = tokio::time::Instant::now() + px.inputs.cfg.connect_timeout;
+    let on_conn = match tokio::time::timeout_at(deadline, conn.setups.clone().acquire_owned()).await {
+        Ok(Ok(p)) => p,
+        _ => return Err(ProxyError::Shed("this HBONE connection (FERRY_HBONE_SETUPS_PER_CONNECTION)")),
+    };
+    match tokio::time::timeout_at(deadline, px.inputs.setups.clone().acquire_owned()).await {
+        Ok(Ok(on_proxy)) => Ok([on_conn, on_proxy]),
+        _ => Err(ProxyError::Shed("the proxy (FERRY_HBONE_SETUPS)")),
+    }
 }
 
 /// Validates, authorizes and dials the application; returns the app connection, its tracking
