@@ -28,14 +28,13 @@ plugin=${FERRY_CNI_PLUGIN:-/usr/local/bin/ferry-cni}
 say() { echo "ferry-install-cni: $*" >&2; }
 
 # The primary network configuration: the runtime uses the lexically first file, so that is the
-# one to chain into. A plain *.conf (one plugin, no chain) is refused rather than rewritten:
-# converting it would change how the runtime reads the node's network.
+# one to chain into. Empty when there is none yet. A plain *.conf (one plugin, no chain) is
+# refused rather than rewritten: converting it would change how the runtime reads the network.
 primary_conflist() {
   first=$(find "$net_dir" -maxdepth 1 -type f \( -name '*.conflist' -o -name '*.conf' -o -name '*.json' \) | LC_ALL=C sort | head -n 1)
   case "$first" in
-    "") say "no CNI network configuration in $net_dir yet (is the network plugin installed?)"; return 1 ;;
-    *.conflist) echo "$first" ;;
-    *) say "$first is not a .conflist; ferry-cni can only be chained into a plugin list"; return 1 ;;
+    "" | *.conflist) echo "$first" ;;
+    *) say "$first is not a .conflist; ferry-cni can only be chained into a plugin list"; exit 1 ;;
   esac
 }
 
@@ -49,10 +48,12 @@ install() {
   # The network plugin may write its configuration after this pod starts (kind's kindnet
   # does): wait for it instead of failing the pod into a restart loop.
   tries=0
-  until conf=$(primary_conflist); do
+  conf=$(primary_conflist)
+  while [ -z "$conf" ]; do
     tries=$((tries + 1))
-    [ "$tries" -lt 60 ] || { say "giving up after 120s"; exit 1; }
+    [ "$tries" -lt 60 ] || { say "no CNI network configuration in $net_dir after 120s (is the network plugin installed?)"; exit 1; }
     sleep 2
+    conf=$(primary_conflist)
   done
   if jq -e '.plugins | map(.type) | index("ferry-cni")' "$conf" >/dev/null; then
     say "$conf already chains ferry-cni"
