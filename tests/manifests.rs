@@ -447,3 +447,47 @@ fn the_kind_runner_installs_the_validated_manifests() {
     let minor = |v: &str| v.split('.').take(2).collect::<Vec<_>>().join(".");
     assert_eq!(minor(tag), minor(KUBERNETES_VERSION), "kind's node image and the validated schema differ");
 }
+
+/// Safe defaults that a later edit must not loosen silently: the capabilities each container
+/// adds (none privileged, every one dropping ALL), the controller non-root, and RBAC without
+/// wildcards or access to Secrets.
+#[test]
+fn no_role_gets_more_than_it_needs() {
+    let objs = rendered();
+    #[rustfmt::skip]
+    let want: &[(&str, &str, &str, &[&str])] = &[
+        ("Deployment", "ferry-controller", "controller", &[]),
+        ("DaemonSet", "ferry-proxy", "proxy", &["NET_ADMIN", "SYS_ADMIN", "NET_RAW"]),
+        ("DaemonSet", "ferry-node-agent", "agent", &["NET_ADMIN", "SYS_ADMIN"]),
+        ("DaemonSet", "ferry-node-agent", "install-cni", &[]),
+    ];
+    for (kind, name, c, caps) in want {
+        let sc = &container(find(&objs, kind, name), c)["securityContext"];
+        assert_ne!(sc["privileged"], true, "{name}/{c} is privileged");
+        assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]), "{name}/{c}");
+        let added: Vec<&str> =
+            sc["capabilities"]["add"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        assert_eq!(&added, caps, "{name}/{c} capabilities");
+        assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}/{c}");
+    }
+    let ctl = &find(&objs, "Deployment", "ferry-controller")["spec"]["template"]["spec"];
+    assert_eq!(ctl["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        container(find(&objs, "Deployment", "ferry-controller"), "controller")["securityContext"]["allowPrivilegeEscalation"],
+        false
+    );
+    for o in objs.iter().filter(|o| o["kind"] == "ClusterRole" || o["kind"] == "Role") {
+        for rule in o["rules"].as_array().unwrap() {
+            let words = |k: &str| rule[k].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect::<Vec<_>>();
+            let name = o["metadata"]["name"].as_str().unwrap();
+            for k in ["apiGroups", "resources", "verbs"] {
+                assert!(!words(k).contains(&"*".to_string()), "{name}: a wildcard in {k}");
+            }
+            assert!(!words("resources").contains(&"secrets".to_string()), "{name} may read Secrets");
+            assert!(
+                !words("verbs").iter().any(|v| v == "delete" || v == "escalate" || v == "bind" || v == "impersonate"),
+                "{name}: {rule}"
+            );
+        }
+    }
+}
