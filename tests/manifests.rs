@@ -146,10 +146,14 @@ fn the_kustomization_renders_the_three_roles_in_istio_system() {
     }
 }
 
-/// The validator `./x test` installed (FERRY_KUBERNETES_VALIDATE), else the one on PATH; it
-/// must be the version x pins.
+/// The validator `./x test` installed (FERRY_KUBERNETES_VALIDATE, or in .tools/ for a plain
+/// `cargo test` after an `./x test`), else the one on PATH; it must be the version x pins.
 fn validator() -> String {
-    let v = std::env::var("FERRY_KUBERNETES_VALIDATE").unwrap_or_else(|_| "kubernetes-validate".into());
+    let installed = root().join(".tools/venv/bin/kubernetes-validate");
+    let v = std::env::var("FERRY_KUBERNETES_VALIDATE").unwrap_or_else(|_| match installed.exists() {
+        true => installed.display().to_string(),
+        false => "kubernetes-validate".into(),
+    });
     let x = std::fs::read_to_string(root().join("x")).unwrap();
     let pin = x.lines().find_map(|l| l.strip_prefix("kubernetes_validate_version=")).expect("x pins kubernetes-validate");
     let have = ok_stdout(&v, &["--version"], &root());
