@@ -1,30 +1,22 @@
 //! Operations endpoints, served on their own single-threaded runtime so a busy data path
-//! never starves them: admin (config dump, logging, quit) on localhost, Prometheus metrics,
+//! never starves them, by the bounded management server every role shares
+//! (`telemetry::http`): admin (config dump, logging, quit) on localhost, Prometheus metrics,
 //! and readiness (protocols.md §7). Admin is never bound in a pod's namespace (invariant P13).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http::{header, Method, Request, StatusCode};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use std::time::Duration;
-
 use crate::config::Config;
-use crate::limits::{HTTP_CONNECTIONS, HTTP_CONNECTIONS_PER_SOURCE};
-use crate::listen::Gate;
-use crate::net::Keepalive;
 use crate::readiness::Readiness;
 use crate::state::StateStore;
+use crate::telemetry::http::{text, Resp};
 use crate::telemetry::LogHandle;
 use crate::tls::certs::CertManager;
 
@@ -41,8 +33,6 @@ pub(crate) struct AdminState {
     pub(crate) quit: mpsc::Sender<()>,
     pub(crate) extra: Option<DumpExtra>,
 }
-
-type Resp = Response<Full<Bytes>>;
 
 #[derive(Clone, Copy)]
 enum Server {
@@ -87,42 +77,12 @@ pub(crate) fn start(admin: Arc<AdminState>) -> std::io::Result<[SocketAddr; 3]> 
     Ok(addrs)
 }
 
-/// Serves one management listener. Anyone who can reach a pod IP can reach 15020 and 15021,
-/// so each server caps its connections (in total and per source), gives a client
-/// `FERRY_HTTP_HEADER_TIMEOUT` to send each request's headers (which also closes idle
-/// keep-alive connections), bounds header size, and sets TCP keepalive so sockets of
-/// vanished clients are reclaimed.
+/// Serves one management listener on the shared bounded server, with the configured
+/// `FERRY_HTTP_HEADER_TIMEOUT`.
 async fn serve(l: TcpListener, kind: Server, admin: Arc<AdminState>) {
-    let name = kind.name();
-    let gate = Gate::new(name, HTTP_CONNECTIONS, HTTP_CONNECTIONS_PER_SOURCE);
     let header_timeout = admin.cfg.limits.http_header_timeout;
-    loop {
-        let (s, peer) = crate::listen::accept(name, || l.accept()).await;
-        let Some(place) = gate.admit(crate::net::canonical(peer).ip()) else { continue };
-        crate::net::tune_stream(&s, &MANAGEMENT_KEEPALIVE);
-        let admin = admin.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(route(kind, &admin, req)) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .max_buf_size(MAX_REQUEST_HEAD)
-                .serve_connection(TokioIo::new(s), svc)
-                .await;
-            drop(place);
-        });
-    }
+    crate::telemetry::http::serve(l, kind.name(), header_timeout, move |req| route(kind, &admin, req)).await
 }
-
-/// Largest request head a management server reads (requests have no body).
-const MAX_REQUEST_HEAD: usize = 16 * 1024;
-
-/// Keepalive for management connections: a vanished client's socket is gone in ~90 s.
-const MANAGEMENT_KEEPALIVE: Keepalive =
-    Keepalive { enabled: true, time: Duration::from_secs(60), interval: Duration::from_secs(10), retries: 3, user_timeout: false };
 
 impl Server {
     fn name(self) -> &'static str {
@@ -134,21 +94,16 @@ impl Server {
     }
 }
 
-fn text(status: StatusCode, body: impl Into<String>) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(body.into())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
-    r
-}
-
-fn route(kind: Server, a: &AdminState, req: Request<Incoming>) -> Resp {
+fn route(kind: Server, a: &AdminState, req: &Request<Incoming>) -> Resp {
     let path = req.uri().path();
     match (kind, path) {
         (Server::Readiness, "/healthz/ready") if req.method() == Method::GET => readiness(a),
         (Server::Readiness, "/healthz/ready") => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
-        (Server::Stats, "/metrics" | "/stats/prometheus") => metrics(a, &req),
+        (Server::Stats, "/metrics" | "/stats/prometheus") => crate::telemetry::exposition::response(&a.metrics, req.headers()),
         (Server::Admin, "/config_dump") => json_resp(config_dump(a)),
-        (Server::Admin, "/logging") if req.method() == Method::POST => logging(a, req.uri().query().unwrap_or("")),
+        (Server::Admin, "/logging") if matches!(*req.method(), Method::GET | Method::POST) => {
+            logging(&a.log, req.method(), req.uri().query().unwrap_or(""))
+        }
         (Server::Admin, "/quitquitquit") if req.method() == Method::POST => {
             // The drain starts a moment after this answer is written: an idle proxy exits as
             // soon as it drains, and the caller should see its 200, not a reset.
@@ -159,11 +114,12 @@ fn route(kind: Server, a: &AdminState, req: Request<Incoming>) -> Resp {
             });
             text(StatusCode::OK, "shutting down\n")
         }
-        (Server::Admin, "/logging" | "/quitquitquit") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
+        (Server::Admin, "/logging") => text(StatusCode::METHOD_NOT_ALLOWED, "use GET to list or POST to change\n"),
+        (Server::Admin, "/quitquitquit") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
         (Server::Admin, "/debug/authorization") => explain(a, req.uri().query().unwrap_or("")),
         (Server::Admin, "/") => text(
             StatusCode::OK,
-            "ferry admin\n  GET  /config_dump\n  GET  /debug/authorization?destination=<ip:port>&source_ip=<ip>[&source_identity=<spiffe id>]\n  POST /logging[?level=<filter>|?reset]\n  POST /quitquitquit\n",
+            "ferry admin\n  GET  /config_dump\n  GET  /debug/authorization?destination=<ip:port>&source_ip=<ip>[&source_identity=<spiffe id>]\n  GET  /logging (the current filter)\n  POST /logging?level=<level>|<target>=<level>[,...] (a level replaces the filter, target directives merge into it)\n  POST /logging?reset\n  POST /quitquitquit\n",
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
@@ -178,39 +134,31 @@ fn readiness(a: &AdminState) -> Resp {
     }
 }
 
-fn metrics(a: &AdminState, req: &Request<Incoming>) -> Resp {
-    let openmetrics =
-        req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("application/openmetrics-text"));
-    let mut body = a.metrics.render();
-    let ctype = if openmetrics {
-        body.push_str("# EOF\n");
-        "application/openmetrics-text;charset=utf-8;version=1.0.0"
-    } else {
-        "text/plain; charset=utf-8"
-    };
-    let mut r = text(StatusCode::OK, body);
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(ctype));
-    r
-}
-
-fn logging(a: &AdminState, query: &str) -> Resp {
+/// ztunnel's `/logging`: GET (or a bare POST) lists the filter; POST `?level=` sets a level
+/// or merges `target=level` / `target:level` directives; POST `?reset` restores the start-up
+/// filter. A refused request changes nothing.
+fn logging(log: &LogHandle, method: &Method, query: &str) -> Resp {
     let mut level = None;
     let mut reset = false;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
-            Some(("level", v)) => level = Some(v.to_string()),
+            Some(("level", v)) if level.is_none() => level = Some(percent_decode(v)),
+            Some(("reset", _)) => reset = true,
             None if pair == "reset" => reset = true,
-            _ => return text(StatusCode::BAD_REQUEST, format!("unknown parameter {pair:?}; use level=<filter> or reset\n")),
+            _ => return text(StatusCode::BAD_REQUEST, format!("unknown or repeated parameter {pair:?}; use level=<filter> or reset\n")),
         }
     }
+    if *method != Method::POST && (level.is_some() || reset) {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "use POST to change the log level\n");
+    }
     let result = match (level, reset) {
-        (Some(l), false) => a.log.set(&l),
-        (None, true) => a.log.reset(),
+        (Some(l), false) => log.apply(&l),
+        (None, true) => log.reset(),
         (None, false) => Ok(()),
-        (Some(_), true) => Err("use either level or reset".to_string()),
+        (Some(_), true) => return text(StatusCode::BAD_REQUEST, "use either level or reset\n"),
     };
     match result {
-        Ok(()) => text(StatusCode::OK, format!("current log level: {}\n", a.log.current())),
+        Ok(()) => text(StatusCode::OK, format!("current log level: {}\n", log.current())),
         Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
     }
 }
@@ -320,4 +268,67 @@ fn config_dump(a: &AdminState) -> serde_json::Value {
         }
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn call(log: &LogHandle, method: Method, query: &str) -> (u16, String) {
+        let r = logging(log, &method, query);
+        let status = r.status().as_u16();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let body = rt.block_on(r.into_body().collect()).unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// The review's table through the handler, and what each filter lets through: after
+    /// istioctl's `access:debug` both the access log and the other logs keep coming.
+    #[test]
+    fn logging_rows_through_the_handler() {
+        let out = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (log, sub) = crate::telemetry::test_logging("info", out.clone());
+        let dispatch = tracing::Dispatch::new(sub);
+        // The whole test runs under the subscriber: a reload recomputes which call sites are
+        // enabled against the current dispatcher, as it does against the global one in ferry.
+        tracing::dispatcher::with_default(&dispatch, || handler_rows(&log, &out));
+    }
+
+    fn handler_rows(log: &LogHandle, out: &std::sync::Mutex<Vec<u8>>) {
+        let lines = |f: &dyn Fn()| {
+            out.lock().unwrap().clear();
+            f();
+            String::from_utf8(out.lock().unwrap().clone()).unwrap()
+        };
+        let emit = || {
+            tracing::info!(target: "access", "access-info");
+            tracing::debug!(target: "access", "access-debug");
+            tracing::info!(target: "ferry::proxy", "proxy-info");
+            tracing::debug!(target: "ferry::proxy", "proxy-debug");
+        };
+        assert_eq!(call(log, Method::POST, ""), (200, "current log level: info\n".into()));
+        assert_eq!(call(log, Method::GET, ""), (200, "current log level: info\n".into()));
+        for bad in ["level=xyz", "level=bogus:::", "level=info&x=1", "level=debug&reset", "level=a=b=c"] {
+            assert_eq!(call(log, Method::POST, bad).0, 400, "{bad}");
+        }
+        assert_eq!(call(log, Method::GET, "level=debug").0, 405);
+        assert_eq!(log.current(), "info", "refused requests change nothing");
+
+        assert_eq!(call(log, Method::POST, "level=access%3Adebug"), (200, "current log level: info,access=debug\n".into()));
+        let seen = lines(&emit);
+        for want in ["access-info", "access-debug", "proxy-info"] {
+            assert!(seen.contains(want), "{want} missing after access:debug:\n{seen}");
+        }
+        assert!(!seen.contains("proxy-debug"), "{seen}");
+
+        assert_eq!(call(log, Method::POST, "level=ferry::proxy=debug").1, "current log level: info,access=debug,ferry::proxy=debug\n");
+        let seen = lines(&emit);
+        assert!(seen.contains("proxy-debug"), "{seen}");
+        assert_eq!(call(log, Method::POST, "level=warn").1, "current log level: warn\n");
+        assert!(lines(&emit).is_empty(), "warn replaces the whole filter");
+        assert_eq!(call(log, Method::POST, "reset").1, "current log level: info\n");
+        let seen = lines(&emit);
+        assert!(seen.contains("proxy-info") && !seen.contains("access-debug"), "{seen}");
+    }
 }

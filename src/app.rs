@@ -114,7 +114,7 @@ fn load_state(cfg: &Config) -> Result<StateStore, AppError> {
 
 async fn serve(cfg: Arc<Config>, log: Arc<LogHandle>) -> Result<(), AppError> {
     // Before anything records a metric: counters recorded earlier would be lost.
-    let metrics = telemetry::metrics::install();
+    let metrics = telemetry::metrics::install(telemetry::metrics::Role::Proxy);
     let ready = Readiness::new();
     let state_block = ready.block("state manager");
     let proxy_block = ready.block("proxy");

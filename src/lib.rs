@@ -10,6 +10,9 @@ pub mod app;
 pub mod config;
 pub mod controller;
 pub mod drain;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hbone;
 pub mod heap;
 pub mod inpod;

@@ -38,7 +38,7 @@ impl Agent {
         std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
         let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
         let child = Command::new("sh")
-            .args(["-c", "umask 000; exec \"$@\"", "sh", FERRY, "agent", "--node-name", "n1"])
+            .args(["-c", "umask 000; exec \"$@\"", "sh", FERRY, "agent", "--node-name", "n1", "--metrics-addr", "127.0.0.1:0"])
             .arg("--cluster-state")
             .arg(&state)
             .arg("--zds-socket")

@@ -307,10 +307,21 @@ fn admin_serves_the_config_dump_and_log_levels_and_quits_on_request() {
     assert_eq!(cert["state"], "available");
     assert_eq!(cert["certificate"]["chain"][0]["uriSans"][0], "spiffe://cluster.local/ns/default/sa/client");
     let a = &f.a;
-    assert_eq!(http_request(a, "POST", "127.0.0.1:15000", "/logging?level=debug").unwrap(), (200, "current log level: debug\n".into()));
-    assert_eq!(http_request(a, "POST", "127.0.0.1:15000", "/logging?level=a=b=c").unwrap().0, 400);
-    assert_eq!(http_request(a, "GET", "127.0.0.1:15000", "/logging").unwrap().0, 405);
-    assert_eq!(http_request(a, "POST", "127.0.0.1:15000", "/logging?reset").unwrap().0, 200);
+    let admin = |method: &str, target: &str| http_request(a, method, "127.0.0.1:15000", target).unwrap();
+    assert_eq!(admin("GET", "/logging"), (200, "current log level: info\n".into()));
+    assert_eq!(admin("POST", "/logging?level=a=b=c").0, 400);
+    assert_eq!(admin("POST", "/logging?level=bogus:::").0, 400);
+    // istioctl's `ztunnel-config log --level access:debug`: merged, and logging keeps going.
+    assert_eq!(admin("POST", "/logging?level=access:debug"), (200, "current log level: info,access=debug\n".into()));
+    let before = std::fs::read_to_string(&f.logs[0]).unwrap().matches("connection complete").count();
+    f.echo_twice();
+    ferry_harness::sim::wait(Duration::from_secs(10), "access-log lines after access:debug", || {
+        std::fs::read_to_string(&f.logs[0]).unwrap().matches("connection complete").count() >= before + 2
+    })
+    .unwrap();
+    assert_eq!(admin("POST", "/logging?level=debug"), (200, "current log level: debug\n".into()));
+    assert_eq!(admin("DELETE", "/logging").0, 405);
+    assert_eq!(admin("POST", "/logging?reset"), (200, "current log level: info\n".into()));
     assert_eq!(http_request(&f.c, "POST", "127.0.0.1:15000", "/quitquitquit").unwrap().0, 200);
     let status = wait_exit(&mut f.procs[2]);
     assert!(status.success(), "exit after /quitquitquit: {status}");

@@ -9,6 +9,9 @@ pub mod agent;
 pub mod cluster_state;
 pub mod config;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod protocol;
 
 #[cfg(test)]

@@ -54,6 +54,10 @@ pub struct AgentArgs {
     /// How long a CNI ADD waits for its pod to appear in the cluster state.
     #[arg(long, env = "FERRY_POD_WAIT", value_parser = ferry_core::timefmt::parse_duration, default_value = "10s")]
     pub(crate) pod_wait: Duration,
+    /// Where the agent serves Prometheus metrics (`/metrics`, `/stats/prometheus`); the port
+    /// istio-cni uses for its metrics. Use port 0 for any free port.
+    #[arg(long, env = "FERRY_AGENT_METRICS_ADDR", default_value = "127.0.0.1:15014")]
+    pub(crate) metrics_addr: std::net::SocketAddr,
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "plain", ignore_case = true)]
     pub(crate) log_format: LogFormat,
@@ -78,15 +82,17 @@ pub(crate) struct Agent {
 
 pub fn run_agent(args: AgentArgs) -> Result<(), AgentError> {
     telemetry::init_logging(args.log_format, None);
-    telemetry::metrics::install();
+    // Before anything runs, so no count is recorded into the no-op recorder.
+    let metrics = telemetry::metrics::install(telemetry::metrics::Role::Agent);
+    describe_metrics();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|source| AgentError::Io { what: "cannot start the runtime".into(), source })?;
-    rt.block_on(serve(args))
+    rt.block_on(serve(args, metrics))
 }
 
-async fn serve(args: AgentArgs) -> Result<(), AgentError> {
+async fn serve(args: AgentArgs, metrics: metrics_exporter_prometheus::PrometheusHandle) -> Result<(), AgentError> {
     let io = |what: &str| {
         let what = what.to_string();
         move |source| AgentError::Io { what, source }
@@ -97,8 +103,21 @@ async fn serve(args: AgentArgs) -> Result<(), AgentError> {
     let cache = PodCache::load(&args.state_dir.join("pods.json"));
     let zds = crate::zds::ZdsListener::bind(&args.zds_socket).map_err(io("cannot bind the ZDS socket"))?;
     let cni = cni_server::bind(&args.cni_socket).map_err(io("cannot bind the CNI event socket"))?;
+    let stats = telemetry::http::bind(args.metrics_addr)
+        .map_err(io(&format!("cannot bind the metrics address {} (--metrics-addr/FERRY_AGENT_METRICS_ADDR)", args.metrics_addr)))?;
     let agent = Arc::new(Agent::new(args, source.subscribe(), cache));
     agent.restore().await;
+    agent.publish_gauges();
+    let refresh = {
+        let agent = agent.clone();
+        move || agent.publish_gauges()
+    };
+    tokio::spawn(telemetry::http::serve(
+        stats,
+        "metrics",
+        telemetry::http::HEADER_TIMEOUT,
+        telemetry::http::metrics_route(metrics, refresh),
+    ));
     tracing::info!(node = %agent.args.node_name, zds = %agent.args.zds_socket.display(), cni = %agent.args.cni_socket.display(), "ferry agent ready");
     tokio::spawn(agent.clone().serve_zds(zds));
     tokio::spawn(agent.clone().serve_cni(cni));
@@ -189,10 +208,20 @@ impl Agent {
 
     /// Rules, then the proxy's acknowledgement; any failure undoes the rules.
     pub(crate) async fn enroll(&self, cache: &mut PodCache, uid: &str) -> Result<(), String> {
-        let e = cache.pods.get_mut(uid).ok_or_else(|| format!("unknown pod {uid}"))?;
-        self.install_rules(e)?;
+        let failed = |reason: &'static str| {
+            metrics::counter!("ferry_agent_enrollment_failures_total", "reason" => reason).increment(1);
+        };
+        let Some(e) = cache.pods.get_mut(uid) else {
+            failed("unknown_pod");
+            return Err(format!("unknown pod {uid}"));
+        };
+        if let Err(err) = self.install_rules(e) {
+            failed("redirection");
+            return Err(err);
+        }
         let sa = self.service_account(&e.record.namespace, &e.record.name);
         if let Err(err) = self.zds_add(uid, &e.record.namespace, &e.record.name, &sa, e.netns.clone()).await {
+            failed("node_proxy");
             let _ = self.remove_rules(e);
             return Err(err);
         }
@@ -213,9 +242,27 @@ impl Agent {
         rules
     }
 
+    /// Gauges read at scrape time. The pod cache is skipped while an enrollment holds it; the
+    /// gauge then keeps the value of the previous scrape.
+    fn publish_gauges(&self) {
+        metrics::gauge!("ferry_agent_zds_connections").set(self.proxies_connected() as f64);
+        if let Ok(cache) = self.pods.try_lock() {
+            metrics::gauge!("ferry_agent_enrolled_pods").set(cache.pods.values().filter(|e| e.record.enrolled).count() as f64);
+        }
+    }
+
     fn service_account(&self, ns: &str, name: &str) -> String {
         self.cluster.borrow().pod(ns, name).map(|p| p.service_account().to_string()).unwrap_or_else(|| "default".into())
     }
+}
+
+/// `# HELP` for the agent's families.
+fn describe_metrics() {
+    metrics::describe_gauge!("ferry_agent_enrolled_pods", "Pods on this node whose traffic the node proxy captures");
+    metrics::describe_gauge!("ferry_agent_zds_connections", "Node proxies connected over ZDS");
+    metrics::describe_counter!("ferry_agent_enrollment_failures_total", "Enrollment attempts that failed, by reason; retried");
+    metrics::describe_counter!("ferry_agent_enrollments_total", "Pods enrolled in and released from the mesh");
+    metrics::describe_counter!("ferry_agent_cni_requests_total", "Requests from the CNI plugin, by command and result");
 }
 
 /// Whether the process on the other end of one of the agent's sockets may use it: root or the

@@ -23,7 +23,7 @@ use crate::telemetry::conn::{ConnRecord, Direction, Failure};
 use crate::telemetry::metrics::Peer;
 use ferry_core::addr::{parse_authority, ClientAddr, HboneTarget};
 use ferry_core::rbac::{self, ConnAttrs, Decision};
-use ferry_core::route::inbound_target;
+use ferry_core::route::{guess_inbound_service, inbound_target};
 
 /// Serves one TCP connection on the HBONE port.
 pub(crate) async fn handle_connection(px: Arc<WorkloadProxy>, tcp: TcpStream, drain: DrainWatch) {
@@ -176,8 +176,9 @@ async fn dial(
     let (target, svc) = inbound_target(&snap, &local, conn.local.ip(), &authority, &px.inputs.cfg.ports)?;
     rec.upstream = Some(target);
     rec.hbone_target = Some(HboneTarget(*target));
-    if let Some(s) = &svc {
-        rec.destination_service(s);
+    // A tunnel to a pod address names no service; the destination's telemetry still does.
+    if let Some(s) = svc.or_else(|| guess_inbound_service(&snap, &local, target.port())) {
+        rec.destination_service(&s);
     }
     let attrs = ConnAttrs { src_ip: conn.peer.ip(), src_identity: Some(conn.identity.clone()), dst: *target };
     // Registered before the check, so a policy change racing with it is never missed.

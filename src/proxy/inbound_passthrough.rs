@@ -14,7 +14,7 @@ use crate::net::{canonical, original_dst, set_reset_on_close};
 use crate::telemetry::conn::{ConnRecord, Direction, Failure};
 use ferry_core::addr::{ClientAddr, ServerAddr};
 use ferry_core::rbac::{self, ConnAttrs, Decision};
-use ferry_core::route::is_own_port;
+use ferry_core::route::{guess_inbound_service, is_own_port};
 
 pub(crate) async fn handle(px: Arc<WorkloadProxy>, down: TcpStream, drain: DrainWatch) {
     let (Ok(peer), Ok(orig)) = (down.peer_addr(), original_dst(&down)) else { return };
@@ -54,6 +54,9 @@ async fn open(px: &WorkloadProxy, rec: &mut ConnRecord) -> Result<(TcpStream, Tr
         rec.source_workload(src, None);
     }
     rec.destination_workload(&local, local.identity().ok().as_ref());
+    if let Some(s) = guess_inbound_service(&snap, &local, dst.port()) {
+        rec.destination_service(&s);
+    }
     let attrs = ConnAttrs { src_ip: rec.src.ip(), src_identity: None, dst };
     let tracking = px.inputs.conns.track(&local.uid, attrs.clone());
     if let Decision::Deny { reason, .. } = rbac::evaluate(&snap, &local, &attrs) {

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::metrics::{handles, ByteCounters, Handles, Peer, Reporter, TrafficLabels};
+use super::metrics::{handles, ByteCounters, Handles, OpenSocket, Peer, Reporter, TrafficLabels};
 use ferry_core::addr::{ClientAddr, HboneTarget, ServerAddr};
 use ferry_core::identity::Identity;
 use ferry_core::model::{Service, Workload};
@@ -40,6 +40,8 @@ pub(crate) struct ConnRecord {
     pub(crate) upstream: Option<ServerAddr>,
     /// What the tunnel carries the bytes to (`dst.hbone_addr`), for HBONE connections.
     pub(crate) hbone_target: Option<HboneTarget>,
+    /// Held from establishment until the record ends.
+    open: Option<OpenSocket>,
 }
 
 /// Labels are built while the connection is set up and fixed once it is counted.
@@ -60,6 +62,7 @@ impl ConnRecord {
             arrived,
             upstream: None,
             hbone_target: None,
+            open: None,
         }
     }
 
@@ -125,6 +128,7 @@ impl ConnRecord {
             Labels::Counted(h) => return h.bytes.clone(),
         };
         h.opened.increment(1);
+        self.open = Some(OpenSocket::new(h.traffic.reporter));
         let bytes = h.bytes.clone();
         self.labels = Labels::Counted(h);
         bytes

@@ -16,11 +16,41 @@ pub(crate) const CLOSED: &str = "istio_tcp_connections_closed_total";
 pub(crate) const FAILED: &str = "istio_tcp_connections_failed_total";
 pub(crate) const RECEIVED: &str = "istio_tcp_received_bytes_total";
 pub(crate) const SENT: &str = "istio_tcp_sent_bytes_total";
+pub(crate) const SOCKETS_OPEN: &str = "istio_tcp_sockets_open";
 
 const UNKNOWN: &str = "unknown";
 
-/// Installs the process-wide Prometheus recorder (idempotent).
-pub(crate) fn install() -> PrometheusHandle {
+/// Which ferry role a process plays, for its build-info series.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    Proxy,
+    Agent,
+    Controller,
+}
+
+impl Role {
+    /// `istio_build`'s `component`: the node proxy answers as `ztunnel`, the name Istio's
+    /// Ztunnel dashboard selects on; the other roles have no Istio counterpart dashboard.
+    fn component(self) -> &'static str {
+        match self {
+            Role::Proxy => "ztunnel",
+            Role::Agent => "ferry-agent",
+            Role::Controller => "ferry-controller",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Role::Proxy => "proxy",
+            Role::Agent => "agent",
+            Role::Controller => "controller",
+        }
+    }
+}
+
+/// Installs the process-wide Prometheus recorder (idempotent; the first caller's role names
+/// the build-info series).
+pub(crate) fn install(role: Role) -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
@@ -29,16 +59,63 @@ pub(crate) fn install() -> PrometheusHandle {
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed; ferry metrics will not be exported");
             }
-            metrics::gauge!("istio_build", "component" => "ferry", "tag" => env!("CARGO_PKG_VERSION")).set(1.0);
+            describe();
+            // ztunnel's tag is the Istio version it was built for, which the mesh sets here.
+            let tag = std::env::var("ISTIO_META_ISTIO_VERSION").ok().filter(|t| !t.is_empty());
+            let tag = tag.unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string());
+            metrics::gauge!("istio_build", "component" => role.component(), "tag" => tag).set(1.0);
+            metrics::gauge!("ferry_build_info", "role" => role.name(), "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             handle
         })
         .clone()
+}
+
+/// `# HELP` text for the families dashboards read, worded as ztunnel's.
+fn describe() {
+    metrics::describe_gauge!("istio_build", "Istio component build info");
+    metrics::describe_gauge!("ferry_build_info", "The ferry release and role of this process");
+    metrics::describe_counter!(OPENED, "The total number of TCP connections opened");
+    metrics::describe_counter!(CLOSED, "The total number of TCP connections closed");
+    metrics::describe_counter!(FAILED, "The total number of TCP connections that failed to establish");
+    metrics::describe_counter!(RECEIVED, "The size of total bytes received during request in case of a TCP connection");
+    metrics::describe_counter!(SENT, "The size of total bytes sent during response in case of a TCP connection");
+    metrics::describe_gauge!(SOCKETS_OPEN, "The number of TCP connections currently open");
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Reporter {
     Source,
     Destination,
+}
+
+impl Reporter {
+    fn label(self) -> &'static str {
+        match self {
+            Reporter::Source => "source",
+            Reporter::Destination => "destination",
+        }
+    }
+}
+
+/// Counts one established connection in `istio_tcp_sockets_open` until it is dropped, so a
+/// connection torn down on any path (an error, a panic, a drain) leaves the gauge.
+pub(crate) struct OpenSocket(metrics::Gauge);
+
+impl OpenSocket {
+    pub(crate) fn new(reporter: Reporter) -> Self {
+        static GAUGES: OnceLock<[metrics::Gauge; 2]> = OnceLock::new();
+        let [src, dst] = GAUGES
+            .get_or_init(|| [Reporter::Source, Reporter::Destination].map(|r| metrics::gauge!(SOCKETS_OPEN, "reporter" => r.label())));
+        let g = if reporter == Reporter::Source { src.clone() } else { dst.clone() };
+        g.increment(1.0);
+        OpenSocket(g)
+    }
+}
+
+impl Drop for OpenSocket {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
 }
 
 /// One side (source or destination) of the traffic labels.
@@ -99,7 +176,7 @@ impl TrafficLabels {
             None => (UNKNOWN.into(), UNKNOWN.into(), UNKNOWN.into()),
         };
         vec![
-            Label::new("reporter", if self.reporter == Reporter::Source { "source" } else { "destination" }),
+            Label::new("reporter", self.reporter.label()),
             Label::new("source_workload", v(&s.workload)),
             Label::new("source_canonical_service", v(&s.canonical_service)),
             Label::new("source_canonical_revision", v(&s.canonical_revision)),

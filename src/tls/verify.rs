@@ -53,7 +53,7 @@ pub(crate) fn leaf_identity(der: &[u8]) -> Result<Identity, PeerIdentityError> {
 /// What both verifiers require of a peer's leaf beyond its chain: a key usage that allows
 /// signing (no key usage extension at all is unrestricted, RFC 5280 §4.2.1.3) and exactly one
 /// SPIFFE URI SAN. Returns that identity.
-fn verified_leaf(der: &[u8]) -> Result<Identity, PeerIdentityError> {
+pub(crate) fn verified_leaf(der: &[u8]) -> Result<Identity, PeerIdentityError> {
     let cert = parse(der)?;
     match cert.key_usage() {
         Ok(Some(ku)) if !ku.value.digital_signature() => return Err(PeerIdentityError::KeyUsage(ku.value.to_string())),

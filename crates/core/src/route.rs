@@ -234,6 +234,22 @@ pub fn inbound_target(
     Ok((ServerAddr(addr), svc))
 }
 
+/// The service an inbound connection to `w`'s `port` most likely came through, for telemetry
+/// only (ztunnel does the same guess): the first of `w`'s services, in key order, with a port
+/// that maps to `port`. Ports a workload does not override map to the service's own target
+/// port, and a target of 0 means the service port itself.
+pub fn guess_inbound_service(snap: &Snapshot, w: &Workload, port: u16) -> Option<Arc<Service>> {
+    w.services
+        .keys()
+        .filter_map(|key| snap.service(key))
+        .find(|svc| svc.ports.keys().any(|sp| effective_target(w, svc, *sp) == port))
+        .cloned()
+}
+
+fn effective_target(w: &Workload, svc: &Service, service_port: u16) -> u16 {
+    target_port(w, svc, &svc.key(), service_port).unwrap_or(service_port)
+}
+
 #[cfg(test)]
 #[path = "route_tests.rs"]
 mod tests;

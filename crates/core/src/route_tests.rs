@@ -223,3 +223,17 @@ fn inbound_table() {
         }
     }
 }
+
+#[test]
+fn inbound_service_is_guessed_from_the_workloads_services_and_port() {
+    let snap = snapshot();
+    let guess = |name: &str, port: u16| {
+        let w = snap.find_workload("ns", name, None).unwrap();
+        guess_inbound_service(&snap, w, port).map(|s| s.hostname.clone())
+    };
+    assert_eq!(guess("server", 8080).as_deref(), Some("echo.ns.svc"), "the workload's own port override");
+    assert_eq!(guess("server", 80), None, "80 is the service port, not where the connection arrived");
+    assert_eq!(guess("legacy", 9090).as_deref(), Some("legacy.ns.svc"), "the service's target port");
+    assert_eq!(guess("remote", 80).as_deref(), Some("remote.ns.svc"));
+    assert_eq!(guess("client", 8080), None, "not an endpoint of any service");
+}

@@ -90,6 +90,10 @@ impl Snapshot {
         self.policies.values()
     }
 
+    pub fn service(&self, key: &ServiceKey) -> Option<&Arc<Service>> {
+        self.services.get(key)
+    }
+
     pub fn workload_by_uid(&self, uid: &str) -> Option<&Arc<Workload>> {
         self.workloads.get(uid)
     }

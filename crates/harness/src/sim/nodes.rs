@@ -50,6 +50,11 @@ impl Node {
         serde_json::from_str(&text).map_err(|e| SimError::Manifest(format!("{}: {e}", self.conflist.display())))
     }
 
+    /// The node's address on the router's bridge, where other nodes reach its ports.
+    pub fn ip(&self) -> Ipv4Addr {
+        self.ip
+    }
+
     pub(crate) fn netns_path(&self) -> PathBuf {
         PathBuf::from(format!("/var/run/netns/{}", self.netns))
     }
