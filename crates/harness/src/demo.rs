@@ -12,6 +12,8 @@ use std::time::Duration;
 use crate::sim::{apps, observe, Sim, SimOptions};
 
 pub const SCENARIO: &str = include_str!("../../../e2e/scenarios/demo.yaml");
+/// The scenario's checks, shared with the kind runner (e2e/kind/run.sh), which reads the file.
+pub const FLOWS: &str = include_str!("../../../e2e/scenarios/demo.flows");
 const MESH_CANARY: &str = "FERRY-MESH-CANARY";
 const PLAIN_CANARY: &str = "FERRY-PLAIN-CANARY";
 
@@ -44,7 +46,7 @@ fn node_proxy(s: &str) -> Result<(usize, PathBuf), String> {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Expect {
     /// HBONE: mutual TLS with both identities.
     Mtls,
@@ -54,51 +56,86 @@ enum Expect {
     PlainInbound,
 }
 
+#[derive(Debug)]
 struct Flow {
     label: &'static str,
     from: (&'static str, &'static str),
     to: Target,
     expect: Expect,
+    /// `/ns/<ns>/sa/<sa>` of the source and of the destination pod, from the scenario: how
+    /// their SPIFFE identities end.
+    src_sa: String,
+    dst_sa: String,
 }
 
+#[derive(Debug)]
 enum Target {
     Pod(&'static str, &'static str, u16),
-    Vip(&'static str),
+    /// A Service's VIP, resolved from the scenario, and the pod behind it on its target port.
+    Vip {
+        vip: SocketAddr,
+        backend: (String, String),
+        target_port: u16,
+    },
 }
 
-fn flows() -> Vec<Flow> {
-    vec![
-        Flow {
-            label: "shop/frontend -> shop/backend (pod IP, other node)",
-            from: ("shop", "frontend"),
-            to: Target::Pod("shop", "backend", 8080),
-            expect: Expect::Mtls,
-        },
-        Flow {
-            label: "shop/frontend -> backend.shop (service VIP)",
-            from: ("shop", "frontend"),
-            to: Target::Vip("198.19.0.10:80"),
-            expect: Expect::Mtls,
-        },
-        Flow {
-            label: "shop/frontend -> shop/cache (same node)",
-            from: ("shop", "frontend"),
-            to: Target::Pod("shop", "cache", 8080),
-            expect: Expect::Mtls,
-        },
-        Flow {
-            label: "shop/frontend -> legacy/web (outside the mesh)",
-            from: ("shop", "frontend"),
-            to: Target::Pod("legacy", "web", 8080),
-            expect: Expect::Passthrough,
-        },
-        Flow {
-            label: "legacy/client -> shop/backend (into the mesh)",
-            from: ("legacy", "client"),
-            to: Target::Pod("shop", "backend", 8080),
-            expect: Expect::PlainInbound,
-        },
-    ]
+/// The flows of e2e/scenarios/demo.flows (its header says the format).
+fn flows() -> Result<Vec<Flow>, String> {
+    let state = ferry_core::k8s::manifests::parse_documents(SCENARIO, "demo.yaml").map_err(|e| e.to_string())?;
+    let ns_name = |s: &'static str| s.split_once('/').ok_or_else(|| format!("demo.flows: {s:?} is not namespace/name"));
+    let mut out = Vec::new();
+    for line in FLOWS.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let bad = || format!("demo.flows: cannot read {line:?}");
+        let mut words = line.split_whitespace();
+        let (Some(expect), Some(from), Some(to)) = (words.next(), words.next(), words.next()) else { return Err(bad()) };
+        let label = line[line.find(to).ok_or_else(bad)? + to.len()..].trim();
+        let expect = match expect {
+            "mtls" => Expect::Mtls,
+            "passthrough" => Expect::Passthrough,
+            "plain-inbound" => Expect::PlainInbound,
+            _ => return Err(bad()),
+        };
+        let (kind, rest) = to.split_once(':').ok_or_else(bad)?;
+        let (target, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        let (ns, name) = ns_name(target)?;
+        let to = match kind {
+            "pod" => Target::Pod(ns, name, port),
+            "service" => vip_target(&state, ns, name, port).ok_or_else(|| format!("demo.flows: no service port {to} in demo.yaml"))?,
+            _ => return Err(bad()),
+        };
+        let from = ns_name(from)?;
+        let sa_of = |ns: &str, name: &str| {
+            let p = state.pod(ns, name).ok_or_else(|| format!("demo.flows: no pod {ns}/{name} in demo.yaml"))?;
+            Ok::<_, String>(format!("/ns/{ns}/sa/{}", p.service_account()))
+        };
+        let dst_sa = match &to {
+            Target::Pod(ns, name, _) => sa_of(ns, name)?,
+            Target::Vip { backend: (ns, name), .. } => sa_of(ns, name)?,
+        };
+        out.push(Flow { label, from, to, expect, src_sa: sa_of(from.0, from.1)?, dst_sa });
+    }
+    Ok(out)
+}
+
+/// A Service port of the scenario: its VIP, the first pod its selector matches, and the target
+/// port on that pod (a named one resolved against the pod's container ports).
+fn vip_target(state: &ferry_core::k8s::objects::ClusterState, ns: &str, name: &str, port: u16) -> Option<Target> {
+    use ferry_core::k8s::objects::IntOrString;
+    let svc = state.services.get(&format!("{ns}/{name}"))?;
+    let sp = svc.spec.ports.iter().find(|p| p.port == port)?;
+    let vip = SocketAddr::new(svc.spec.cluster_ip.parse().ok()?, port);
+    let sel = &svc.spec.selector;
+    let pod = state
+        .pods
+        .values()
+        .find(|p| p.metadata.namespace == ns && !sel.is_empty() && sel.iter().all(|(k, v)| p.metadata.labels.get(k) == Some(v)))?;
+    let target_port = match &sp.target_port {
+        None => port,
+        Some(IntOrString::Int(t)) => *t,
+        Some(IntOrString::Str(n)) => pod.spec.containers.iter().flat_map(|c| &c.ports).find(|p| &p.name == n)?.container_port,
+    };
+    Some(Target::Vip { vip, backend: (ns.to_string(), pod.metadata.name.clone()), target_port })
 }
 
 pub fn run(args: DemoArgs) -> Result<(), String> {
@@ -174,7 +211,7 @@ fn scenario(sim: &mut Sim, hold: bool) -> Result<(), String> {
     println!("  outside: namespace legacy: client on node-1, web on node-2\n");
     let capture = Capture::start(sim)?;
     let mut rows = Vec::new();
-    for f in flows() {
+    for f in flows()? {
         rows.push(run_flow(sim, &f));
     }
     let wire = capture.finish()?;
@@ -205,7 +242,7 @@ struct Row {
 fn target_addr(sim: &Sim, t: &Target) -> SocketAddr {
     match t {
         Target::Pod(ns, name, port) => sim.pod(ns, name).addr(*port),
-        Target::Vip(a) => a.parse().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+        Target::Vip { vip, .. } => *vip,
     }
 }
 
@@ -233,14 +270,14 @@ fn run_flow(sim: &Sim, f: &Flow) -> Row {
         _ => {
             let node = match &f.to {
                 Target::Pod(ns, name, _) => sim.pod(ns, name).node,
-                Target::Vip(_) => sim.pod("shop", "backend").node,
+                Target::Vip { backend: (ns, name), .. } => sim.pod(ns, name).node,
             };
             ("inbound", sim.nodes[node].proxy_log())
         }
     };
-    let record_dst = match (&f.to, f.expect) {
-        (Target::Vip(_), _) => sim.pod("shop", "backend").addr(8080),
-        _ => dst,
+    let record_dst = match &f.to {
+        Target::Vip { backend: (ns, name), target_port, .. } => sim.pod(ns, name).addr(*target_port),
+        Target::Pod(..) => dst,
     };
     let Some(r) = observe::find_record(&log, direction, src.ip, record_dst, wait) else {
         row.note = format!("no {direction} access-log record at {}", log.display());
@@ -261,7 +298,7 @@ fn run_flow(sim: &Sim, f: &Flow) -> Row {
         (_, false) => "plain TCP, captured on 15006".into(),
     };
     row.ok = match f.expect {
-        Expect::Mtls => mtls && row.src_id.contains("/ns/shop/sa/frontend") && row.dst_id.starts_with("spiffe://cluster.local/ns/shop/sa/"),
+        Expect::Mtls => mtls && row.src_id.ends_with(&f.src_sa) && row.dst_id == format!("spiffe://cluster.local{}", f.dst_sa),
         Expect::Passthrough => !mtls && r["dst.hbone_addr"].is_null(),
         Expect::PlainInbound => !mtls && r["src.identity"].is_null(),
     } && row.bytes == payload.len() as u64;
@@ -345,4 +382,26 @@ fn report(sim: &Sim, rows: &[Row], wire: &Wire) {
     println!("      config dump  ip netns exec {} curl -s 127.0.0.1:15000/config_dump", n2.netns);
     println!("      access log   {} (JSON lines, target \"access\")", n2.proxy_log().display());
     println!("      controller   ip netns exec {} curl -s 127.0.0.1:15014/metrics; log {}", sim.router, sim.controller_log().display());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flows_file_reads_into_the_demo_checks() {
+        let flows = flows().unwrap();
+        assert_eq!(flows.len(), 5);
+        let vip = &flows[1];
+        assert_eq!(vip.label, "shop/frontend -> backend.shop (service VIP)");
+        match &vip.to {
+            Target::Vip { vip, backend, target_port } => {
+                assert_eq!((vip.to_string(), backend.1.as_str(), *target_port), ("198.19.0.10:80".into(), "backend", 8080));
+            }
+            t => panic!("{t:?}"),
+        }
+        assert_eq!((vip.src_sa.as_str(), vip.dst_sa.as_str()), ("/ns/shop/sa/frontend", "/ns/shop/sa/backend"));
+        assert_eq!(flows[4].expect, Expect::PlainInbound);
+        assert_eq!(flows[4].src_sa, "/ns/legacy/sa/default");
+    }
 }

@@ -1,0 +1,510 @@
+//! The install (manifests/, the Dockerfile, e2e/kind/) checked without a cluster: the kustomize
+//! tree renders; every object validates against the Kubernetes OpenAPI schema; every shell
+//! script passes shellcheck; the Dockerfile runs the release build `./x` runs (a textual check);
+//! and the names, ports and paths the manifests give the binaries are the ones the binaries read
+//! (compared with `ferry <role> --help`, which prints every flag's environment variable and
+//! default). Every tool is required: a missing kubectl, validator, shellcheck or jq fails the
+//! test, it never skips it. `./x test` installs all but kubectl.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::TempDir;
+use serde_json::Value;
+
+/// The Kubernetes version whose OpenAPI schema the manifests must satisfy; the kind runner's
+/// node image is of the same minor version (checked below).
+const KUBERNETES_VERSION: &str = "1.33.0";
+/// The audience of the proxy's projected token: what istiod and `ferry controller` require
+/// (protocols.md §5).
+const TOKEN_AUDIENCE: &str = "istio-ca";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs a tool, failing the test with what to do when it is not installed.
+fn run(program: &str, args: &[&str], dir: &Path) -> Output {
+    Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}; `./x test` installs the test tools (kubectl must be installed by hand)"))
+}
+
+fn ok_stdout(program: &str, args: &[&str], dir: &Path) -> String {
+    let out = run(program, args, dir);
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+fn rendered_text() -> String {
+    ok_stdout("kubectl", &["kustomize", "manifests"], &root())
+}
+
+fn rendered() -> Vec<Value> {
+    serde_saphyr::from_multiple(&rendered_text()).expect("kubectl kustomize prints YAML")
+}
+
+fn find<'a>(objs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objs.iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("the rendered manifests have no {kind} {name}"))
+}
+
+/// The pod template's containers (init containers first) of a workload.
+fn containers(workload: &Value) -> Vec<&Value> {
+    let spec = &workload["spec"]["template"]["spec"];
+    let list = |k: &str| spec[k].as_array().map(|a| a.iter().collect::<Vec<_>>()).unwrap_or_default();
+    let mut all = list("initContainers");
+    all.extend(list("containers"));
+    all
+}
+
+fn container<'a>(workload: &'a Value, name: &str) -> &'a Value {
+    containers(workload).into_iter().find(|c| c["name"] == name).unwrap_or_else(|| panic!("no container {name}"))
+}
+
+fn env<'a>(c: &'a Value, name: &str) -> &'a str {
+    c["env"]
+        .as_array()
+        .and_then(|e| e.iter().find(|v| v["name"] == name))
+        .and_then(|v| v["value"].as_str())
+        .unwrap_or_else(|| panic!("container {} sets no {name}", c["name"]))
+}
+
+/// The port of an address (`[::]:15021`, `https://host:15012`).
+fn port_of(addr: &str) -> u64 {
+    addr.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("{addr:?} has no port"))
+}
+
+/// The volume behind the mount that holds `path` in container `c` of `workload`, and the path
+/// relative to the mount point.
+fn volume_for<'a>(workload: &'a Value, c: &Value, path: &str) -> (&'a Value, String) {
+    let mounts = c["volumeMounts"].as_array().cloned().unwrap_or_default();
+    let m = mounts
+        .iter()
+        .filter(|m| {
+            let at = m["mountPath"].as_str().unwrap_or("");
+            path == at || path.starts_with(&format!("{}/", at.trim_end_matches('/')))
+        })
+        .max_by_key(|m| m["mountPath"].as_str().map(str::len))
+        .unwrap_or_else(|| panic!("container {}: {path} is not under any volume mount", c["name"]));
+    let name = m["name"].as_str().unwrap();
+    let vols = workload["spec"]["template"]["spec"]["volumes"].as_array().unwrap();
+    let vol = vols.iter().find(|v| v["name"] == name).unwrap_or_else(|| panic!("no volume {name}"));
+    let rest = path[m["mountPath"].as_str().unwrap().len()..].trim_start_matches('/').to_string();
+    (vol, rest)
+}
+
+/// `ferry <role> --help`: every flag with its `[env: NAME=]` and `[default: ...]`.
+fn help(role: &str) -> String {
+    ok_stdout(env!("CARGO_BIN_EXE_ferry"), &[role, "--help"], &root())
+}
+
+fn names_word(text: &str, word: &str) -> bool {
+    text.match_indices(word).any(|(i, _)| {
+        let ok = |c: Option<char>| c.is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'));
+        ok(text[..i].chars().next_back()) && ok(text[i + word.len()..].chars().next())
+    })
+}
+
+fn default_of<'a>(help: &'a str, env_name: &str) -> &'a str {
+    let at = help.find(&format!("[env: {env_name}=")).unwrap_or_else(|| panic!("no flag reads {env_name}"));
+    let tail = &help[at..];
+    let d = tail.find("[default: ").unwrap_or_else(|| panic!("{env_name} has no default"));
+    let v = &tail[d + 10..];
+    &v[..v.find(']').unwrap()]
+}
+
+#[test]
+fn the_kustomization_renders_the_three_roles_in_istio_system() {
+    let objs = rendered();
+    for (kind, name) in [("Deployment", "ferry-controller"), ("DaemonSet", "ferry-proxy"), ("DaemonSet", "ferry-node-agent")] {
+        for c in containers(find(&objs, kind, name)) {
+            assert_eq!(c["image"], "ferry:dev", "{name}/{}: one image for every role", c["name"]);
+        }
+    }
+    let cluster_scoped = ["ClusterRole", "ClusterRoleBinding"];
+    for o in &objs {
+        let kind = o["kind"].as_str().unwrap();
+        assert_ne!(kind, "Namespace", "the namespace is a prerequisite, never deleted by `kubectl delete -k`");
+        assert_ne!(kind, "CustomResourceDefinition", "ferry defines no CRDs; Istio's are a prerequisite");
+        if !cluster_scoped.contains(&kind) {
+            assert_eq!(o["metadata"]["namespace"], "istio-system", "{kind} {}", o["metadata"]["name"]);
+        }
+    }
+}
+
+/// The validator `./x test` installed (FERRY_KUBERNETES_VALIDATE, or in .tools/ for a plain
+/// `cargo test` after an `./x test`), else the one on PATH; it must be the version x pins.
+fn validator() -> String {
+    let installed = root().join(".tools/venv/bin/kubernetes-validate");
+    let v = std::env::var("FERRY_KUBERNETES_VALIDATE").unwrap_or_else(|_| match installed.exists() {
+        true => installed.display().to_string(),
+        false => "kubernetes-validate".into(),
+    });
+    let x = std::fs::read_to_string(root().join("x")).unwrap();
+    let pin = x.lines().find_map(|l| l.strip_prefix("kubernetes_validate_version=")).expect("x pins kubernetes-validate");
+    let have = ok_stdout(&v, &["--version"], &root());
+    assert_eq!(have.trim(), pin, "{v} is not the version ./x pins");
+    v
+}
+
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            yaml_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn every_manifest_validates_against_the_kubernetes_schema() {
+    let v = validator();
+    let tmp = TempDir::new("manifests");
+    let all = tmp.path().join("rendered.yaml");
+    std::fs::write(&all, rendered_text()).unwrap();
+    // Each file on its own too: one that the kustomization does not include (the uninstall
+    // step) is checked all the same. Kustomization files are kustomize's schema, not the API's:
+    // rendering checks them.
+    let mut files = Vec::new();
+    yaml_files(&root().join("manifests"), &mut files);
+    files.retain(|f| f.file_name().is_some_and(|n| n != "kustomization.yaml"));
+    files.sort();
+    assert!(files.len() >= 10, "too few manifests found: {files:?}");
+    let mut args = vec!["--strict".to_string(), "-k".into(), KUBERNETES_VERSION.into(), all.display().to_string()];
+    args.extend(files.iter().map(|f| f.display().to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run(&v, &args, &root());
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "schema validation failed:\n{text}");
+    // A kind the validator has no schema for is a warning, not a failure: refuse it, so a
+    // misspelt apiVersion cannot pass unchecked.
+    assert!(!text.contains("WARN"), "an object was not checked against a schema:\n{text}");
+    let passed = text.lines().filter(|l| l.contains(" passed for resource ")).count();
+    let objects = rendered().len();
+    assert!(passed > 2 * objects, "expected the {objects} rendered objects validated twice (rendered, then file by file) and the uninstall step, got {passed}:\n{text}");
+
+    // The control: the same validator refuses an object the API server would refuse, so a
+    // validator that passes everything fails this test.
+    let bad = tmp.path().join("bad.yaml");
+    std::fs::write(&bad, "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: x}\nspec: {selector: {}, template: {spec: {containers: [{name: c, ports: [{containerPort: http}]}]}}}\n").unwrap();
+    let out = run(&v, &["--strict", "-k", KUBERNETES_VERSION, bad.to_str().unwrap()], &root());
+    assert!(!out.status.success(), "the validator accepted a string containerPort");
+}
+
+/// Every shell script in the repository: `*.sh`, and executables whose first line names a shell.
+fn shell_scripts(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        if p.is_dir() {
+            if !(name.starts_with('.') && name != ".ci") && name != "target" {
+                shell_scripts(&p, out);
+            }
+            continue;
+        }
+        // An executable whose first line names a shell (data files such as fuzz seeds may start
+        // with anything, but are not executable).
+        use std::os::unix::fs::PermissionsExt;
+        let executable = std::fs::metadata(&p).is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
+        let first = std::fs::read(&p).ok().and_then(|b| b.split(|&c| c == b'\n').next().map(|l| String::from_utf8_lossy(l).to_string()));
+        let shebang = executable && first.is_some_and(|l| l.starts_with("#!") && (l.contains("sh ") || l.ends_with("sh")));
+        if name.ends_with(".sh") || shebang {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn every_shell_script_passes_shellcheck() {
+    let mut scripts = Vec::new();
+    shell_scripts(&root(), &mut scripts);
+    scripts.sort();
+    let rel: BTreeSet<String> = scripts.iter().map(|p| p.strip_prefix(root()).unwrap().display().to_string()).collect();
+    for must in ["x", ".ci/run", "e2e/kind/run.sh", "manifests/cni/install-cni.sh"] {
+        assert!(rel.contains(must), "{must} was not found among the shell scripts: {rel:?}");
+    }
+    let args: Vec<&str> = rel.iter().map(String::as_str).collect();
+    let out = run("shellcheck", &args, &root());
+    assert!(out.status.success(), "shellcheck:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+/// The `cargo build` command lines of a script or Dockerfile, whitespace-normalized.
+fn cargo_builds(text: &str) -> BTreeSet<String> {
+    text.lines().filter_map(|l| l.find("cargo build").map(|i| l[i..].split_whitespace().collect::<Vec<_>>().join(" "))).collect()
+}
+
+/// A textual check, not a build (no container engine here): the Dockerfile's build command is
+/// the release build `./x` runs for CI (`./x demo`, `./x bench`), and it ships every binary
+/// target of the workspace from that build's output.
+#[test]
+fn the_dockerfile_runs_the_release_build_x_runs_textual_check() {
+    let read = |p: &str| std::fs::read_to_string(root().join(p)).unwrap();
+    let (docker, x, ci) = (read("Dockerfile"), read("x"), read(".ci/run"));
+    // The workspace's: the fuzz targets are another workspace (--manifest-path), not shipped.
+    let release: BTreeSet<String> =
+        cargo_builds(&x).union(&cargo_builds(&ci)).filter(|c| c.contains("--release") && !c.contains("--manifest-path")).cloned().collect();
+    assert_eq!(release.len(), 1, "x and .ci/run should have one release build of the workspace: {release:?}");
+    assert_eq!(cargo_builds(&docker), release, "the Dockerfile builds differently from ./x");
+    for bin in ["ferry", "ferry-cni"] {
+        let line = format!("COPY --from=build /src/target/release/{bin} /usr/local/bin/{bin}");
+        assert!(docker.contains(&line), "the image does not ship {bin}: expected `{line}`");
+    }
+    // Every [[bin]] of the workspace is one of those two.
+    let mut bins = BTreeSet::new();
+    for manifest in ["Cargo.toml", "cni-plugin/Cargo.toml", "crates/core/Cargo.toml", "crates/sys/Cargo.toml", "crates/harness/Cargo.toml"]
+    {
+        let t = read(manifest);
+        for block in t.split("[[bin]]").skip(1) {
+            let name = block.lines().find_map(|l| l.trim().strip_prefix("name = ")).unwrap();
+            bins.insert(name.trim_matches('"').to_string());
+        }
+    }
+    assert_eq!(bins, BTreeSet::from(["ferry".to_string(), "ferry-cni".to_string()]));
+    // The CNI installer the agent's init container runs is where the image puts it.
+    let agent = rendered().into_iter().find(|o| o["metadata"]["name"] == "ferry-node-agent" && o["kind"] == "DaemonSet").unwrap();
+    let cmd = container(&agent, "install-cni")["command"][0].as_str().unwrap().to_string();
+    assert!(docker.contains(&format!("COPY manifests/cni/install-cni.sh {cmd}")), "the image has no {cmd}");
+}
+
+#[test]
+fn the_manifests_give_the_binaries_the_names_ports_and_paths_they_read() {
+    let objs = rendered();
+    let ctl = find(&objs, "Deployment", "ferry-controller");
+    let proxy = find(&objs, "DaemonSet", "ferry-proxy");
+    let agent = find(&objs, "DaemonSet", "ferry-node-agent");
+    let mut problems = Vec::new();
+
+    // Every variable a main container sets is one its role reads: a flag's `[env: NAME=]` or,
+    // for the node metadata read without a flag (POD_NAME, INSTANCE_IP...), named in its help.
+    for (w, name, role) in [(ctl, "controller", "controller"), (proxy, "proxy", "proxy"), (agent, "agent", "agent")] {
+        let c = container(w, name);
+        assert_eq!(c["args"][0], role, "{name} runs `ferry {role}`");
+        let h = help(role);
+        for v in c["env"].as_array().unwrap() {
+            let n = v["name"].as_str().unwrap();
+            if !names_word(&h, n) {
+                problems.push(format!("{name}: `ferry {role}` reads no {n}"));
+            }
+        }
+        // Every absolute path given in the environment is inside a volume mount.
+        for v in c["env"].as_array().unwrap() {
+            if let Some(p) = v["value"].as_str().filter(|p| p.starts_with('/')) {
+                volume_for(w, c, p);
+            }
+        }
+        // Container ports are the ports of the addresses the environment gives; the readiness
+        // probe is on the readiness address, at the path the binary serves.
+        let addrs: Vec<&str> = c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v["name"].as_str().is_some_and(|n| n.ends_with("_ADDR") || n.ends_with("_LISTEN")))
+            .map(|v| v["value"].as_str().unwrap())
+            .collect();
+        // Loopback addresses are not the pod's ports to declare (the agent's metrics).
+        let addr_ports: BTreeSet<u64> = addrs.iter().filter(|a| !a.starts_with("127.")).map(|a| port_of(a)).collect();
+        let declared: BTreeSet<u64> =
+            c["ports"].as_array().map(|p| p.iter().map(|p| p["containerPort"].as_u64().unwrap()).collect()).unwrap_or_default();
+        if addr_ports != declared {
+            problems.push(format!("{name}: container ports {declared:?}, but the addresses it is given listen on {addr_ports:?}"));
+        }
+        // HTTP probes reach an address the container is given, at a path its help names.
+        for probe in ["readinessProbe", "livenessProbe"] {
+            let Some(get) = c[probe]["httpGet"].as_object() else { continue };
+            let port = get["port"].as_u64().unwrap();
+            let host = get.get("host").and_then(Value::as_str);
+            let served = addrs.iter().any(|a| port_of(a) == port && (a.starts_with("127.") == (host == Some("127.0.0.1"))));
+            if !served {
+                problems.push(format!("{name}: the {probe} on {host:?}:{port} reaches none of its addresses {addrs:?}"));
+            }
+            let path = get["path"].as_str().unwrap();
+            if !h.contains(path) {
+                problems.push(format!("{name}: `ferry {role}` serves no {path}"));
+            }
+        }
+    }
+
+    // ZDS: one socket path for the proxy and the agent, their defaults, on one host directory.
+    let (pc, ac) = (container(proxy, "proxy"), container(agent, "agent"));
+    let zds = env(pc, "INPOD_UDS");
+    assert_eq!(zds, "/var/run/ztunnel/ztunnel.sock", "Istio's ZDS socket path (protocols.md)");
+    assert_eq!(env(ac, "FERRY_ZDS_SOCKET"), zds);
+    assert_eq!(default_of(&help("proxy"), "INPOD_UDS"), zds);
+    assert_eq!(default_of(&help("agent"), "FERRY_ZDS_SOCKET"), zds);
+    let (pv, _) = volume_for(proxy, pc, zds);
+    let (av, _) = volume_for(agent, ac, zds);
+    assert_eq!(pv["hostPath"]["path"], av["hostPath"]["path"], "the proxy and the agent must share the ZDS directory");
+    assert_eq!(pv["hostPath"]["path"], "/var/run/ztunnel");
+
+    // The CNI socket: the agent's, the one the installer writes into the chain, on the host
+    // path the runtime-run plugin reaches (mounted at the same path).
+    let cni = env(ac, "FERRY_CNI_SOCKET");
+    assert_eq!(default_of(&help("agent"), "FERRY_CNI_SOCKET"), cni);
+    assert_eq!(env(container(agent, "install-cni"), "FERRY_CNI_SOCKET"), cni);
+    let (cv, rest) = volume_for(agent, ac, cni);
+    assert_eq!(format!("{}/{rest}", cv["hostPath"]["path"].as_str().unwrap()), cni);
+    assert_eq!(env(ac, "PACKET_MARK"), ferry_core::ports::DEFAULT_PACKET_MARK.to_string());
+
+    // The proxy's token: a projected service account token for the CA's audience, exactly at
+    // AUTH_TOKEN; no other API credential.
+    let (tv, file) = volume_for(proxy, pc, env(pc, "AUTH_TOKEN"));
+    let sat = &tv["projected"]["sources"][0]["serviceAccountToken"];
+    assert_eq!((sat["audience"].as_str(), sat["path"].as_str()), (Some(TOKEN_AUDIENCE), Some(file.as_str())));
+    assert_eq!(proxy["spec"]["template"]["spec"]["automountServiceAccountToken"], false);
+    // The mesh root, from the ConfigMap istiod publishes, for both clients.
+    for var in ["XDS_ROOT_CA", "CA_ROOT_CA"] {
+        let (rv, key) = volume_for(proxy, pc, env(pc, var));
+        assert_eq!((rv["configMap"]["name"].as_str(), key.as_str()), (Some("istio-ca-root-cert"), "root-cert.pem"), "{var}");
+    }
+
+    // The proxy dials the controller's Service on its xDS port, under a name on its certificate.
+    let svc = find(&objs, "Service", "ferry-controller");
+    let host = format!("{}.{}.svc", svc["metadata"]["name"].as_str().unwrap(), svc["metadata"]["namespace"].as_str().unwrap());
+    let cc = container(ctl, "controller");
+    let xds_port = port_of(env(cc, "FERRY_XDS_LISTEN"));
+    let svc_port = svc["spec"]["ports"].as_array().unwrap().iter().find(|p| p["name"] == "grpc-xds").expect("grpc-xds port");
+    assert_eq!(svc_port["port"].as_u64(), Some(xds_port));
+    for var in ["XDS_ADDRESS", "CA_ADDRESS"] {
+        assert_eq!(env(pc, var), format!("https://{host}:{xds_port}"), "{var}");
+    }
+    assert!(env(cc, "FERRY_SERVING_NAMES").split(',').any(|n| n == host), "the serving certificate does not name {host}");
+    // The controller trusts exactly the proxy DaemonSet's account as node proxies.
+    let sa = format!("istio-system/{}", proxy["spec"]["template"]["spec"]["serviceAccountName"].as_str().unwrap());
+    for var in ["FERRY_PROXY_ACCOUNTS", "CA_TRUSTED_NODE_ACCOUNTS"] {
+        assert_eq!(env(cc, var), sa, "{var}");
+    }
+    let (ca, _) = volume_for(ctl, cc, env(cc, "FERRY_CA_DIR"));
+    assert_eq!(ca["secret"]["secretName"], "cacerts", "Istio's plugged-in CA Secret");
+    // The proxy's service account is bound to no role: it never calls the API.
+    for o in objs.iter().filter(|o| o["kind"].as_str().is_some_and(|k| k.ends_with("RoleBinding"))) {
+        for s in o["subjects"].as_array().unwrap() {
+            assert_ne!(s["name"], "ztunnel", "{} binds the proxy's account", o["metadata"]["name"]);
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// install-cni.sh on a scratch "host": chains ferry-cni once, keeps the rest of the chain,
+/// removes it again, and refuses a configuration it cannot chain into.
+#[test]
+fn the_cni_installer_chains_and_removes_ferry_cni() {
+    let tmp = TempDir::new("install-cni");
+    let (bin, net) = (tmp.path().join("bin"), tmp.path().join("net"));
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&net).unwrap();
+    let plugin = tmp.path().join("ferry-cni");
+    std::fs::write(&plugin, "#!/bin/sh\n").unwrap();
+    let original = r#"{"cniVersion":"0.3.1","name":"kindnet","plugins":[{"type":"ptp"},{"type":"portmap"}]}"#;
+    let conf = net.join("10-kindnet.conflist");
+    std::fs::write(&conf, original).unwrap();
+    std::fs::write(net.join("20-later.conflist"), original).unwrap();
+    let script = root().join("manifests/cni/install-cni.sh");
+    let installer = |cmd: &str| {
+        Command::new("sh")
+            .arg(&script)
+            .arg(cmd)
+            .env("CNI_BIN_DIR", &bin)
+            .env("CNI_NET_DIR", &net)
+            .env("FERRY_CNI_PLUGIN", &plugin)
+            .env("FERRY_CNI_SOCKET", "/var/run/ferry/cni.sock")
+            .output()
+            .expect("sh")
+    };
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let types = |p: &Path| -> Vec<String> {
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+        v["plugins"].as_array().unwrap().iter().map(|p| p["type"].as_str().unwrap().to_string()).collect()
+    };
+    for _ in 0..2 {
+        let out = installer("install");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(types(&conf), ["ptp", "portmap", "ferry-cni"], "chained once, last, into the first configuration");
+    assert_eq!(types(&net.join("20-later.conflist")), ["ptp", "portmap"], "only the configuration the runtime uses");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&conf).unwrap()).unwrap();
+    assert_eq!(v["plugins"][2]["agent_socket"], "/var/run/ferry/cni.sock");
+    assert!(v["plugins"][2].get("cluster_state").is_none(), "without the agent, ferry-cni must fail closed");
+    assert!(bin.join("ferry-cni").exists());
+    let out = installer("remove");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(types(&conf), ["ptp", "portmap"]);
+    assert!(!bin.join("ferry-cni").exists());
+    // A single-plugin .conf sorted first cannot be chained into: refused, not rewritten.
+    std::fs::write(net.join("05-single.conf"), r#"{"cniVersion":"0.3.1","name":"x","type":"bridge"}"#).unwrap();
+    let out = installer("install");
+    assert!(!out.status.success(), "a .conf must be refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a .conflist"));
+}
+
+/// The kind runner installs what CI validated: manifests/ with `kubectl apply -k`, on a node
+/// image of the Kubernetes minor version the schema check uses.
+#[test]
+fn the_kind_runner_installs_the_validated_manifests() {
+    let run_sh = std::fs::read_to_string(root().join("e2e/kind/run.sh")).unwrap();
+    assert!(run_sh.contains("kubectl apply -k \"$repo/manifests\""), "run.sh must install from manifests/");
+    let image = run_sh.lines().find_map(|l| l.trim().strip_prefix("kind_node_image=")).expect("run.sh pins kind_node_image=");
+    let tag = image.trim_matches(['"', '\'']).rsplit(':').next().unwrap().trim_start_matches('v');
+    let minor = |v: &str| v.split('.').take(2).collect::<Vec<_>>().join(".");
+    assert_eq!(minor(tag), minor(KUBERNETES_VERSION), "kind's node image and the validated schema differ");
+}
+
+/// Safe defaults that a later edit must not loosen silently: the capabilities each container
+/// adds (none privileged, every one dropping ALL), the controller non-root, and RBAC without
+/// wildcards or access to Secrets.
+#[test]
+fn no_role_gets_more_than_it_needs() {
+    let objs = rendered();
+    #[rustfmt::skip]
+    let want: &[(&str, &str, &str, &[&str])] = &[
+        ("Deployment", "ferry-controller", "controller", &[]),
+        ("DaemonSet", "ferry-proxy", "proxy", &["NET_ADMIN", "SYS_ADMIN", "NET_RAW"]),
+        ("DaemonSet", "ferry-node-agent", "agent", &["NET_ADMIN", "SYS_ADMIN"]),
+        ("DaemonSet", "ferry-node-agent", "install-cni", &[]),
+    ];
+    for (kind, name, c, caps) in want {
+        let sc = &container(find(&objs, kind, name), c)["securityContext"];
+        assert_ne!(sc["privileged"], true, "{name}/{c} is privileged");
+        assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]), "{name}/{c}");
+        let added: Vec<&str> =
+            sc["capabilities"]["add"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        assert_eq!(&added, caps, "{name}/{c} capabilities");
+        assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}/{c}");
+    }
+    let ctl = &find(&objs, "Deployment", "ferry-controller")["spec"]["template"]["spec"];
+    assert_eq!(ctl["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        container(find(&objs, "Deployment", "ferry-controller"), "controller")["securityContext"]["allowPrivilegeEscalation"],
+        false
+    );
+    for o in objs.iter().filter(|o| o["kind"] == "ClusterRole" || o["kind"] == "Role") {
+        for rule in o["rules"].as_array().unwrap() {
+            let words = |k: &str| rule[k].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect::<Vec<_>>();
+            let name = o["metadata"]["name"].as_str().unwrap();
+            for k in ["apiGroups", "resources", "verbs"] {
+                assert!(!words(k).contains(&"*".to_string()), "{name}: a wildcard in {k}");
+            }
+            assert!(!words("resources").contains(&"secrets".to_string()), "{name} may read Secrets");
+            assert!(
+                !words("verbs").iter().any(|v| v == "delete" || v == "escalate" || v == "bind" || v == "impersonate"),
+                "{name}: {rule}"
+            );
+        }
+    }
+}
