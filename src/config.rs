@@ -116,6 +116,11 @@ pub struct ProxyArgs {
     #[arg(long, env = "NODE_NAME", default_value = "")]
     pub(crate) node_name: String,
 
+    /// The network this node's workloads are on. ferry routes only within a workload's own
+    /// network (never through network gateways), so a non-empty value is refused.
+    #[arg(long, env = "NETWORK", default_value = "")]
+    pub(crate) network: String,
+
     /// Cluster ID (metrics labels, baggage). Without this flag: ISTIO_META_CLUSTER_ID, else
     /// CLUSTER_ID, else "Kubernetes" (Istio's order); the flag wins over both, with a warning
     /// naming what it overrides.
@@ -294,6 +299,9 @@ pub struct Config {
     pub(crate) trust_domain: String,
     pub(crate) node_name: String,
     pub(crate) cluster_id: String,
+    pub(crate) network: String,
+    /// `ISTIO_META_*` without the prefix: sent to istiod as node metadata, shown in the dump.
+    pub(crate) proxy_metadata: std::collections::BTreeMap<String, String>,
     /// What choosing the configuration overrode, for the log once it is set up.
     pub(crate) warnings: Vec<String>,
     pub(crate) packet_mark: Option<u32>,
@@ -347,8 +355,15 @@ impl ProxyArgs {
             (None, None, None) => LocalSource::None,
             _ => return Err(invalid("set one of LOCAL_XDS_PATH, LOCAL_XDS or FERRY_CLUSTER_STATE")),
         };
+        if !self.network.is_empty() {
+            return Err(invalid(format!(
+                "NETWORK={:?}: ferry does not support multi-network meshes (it never routes through network gateways); unset NETWORK",
+                self.network
+            )));
+        }
         let (cluster_id, warnings) = cluster_id(self.cluster_id.as_deref(), &|k| std::env::var(k).ok());
         let env = self.control_plane_env(std::env::vars());
+        let proxy_metadata = env.iter().filter_map(|(k, v)| Some((k.strip_prefix("ISTIO_META_")?.to_string(), v.clone()))).collect();
         let in_kubernetes = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
         let (xds, ca) = self.control_plane(&Env { vars: &env }, in_kubernetes, !matches!(local, LocalSource::None), &cluster_id)?;
         let packet_mark = match (self.mode, self.packet_mark) {
@@ -368,6 +383,8 @@ impl ProxyArgs {
             trust_domain: self.trust_domain.clone(),
             node_name: self.node_name.clone(),
             cluster_id,
+            network: self.network.clone(),
+            proxy_metadata,
             warnings,
             packet_mark,
             // Without the agent's policy routing, replies to a spoofed source would leave the
