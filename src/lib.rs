@@ -31,3 +31,4 @@ pub mod telemetry;
 pub mod tls;
 pub(crate) mod xds;
 pub mod zds;
+pub(crate) mod ztunnel_env;
