@@ -20,9 +20,6 @@ use crate::telemetry::http::{text, Resp};
 use crate::telemetry::LogHandle;
 use crate::tls::certs::CertManager;
 
-/// Extra sections for the config dump (e.g. the in-pod workload manager).
-pub(crate) type DumpExtra = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
-
 pub(crate) struct AdminState {
     pub(crate) cfg: Arc<Config>,
     pub(crate) state: StateStore,
@@ -33,7 +30,20 @@ pub(crate) struct AdminState {
     pub(crate) quit: mpsc::Sender<()>,
     /// Open inbound connections, for the dump's `workloadState`.
     pub(crate) conns: Arc<crate::proxy::connections::ConnectionManager>,
-    pub(crate) extra: Option<DumpExtra>,
+    pub(crate) extra: Option<crate::config_dump::DumpExtra>,
+}
+
+impl AdminState {
+    fn dump_sources(&self) -> crate::config_dump::Sources<'_> {
+        crate::config_dump::Sources {
+            cfg: &self.cfg,
+            state: &self.state,
+            certs: &self.certs,
+            ready: &self.ready,
+            conns: &self.conns,
+            extra: self.extra.as_ref(),
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -102,7 +112,7 @@ fn route(kind: Server, a: &AdminState, req: &Request<Incoming>) -> Resp {
         (Server::Readiness, "/healthz/ready") if req.method() == Method::GET => readiness(a),
         (Server::Readiness, "/healthz/ready") => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         (Server::Stats, "/metrics" | "/stats/prometheus") => crate::telemetry::exposition::response(&a.metrics, req.headers()),
-        (Server::Admin, "/config_dump") => json_resp(crate::config_dump::build(a)),
+        (Server::Admin, "/config_dump") => json_resp(crate::config_dump::build(&a.dump_sources())),
         (Server::Admin, "/logging") if matches!(*req.method(), Method::GET | Method::POST) => {
             logging(&a.log, req.method(), req.uri().query().unwrap_or(""))
         }

@@ -146,7 +146,7 @@ async fn serve(cfg: Arc<Config>, log: Arc<LogHandle>) -> Result<(), AppError> {
         }
         ProxyMode::Shared => Some(start_shared(&inputs, &cfg, &ready, drain)),
     };
-    let extra: Option<admin::DumpExtra> = match (manager.clone(), xds_status) {
+    let extra: Option<crate::config_dump::DumpExtra> = match (manager.clone(), xds_status) {
         (None, None) => None,
         (m, x) => Some(Arc::new(move || {
             let mut v = m.as_ref().map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).dump()).unwrap_or_else(|| serde_json::json!({}));

@@ -5,14 +5,29 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::admin::AdminState;
 use crate::config::{Config, ProxyMode, WorkloadInfo};
 use crate::proxy::connections::ConnectionManager;
+use crate::readiness::Readiness;
+use crate::state::StateStore;
+use crate::tls::certs::CertManager;
 use ferry_core::state::Snapshot;
+
+/// Extra sections for the dump (e.g. the in-pod workload manager and the xDS status).
+pub(crate) type DumpExtra = std::sync::Arc<dyn Fn() -> Value + Send + Sync>;
+
+/// What the dump is built from.
+pub(crate) struct Sources<'a> {
+    pub(crate) cfg: &'a Config,
+    pub(crate) state: &'a StateStore,
+    pub(crate) certs: &'a CertManager,
+    pub(crate) ready: &'a Readiness,
+    pub(crate) conns: &'a ConnectionManager,
+    pub(crate) extra: Option<&'a DumpExtra>,
+}
 
 /// The whole dump: state, certificates, `config`, `version`, the served pods' `workloadState`
 /// (dedicated mode here; shared mode's comes from the workload manager's extra sections).
-pub(crate) fn build(a: &AdminState) -> Value {
+pub(crate) fn build(a: &Sources<'_>) -> Value {
     let snap = a.state.snapshot();
     let workloads: Vec<_> = snap.workloads().map(|w| &**w).collect();
     let policies: Vec<_> = snap.policies().map(|p| &**p).collect();
@@ -21,7 +36,7 @@ pub(crate) fn build(a: &AdminState) -> Value {
         "services": snap.services_dump(),
         "policies": policies,
         "certificates": a.certs.dump(),
-        "config": config(&a.cfg),
+        "config": config(a.cfg),
         "version": version(),
         "stateVersion": snap.version,
         "readiness": { "ready": a.ready.is_ready(), "pending": a.ready.pending() },
@@ -29,9 +44,9 @@ pub(crate) fn build(a: &AdminState) -> Value {
     let Some(obj) = v.as_object_mut() else { return v };
     if let (ProxyMode::Dedicated, Some(info)) = (a.cfg.mode, &a.cfg.workload_info) {
         let pod = PodState { uid: format!("{}/{}", info.namespace, info.name), up: true, info, trust_domain: None };
-        obj.insert("workloadState".into(), workload_state(&[pod], &snap, &a.conns));
+        obj.insert("workloadState".into(), workload_state(&[pod], &snap, a.conns));
     }
-    if let Some(Value::Object(m)) = a.extra.as_ref().map(|extra| extra()) {
+    if let Some(Value::Object(m)) = a.extra.map(|extra| extra()) {
         obj.extend(m);
     }
     v
