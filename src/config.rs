@@ -528,14 +528,20 @@ fn cluster_id(flag: Option<&str>, env: &dyn Fn(&str) -> Option<String>) -> (Stri
 /// A configuration with every default, for tests.
 #[cfg(test)]
 pub(crate) fn test_config() -> Config {
+    test_config_with(&[]).expect("defaults are valid")
+}
+
+/// A configuration with every default plus `extra` flags, for tests.
+#[cfg(test)]
+pub(crate) fn test_config_with(extra: &[&str]) -> Result<Config, ConfigError> {
     use clap::Parser;
     #[derive(Parser)]
     struct W {
         #[command(flatten)]
         a: ProxyArgs,
     }
-    let w = W::try_parse_from(["ferry", "--mode", "dedicated", "--workload-info", "test/test/test", "--ca-dir", "/nonexistent"]);
-    w.map(|w| w.a.into_config()).expect("defaults parse").expect("defaults are valid")
+    let base = ["ferry", "--mode", "dedicated", "--workload-info", "test/test/test", "--ca-dir", "/nonexistent"];
+    W::try_parse_from(base.iter().chain(extra)).expect("flags parse").a.into_config()
 }
 
 /// `<namespace>/<name>/<service-account>`.
@@ -552,6 +558,22 @@ pub fn parse_workload_info(s: &str) -> Result<WorkloadInfo, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The ztunnel rules (`ztunnel_env`) reach the configuration the proxy runs with.
+    #[test]
+    fn ztunnel_settings_reach_the_config() {
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let c = |flags: &[&str]| test_config_with(flags).unwrap();
+        assert_eq!(c(&["--termination-grace-period-seconds", "3"]).termination_deadline, Duration::from_secs(2));
+        assert_eq!(c(&["--termination-grace-period-seconds", "30"]).termination_deadline, Duration::from_secs(25));
+        assert_eq!(c(&["--worker-threads", "0"]).worker_threads, cpus);
+        assert_eq!(c(&["--proxy-config", "concurrency: 3"]).worker_threads, 3);
+        assert_eq!(c(&["--worker-threads", "1", "--proxy-config", "concurrency: 3"]).worker_threads, 1);
+        let e = test_config_with(&["--worker-threads", "lots"]).err().unwrap().to_string();
+        assert!(e.starts_with("ZTUNNEL_WORKER_THREADS=\"lots\""), "{e}");
+        let e = test_config_with(&["--proxy-config", "statsPort: 1"]).err().unwrap().to_string();
+        assert!(e.starts_with("PROXY_CONFIG=") && e.contains("FERRY_STATS_ADDR"), "{e}");
+    }
 
     #[test]
     fn workload_info() {
