@@ -20,9 +20,6 @@ use crate::telemetry::http::{text, Resp};
 use crate::telemetry::LogHandle;
 use crate::tls::certs::CertManager;
 
-/// Extra sections for the config dump (e.g. the in-pod workload manager).
-pub(crate) type DumpExtra = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
-
 pub(crate) struct AdminState {
     pub(crate) cfg: Arc<Config>,
     pub(crate) state: StateStore,
@@ -31,7 +28,22 @@ pub(crate) struct AdminState {
     pub(crate) metrics: PrometheusHandle,
     pub(crate) ready: Readiness,
     pub(crate) quit: mpsc::Sender<()>,
-    pub(crate) extra: Option<DumpExtra>,
+    /// Open inbound connections, for the dump's `workloadState`.
+    pub(crate) conns: Arc<crate::proxy::connections::ConnectionManager>,
+    pub(crate) extra: Option<crate::config_dump::DumpExtra>,
+}
+
+impl AdminState {
+    fn dump_sources(&self) -> crate::config_dump::Sources<'_> {
+        crate::config_dump::Sources {
+            cfg: &self.cfg,
+            state: &self.state,
+            certs: &self.certs,
+            ready: &self.ready,
+            conns: &self.conns,
+            extra: self.extra.as_ref(),
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -100,7 +112,7 @@ fn route(kind: Server, a: &AdminState, req: &Request<Incoming>) -> Resp {
         (Server::Readiness, "/healthz/ready") if req.method() == Method::GET => readiness(a),
         (Server::Readiness, "/healthz/ready") => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         (Server::Stats, "/metrics" | "/stats/prometheus") => crate::telemetry::exposition::response(&a.metrics, req.headers()),
-        (Server::Admin, "/config_dump") => json_resp(config_dump(a)),
+        (Server::Admin, "/config_dump") => json_resp(crate::config_dump::build(&a.dump_sources())),
         (Server::Admin, "/logging") if matches!(*req.method(), Method::GET | Method::POST) => {
             logging(&a.log, req.method(), req.uri().query().unwrap_or(""))
         }
@@ -228,46 +240,6 @@ fn json_resp(v: serde_json::Value) -> Resp {
     let mut r = text(StatusCode::OK, body);
     r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
     r
-}
-
-fn config_dump(a: &AdminState) -> serde_json::Value {
-    let snap = a.state.snapshot();
-    let workloads: Vec<_> = snap.workloads().map(|w| &**w).collect();
-    let services: Vec<_> = snap.services().map(|s| &**s).collect();
-    let policies: Vec<_> = snap.policies().map(|p| &**p).collect();
-    let c = &a.cfg;
-    let mut v = json!({
-        "stateVersion": snap.version,
-        "workloads": workloads,
-        "services": services,
-        "policies": policies,
-        "certificates": a.certs.dump(),
-        "readiness": { "ready": a.ready.is_ready(), "pending": a.ready.pending() },
-        "config": {
-            "mode": format!("{:?}", c.mode).to_lowercase(),
-            "workloadInfo": c.workload_info.as_ref().map(|w| format!("{}/{}/{}", w.namespace, w.name, w.service_account)),
-            "nodeName": c.node_name,
-            "clusterId": c.cluster_id,
-            "trustDomain": c.trust_domain,
-            "ca": c.ca.describe(),
-            "xdsAddress": c.xds.as_ref().map(|x| x.target.url.clone()),
-            "packetMark": c.packet_mark,
-            "origSrc": c.orig_src,
-            "poolMaxStreamsPerConnection": c.h2.max_streams_per_conn,
-            "http2StreamWindowSize": c.h2.stream_window,
-            "http2ConnectionWindowSize": c.h2.connection_window,
-            "http2FrameSize": c.h2.frame_size,
-            "terminationDeadlineSeconds": c.termination_deadline.as_secs_f64(),
-            "workerThreads": c.worker_threads,
-            "secretTtlSeconds": c.secret_ttl.as_secs(),
-        },
-    });
-    if let (Some(extra), Some(obj)) = (&a.extra, v.as_object_mut()) {
-        if let serde_json::Value::Object(m) = extra() {
-            obj.extend(m);
-        }
-    }
-    v
 }
 
 #[cfg(test)]

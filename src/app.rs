@@ -146,7 +146,7 @@ async fn serve(cfg: Arc<Config>, log: Arc<LogHandle>) -> Result<(), AppError> {
         }
         ProxyMode::Shared => Some(start_shared(&inputs, &cfg, &ready, drain)),
     };
-    let extra: Option<admin::DumpExtra> = match (manager.clone(), xds_status) {
+    let extra: Option<crate::config_dump::DumpExtra> = match (manager.clone(), xds_status) {
         (None, None) => None,
         (m, x) => Some(Arc::new(move || {
             let mut v = m.as_ref().map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).dump()).unwrap_or_else(|| serde_json::json!({}));
@@ -157,7 +157,8 @@ async fn serve(cfg: Arc<Config>, log: Arc<LogHandle>) -> Result<(), AppError> {
             v
         })),
     };
-    let admin = Arc::new(AdminState { cfg: cfg.clone(), state, certs, log, metrics, ready: ready.clone(), quit: quit_tx, extra });
+    let conns = inputs.conns.clone();
+    let admin = Arc::new(AdminState { cfg: cfg.clone(), state, certs, log, metrics, ready: ready.clone(), quit: quit_tx, conns, extra });
     let addrs = admin::start(admin).map_err(io("cannot bind the admin, metrics or readiness port"))?;
     drop(proxy_block);
     tracing::info!(admin = %addrs[0], metrics = %addrs[1], readiness = %addrs[2], mode = ?cfg.mode, "ferry proxy started");

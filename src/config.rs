@@ -12,6 +12,7 @@ use ferry_core::timefmt::parse_duration;
 use crate::net::Keepalive;
 use crate::telemetry::LogFormat;
 use crate::xds::settings::{self, Env, Target, XdsSettings};
+use crate::ztunnel_env;
 use ferry_core::identity::{Identity, DEFAULT_TRUST_DOMAIN};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -161,8 +162,9 @@ pub struct ProxyArgs {
     #[arg(long, env = "HTTP2_FRAME_SIZE", default_value_t = 1024 * 1024)]
     pub(crate) http2_frame_size: u32,
 
-    /// How long open connections may finish after SIGTERM before they are closed. Default 5s,
-    /// or TERMINATION_GRACE_PERIOD_SECONDS - 5 when that is over 10.
+    /// How long open connections may finish after SIGTERM before they are closed. Default:
+    /// from TERMINATION_GRACE_PERIOD_SECONDS (grace - 5 s above 10 s, else grace - 1 s, at least
+    /// 1 s), else 5s (ztunnel's rule).
     #[arg(long, env = "CONNECTION_TERMINATION_DEADLINE", value_parser = parse_duration)]
     pub(crate) connection_termination_deadline: Option<Duration>,
 
@@ -170,9 +172,17 @@ pub struct ProxyArgs {
     #[arg(long, env = "TERMINATION_GRACE_PERIOD_SECONDS")]
     pub(crate) termination_grace_period_seconds: Option<u64>,
 
-    /// Data-path worker threads: a number, or a percentage of the CPUs ("50%").
-    #[arg(long, env = "ZTUNNEL_WORKER_THREADS", default_value = "2")]
-    pub(crate) worker_threads: String,
+    /// Data-path worker threads: a number, a percentage of the CPUs ("50%"), or 0 for every CPU.
+    /// Unset: PROXY_CONFIG's concurrency, else ztunnel's sizing: the CPU limit
+    /// (ZTUNNEL_RESOURCE_CPU_LIMIT) raised to the request (ZTUNNEL_RESOURCE_CPU_REQUEST), else
+    /// max(2, 25% of the CPUs (ZTUNNEL_CPU_LIMIT or the cores available), the request).
+    #[arg(long, env = "ZTUNNEL_WORKER_THREADS")]
+    pub(crate) worker_threads: Option<String>,
+
+    /// Mesh config's ProxyConfig (YAML or JSON). Only `concurrency` is honoured; any other key
+    /// is refused.
+    #[arg(long, env = "PROXY_CONFIG")]
+    pub(crate) proxy_config: Option<String>,
 
     /// TCP keepalive on every proxied socket.
     #[arg(long, env = "KEEPALIVE_ENABLED", action = clap::ArgAction::Set, value_parser = BoolishValueParser::new(), default_value = "true")]
@@ -294,6 +304,9 @@ pub struct Config {
     pub(crate) trust_domain: String,
     pub(crate) node_name: String,
     pub(crate) cluster_id: String,
+    pub(crate) network: String,
+    /// `ISTIO_META_*` without the prefix: sent to istiod as node metadata, shown in the dump.
+    pub(crate) proxy_metadata: std::collections::BTreeMap<String, String>,
     /// What choosing the configuration overrode, for the log once it is set up.
     pub(crate) warnings: Vec<String>,
     pub(crate) packet_mark: Option<u32>,
@@ -318,6 +331,8 @@ pub struct Config {
 pub enum ConfigError {
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Ztunnel(#[from] crate::ztunnel_env::ZtunnelEnvError),
 }
 
 fn invalid(msg: impl Into<String>) -> ConfigError {
@@ -347,8 +362,18 @@ impl ProxyArgs {
             (None, None, None) => LocalSource::None,
             _ => return Err(invalid("set one of LOCAL_XDS_PATH, LOCAL_XDS or FERRY_CLUSTER_STATE")),
         };
+        let worker_flag = self.worker_threads.clone();
+        let env_fn = move |k: &str| match k {
+            "ZTUNNEL_WORKER_THREADS" => worker_flag.clone(),
+            _ => std::env::var(k).ok(),
+        };
+        ztunnel_env::refuse_unsupported(&env_fn)?;
+        let concurrency = ztunnel_env::proxy_config_concurrency(self.proxy_config.as_deref())?;
+        let available = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let worker_threads = ztunnel_env::worker_threads(&env_fn, concurrency, available)?;
         let (cluster_id, warnings) = cluster_id(self.cluster_id.as_deref(), &|k| std::env::var(k).ok());
         let env = self.control_plane_env(std::env::vars());
+        let proxy_metadata = env.iter().filter_map(|(k, v)| Some((k.strip_prefix("ISTIO_META_")?.to_string(), v.clone()))).collect();
         let in_kubernetes = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
         let (xds, ca) = self.control_plane(&Env { vars: &env }, in_kubernetes, !matches!(local, LocalSource::None), &cluster_id)?;
         let packet_mark = match (self.mode, self.packet_mark) {
@@ -368,6 +393,8 @@ impl ProxyArgs {
             trust_domain: self.trust_domain.clone(),
             node_name: self.node_name.clone(),
             cluster_id,
+            network: std::env::var("NETWORK").unwrap_or_default(),
+            proxy_metadata,
             warnings,
             packet_mark,
             // Without the agent's policy routing, replies to a spoofed source would leave the
@@ -387,8 +414,11 @@ impl ProxyArgs {
                 ping_interval: Duration::from_secs(10),
                 ping_timeout: Duration::from_secs(20),
             },
-            termination_deadline: termination_deadline(self.connection_termination_deadline, self.termination_grace_period_seconds),
-            worker_threads: parse_worker_threads(&self.worker_threads)?,
+            termination_deadline: ztunnel_env::termination_deadline(
+                self.connection_termination_deadline,
+                self.termination_grace_period_seconds,
+            ),
+            worker_threads,
             keepalive: Keepalive {
                 enabled: self.keepalive_enabled,
                 time: self.keepalive_time,
@@ -498,14 +528,20 @@ fn cluster_id(flag: Option<&str>, env: &dyn Fn(&str) -> Option<String>) -> (Stri
 /// A configuration with every default, for tests.
 #[cfg(test)]
 pub(crate) fn test_config() -> Config {
+    test_config_with(&[]).expect("defaults are valid")
+}
+
+/// A configuration with every default plus `extra` flags, for tests.
+#[cfg(test)]
+pub(crate) fn test_config_with(extra: &[&str]) -> Result<Config, ConfigError> {
     use clap::Parser;
     #[derive(Parser)]
     struct W {
         #[command(flatten)]
         a: ProxyArgs,
     }
-    let w = W::try_parse_from(["ferry", "--mode", "dedicated", "--workload-info", "test/test/test", "--ca-dir", "/nonexistent"]);
-    w.map(|w| w.a.into_config()).expect("defaults parse").expect("defaults are valid")
+    let base = ["ferry", "--mode", "dedicated", "--workload-info", "test/test/test", "--ca-dir", "/nonexistent"];
+    W::try_parse_from(base.iter().chain(extra)).expect("flags parse").a.into_config()
 }
 
 /// `<namespace>/<name>/<service-account>`.
@@ -519,45 +555,24 @@ pub fn parse_workload_info(s: &str) -> Result<WorkloadInfo, ConfigError> {
     }
 }
 
-/// Istio's rule: explicit deadline, else grace period - 5 s when the grace period exceeds 10 s,
-/// else 5 s; never below 1 s.
-fn termination_deadline(explicit: Option<Duration>, grace: Option<u64>) -> Duration {
-    let d = match (explicit, grace) {
-        (Some(d), _) => d,
-        (None, Some(g)) if g > 10 => Duration::from_secs(g - 5),
-        _ => Duration::from_secs(5),
-    };
-    d.max(Duration::from_secs(1))
-}
-
-fn parse_worker_threads(s: &str) -> Result<usize, ConfigError> {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let n = match s.strip_suffix('%') {
-        Some(p) => {
-            let pct: f64 = p.trim().parse().map_err(|_| invalid(format!("ZTUNNEL_WORKER_THREADS={s:?} is not a percentage")))?;
-            if !(pct > 0.0 && pct <= 100.0) {
-                return Err(invalid(format!("ZTUNNEL_WORKER_THREADS={s:?} must be within (0%, 100%]")));
-            }
-            ((cpus as f64) * pct / 100.0).ceil() as usize
-        }
-        None => s.trim().parse().map_err(|_| invalid(format!("ZTUNNEL_WORKER_THREADS={s:?} is not a number")))?,
-    };
-    if n == 0 {
-        return Err(invalid("ZTUNNEL_WORKER_THREADS must be at least 1"));
-    }
-    Ok(n)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The ztunnel rules (`ztunnel_env`) reach the configuration the proxy runs with.
     #[test]
-    fn termination_deadline_rules() {
-        assert_eq!(termination_deadline(None, None), Duration::from_secs(5));
-        assert_eq!(termination_deadline(None, Some(30)), Duration::from_secs(25));
-        assert_eq!(termination_deadline(None, Some(10)), Duration::from_secs(5));
-        assert_eq!(termination_deadline(Some(Duration::ZERO), None), Duration::from_secs(1));
+    fn ztunnel_settings_reach_the_config() {
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let c = |flags: &[&str]| test_config_with(flags).unwrap();
+        assert_eq!(c(&["--termination-grace-period-seconds", "3"]).termination_deadline, Duration::from_secs(2));
+        assert_eq!(c(&["--termination-grace-period-seconds", "30"]).termination_deadline, Duration::from_secs(25));
+        assert_eq!(c(&["--worker-threads", "0"]).worker_threads, cpus);
+        assert_eq!(c(&["--proxy-config", "concurrency: 3"]).worker_threads, 3);
+        assert_eq!(c(&["--worker-threads", "1", "--proxy-config", "concurrency: 3"]).worker_threads, 1);
+        let e = test_config_with(&["--worker-threads", "lots"]).err().unwrap().to_string();
+        assert!(e.starts_with("ZTUNNEL_WORKER_THREADS=\"lots\""), "{e}");
+        let e = test_config_with(&["--proxy-config", "statsPort: 1"]).err().unwrap().to_string();
+        assert!(e.starts_with("PROXY_CONFIG=") && e.contains("FERRY_STATS_ADDR"), "{e}");
     }
 
     #[test]
@@ -642,14 +657,5 @@ mod tests {
             })
             .collect();
         assert!(wrong.is_empty(), "{}", wrong.join("\n"));
-    }
-
-    #[test]
-    fn worker_threads() {
-        assert_eq!(parse_worker_threads("3").unwrap(), 3);
-        assert!(parse_worker_threads("100%").unwrap() >= 1);
-        assert!(parse_worker_threads("0").is_err());
-        assert!(parse_worker_threads("150%").is_err());
-        assert!(parse_worker_threads("x").is_err());
     }
 }

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod agent;
 pub mod app;
 pub mod config;
+pub(crate) mod config_dump;
 pub mod controller;
 pub mod drain;
 #[cfg(feature = "fuzzing")]
@@ -30,3 +31,4 @@ pub mod telemetry;
 pub mod tls;
 pub(crate) mod xds;
 pub mod zds;
+pub(crate) mod ztunnel_env;

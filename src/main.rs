@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use ferry::config::ProxyArgs;
 use ferry_core::timefmt::parse_duration;
@@ -68,7 +68,12 @@ struct CaInitArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        if let Some(line) = env_var_of(&Cli::command(), &e, &|k| std::env::var(k).ok()) {
+            eprintln!("ferry: error: {line}");
+        }
+        e.exit()
+    });
     let result = match cli.cmd {
         Cmd::Proxy(args) => ferry::app::run_proxy(*args).map_err(|e| e.to_string()),
         Cmd::Agent(args) => ferry::agent::run_agent(*args).map_err(|e| e.to_string()),
@@ -88,6 +93,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// Operators set ztunnel's settings as environment variables in a DaemonSet, and clap's
+/// message names only the flag: when the refused value came from a variable, name it.
+fn env_var_of(cmd: &clap::Command, e: &clap::error::Error, env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue};
+    let text = |k| match e.get(k) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let (arg, value) = (text(ContextKind::InvalidArg)?, text(ContextKind::InvalidValue)?);
+    let mut stack = vec![cmd];
+    while let Some(c) = stack.pop() {
+        stack.extend(c.get_subcommands());
+        for a in c.get_arguments() {
+            let (Some(var), Some(long)) = (a.get_env().and_then(|v| v.to_str()), a.get_long()) else { continue };
+            let named = arg.starts_with(&format!("--{long} ")) || arg == format!("--{long}");
+            if named && env(var).as_deref() == Some(value.as_str()) {
+                return Some(format!("invalid environment variable {var}={value:?} (it sets --{long}):"));
+            }
+        }
+    }
+    None
+}
+
 fn ca_init(a: CaInitArgs) -> Result<(), String> {
     if a.ca_validity > a.root_validity {
         return Err("--ca-validity must not exceed --root-validity".into());
@@ -96,4 +124,25 @@ fn ca_init(a: CaInitArgs) -> Result<(), String> {
     ferry::tls::ca::init(&a.dir, &opts).map_err(|e| e.to_string())?;
     println!("created a ferry CA in {}", a.dir.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_value_from_the_environment_is_named_by_its_variable() {
+        let env = |k: &str| (k == "PROXY_MODE").then(|| "sidecar".to_string());
+        let e = Cli::try_parse_from(["ferry", "proxy", "--mode", "sidecar"]).err().unwrap();
+        let line = env_var_of(&Cli::command(), &e, &env).unwrap();
+        assert_eq!(line, "invalid environment variable PROXY_MODE=\"sidecar\" (it sets --mode):");
+        let e = Cli::try_parse_from(["ferry", "proxy", "--secret-ttl", "1day"]).err().unwrap();
+        assert_eq!(
+            env_var_of(&Cli::command(), &e, &|k| (k == "SECRET_TTL").then(|| "1day".into()))
+                .as_deref()
+                .map(|l| l.starts_with("invalid environment variable SECRET_TTL=")),
+            Some(true)
+        );
+        assert_eq!(env_var_of(&Cli::command(), &e, &|_| None), None, "a flag on the command line is named by clap already");
+    }
 }

@@ -127,7 +127,7 @@ fn only_root_or_the_agents_user_may_use_the_cni_socket() {
     let line: serde_json::Value = serde_json::from_str(&agent.wait_log("refusing a connection")).unwrap();
     assert_eq!(
         (line["level"].as_str(), line["socket"].as_str(), line["peer_uid"].as_u64()),
-        (Some("WARN"), Some("cni"), Some(NOBODY as u64)),
+        (Some("warn"), Some("cni"), Some(NOBODY as u64)),
         "{line}"
     );
     assert!(line["peer_pid"].as_u64().is_some(), "{line}");

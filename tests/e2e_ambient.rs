@@ -59,11 +59,11 @@ fn mesh_traffic_is_encrypted_identified_and_never_plaintext_on_the_links() {
     assert_eq!(roundtrip(&sim, FRONTEND, web, &plain).as_deref(), Some(&plain[..]));
     let out = observe::find_record(&sim.nodes[0].proxy_log(), "outbound", sim.pod("shop", "frontend").ip, web, Duration::from_secs(3))
         .expect("passthrough is logged by the source");
-    assert!(out["dst.hbone_addr"].is_null() && out["connection_security_policy"] == "none", "{out}");
+    assert!(out["dst.hbone_addr"].is_null() && out["connection_security_policy"] == "unknown", "{out}");
     let inbound = b"PLAIN-CANARY from outside into the mesh".to_vec();
     assert_eq!(roundtrip(&sim, ("legacy", "client"), backend, &inbound).as_deref(), Some(&inbound[..]));
     let r = inbound_record(&sim, ("legacy", "client"), BACKEND, 8080).expect("captured on 15006 at the destination");
-    assert!(r["src.identity"].is_null() && r["connection_security_policy"] == "none", "{r}");
+    assert!(r["src.identity"].is_null() && r["connection_security_policy"] == "unknown", "{r}");
 
     let wire = links.finish();
     assert!(!contains(&wire, "MESH-CANARY"), "mesh canary in plaintext on a node-to-node link");
@@ -119,7 +119,7 @@ fn hbone(sim: &Sim, node: usize, ip: &str) -> bool {
         .as_array()
         .into_iter()
         .flatten()
-        .any(|w| w["protocol"] == "HBONE" && w["addresses"].as_array().is_some_and(|a| a.iter().any(|x| x == ip)))
+        .any(|w| w["protocol"] == "HBONE" && w["workloadIps"].as_array().is_some_and(|a| a.iter().any(|x| x == ip)))
 }
 
 fn running(n: &ferry_harness::sim::Node) -> Vec<String> {

@@ -98,7 +98,7 @@ fn proxies_run_on_xds_and_the_ca_and_outlive_the_controller() {
     assert_eq!(roundtrip(&sim, FRONTEND, backend, &payload).as_deref(), Some(&payload[..]));
     let certs = sim.nodes[0].dump().unwrap()["certificates"].clone();
     let frontend_cert = certs.as_array().and_then(|c| c.iter().find(|c| c["identity"] == id("shop", "frontend")).cloned());
-    assert_eq!(frontend_cert.map(|c| c["state"].clone()), Some("available".into()), "{certs}");
+    assert_eq!(frontend_cert.map(|c| c["state"].clone()), Some("Available".into()), "{certs}");
     let m = sim.controller_metrics().unwrap();
     assert!(counter(&m, "ferry_ca_requests_total", &[("result", "issued")]) >= 3.0, "one per local identity per node:\n{m}");
 

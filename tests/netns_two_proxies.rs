@@ -98,7 +98,7 @@ fn access_lines(log: &Path) -> Vec<serde_json::Value> {
         .unwrap_or_default()
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["target"] == "access")
+        .filter(|v| v["scope"] == "access")
         .collect()
 }
 
@@ -230,7 +230,7 @@ fn destination_metrics_and_access_log_name_both_identities() {
         assert_eq!(l["direction"], "inbound");
         assert_eq!(l["bytes_recv"].as_u64(), Some(payload.len() as u64));
         assert_eq!(l["bytes_sent"].as_u64(), Some(payload.len() as u64));
-        assert_eq!(l["dst.addr"], "198.18.0.2:8080");
+        assert_eq!((l["dst.addr"].as_str(), l["dst.hbone_addr"].as_str()), (Some("198.18.0.2:15008"), Some("198.18.0.2:8080")));
     }
     let (status, metrics) = http_get(&f.b, "127.0.0.1:15020", "/metrics").expect("metrics");
     assert_eq!(status, 200);
@@ -304,8 +304,9 @@ fn admin_serves_the_config_dump_and_log_levels_and_quits_on_request() {
     assert_eq!(dump["config"]["mode"], "dedicated");
     let cert = &dump["certificates"][0];
     assert_eq!(cert["identity"], "spiffe://cluster.local/ns/default/sa/client");
-    assert_eq!(cert["state"], "available");
-    assert_eq!(cert["certificate"]["chain"][0]["uriSans"][0], "spiffe://cluster.local/ns/default/sa/client");
+    assert_eq!(cert["state"], "Available");
+    assert_eq!(cert["certChain"][0]["uriSans"][0], "spiffe://cluster.local/ns/default/sa/client");
+    assert_eq!(dump["workloadState"]["default/client"]["state"], "Up", "the served workload");
     let a = &f.a;
     let admin = |method: &str, target: &str| http_request(a, method, "127.0.0.1:15000", target).unwrap();
     assert_eq!(admin("GET", "/logging"), (200, "current log level: info\n".into()));

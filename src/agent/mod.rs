@@ -6,6 +6,7 @@
 //! Enrollment operations are serialized by the pod-cache lock; the ZDS snapshot for a newly
 //! connected proxy is taken under the same lock, so no pod is ever missed or sent twice.
 
+pub(crate) mod admin;
 pub mod cni_server;
 pub mod pods;
 pub mod zds_server;
@@ -54,8 +55,9 @@ pub struct AgentArgs {
     /// How long a CNI ADD waits for its pod to appear in the cluster state.
     #[arg(long, env = "FERRY_POD_WAIT", value_parser = ferry_core::timefmt::parse_duration, default_value = "10s")]
     pub(crate) pod_wait: Duration,
-    /// Where the agent serves Prometheus metrics (`/metrics`, `/stats/prometheus`); the port
-    /// istio-cni uses for its metrics. Use port 0 for any free port.
+    /// Where the agent serves Prometheus metrics (`/metrics`, `/stats/prometheus`), liveness
+    /// (`/healthz`), readiness (`/readyz`) and `/debug/pods`; the port istio-cni uses for its
+    /// metrics. Use port 0 for any free port.
     #[arg(long, env = "FERRY_AGENT_METRICS_ADDR", default_value = "127.0.0.1:15014")]
     pub(crate) metrics_addr: std::net::SocketAddr,
     /// Log format.
@@ -106,18 +108,18 @@ async fn serve(args: AgentArgs, metrics: metrics_exporter_prometheus::Prometheus
     let stats = telemetry::http::bind(args.metrics_addr)
         .map_err(io(&format!("cannot bind the metrics address {} (--metrics-addr/FERRY_AGENT_METRICS_ADDR)", args.metrics_addr)))?;
     let agent = Arc::new(Agent::new(args, source.subscribe(), cache));
-    agent.restore().await;
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     agent.publish_gauges();
-    let refresh = {
-        let agent = agent.clone();
-        move || agent.publish_gauges()
-    };
+    // Served from here on, so liveness answers while the restore runs and readiness says why
+    // it is not ready yet.
     tokio::spawn(telemetry::http::serve(
         stats,
         "metrics",
         telemetry::http::HEADER_TIMEOUT,
-        telemetry::http::metrics_route(metrics, refresh),
+        admin::route(agent.clone(), ready.clone(), metrics),
     ));
+    agent.restore().await;
+    ready.store(true, std::sync::atomic::Ordering::Release);
     tracing::info!(node = %agent.args.node_name, zds = %agent.args.zds_socket.display(), cni = %agent.args.cni_socket.display(), "ferry agent ready");
     tokio::spawn(agent.clone().serve_zds(zds));
     tokio::spawn(agent.clone().serve_cni(cni));

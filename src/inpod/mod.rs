@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::config::WorkloadInfo;
+use crate::config_dump::{workload_state, PodState};
 use crate::drain::{self, DrainTrigger};
 use crate::net::{NetnsSockets, SocketOptions};
 use crate::proxy::{ProxyInputs, WorkloadProxy};
@@ -244,13 +245,28 @@ impl WorkloadManager {
             .iter()
             .map(|(uid, r)| {
                 json!({"uid": uid, "namespace": r.info.namespace, "name": r.info.name, "serviceAccount": r.info.service_account,
-                       "identity": r.identity.to_string(), "netns": format!("{:?}", r.netns.id()), "uptimeSeconds": r.since.elapsed().as_secs()})
+                       "identity": r.identity.to_string(), "netns": {"dev": r.netns.id().0, "inode": r.netns.id().1}, "uptimeSeconds": r.since.elapsed().as_secs()})
             })
             .collect();
         running.sort_by(|a, b| a["uid"].as_str().cmp(&b["uid"].as_str()));
         let pending: Vec<_> =
             self.pending.iter().map(|(uid, p)| json!({"uid": uid, "workload": p.info.to_string(), "error": p.error})).collect();
-        json!({"workloadManager": {"connected": self.connected, "snapshotReceived": self.snapshot_done, "running": running, "pending": pending}})
+        let mut pods: Vec<PodState<'_>> = self
+            .proxies
+            .iter()
+            .map(|(uid, r)| PodState {
+                uid: uid.clone(),
+                up: true,
+                info: &r.info,
+                trust_domain: Some(r.identity.trust_domain().to_string()),
+            })
+            .collect();
+        pods.extend(self.pending.iter().map(|(uid, p)| PodState { uid: uid.clone(), up: false, info: &p.info, trust_domain: None }));
+        let snap = self.inputs.state.snapshot();
+        json!({
+            "workloadManager": {"connected": self.connected, "snapshotReceived": self.snapshot_done, "running": running, "pending": pending},
+            "workloadState": workload_state(&pods, &snap, &self.inputs.conns),
+        })
     }
 
     #[cfg(test)]

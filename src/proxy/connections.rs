@@ -79,6 +79,12 @@ impl ConnectionManager {
         self.len() == 0
     }
 
+    /// The open inbound connections to the workload `uid`, for the config dump.
+    pub(crate) fn inbound_to(&self, uid: &str) -> Vec<ConnAttrs> {
+        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        conns.values().filter(|t| t.workload_uid == uid).map(|t| t.attrs.clone()).collect()
+    }
+
     /// Re-authorizes every open connection against `snap`; returns how many were closed.
     pub(crate) fn recheck(&self, snap: &Snapshot) -> usize {
         let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());

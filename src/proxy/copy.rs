@@ -7,6 +7,7 @@
 
 use std::io;
 use std::net::Shutdown;
+use std::sync::atomic::{AtomicU64, Ordering};
 #[cfg(test)]
 use std::time::Duration;
 
@@ -34,12 +35,31 @@ pub(crate) struct CopyResult {
     pub(crate) revoked: Option<String>,
 }
 
+/// The bytes a connection has moved so far, kept outside the copy future: a copy abandoned at
+/// the drain deadline or by a revocation is dropped mid-way, and its access-log record must
+/// still report what it carried.
+#[derive(Debug, Default)]
+pub(crate) struct Moved {
+    /// Downstream to upstream.
+    pub(crate) received: AtomicU64,
+    /// Upstream to downstream.
+    pub(crate) sent: AtomicU64,
+}
+
+impl Moved {
+    /// The totals so far, as a result with no error.
+    pub(crate) fn result(&self) -> CopyResult {
+        CopyResult { received: self.received.load(Ordering::Relaxed), sent: self.sent.load(Ordering::Relaxed), ..Default::default() }
+    }
+}
+
 /// Copies between two TCP connections until both directions are closed.
-pub(crate) async fn tcp_tcp(down: &TcpStream, up: &TcpStream, rx: &Counter, tx: &Counter) -> CopyResult {
-    let mut res = CopyResult::default();
-    let a = tcp_to_tcp(down, up, rx, &mut res.received);
-    let b = tcp_to_tcp(up, down, tx, &mut res.sent);
-    if let Err(e) = tokio::try_join!(a, b) {
+pub(crate) async fn tcp_tcp(down: &TcpStream, up: &TcpStream, rx: &Counter, tx: &Counter, moved: &Moved) -> CopyResult {
+    let a = tcp_to_tcp(down, up, rx, &moved.received);
+    let b = tcp_to_tcp(up, down, tx, &moved.sent);
+    let outcome = tokio::try_join!(a, b);
+    let mut res = moved.result();
+    if let Err(e) = outcome {
         crate::net::set_reset_on_close(down);
         crate::net::set_reset_on_close(up);
         res.error = Some(e);
@@ -49,12 +69,21 @@ pub(crate) async fn tcp_tcp(down: &TcpStream, up: &TcpStream, rx: &Counter, tx: 
 
 /// Copies between a TCP connection and an HBONE stream. `tcp_is_downstream` says which side
 /// the client is on, for the direction of the counters.
-pub(crate) async fn tcp_h2(tcp: &TcpStream, stream: H2Stream, tcp_is_downstream: bool, rx: &Counter, tx: &Counter) -> CopyResult {
+pub(crate) async fn tcp_h2(
+    tcp: &TcpStream,
+    stream: H2Stream,
+    tcp_is_downstream: bool,
+    rx: &Counter,
+    tx: &Counter,
+    moved: &Moved,
+) -> CopyResult {
     let H2Stream { mut send, mut recv, budget } = stream;
-    let (mut up_bytes, mut down_bytes) = (0u64, 0u64);
-    let (to_h2_counter, to_tcp_counter) = if tcp_is_downstream { (rx, tx) } else { (tx, rx) };
-    let a = tcp_to_h2(tcp, &mut send, &budget, to_h2_counter, &mut up_bytes);
-    let b = h2_to_tcp(&mut recv, tcp, to_tcp_counter, &mut down_bytes);
+    let (to_h2, to_tcp) = match tcp_is_downstream {
+        true => ((rx, &moved.received), (tx, &moved.sent)),
+        false => ((tx, &moved.sent), (rx, &moved.received)),
+    };
+    let a = tcp_to_h2(tcp, &mut send, &budget, to_h2.0, to_h2.1);
+    let b = h2_to_tcp(&mut recv, tcp, to_tcp.0, to_tcp.1);
     let error = match tokio::try_join!(a, b) {
         Ok(_) => None,
         Err(e) => {
@@ -63,11 +92,7 @@ pub(crate) async fn tcp_h2(tcp: &TcpStream, stream: H2Stream, tcp_is_downstream:
             Some(e)
         }
     };
-    if tcp_is_downstream {
-        CopyResult { received: up_bytes, sent: down_bytes, error, revoked: None }
-    } else {
-        CopyResult { received: down_bytes, sent: up_bytes, error, revoked: None }
-    }
+    CopyResult { error, ..moved.result() }
 }
 
 /// Reads into a fresh buffer once `r` is readable; `Ok(None)` is EOF.
@@ -104,18 +129,18 @@ fn shutdown_write(w: &TcpStream) {
     let _ = SockRef::from(w).shutdown(Shutdown::Write);
 }
 
-async fn tcp_to_tcp(r: &TcpStream, w: &TcpStream, counter: &Counter, total: &mut u64) -> io::Result<()> {
+async fn tcp_to_tcp(r: &TcpStream, w: &TcpStream, counter: &Counter, total: &AtomicU64) -> io::Result<()> {
     let mut chunk = MIN_CHUNK;
     while let Some(buf) = read_chunk(r, &mut chunk).await? {
         write_all(w, &buf).await?;
         counter.increment(buf.len() as u64);
-        *total += buf.len() as u64;
+        total.fetch_add(buf.len() as u64, Ordering::Relaxed);
     }
     shutdown_write(w);
     Ok(())
 }
 
-async fn tcp_to_h2(r: &TcpStream, send: &mut SendStream<Chunk>, budget: &Budget, counter: &Counter, total: &mut u64) -> io::Result<()> {
+async fn tcp_to_h2(r: &TcpStream, send: &mut SendStream<Chunk>, budget: &Budget, counter: &Counter, total: &AtomicU64) -> io::Result<()> {
     let mut chunk = MIN_CHUNK;
     loop {
         // Room is taken only once there is data, and before it is read: an idle stream holds
@@ -128,7 +153,7 @@ async fn tcp_to_h2(r: &TcpStream, send: &mut SendStream<Chunk>, budget: &Budget,
         let n = buf.len() as u64;
         send_h2(send, buf.freeze(), room).await?;
         counter.increment(n);
-        *total += n;
+        total.fetch_add(n, Ordering::Relaxed);
     }
     send.send_data(Chunk::from(Bytes::new()), true).map_err(h2_io)?;
     Ok(())
@@ -156,7 +181,7 @@ async fn send_h2(send: &mut SendStream<Chunk>, mut data: Bytes, mut room: Room) 
 /// Most chunks coalesced into one write (each chunk is at most one TLS record of payload).
 const MAX_BATCH: usize = 32;
 
-async fn h2_to_tcp(recv: &mut RecvStream, w: &TcpStream, counter: &Counter, total: &mut u64) -> io::Result<()> {
+async fn h2_to_tcp(recv: &mut RecvStream, w: &TcpStream, counter: &Counter, total: &AtomicU64) -> io::Result<()> {
     let mut batch: Vec<Bytes> = Vec::new();
     loop {
         let first = recv.data().await;
@@ -183,7 +208,7 @@ async fn h2_to_tcp(recv: &mut RecvStream, w: &TcpStream, counter: &Counter, tota
             write_all_vectored(w, &mut batch).await?;
             let _ = recv.flow_control().release_capacity(n);
             counter.increment(n as u64);
-            *total += n as u64;
+            total.fetch_add(n as u64, Ordering::Relaxed);
         }
         batch.clear();
         if ended {

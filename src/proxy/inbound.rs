@@ -83,8 +83,9 @@ impl StreamHandler for Inbound {
         async move {
             let Some(Opened { up, tunnel, mut tracking, mut rec }) = setup.await else { return };
             let counters = rec.established();
-            let copy = copy::tcp_h2(&up, tunnel, false, &counters.received, &counters.sent);
-            let res = until_closed(&drain, Some(&mut tracking), copy).await;
+            let moved = copy::Moved::default();
+            let copy = copy::tcp_h2(&up, tunnel, false, &counters.received, &counters.sent, &moved);
+            let res = until_closed(&drain, Some(&mut tracking), &moved, copy).await;
             if res.revoked.is_some() {
                 crate::net::set_reset_on_close(&up);
             }

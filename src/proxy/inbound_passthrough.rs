@@ -24,7 +24,9 @@ pub(crate) async fn handle(px: Arc<WorkloadProxy>, down: TcpStream, drain: Drain
     match opened {
         Ok((up, mut tracking)) => {
             let counters = rec.established();
-            let res = until_closed(&drain, Some(&mut tracking), copy::tcp_tcp(&down, &up, &counters.received, &counters.sent)).await;
+            let moved = copy::Moved::default();
+            let copy = copy::tcp_tcp(&down, &up, &counters.received, &counters.sent, &moved);
+            let res = until_closed(&drain, Some(&mut tracking), &moved, copy).await;
             if res.revoked.is_some() {
                 set_reset_on_close(&down);
                 set_reset_on_close(&up);

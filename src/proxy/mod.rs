@@ -255,18 +255,24 @@ where
 }
 
 /// Runs the copy phase of a connection until it ends or the drain deadline forces it closed.
-pub(crate) fn until_forced<'a, F: Future<Output = copy::CopyResult> + 'a>(drain: &'a DrainWatch, copy: F) -> UntilClosed<'a, F> {
-    until_closed(drain, None, copy)
+pub(crate) fn until_forced<'a, F: Future<Output = copy::CopyResult> + 'a>(
+    drain: &'a DrainWatch,
+    moved: &'a copy::Moved,
+    copy: F,
+) -> UntilClosed<'a, F> {
+    until_closed(drain, None, moved, copy)
 }
 
 /// Like [`until_forced`], and also ends the copy when a policy change revokes the connection.
 pub(crate) fn until_closed<'a, F: Future<Output = copy::CopyResult> + 'a>(
     drain: &'a DrainWatch,
     tracking: Option<&'a mut connections::Tracking>,
+    moved: &'a copy::Moved,
     copy: F,
 ) -> UntilClosed<'a, F> {
     UntilClosed {
         copy,
+        moved,
         forced: Box::pin(drain.forced()),
         revoked: tracking.map(|t| Box::pin(t.revoked()) as std::pin::Pin<Box<dyn Future<Output = String> + Send + 'a>>),
     }
@@ -279,6 +285,8 @@ pin_project_lite::pin_project! {
     pub(crate) struct UntilClosed<'a, F> {
         #[pin]
         copy: F,
+        // What the copy has moved so far: an abandoned copy's record still reports it.
+        moved: &'a copy::Moved,
         forced: std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
         revoked: Option<std::pin::Pin<Box<dyn Future<Output = String> + Send + 'a>>>,
     }
@@ -295,10 +303,10 @@ impl<F: Future<Output = copy::CopyResult>> Future for UntilClosed<'_, F> {
         }
         if this.forced.as_mut().poll(cx).is_ready() {
             let error = Some(io::Error::new(io::ErrorKind::ConnectionAborted, "closed at the drain deadline"));
-            return Poll::Ready(copy::CopyResult { error, ..Default::default() });
+            return Poll::Ready(copy::CopyResult { error, ..this.moved.result() });
         }
         if let Some(Poll::Ready(reason)) = this.revoked.as_mut().map(|r| r.as_mut().poll(cx)) {
-            return Poll::Ready(copy::CopyResult { revoked: Some(reason), ..Default::default() });
+            return Poll::Ready(copy::CopyResult { revoked: Some(reason), ..this.moved.result() });
         }
         Poll::Pending
     }

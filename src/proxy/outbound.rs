@@ -30,9 +30,10 @@ pub(crate) async fn handle(px: Arc<WorkloadProxy>, down: TcpStream, drain: Drain
         Ok(up) => {
             let counters = rec.established();
             let (rx, tx) = (&counters.received, &counters.sent);
+            let moved = copy::Moved::default();
             let res = match up {
-                Connected::Tunnel(stream) => until_forced(&drain, copy::tcp_h2(&down, stream, true, rx, tx)).await,
-                Connected::Tcp(up) => until_forced(&drain, copy::tcp_tcp(&down, &up, rx, tx)).await,
+                Connected::Tunnel(stream) => until_forced(&drain, &moved, copy::tcp_h2(&down, stream, true, rx, tx, &moved)).await,
+                Connected::Tcp(up) => until_forced(&drain, &moved, copy::tcp_tcp(&down, &up, rx, tx, &moved)).await,
             };
             rec.finish(res.received, res.sent, super::copy_failure(&res));
         }

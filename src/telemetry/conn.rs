@@ -151,33 +151,63 @@ impl ConnRecord {
         self.log(received, sent, failure.as_ref());
     }
 
+    /// One line in ztunnel's field order (ferry's `connection_security_policy` and
+    /// `response_flags` last). ztunnel's conventions: identities only when mTLS verified them;
+    /// `dst.addr` is the L4 peer (the HBONE port for a tunnel) and `dst.hbone_addr` the
+    /// tunnelled target; `bytes_sent` is what the connection's own side sent (the source on
+    /// outbound, the destination on inbound), the reverse of the metrics' request-bytes rule;
+    /// success at INFO, a failure after the connection opened at ERROR, an early refusal at WARN.
     fn log(&self, received: u64, sent: u64, failure: Option<&Failure>) {
         let labels = self.labels();
         let (s, d) = (&labels.source, &labels.destination);
-        let direction = if self.direction == Direction::Inbound { "inbound" } else { "outbound" };
+        let inbound = self.direction == Direction::Inbound;
+        let direction = if inbound { "inbound" } else { "outbound" };
         let duration = format!("{}ms", self.start.elapsed().as_millis());
         let service = labels.service.as_ref().map(|(h, _, _)| h.as_str());
-        let msg = if failure.is_some() { "connection failed" } else { "connection complete" };
-        tracing::info!(
-            target: "access",
-            direction,
-            src.addr = display(self.src),
-            src.workload = s.workload.as_deref(),
-            src.namespace = s.namespace.as_deref(),
-            src.identity = s.principal.as_deref(),
-            dst.addr = display(self.upstream.map(|u| u.0).unwrap_or(self.arrived)),
-            dst.hbone_addr = self.hbone_target.as_ref().map(display),
-            dst.service = service,
-            dst.workload = d.workload.as_deref(),
-            dst.namespace = d.namespace.as_deref(),
-            dst.identity = d.principal.as_deref(),
-            bytes_sent = sent,
-            bytes_recv = received,
-            duration = display(&duration),
-            connection_security_policy = if labels.mtls { "mutual_tls" } else { "none" },
-            response_flags = failure.map(|f| f.flags).unwrap_or("-"),
-            error = failure.map(|f| f.error.as_str()),
-            "{msg}"
-        );
+        let mtls = labels.mtls;
+        let (bytes_sent, bytes_recv) = if inbound { (sent, received) } else { (received, sent) };
+        let dst_addr = match (inbound, &self.hbone_target) {
+            (true, Some(_)) => self.arrived,
+            _ => self.upstream.map(|u| u.0).unwrap_or(self.arrived),
+        };
+        let opened = matches!(self.labels, Labels::Counted(_));
+        let level = match failure {
+            None => tracing::Level::INFO,
+            Some(_) if opened => tracing::Level::ERROR,
+            Some(_) => tracing::Level::WARN,
+        };
+        macro_rules! access {
+            ($lvl:expr, $msg:literal) => {
+                tracing::event!(
+                    target: "access",
+                    $lvl,
+                    src.addr = display(self.src),
+                    src.workload = s.workload.as_deref(),
+                    src.namespace = s.namespace.as_deref(),
+                    src.identity = s.principal.as_deref().filter(|_| mtls),
+                    src.cluster = s.cluster.as_deref(),
+                    dst.addr = display(dst_addr),
+                    dst.hbone_addr = self.hbone_target.as_ref().map(display),
+                    dst.service = service,
+                    dst.workload = d.workload.as_deref(),
+                    dst.namespace = d.namespace.as_deref(),
+                    dst.identity = d.principal.as_deref().filter(|_| mtls),
+                    dst.cluster = d.cluster.as_deref(),
+                    direction,
+                    bytes_sent,
+                    bytes_recv,
+                    duration = display(&duration),
+                    error = failure.map(|f| f.error.as_str()),
+                    connection_security_policy = if mtls { "mutual_tls" } else { "unknown" },
+                    response_flags = failure.map(|f| f.flags).unwrap_or("-"),
+                    $msg
+                )
+            };
+        }
+        match level {
+            tracing::Level::INFO => access!(tracing::Level::INFO, "connection complete"),
+            tracing::Level::ERROR => access!(tracing::Level::ERROR, "connection complete"),
+            _ => access!(tracing::Level::WARN, "connection failed"),
+        }
     }
 }

@@ -1,8 +1,9 @@
 //! Logs, metrics and access logs. Logging levels can be changed at runtime (`/logging`);
-//! metrics use Istio's names and labels (protocols.md §7) so existing dashboards work.
+//! log lines use Istio's layout (`format`), metrics Istio's names and labels (protocols.md §7).
 
 pub mod conn;
 pub(crate) mod exposition;
+pub(crate) mod format;
 pub(crate) mod http;
 pub(crate) mod log_filter;
 pub mod metrics;
@@ -77,12 +78,8 @@ pub(crate) fn init_logging(format: LogFormat, spec: Option<String>) -> LogHandle
     };
     let (layer, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(layer);
-    let res = match format {
-        LogFormat::Plain => registry.with(fmt::layer().with_writer(std::io::stderr).with_ansi(false)).try_init(),
-        LogFormat::Json => {
-            registry.with(fmt::layer().json().flatten_event(true).with_current_span(false).with_writer(std::io::stderr)).try_init()
-        }
-    };
+    let istio = format::IstioFormat { json: format == LogFormat::Json };
+    let res = registry.with(fmt::layer().event_format(istio).with_writer(std::io::stderr).with_ansi(false)).try_init();
     if let Err(e) = res {
         eprintln!("logging already initialised: {e}");
     }

@@ -100,17 +100,27 @@ impl CertManager {
         }
     }
 
+    /// Every identity's certificate in ztunnel's config-dump shape: `Initializing`,
+    /// `Available` or `Unavailable: <why>`. A failed refresh that still has a valid
+    /// certificate serves it, so it is `Available`, with the failure in ferry's `error`.
     pub(crate) fn dump(&self) -> Vec<CertStateDump> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let now = SystemTime::now();
         let mut out: Vec<CertStateDump> = entries
             .iter()
             .map(|(id, e)| {
                 let (state, error, cert) = match &*e.rx.borrow() {
-                    CertState::Pending => ("pending", None, None),
-                    CertState::Ready(c) => ("available", None, Some(c.dump())),
-                    CertState::Failed { error, last } => ("failing", Some(error.clone()), last.as_ref().map(|c| c.dump())),
+                    CertState::Pending => ("Initializing".to_string(), None, None),
+                    CertState::Ready(c) if c.is_valid_at(now) => ("Available".to_string(), None, Some(c.clone())),
+                    CertState::Ready(c) => ("Unavailable: certificate expired".to_string(), None, Some(c.clone())),
+                    CertState::Failed { error, last: Some(c) } if c.is_valid_at(now) => {
+                        ("Available".to_string(), Some(error.clone()), Some(c.clone()))
+                    }
+                    CertState::Failed { error, last } => (format!("Unavailable: {error}"), Some(error.clone()), last.clone()),
                 };
-                CertStateDump { identity: id.to_string(), state, error, certificate: cert }
+                let (cert_chain, root_certs) = cert.as_ref().map(|c| c.dump()).unwrap_or_default();
+                let refresh_at = cert.map(|c| ferry_core::timefmt::rfc3339(c.refresh_at()));
+                CertStateDump { identity: id.to_string(), state, cert_chain, root_certs, refresh_at, error }
             })
             .collect();
         out.sort_by(|a, b| a.identity.cmp(&b.identity));
@@ -127,14 +137,18 @@ impl Drop for CertManager {
     }
 }
 
+/// ztunnel's `certificates[]` entry, plus ferry's `refreshAt` and `error`.
 #[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub(crate) struct CertStateDump {
     pub(crate) identity: String,
-    pub(crate) state: &'static str,
+    pub(crate) state: String,
+    pub(crate) cert_chain: Vec<CertDump>,
+    pub(crate) root_certs: Vec<CertDump>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) refresh_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) certificate: Option<CertDump>,
 }
 
 async fn refresh_loop(ca: Arc<dyn CaClient>, id: Identity, ttl: Duration, tx: watch::Sender<CertState>) {
@@ -144,7 +158,7 @@ async fn refresh_loop(ca: Arc<dyn CaClient>, id: Identity, ttl: Duration, tx: wa
             Ok(cert) => {
                 backoff = BACKOFF_START;
                 let wait = cert.refresh_at().duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
-                tracing::info!(identity = %id, expires = %ferry_core::timefmt::rfc3339(cert.not_after), "workload certificate issued");
+                tracing::info!(identity = %cert.identity, expires = %ferry_core::timefmt::rfc3339(cert.not_after), "workload certificate issued");
                 tx.send_replace(CertState::Ready(Arc::new(cert)));
                 tokio::time::sleep(wait.max(Duration::from_secs(1))).await;
             }

@@ -145,15 +145,9 @@ impl WorkloadCert {
         t >= self.not_before && t < self.not_after
     }
 
-    pub(crate) fn dump(&self) -> CertDump {
-        CertDump {
-            identity: self.identity.to_string(),
-            not_before: ferry_core::timefmt::rfc3339(self.not_before),
-            not_after: ferry_core::timefmt::rfc3339(self.not_after),
-            refresh_at: ferry_core::timefmt::rfc3339(self.refresh_at()),
-            chain: self.chain.iter().map(|c| describe(c)).collect(),
-            roots: self.roots.iter().map(|c| describe(c)).collect(),
-        }
+    /// The chain (leaf first) and the roots, as the config dump lists them.
+    pub(crate) fn dump(&self) -> (Vec<CertDump>, Vec<CertDump>) {
+        (self.chain.iter().map(|c| describe(c)).collect(), self.roots.iter().map(|c| describe(c)).collect())
     }
 }
 
@@ -226,36 +220,35 @@ fn validity(der: &CertificateDer<'_>) -> Result<(SystemTime, SystemTime), TlsErr
     Ok((t(c.validity().not_before.timestamp()), t(c.validity().not_after.timestamp())))
 }
 
-/// A certificate as the config dump shows it.
+/// One certificate as ztunnel's config dump shows it (istioctl's `ztunnel-config certificate`
+/// reads `serialNumber` as a decimal and both times as RFC 3339), plus ferry's `subject` and
+/// `uriSans`.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct CertDump {
-    pub(crate) identity: String,
-    pub(crate) not_before: String,
-    pub(crate) not_after: String,
-    pub(crate) refresh_at: String,
-    pub(crate) chain: Vec<CertSummary>,
-    pub(crate) roots: Vec<CertSummary>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct CertSummary {
+    /// The PEM text, base64-encoded as ztunnel encodes it.
+    pub(crate) pem: String,
+    pub(crate) serial_number: String,
+    pub(crate) valid_from: String,
+    pub(crate) expiration_time: String,
     pub(crate) subject: String,
-    pub(crate) serial: String,
-    pub(crate) not_before: String,
-    pub(crate) not_after: String,
     pub(crate) uri_sans: Vec<String>,
 }
 
-fn describe(der: &CertificateDer<'_>) -> CertSummary {
+fn describe(der: &CertificateDer<'_>) -> CertDump {
+    use base64::Engine;
     use x509_parser::prelude::{FromDer, X509Certificate};
+    let pem = base64::engine::general_purpose::STANDARD.encode(pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec())));
+    let time = |t: x509_parser::time::ASN1Time| {
+        ferry_core::timefmt::rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(t.timestamp().max(0) as u64))
+    };
     match X509Certificate::from_der(der) {
-        Ok((_, c)) => CertSummary {
+        Ok((_, c)) => CertDump {
+            pem,
+            serial_number: c.serial.to_string(),
+            valid_from: time(c.validity().not_before),
+            expiration_time: time(c.validity().not_after),
             subject: c.subject().to_string(),
-            serial: c.raw_serial_as_string(),
-            not_before: c.validity().not_before.to_string(),
-            not_after: c.validity().not_after.to_string(),
             uri_sans: c
                 .subject_alternative_name()
                 .ok()
@@ -272,11 +265,13 @@ fn describe(der: &CertificateDer<'_>) -> CertSummary {
                 })
                 .unwrap_or_default(),
         },
-        Err(e) => CertSummary {
+        // Empty times: istioctl shows such a certificate as not valid rather than guessing.
+        Err(e) => CertDump {
+            pem,
+            serial_number: String::new(),
+            valid_from: String::new(),
+            expiration_time: String::new(),
             subject: format!("<unparsable: {e}>"),
-            serial: String::new(),
-            not_before: String::new(),
-            not_after: String::new(),
             uri_sans: Vec::new(),
         },
     }

@@ -90,8 +90,9 @@ async fn ca_issues_workload_certificates() {
     let life = c.not_after.duration_since(SystemTime::now()).unwrap();
     assert!(life > Duration::from_secs(3500) && life <= Duration::from_secs(3600), "{life:?}");
     assert!(c.refresh_at() < c.not_after && c.refresh_at() > SystemTime::now());
-    let dump = c.dump();
-    assert_eq!(dump.chain[0].uri_sans, vec![id("client").to_string()]);
+    let (chain, roots) = c.dump();
+    assert_eq!(chain[0].uri_sans, vec![id("client").to_string()]);
+    assert_eq!((chain.len(), roots.len()), (2, 1));
 }
 
 #[test]

@@ -39,6 +39,18 @@ pub fn ferry_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ferry"))
 }
 
+/// The `shop` namespace in the mesh with `frontend` on node-1 and `backend` on node-2, each
+/// with its own service account; scenarios append what they test.
+pub const FRONTEND_BACKEND: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
+---
+{apiVersion: v1, kind: Pod, metadata: {name: frontend, namespace: shop, labels: {app: frontend}}, spec: {nodeName: node-1, serviceAccountName: frontend}}
+---
+{apiVersion: v1, kind: Pod, metadata: {name: backend, namespace: shop, labels: {app: backend}}, spec: {nodeName: node-2, serviceAccountName: backend}}
+"#;
+
 /// A started two-node cluster with `scenario` applied and an echo server on 8080 in every pod.
 pub fn cluster(scenario: &str) -> TestSim {
     super::netns::require_root();

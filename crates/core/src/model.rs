@@ -171,17 +171,41 @@ pub(crate) enum NetworkMode {
 }
 
 /// An IP address qualified by the network it is reachable in ("" = the default network).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct NetworkAddress {
     pub(crate) network: String,
     pub(crate) address: IpAddr,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "camelCase")]
+impl fmt::Display for NetworkAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.address)
+    }
+}
+
+/// `network/ip`, as ztunnel writes it in its config dump: istioctl and Kiali read VIPs as
+/// strings and split them at the `/`.
+impl Serialize for NetworkAddress {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum GatewayDestination {
     Address(NetworkAddress),
     Hostname { namespace: String, hostname: String },
+}
+
+/// A string (`network/ip` or `namespace/hostname`), as ztunnel writes it: istioctl reads a
+/// gateway's `destination` as a string.
+impl Serialize for GatewayDestination {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            GatewayDestination::Address(a) => s.collect_str(a),
+            GatewayDestination::Hostname { namespace, hostname } => s.collect_str(&format_args!("{namespace}/{hostname}")),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -200,7 +224,9 @@ pub struct Locality {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub(crate) enum AppTunnelProtocol {
+    #[serde(rename = "NONE")]
     None,
+    #[serde(rename = "PROXY")]
     Proxy,
 }
 
@@ -218,13 +244,17 @@ pub struct Workload {
     pub uid: WorkloadUid,
     pub name: String,
     pub namespace: String,
+    /// ztunnel's config-dump name; istioctl's IP column and `--address` filter read it.
+    #[serde(rename = "workloadIps")]
     pub addresses: Vec<IpAddr>,
     pub(crate) hostname: String,
     pub network: String,
     pub(crate) protocol: TunnelProtocol,
     pub(crate) trust_domain: String,
     pub(crate) service_account: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) waypoint: Option<GatewayAddress>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) network_gateway: Option<GatewayAddress>,
     pub(crate) node: String,
     pub canonical_name: String,
@@ -232,8 +262,12 @@ pub struct Workload {
     pub workload_type: WorkloadType,
     pub workload_name: String,
     pub(crate) native_tunnel: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) application_tunnel: Option<ApplicationTunnel>,
-    /// Each service this workload is an endpoint of, with its port map.
+    /// Each service this workload is an endpoint of, with its port map. The dump lists the
+    /// keys only, as ztunnel does (Kiali reads a list of strings); the port maps appear in
+    /// each service's `endpoints`.
+    #[serde(serialize_with = "service_keys")]
     pub(crate) services: BTreeMap<ServiceKey, PortMap>,
     pub(crate) authorization_policies: Vec<PolicyKey>,
     pub(crate) status: HealthStatus,
@@ -241,6 +275,10 @@ pub struct Workload {
     pub locality: Locality,
     pub(crate) network_mode: NetworkMode,
     pub(crate) capacity: u32,
+}
+
+fn service_keys<S: serde::Serializer>(m: &BTreeMap<ServiceKey, PortMap>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(m.keys())
 }
 
 impl Workload {
@@ -313,6 +351,7 @@ pub(crate) enum HealthPolicy {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct LoadBalancing {
+    #[serde(rename = "routingPreferences")]
     pub(crate) routing_preference: Vec<LbScope>,
     pub(crate) mode: LbMode,
     pub(crate) health_policy: HealthPolicy,
@@ -358,8 +397,11 @@ pub struct Service {
     pub(crate) cidr_vips: Vec<CidrVip>,
     pub(crate) ports: PortMap,
     pub(crate) subject_alt_names: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) waypoint: Option<GatewayAddress>,
     pub(crate) weighted_waypoints: Vec<WeightedWaypoint>,
+    /// ztunnel's config-dump name (istioctl reads `loadBalancer`).
+    #[serde(rename = "loadBalancer", skip_serializing_if = "Option::is_none")]
     pub(crate) load_balancing: Option<LoadBalancing>,
     pub(crate) ip_families: IpFamilies,
     pub(crate) canonical: bool,
@@ -405,12 +447,26 @@ pub(crate) enum PolicyAction {
 }
 
 /// Istio's string match forms. Matching is by byte comparison only, never by regular expression.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum StringMatch {
     Exact(String),
     Prefix(String),
     Suffix(String),
     Presence,
+}
+
+/// ztunnel's shape (`{"Exact": "x"}`, `{"Presence": []}`): istioctl reads a match as an
+/// object, so a bare `"Presence"` string would fail its whole policy list.
+impl Serialize for StringMatch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTupleVariant;
+        match self {
+            StringMatch::Exact(v) => s.serialize_newtype_variant("StringMatch", 0, "Exact", v),
+            StringMatch::Prefix(v) => s.serialize_newtype_variant("StringMatch", 1, "Prefix", v),
+            StringMatch::Suffix(v) => s.serialize_newtype_variant("StringMatch", 2, "Suffix", v),
+            StringMatch::Presence => s.serialize_tuple_variant("StringMatch", 3, "Presence", 0)?.end(),
+        }
+    }
 }
 
 impl StringMatch {

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::model::{
-    Authorization, NetworkMode, PolicyKey, PolicyScope, Service, ServiceKey, TunnelProtocol, Visibility, Workload, WorkloadUid,
+    Authorization, HealthStatus, NetworkMode, PolicyKey, PolicyScope, PortMap, Service, ServiceKey, TunnelProtocol, Visibility, Workload,
+    WorkloadUid,
 };
 
 /// The unindexed contents of a snapshot, as a source produces them.
@@ -132,6 +133,24 @@ impl Snapshot {
             .map(|(s, _)| s.clone())
     }
 
+    /// The services with their endpoints, for the config dump.
+    pub fn services_dump(&self) -> Vec<ServiceDump<'_>> {
+        self.services
+            .iter()
+            .map(|(key, service)| {
+                let endpoints = self
+                    .endpoints(key)
+                    .iter()
+                    .filter_map(|w| {
+                        let port = w.services.get(key)?;
+                        Some((w.uid.as_str(), EndpointDump { workload_uid: w.uid.as_str(), service: key.as_str(), port, status: w.status }))
+                    })
+                    .collect();
+                ServiceDump { service, endpoints }
+            })
+            .collect()
+    }
+
     /// Every workload that lists `service_key` in its services map.
     pub(crate) fn endpoints(&self, service_key: &ServiceKey) -> &[Arc<Workload>] {
         self.endpoints.get(service_key).map(Vec::as_slice).unwrap_or(&[])
@@ -166,6 +185,24 @@ impl Snapshot {
         }
         (found, missing)
     }
+}
+
+/// A service as the config dump shows it: its own fields plus its endpoints keyed by workload
+/// uid, as ztunnel's dump has them (istioctl's ENDPOINTS column and Kiali read them there).
+#[derive(Serialize)]
+pub struct ServiceDump<'a> {
+    #[serde(flatten)]
+    service: &'a Service,
+    endpoints: BTreeMap<&'a str, EndpointDump<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EndpointDump<'a> {
+    workload_uid: &'a str,
+    service: &'a str,
+    port: &'a PortMap,
+    status: HealthStatus,
 }
 
 fn addr_preference(w: &Workload) -> u8 {

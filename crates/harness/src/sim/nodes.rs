@@ -94,6 +94,11 @@ impl Node {
         self.http(15020, "/metrics")
     }
 
+    /// GET from the node agent's management port (metrics, health, `/debug/pods`).
+    pub fn agent(&self, target: &str) -> Result<String> {
+        self.http(15014, target)
+    }
+
     pub(crate) fn http(&self, port: u16, target: &str) -> Result<String> {
         let addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
         let (status, body) = apps::http(&self.netns_path(), addr, "GET", target)?;

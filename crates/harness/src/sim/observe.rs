@@ -1,4 +1,4 @@
-//! Reading what the node proxies report: access-log records (JSON lines, target `access`) and
+//! Reading what the node proxies report: access-log records (JSON lines, scope `access`) and
 //! Prometheus metric lines, so tests and the demo assert on what an operator would see.
 
 use std::net::{IpAddr, SocketAddr};
@@ -13,7 +13,7 @@ pub fn access_log(path: &Path) -> Vec<Value> {
         .unwrap_or_default()
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["target"] == "access")
+        .filter(|v| v["scope"] == "access")
         .collect()
 }
 
@@ -27,7 +27,10 @@ pub fn find_record(log: &Path, direction: &str, src: IpAddr, dst: SocketAddr, li
     let start = std::time::Instant::now();
     loop {
         let found = access_log(log).into_iter().rev().find(|r| {
-            r["direction"] == direction && ip_of(&r["src.addr"]) == Some(src) && r["dst.addr"].as_str() == Some(&dst.to_string())
+            // A tunnel's record names the HBONE port as `dst.addr` and the target as
+            // `dst.hbone_addr`; `dst` is the target, which either may hold.
+            let at = |k: &str| r[k].as_str() == Some(&dst.to_string());
+            r["direction"] == direction && ip_of(&r["src.addr"]) == Some(src) && (at("dst.addr") || at("dst.hbone_addr"))
         });
         if found.is_some() || start.elapsed() > limit {
             return found;
