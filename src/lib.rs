@@ -27,6 +27,7 @@ pub mod proxy;
 pub mod readiness;
 pub mod redirect;
 pub mod state;
+pub(crate) mod task;
 pub mod telemetry;
 pub mod tls;
 pub(crate) mod xds;

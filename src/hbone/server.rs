@@ -2,6 +2,7 @@
 //! half-open peer cannot hold a slot; invariant P10), peer identity, HTTP/2 with Istio's server
 //! settings, keepalive PINGs, and GOAWAY on drain. Each CONNECT stream goes to a handler task.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,6 +71,12 @@ pub(crate) trait StreamHandler: Send + Sync + 'static {
     ) -> impl std::future::Future<Output = ()> + Send + 'static;
 }
 
+/// The task of one CONNECT stream: its handler's future, holding the connection's count of
+/// open streams (its idle timer's input) until it ends (stored once; see `crate::task`).
+pub(crate) fn stream_task<F: Future<Output = ()>>(stream: F, open: Arc<()>) -> crate::task::Holding<F, Arc<()>> {
+    crate::task::holding(stream, open)
+}
+
 /// Serves one accepted TCP connection on the HBONE port until the peer leaves, keepalive
 /// fails, or the drain forces it closed.
 pub(crate) async fn serve<H: StreamHandler>(
@@ -127,11 +134,7 @@ pub(crate) async fn serve<H: StreamHandler>(
             next = conn.accept() => match next {
                 Some(Ok((req, respond))) => {
                     let stream = handler.clone().handle(req, respond, info.clone(), drain.clone());
-                    let open = streams.clone();
-                    tokio::spawn(async move {
-                        stream.await;
-                        drop(open);
-                    });
+                    tokio::spawn(stream_task(stream, streams.clone()));
                     idle.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
                 }
                 Some(Err(e)) => {

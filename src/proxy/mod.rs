@@ -23,7 +23,7 @@ use crate::config::{Config, WorkloadInfo};
 use crate::drain::DrainWatch;
 use crate::hbone::budget::TotalBudget;
 use crate::hbone::client::{HboneError, Pool};
-use crate::listen::Gate;
+use crate::listen::{Admitted, Gate};
 use crate::net::SocketFactory;
 use crate::state::StateStore;
 use crate::tls::certs::{CertError, CertManager};
@@ -241,17 +241,19 @@ where
         tokio::select! {
             (s, peer) = crate::listen::accept(name, || listener.accept()) => {
                 if let Some(place) = gate.admit(crate::net::canonical(peer).ip()) {
-                    let conn = handle(s, drain.clone());
-                    tokio::spawn(async move {
-                        conn.await;
-                        drop(place);
-                    });
+                    tokio::spawn(connection_task(handle(s, drain.clone()), place));
                 }
             }
             _ = drain.draining() => break,
         }
     }
     tracing::debug!(listener = name, "listener closed for drain");
+}
+
+/// The task of one accepted connection: its future, holding its place in the listener's caps
+/// until it ends (stored once; see `crate::task`).
+pub(crate) fn connection_task<Fut: Future<Output = ()>>(conn: Fut, place: Admitted) -> crate::task::Holding<Fut, Admitted> {
+    crate::task::holding(conn, place)
 }
 
 /// Runs the copy phase of a connection until it ends or the drain deadline forces it closed.

@@ -1,7 +1,9 @@
-//! The memory an open connection costs, as the size of its task's future: each path boxes its
-//! set-up and frees it before the copy, so what stays is the copy state. These budgets are the
-//! measured sizes with a little headroom; a change that makes every idle connection heavier
-//! fails here instead of in a benchmark (ztunnel guards the same with `assertions::size_between`).
+//! The memory an open connection costs, as the size of the task it is spawned as: each path
+//! boxes its set-up and frees it before the copy, so what stays is the copy state. These
+//! budgets are the measured sizes with a little headroom; a change that makes every idle
+//! connection heavier fails here instead of in a benchmark (ztunnel guards the same with
+//! `assertions::size_between`). They measure what is spawned, not only the handler's future:
+//! an `async move { conn.await; drop(place) }` wrapper once stored each future twice.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,12 +69,14 @@ async fn open_connection_tasks_stay_within_their_memory_budget() {
     let (_trigger, drain) = crate::drain::new();
 
     let (_c1, s1) = tcp_pair().await;
-    let out = outbound::handle(px.clone(), s1, drain.clone());
+    let gate = crate::listen::Gate::new("test", 4, 4);
+    let place = || gate.admit("127.0.0.1".parse().unwrap()).unwrap();
+    let out = connection_task(outbound::handle(px.clone(), s1, drain.clone()), place());
     let size = std::mem::size_of_val(&out);
     assert!(size <= OUTBOUND_BUDGET, "outbound connection task: {size} bytes > {OUTBOUND_BUDGET}");
 
     let (_c2, s2) = tcp_pair().await;
-    let plain = inbound_passthrough::handle(px.clone(), s2, drain.clone());
+    let plain = connection_task(inbound_passthrough::handle(px.clone(), s2, drain.clone()), place());
     let size = std::mem::size_of_val(&plain);
     assert!(size <= INBOUND_PLAINTEXT_BUDGET, "inbound plaintext connection task: {size} bytes > {INBOUND_PLAINTEXT_BUDGET}");
 
@@ -84,7 +88,8 @@ async fn open_connection_tasks_stay_within_their_memory_budget() {
         budget: px.inputs.budget.connection(),
         setups: Arc::new(tokio::sync::Semaphore::new(1)),
     });
-    let stream = Arc::new(Inbound { px: px.clone() }).handle(req, respond, conn, drain.clone());
+    let handler = Arc::new(Inbound { px: px.clone() }).handle(req, respond, conn, drain.clone());
+    let stream = crate::hbone::server::stream_task(handler, Arc::new(()));
     let size = std::mem::size_of_val(&stream);
     assert!(size <= INBOUND_STREAM_BUDGET, "inbound HBONE stream task: {size} bytes > {INBOUND_STREAM_BUDGET}");
     let _ = std::fs::remove_dir_all(dir);
