@@ -1,0 +1,161 @@
+//! `ferry controller` (the binary, without `--cluster-state`) on a fake Kubernetes API server
+//! found through `KUBECONFIG`: not ready while a kind's list fails, ready once every kind has
+//! listed, then serving WDS to a delta-xDS client, and pushing a pod added on the API.
+
+#[path = "support/fake_apiserver.rs"]
+mod fake_apiserver;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fake_apiserver::FakeApiServer;
+use ferry::proto::xds::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use ferry_core::proto::xds::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
+use serde_json::json;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+
+const ADDRESS: &str = "type.googleapis.com/istio.workload.Address";
+const TOKEN: &str = "tok-node-1";
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A `ferry controller` process, killed on drop.
+struct Controller {
+    child: Child,
+    xds: String,
+    readiness: String,
+    stats: String,
+    log: PathBuf,
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port nobody listens on now (the controller binds it right after).
+fn free_port() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+fn ferry(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    c.current_dir(dir).env_remove("FERRY_CLUSTER_STATE").env_remove("KUBERNETES_SERVICE_HOST");
+    c
+}
+
+fn start_controller(dir: &Path, server: &FakeApiServer) -> Controller {
+    std::fs::write(dir.join("kubeconfig"), server.kubeconfig()).unwrap();
+    std::fs::write(dir.join("tokens"), format!("{TOKEN} istio-system/ztunnel/ztunnel-node-1/uid-z1\n")).unwrap();
+    let status = ferry(dir).args(["ca", "init", "ca"]).stderr(Stdio::null()).status().unwrap();
+    assert!(status.success(), "ferry ca init");
+    let (xds, readiness, stats) = (free_port(), free_port(), free_port());
+    let log = dir.join("controller.log");
+    let child = ferry(dir)
+        .arg("controller")
+        .env("KUBECONFIG", dir.join("kubeconfig"))
+        .env("FERRY_CA_DIR", dir.join("ca"))
+        .env("FERRY_TOKEN_FILE", dir.join("tokens"))
+        .env("FERRY_XDS_LISTEN", &xds)
+        .env("FERRY_READINESS_ADDR", &readiness)
+        .env("FERRY_STATS_ADDR", &stats)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    Controller { child, xds, readiness, stats, log }
+}
+
+/// `GET path` on `addr`: the status code and body (an error while nothing listens yet).
+fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let code = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((code, out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()))
+}
+
+/// Waits (bounded) until the readiness answer satisfies `pred`; returns it.
+fn wait_readiness(c: &mut Controller, what: &str, pred: impl Fn(u16, &str) -> bool) -> String {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Ok((code, body)) = get(&c.readiness, "/healthz/ready") {
+            if pred(code, &body) {
+                return body;
+            }
+        }
+        if let Ok(Some(exit)) = c.child.try_wait() {
+            panic!("the controller exited ({exit}):\n{}", std::fs::read_to_string(&c.log).unwrap_or_default());
+        }
+        assert!(Instant::now() < deadline, "readiness never {what}:\n{}", std::fs::read_to_string(&c.log).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn seed(server: &FakeApiServer) {
+    server.apply(
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop", "labels": {"istio.io/dataplane-mode": "ambient"}}}),
+    );
+    server.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "istio-system"}}));
+    for (ns, name, sa, ip) in [("istio-system", "ztunnel-node-1", "ztunnel", "10.244.1.2"), ("shop", "web-1", "web", "10.244.1.10")] {
+        server.apply(pod(ns, name, sa, ip));
+    }
+    server.apply(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "shop"},
+                        "spec": {"clusterIP": "10.96.0.10", "selector": {"app": "web"}, "ports": [{"port": 80}]}}));
+}
+
+fn pod(ns: &str, name: &str, sa: &str, ip: &str) -> serde_json::Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{name}"), "labels": {"app": sa}},
+           "spec": {"nodeName": "node-1", "serviceAccountName": sa, "containers": [{"name": "app"}]},
+           "status": {"phase": "Running", "podIP": ip}})
+}
+
+fn names(r: &DeltaDiscoveryResponse) -> Vec<String> {
+    r.resources.iter().map(|r| r.name.clone()).collect()
+}
+
+#[test]
+fn the_controller_serves_wds_from_the_kubernetes_api_once_every_kind_synced() {
+    let dir = std::env::temp_dir().join(format!("ferry-kube-ctl-{}-{}", std::process::id(), fastrand::u32(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let server = rt.block_on(FakeApiServer::start());
+    seed(&server);
+    server.set_missing("PeerAuthentication", true);
+    let mut c = start_controller(&dir, &server);
+
+    let body = wait_readiness(&mut c, "said what it waits for", |code, body| code == 503 && body.contains("PeerAuthentication"));
+    assert!(!body.contains("Pod"), "only the failing kind is waited for: {body}");
+    assert!(std::net::TcpStream::connect(&c.xds).is_err(), "no xDS is served from an incomplete state");
+    server.set_missing("PeerAuthentication", false);
+    wait_readiness(&mut c, "ready after every kind listed", |code, _| code == 200);
+    let (_, metrics) = get(&c.stats, "/metrics").unwrap();
+    assert!(metrics.lines().any(|l| l.starts_with("ferry_k8s_synced{kind=\"PeerAuthentication\"") && l.ends_with(" 1")), "{metrics}");
+
+    let root = std::fs::read_to_string(dir.join("ca/root-cert.pem")).unwrap();
+    let xds = c.xds.clone();
+    rt.block_on(async {
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(root)).domain_name("ferry-controller.istio-system.svc");
+        let channel = Endpoint::from_shared(format!("https://{xds}")).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(DeltaDiscoveryRequest { type_url: ADDRESS.into(), ..Default::default() }).await.unwrap();
+        let mut req = tonic::Request::new(tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(rx));
+        req.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        let mut responses = AggregatedDiscoveryServiceClient::new(channel).delta_aggregated_resources(req).await.unwrap().into_inner();
+        let first = tokio::time::timeout(DEADLINE, responses.message()).await.unwrap().unwrap().unwrap();
+        assert!(names(&first).iter().any(|n| n.ends_with("shop/web-1")), "the listed pod is served: {:?}", names(&first));
+        tx.send(DeltaDiscoveryRequest { type_url: ADDRESS.into(), response_nonce: first.nonce, ..Default::default() }).await.unwrap();
+
+        server.apply(pod("shop", "web-2", "web", "10.244.1.11"));
+        let next = tokio::time::timeout(DEADLINE, responses.message()).await.unwrap().unwrap().unwrap();
+        assert_eq!(names(&next).iter().filter(|n| n.ends_with("shop/web-2")).count(), 1, "the watched pod is pushed: {:?}", names(&next));
+        assert!(!names(&next).iter().any(|n| n.ends_with("shop/web-1")), "and only what changed: {:?}", names(&next));
+    });
+    drop(c);
+    let _ = std::fs::remove_dir_all(&dir);
+}
