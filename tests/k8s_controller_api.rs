@@ -1,6 +1,7 @@
 //! `ferry controller` (the binary, without `--cluster-state`) on a fake Kubernetes API server
 //! found through `KUBECONFIG`: not ready while a kind's list fails, ready once every kind has
-//! listed, then serving WDS to a delta-xDS client, and pushing a pod added on the API.
+//! listed, then serving WDS to a delta-xDS client, and pushing a pod added on the API; without
+//! `--token-file`, callers are reviewed by TokenReview (accepted, unknown, wrong audience).
 
 #[path = "support/fake_apiserver.rs"]
 mod fake_apiserver;
@@ -48,18 +49,24 @@ fn ferry(dir: &Path) -> Command {
     c
 }
 
-fn start_controller(dir: &Path, server: &FakeApiServer) -> Controller {
+/// Starts the controller on `server`; with `token_file`, callers are checked against a file
+/// accepting [`TOKEN`], else by TokenReview.
+fn start_controller(dir: &Path, server: &FakeApiServer, token_file: bool) -> Controller {
     std::fs::write(dir.join("kubeconfig"), server.kubeconfig()).unwrap();
-    std::fs::write(dir.join("tokens"), format!("{TOKEN} istio-system/ztunnel/ztunnel-node-1/uid-z1\n")).unwrap();
     let status = ferry(dir).args(["ca", "init", "ca"]).stderr(Stdio::null()).status().unwrap();
     assert!(status.success(), "ferry ca init");
     let (xds, readiness, stats) = (free_port(), free_port(), free_port());
     let log = dir.join("controller.log");
-    let child = ferry(dir)
+    let mut cmd = ferry(dir);
+    cmd.env_remove("FERRY_TOKEN_FILE");
+    if token_file {
+        std::fs::write(dir.join("tokens"), format!("{TOKEN} istio-system/ztunnel/ztunnel-node-1/uid-z1\n")).unwrap();
+        cmd.env("FERRY_TOKEN_FILE", dir.join("tokens"));
+    }
+    let child = cmd
         .arg("controller")
         .env("KUBECONFIG", dir.join("kubeconfig"))
         .env("FERRY_CA_DIR", dir.join("ca"))
-        .env("FERRY_TOKEN_FILE", dir.join("tokens"))
         .env("FERRY_XDS_LISTEN", &xds)
         .env("FERRY_READINESS_ADDR", &readiness)
         .env("FERRY_STATS_ADDR", &stats)
@@ -115,19 +122,45 @@ fn pod(ns: &str, name: &str, sa: &str, ip: &str) -> serde_json::Value {
            "status": {"phase": "Running", "podIP": ip}})
 }
 
+/// Opens a delta ADS stream for addresses with `token`: its first response, or the status.
+async fn first_response(
+    xds: &str,
+    root: &str,
+    token: &str,
+) -> Result<
+    (tokio::sync::mpsc::Sender<DeltaDiscoveryRequest>, tonic::Streaming<DeltaDiscoveryResponse>, DeltaDiscoveryResponse),
+    tonic::Status,
+> {
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(root)).domain_name("ferry-controller.istio-system.svc");
+    let channel = Endpoint::from_shared(format!("https://{xds}")).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(DeltaDiscoveryRequest { type_url: ADDRESS.into(), ..Default::default() }).await.unwrap();
+    let mut req = tonic::Request::new(tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(rx));
+    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let mut responses = AggregatedDiscoveryServiceClient::new(channel).delta_aggregated_resources(req).await?.into_inner();
+    let first = tokio::time::timeout(DEADLINE, responses.message()).await.expect("an answer in time")?;
+    Ok((tx, responses, first.expect("a first response")))
+}
+
 fn names(r: &DeltaDiscoveryResponse) -> Vec<String> {
     r.resources.iter().map(|r| r.name.clone()).collect()
 }
 
-#[test]
-fn the_controller_serves_wds_from_the_kubernetes_api_once_every_kind_synced() {
-    let dir = std::env::temp_dir().join(format!("ferry-kube-ctl-{}-{}", std::process::id(), fastrand::u32(..)));
+/// A scratch directory, a runtime for the fake API server and the server, seeded.
+fn setup(name: &str) -> (PathBuf, tokio::runtime::Runtime, FakeApiServer) {
+    let dir = std::env::temp_dir().join(format!("ferry-kube-{name}-{}-{}", std::process::id(), fastrand::u32(..)));
     std::fs::create_dir_all(&dir).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let server = rt.block_on(FakeApiServer::start());
     seed(&server);
+    (dir, rt, server)
+}
+
+#[test]
+fn the_controller_serves_wds_from_the_kubernetes_api_once_every_kind_synced() {
+    let (dir, rt, server) = setup("ctl");
     server.set_missing("PeerAuthentication", true);
-    let mut c = start_controller(&dir, &server);
+    let mut c = start_controller(&dir, &server, true);
 
     let body = wait_readiness(&mut c, "said what it waits for", |code, body| code == 503 && body.contains("PeerAuthentication"));
     assert!(!body.contains("Pod"), "only the failing kind is waited for: {body}");
@@ -140,14 +173,7 @@ fn the_controller_serves_wds_from_the_kubernetes_api_once_every_kind_synced() {
     let root = std::fs::read_to_string(dir.join("ca/root-cert.pem")).unwrap();
     let xds = c.xds.clone();
     rt.block_on(async {
-        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(root)).domain_name("ferry-controller.istio-system.svc");
-        let channel = Endpoint::from_shared(format!("https://{xds}")).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tx.send(DeltaDiscoveryRequest { type_url: ADDRESS.into(), ..Default::default() }).await.unwrap();
-        let mut req = tonic::Request::new(tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(rx));
-        req.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
-        let mut responses = AggregatedDiscoveryServiceClient::new(channel).delta_aggregated_resources(req).await.unwrap().into_inner();
-        let first = tokio::time::timeout(DEADLINE, responses.message()).await.unwrap().unwrap().unwrap();
+        let (tx, mut responses, first) = first_response(&xds, &root, TOKEN).await.unwrap();
         assert!(names(&first).iter().any(|n| n.ends_with("shop/web-1")), "the listed pod is served: {:?}", names(&first));
         tx.send(DeltaDiscoveryRequest { type_url: ADDRESS.into(), response_nonce: first.nonce, ..Default::default() }).await.unwrap();
 
@@ -156,6 +182,38 @@ fn the_controller_serves_wds_from_the_kubernetes_api_once_every_kind_synced() {
         assert_eq!(names(&next).iter().filter(|n| n.ends_with("shop/web-2")).count(), 1, "the watched pod is pushed: {:?}", names(&next));
         assert!(!names(&next).iter().any(|n| n.ends_with("shop/web-1")), "and only what changed: {:?}", names(&next));
     });
+    drop(c);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn without_a_token_file_callers_are_reviewed_by_the_kubernetes_api() {
+    let (dir, rt, server) = setup("tr");
+    server.add_token("good", "system:serviceaccount:istio-system:ztunnel", &["istio-ca"], Some("ztunnel-node-1"));
+    server.add_token("other-audience", "system:serviceaccount:istio-system:ztunnel", &["https://kubernetes.default.svc"], None);
+    server.add_token("not-a-proxy", "system:serviceaccount:shop:web", &["istio-ca"], None);
+    let mut c = start_controller(&dir, &server, false);
+    wait_readiness(&mut c, "ready", |code, _| code == 200);
+    let root = std::fs::read_to_string(dir.join("ca/root-cert.pem")).unwrap();
+    let xds = c.xds.clone();
+    rt.block_on(async {
+        let (_, _, first) = first_response(&xds, &root, "good").await.expect("an accepted token is served");
+        assert!(names(&first).iter().any(|n| n.ends_with("shop/web-1")), "{:?}", names(&first));
+        let refusals = [
+            ("unknown", tonic::Code::Unauthenticated, "invalid bearer token"),
+            ("other-audience", tonic::Code::Unauthenticated, "is invalid for the target audiences"),
+            // Authenticated, but not as a node proxy: reviewed, then refused.
+            ("not-a-proxy", tonic::Code::PermissionDenied, "shop/web is not a node proxy account"),
+        ];
+        for (token, code, why) in refusals {
+            let status = first_response(&xds, &root, token).await.err().unwrap_or_else(|| panic!("{token}: refused"));
+            assert_eq!(status.code(), code, "{token}: {status:?}");
+            assert!(status.message().contains(why), "{token}: {:?} should say {why:?}", status.message());
+        }
+    });
+    let reviews = server.token_reviews();
+    assert_eq!(reviews.len(), 4, "one review per stream: {reviews:?}");
+    assert!(reviews.iter().all(|r| r["audiences"] == json!(["istio-ca"])), "every review asks for istio-ca: {reviews:?}");
     drop(c);
     let _ = std::fs::remove_dir_all(&dir);
 }

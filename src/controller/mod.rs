@@ -13,6 +13,7 @@ mod ads;
 pub(crate) mod auth;
 mod ca;
 mod health;
+mod token_review;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -62,10 +63,11 @@ pub struct ControllerArgs {
         default_value = "ferry-controller.istio-system.svc,istiod.istio-system.svc"
     )]
     pub serving_names: Vec<String>,
-    /// Tokens the controller accepts, one `token namespace/sa[/pod[/uid]]` per line (stands in
-    /// for the Kubernetes TokenReview; the simulated cluster's harness writes it).
+    /// Tokens the controller accepts, one `token namespace/sa[/pod[/uid]]` per line (the
+    /// simulated cluster's harness writes it). Without it every token is reviewed by the
+    /// Kubernetes API (a TokenReview with audience `istio-ca`, as istiod does).
     #[arg(long, env = "FERRY_TOKEN_FILE", value_name = "FILE")]
-    pub token_file: PathBuf,
+    pub token_file: Option<PathBuf>,
     /// Service accounts (`namespace/name`) whose tokens may open xDS streams: node proxies.
     #[arg(long, env = "FERRY_PROXY_ACCOUNTS", value_delimiter = ',', default_value = "istio-system/ztunnel")]
     pub proxy_accounts: Vec<String>,
@@ -151,18 +153,34 @@ impl Running {
     }
 }
 
-/// Where the cluster state comes from: the file source, or the Kubernetes API.
-async fn cluster_source(args: &ControllerArgs) -> Result<(Arc<dyn ClusterSource>, String), ControllerError> {
-    if let Some(path) = &args.cluster_state {
-        let source = FileSource::load(path)?;
-        tokio::spawn(source.clone().watch(args.cluster_state_poll));
-        return Ok((source, path.display().to_string()));
-    }
+/// A client for the Kubernetes API, configured as kubectl is.
+async fn kube_client() -> Result<kube::Client, ControllerError> {
     let config = kube::Config::infer().await.map_err(|e| ControllerError::Kube(e.to_string()))?;
-    let url = config.cluster_url.to_string();
-    let client = kube::Client::try_from(config).map_err(|e| ControllerError::Kube(e.to_string()))?;
-    tracing::info!(api = %url, "watching the Kubernetes API");
-    Ok((Arc::new(ApiSource::start(client)), url))
+    tracing::info!(api = %config.cluster_url, "using the Kubernetes API");
+    kube::Client::try_from(config).map_err(|e| ControllerError::Kube(e.to_string()))
+}
+
+/// Where the cluster state and the token reviews come from: files when given, else the
+/// Kubernetes API (one client for both).
+async fn sources(args: &ControllerArgs) -> Result<(Arc<dyn ClusterSource>, String, Arc<dyn auth::TokenReviewer>), ControllerError> {
+    let client = match (&args.cluster_state, &args.token_file) {
+        (Some(_), Some(_)) => None,
+        _ => Some(kube_client().await?),
+    };
+    let api = || client.clone().ok_or_else(|| ControllerError::Kube("no client was configured".into()));
+    let (source, origin): (Arc<dyn ClusterSource>, String) = match &args.cluster_state {
+        Some(path) => {
+            let source = FileSource::load(path)?;
+            tokio::spawn(source.clone().watch(args.cluster_state_poll));
+            (source, path.display().to_string())
+        }
+        None => (Arc::new(ApiSource::start(api()?)), "the Kubernetes API".into()),
+    };
+    let reviewer: Arc<dyn auth::TokenReviewer> = match &args.token_file {
+        Some(path) => Arc::new(auth::TokenFile::new(path)),
+        None => Arc::new(token_review::KubeTokenReviewer::new(api()?)),
+    };
+    Ok((source, origin, reviewer))
 }
 
 /// Waits until `source` is complete, saying what it waits for.
@@ -189,7 +207,7 @@ async fn wait_complete(source: &dyn ClusterSource) {
 /// Loads the state and the CA and binds every port; serving starts with [`Running::serve`].
 pub(crate) async fn bind(args: ControllerArgs) -> Result<Running, ControllerError> {
     let ca = Arc::new(LocalCa::load(&args.ca_dir)?);
-    let (source, origin) = cluster_source(&args).await?;
+    let (source, origin, reviewer) = sources(&args).await?;
     let ready = health::start(&args, source.clone())
         .map_err(|source| ControllerError::Io { what: "cannot bind the readiness or metrics port", source })?;
     wait_complete(source.as_ref()).await;
@@ -202,7 +220,6 @@ pub(crate) async fn bind(args: ControllerArgs) -> Result<Running, ControllerErro
     };
     let resources = publish(cluster.clone(), opts);
     let (chain, key) = ca.serving_certificate(&args.serving_names, Duration::from_secs(365 * 86400))?;
-    let reviewer: Arc<dyn auth::TokenReviewer> = Arc::new(auth::TokenFile::new(&args.token_file));
     let (closing, closing_rx) = watch::channel(false);
     let ads = ads::Ads {
         resources: resources.clone(),

@@ -5,7 +5,9 @@
 //! events after N, `BOOKMARK`s the test asks for, and stays open until the test drops it. A
 //! watch from a resourceVersion older than the last compaction is answered with an `ERROR`
 //! event carrying `410 Gone`, as after etcd compaction. Every request's path and query are
-//! recorded so tests can assert what a client asked for. It stores objects, nothing more: no
+//! recorded so tests can assert what a client asked for. A `TokenReview` POST is answered from
+//! the tokens a test registers, with the API server's audience rule (a token whose audiences
+//! do not meet the requested ones is not authenticated). It stores objects, nothing more: no
 //! validation, no selectors, no admission.
 
 #![allow(dead_code)]
@@ -34,6 +36,8 @@ const RESOURCES: &[(&str, &str, &str)] = &[
     ("AuthorizationPolicy", "security.istio.io/v1", "/apis/security.istio.io/v1/authorizationpolicies"),
     ("PeerAuthentication", "security.istio.io/v1", "/apis/security.istio.io/v1/peerauthentications"),
 ];
+
+const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 
 /// The collection path of `kind`.
 pub fn path_of(kind: &str) -> &'static str {
@@ -77,6 +81,8 @@ struct Inner {
     seen: Vec<Seen>,
     /// Paths answered 404, as for a CRD that is not installed.
     missing: Vec<&'static str>,
+    /// token → (username, audiences, bound pod name).
+    tokens: BTreeMap<String, (String, Vec<String>, Option<String>)>,
 }
 
 struct Shared {
@@ -122,9 +128,15 @@ impl FakeApiServer {
             while let Ok((stream, _)) = listener.accept().await {
                 let s = s.clone();
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let s = s.clone();
-                        async move { Ok::<_, Infallible>(answer(&s, &req)) }
+                        async move {
+                            if req.method() == http::Method::POST && req.uri().path() == TOKEN_REVIEWS {
+                                let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                                return Ok::<_, Infallible>(token_review(&s, &body));
+                            }
+                            Ok(answer(&s, &req))
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
                 });
@@ -215,6 +227,25 @@ impl FakeApiServer {
                 i.missing.push(path);
             }
         });
+    }
+
+    /// Registers a token the API server authenticates as `username` (e.g.
+    /// `system:serviceaccount:ns:sa`) for `audiences`, bound to `pod` if given.
+    pub fn add_token(&self, token: &str, username: &str, audiences: &[&str], pod: Option<&str>) {
+        let entry = (username.to_string(), audiences.iter().map(|a| a.to_string()).collect(), pod.map(String::from));
+        self.shared.change(|i| {
+            i.tokens.insert(token.to_string(), entry);
+        });
+    }
+
+    /// The TokenReviews posted so far (their specs).
+    pub fn token_reviews(&self) -> Vec<Value> {
+        let i = self.shared.inner.lock().unwrap();
+        i.seen
+            .iter()
+            .filter(|s| s.path == TOKEN_REVIEWS)
+            .filter_map(|s| s.query.get("spec").and_then(|v| serde_json::from_str(v).ok()))
+            .collect()
     }
 
     /// Ends every open watch (the connection's body ends, as when an API server restarts).
@@ -310,6 +341,32 @@ fn answer(s: &Arc<Shared>, req: &Request<Incoming>) -> Response<Body> {
         return Response::builder().header("content-type", "application/json").body(body).unwrap();
     }
     watch_stream(s.clone(), path, from, epoch)
+}
+
+/// Answers a TokenReview as the API server does: authenticated only for a known token whose
+/// audiences meet the requested ones (all of its audiences when none are requested).
+fn token_review(s: &Shared, body: &[u8]) -> Response<Body> {
+    let review: Value = serde_json::from_slice(body).unwrap_or_default();
+    let spec = review.get("spec").cloned().unwrap_or_default();
+    let mut i = s.inner.lock().unwrap();
+    let query = [("spec".to_string(), spec.to_string())].into_iter().collect();
+    i.seen.push(Seen { path: TOKEN_REVIEWS.into(), query });
+    let wanted: Vec<String> = serde_json::from_value(spec["audiences"].clone()).unwrap_or_default();
+    let status = match i.tokens.get(spec["token"].as_str().unwrap_or_default()) {
+        None => json!({"authenticated": false, "error": "invalid bearer token"}),
+        Some((user, audiences, pod)) => {
+            let met: Vec<&String> =
+                if wanted.is_empty() { audiences.iter().collect() } else { audiences.iter().filter(|a| wanted.contains(a)).collect() };
+            if met.is_empty() {
+                json!({"authenticated": false, "error": format!("invalid bearer token, token audiences {audiences:?} is invalid for the target audiences {wanted:?}")})
+            } else {
+                let extra = pod.as_ref().map(|p| json!({"authentication.kubernetes.io/pod-name": [p]})).unwrap_or(json!({}));
+                json!({"authenticated": true, "audiences": met, "user": {"username": user, "extra": extra}})
+            }
+        }
+    };
+    let answer = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "metadata": {}, "spec": spec, "status": status});
+    json_response(StatusCode::CREATED, &answer)
 }
 
 fn list(s: &Shared, kind: &str, api_version: &str, path: &'static str) -> Response<Body> {
