@@ -140,6 +140,9 @@ fn index_event<K: Serialize>(e: Event<K>) -> WatchEvent {
     }
 }
 
+/// The most events applied before the state is published.
+const MAX_BATCH: usize = 4096;
+
 /// Feeds every event to the index and publishes each changed, synced state. Events already
 /// waiting are applied together, so an initial list or a burst is one publication, not one
 /// per object.
@@ -148,9 +151,12 @@ async fn run(mut events: BoxStream<'static, KindEvent>, state: watch::Sender<Arc
     let mut listed_once = BTreeSet::new();
     while let Some(first) = events.next().await {
         let mut next = Some(first);
+        let mut batch = 0;
         while let Some((kind, event)) = next {
             feed(&mut index, kind, event, &mut listed_once);
-            next = events.next().now_or_never().flatten();
+            batch += 1;
+            // Bounded, so a flood of events still yields to the runtime and publishes.
+            next = if batch < MAX_BATCH { events.next().now_or_never().flatten() } else { None };
         }
         let unsynced: Vec<Kind> = Kind::ALL.into_iter().filter(|k| !index.kind_synced(*k)).collect();
         pending.send_if_modified(|p| std::mem::replace(p, unsynced.clone()) != unsynced);
