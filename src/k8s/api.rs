@@ -11,7 +11,6 @@
 //! kept: the index holds ferry's typed objects only, so the API's objects (managedFields and
 //! all) live only while one event is converted.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use ferry_core::k8s::index::{ClusterIndex, Kind, Outcome, WatchEvent};
@@ -148,12 +147,11 @@ const MAX_BATCH: usize = 4096;
 /// per object.
 async fn run(mut events: BoxStream<'static, KindEvent>, state: watch::Sender<Arc<ClusterState>>, pending: watch::Sender<Vec<Kind>>) {
     let mut index = ClusterIndex::new();
-    let mut listed_once = BTreeSet::new();
     while let Some(first) = events.next().await {
         let mut next = Some(first);
         let mut batch = 0;
         while let Some((kind, event)) = next {
-            feed(&mut index, kind, event, &mut listed_once);
+            feed(&mut index, kind, event);
             batch += 1;
             // Bounded, so a flood of events still yields to the runtime and publishes.
             next = if batch < MAX_BATCH { events.next().now_or_never().flatten() } else { None };
@@ -168,7 +166,7 @@ async fn run(mut events: BoxStream<'static, KindEvent>, state: watch::Sender<Arc
 }
 
 /// One event into the index, logged and counted.
-fn feed(index: &mut ClusterIndex, kind: Kind, event: Result<WatchEvent, watcher::Error>, listed_once: &mut BTreeSet<Kind>) {
+fn feed(index: &mut ClusterIndex, kind: Kind, event: Result<WatchEvent, watcher::Error>) {
     let k = kind.name();
     let event = match event {
         Ok(e) => e,
@@ -176,7 +174,7 @@ fn feed(index: &mut ClusterIndex, kind: Kind, event: Result<WatchEvent, watcher:
     };
     let name = match event {
         WatchEvent::ListStart => {
-            if !listed_once.insert(kind) {
+            if index.kind_synced(kind) {
                 tracing::info!(kind = k, "re-listing: the watch could not resume from its resourceVersion");
             }
             "list_start"
