@@ -181,7 +181,21 @@ fn the_controller_serves_wds_from_the_kubernetes_api_once_every_kind_synced() {
         let next = tokio::time::timeout(DEADLINE, responses.message()).await.unwrap().unwrap().unwrap();
         assert_eq!(names(&next).iter().filter(|n| n.ends_with("shop/web-2")).count(), 1, "the watched pod is pushed: {:?}", names(&next));
         assert!(!names(&next).iter().any(|n| n.ends_with("shop/web-1")), "and only what changed: {:?}", names(&next));
+        tx.send(DeltaDiscoveryRequest { type_url: ADDRESS.into(), response_nonce: next.nonce, ..Default::default() }).await.unwrap();
+
+        // Deleted while the watches were down and past compaction: 410, re-list, and the
+        // proxy is told the pod is gone.
+        server.delete_unseen("Pod", "shop", "web-2");
+        let gone = tokio::time::timeout(DEADLINE, responses.message()).await.unwrap().unwrap().unwrap();
+        assert!(gone.removed_resources.iter().any(|n| n.ends_with("shop/web-2")), "removed after the re-list: {gone:?}");
     });
+    let (_, metrics) = get(&c.stats, "/metrics").unwrap();
+    let gone = metrics
+        .lines()
+        .find(|l| l.starts_with("ferry_k8s_watch_errors_total{") && l.contains("kind=\"Pod\"") && l.contains("reason=\"gone\""));
+    assert!(gone.is_some(), "the 410 is counted: {metrics}");
+    let log = std::fs::read_to_string(&c.log).unwrap();
+    assert!(log.lines().any(|l| l.contains("watch expired (410 Gone): re-listing") && l.contains("Pod")), "and logged:\n{log}");
     drop(c);
     let _ = std::fs::remove_dir_all(&dir);
 }
