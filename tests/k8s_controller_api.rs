@@ -1,7 +1,8 @@
 //! `ferry controller` (the binary, without `--cluster-state`) on a fake Kubernetes API server
 //! found through `KUBECONFIG`: not ready while a kind's list fails, ready once every kind has
 //! listed, then serving WDS to a delta-xDS client, and pushing a pod added on the API; without
-//! `--token-file`, callers are reviewed by TokenReview (accepted, unknown, wrong audience).
+//! `--token-file`, xDS and CA callers are reviewed by TokenReview (accepted, unknown, wrong
+//! audience, not a node proxy).
 
 #[path = "support/fake_apiserver.rs"]
 mod fake_apiserver;
@@ -12,7 +13,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fake_apiserver::FakeApiServer;
+use ferry::proto::ca::istio_certificate_service_client::IstioCertificateServiceClient;
 use ferry::proto::xds::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use ferry_core::proto::ca::IstioCertificateRequest;
 use ferry_core::proto::xds::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use serde_json::json;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
@@ -142,6 +145,21 @@ async fn first_response(
     Ok((tx, responses, first.expect("a first response")))
 }
 
+/// A certificate request for `identity` (no impersonation) with `token`: the chain's length,
+/// or the status code.
+async fn certificate(xds: &str, root: &str, token: &str, identity: &str) -> Result<usize, tonic::Code> {
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(root)).domain_name("ferry-controller.istio-system.svc");
+    let channel = Endpoint::from_shared(format!("https://{xds}")).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(identity.to_string().try_into().unwrap())];
+    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+    let mut req = tonic::Request::new(IstioCertificateRequest { csr, validity_duration: 3600, metadata: None });
+    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let answer = IstioCertificateServiceClient::new(channel).create_certificate(req).await;
+    answer.map(|r| r.into_inner().cert_chain.len()).map_err(|s| s.code())
+}
+
 fn names(r: &DeltaDiscoveryResponse) -> Vec<String> {
     r.resources.iter().map(|r| r.name.clone()).collect()
 }
@@ -162,8 +180,9 @@ fn the_controller_serves_wds_from_the_kubernetes_api_once_every_kind_synced() {
     server.set_missing("PeerAuthentication", true);
     let mut c = start_controller(&dir, &server, true);
 
-    let body = wait_readiness(&mut c, "said what it waits for", |code, body| code == 503 && body.contains("PeerAuthentication"));
-    assert!(!body.contains("Pod"), "only the failing kind is waited for: {body}");
+    // Not ready, and once every other kind has listed, the answer names only the failing one.
+    let waiting = |code: u16, body: &str| code == 503 && body.contains("first list of PeerAuthentication\n");
+    wait_readiness(&mut c, "named only the kind whose list fails", waiting);
     assert!(std::net::TcpStream::connect(&c.xds).is_err(), "no xDS is served from an incomplete state");
     server.set_missing("PeerAuthentication", false);
     wait_readiness(&mut c, "ready after every kind listed", |code, _| code == 200);
@@ -224,9 +243,14 @@ fn without_a_token_file_callers_are_reviewed_by_the_kubernetes_api() {
             assert_eq!(status.code(), code, "{token}: {status:?}");
             assert!(status.message().contains(why), "{token}: {:?} should say {why:?}", status.message());
         }
+        // The CA reviews the same way: its own identity for an accepted token, nothing for a
+        // token of another audience.
+        let own = "spiffe://cluster.local/ns/istio-system/sa/ztunnel";
+        assert!(certificate(&xds, &root, "good", own).await.expect("signed") >= 1);
+        assert_eq!(certificate(&xds, &root, "other-audience", own).await, Err(tonic::Code::Unauthenticated));
     });
     let reviews = server.token_reviews();
-    assert_eq!(reviews.len(), 4, "one review per stream: {reviews:?}");
+    assert_eq!(reviews.len(), 6, "one review per stream and per certificate request: {reviews:?}");
     assert!(reviews.iter().all(|r| r["audiences"] == json!(["istio-ca"])), "every review asks for istio-ca: {reviews:?}");
     drop(c);
     let _ = std::fs::remove_dir_all(&dir);
