@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::manifests::{self, Object, ObjectError};
+use super::manifests::{self, ManifestError, Object};
 use super::objects::ClusterState;
 
 /// The kinds ferry reads from the Kubernetes API.
@@ -82,7 +82,7 @@ pub enum Outcome {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum IndexError {
     #[error("refused {0}")]
-    Invalid(#[from] ObjectError),
+    Invalid(#[from] ManifestError),
     #[error("refused {got} {name} from the {watched} watch: wrong kind")]
     WrongKind { watched: &'static str, got: String, name: String },
     #[error("refused a {kind} delete without metadata.name")]

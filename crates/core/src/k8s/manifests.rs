@@ -19,6 +19,9 @@ pub enum ManifestError {
     Invalid { origin: String, doc: usize, kind: String, name: String, message: String },
     #[error("cluster state: {0} is defined twice")]
     Duplicate(String),
+    /// One object refused on its own (from the Kubernetes API): no file or document to name.
+    #[error("{kind} {name}: {message}")]
+    Object { kind: String, name: String, message: String },
 }
 
 /// Whether a file name is read as a manifest: `.yaml`, `.yml` or `.json`, and not hidden
@@ -86,12 +89,9 @@ fn collect(docs: Vec<Value>, origin: &str) -> Result<ClusterState, ManifestError
 }
 
 fn add_object(state: &mut ClusterState, v: Value, origin: &str, doc: usize) -> Result<(), ManifestError> {
-    let object = object(v).map_err(|e| ManifestError::Invalid {
-        origin: origin.to_string(),
-        doc,
-        kind: e.kind,
-        name: e.name,
-        message: e.message,
+    let object = object(v).map_err(|e| match e {
+        ManifestError::Object { kind, name, message } => ManifestError::Invalid { origin: origin.to_string(), doc, kind, name, message },
+        other => other,
     })?;
     insert(state, object)
 }
@@ -118,28 +118,20 @@ impl Object {
     }
 }
 
-/// Why one object was refused; the caller adds where it came from.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{kind} {name}: {message}")]
-pub struct ObjectError {
-    pub kind: String,
-    pub name: String,
-    pub message: String,
-}
-
 /// Validates and types one object (`apiVersion`, `kind`, valid names, typed fields): the one
-/// conversion for manifests on disk and objects from the Kubernetes API.
-pub fn object(v: Value) -> Result<Object, ObjectError> {
+/// conversion for manifests on disk and objects from the Kubernetes API. Refusals are
+/// [`ManifestError::Object`]; a caller reading files adds the file and document.
+pub fn object(v: Value) -> Result<Object, ManifestError> {
     let kind = v.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_string();
     let name = v.get("metadata").and_then(|m| m.get("name")).and_then(|n| n.as_str()).unwrap_or("").to_string();
-    let invalid = |message: String| ObjectError { kind: kind.clone(), name: name.clone(), message };
+    let invalid = |message: String| ManifestError::Object { kind: kind.clone(), name: name.clone(), message };
     if kind.is_empty() || v.get("apiVersion").and_then(|a| a.as_str()).is_none() {
         return Err(invalid("every manifest needs apiVersion and kind".into()));
     }
     if !valid_name(&name) {
         return Err(invalid(format!("metadata.name {name:?} is not a valid Kubernetes name")));
     }
-    let namespaced = |meta: &mut ObjectMeta| -> Result<String, ObjectError> {
+    let namespaced = |meta: &mut ObjectMeta| -> Result<String, ManifestError> {
         if meta.namespace.is_empty() {
             meta.namespace = "default".into();
         }
