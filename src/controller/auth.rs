@@ -1,7 +1,7 @@
 //! Who is calling: every xDS stream and CA request carries a bearer token (a projected service
 //! account token, audience `istio-ca`), reviewed before anything is served (protocols.md §5,
 //! waypoint-and-k8s §3.1). The review is behind [`TokenReviewer`]: on Kubernetes it is a
-//! TokenReview; in the simulated cluster the harness issues tokens into a file and
+//! TokenReview (`token_review.rs`); in the simulated cluster the harness issues tokens into a file and
 //! [`TokenFile`] answers for it. Either way the same code decides what a caller may get.
 
 use std::collections::HashMap;

@@ -4,13 +4,16 @@
 //! `istio.security.Authorization`) and the CA API (`CreateCertificate`). Every stream and
 //! request is authenticated by its bearer token before anything is served.
 //!
-//! Cluster state comes from Kubernetes manifests on disk (the simulated cluster, and a
-//! controller run beside a cluster); the Kubernetes API watchers will feed the same index.
+//! Cluster state comes from the Kubernetes API (`crate::k8s::api`, the deployment shape) or,
+//! with `--cluster-state`, from manifests on disk (the simulated cluster). Either way xDS is
+//! served only once the state is complete: from the API, once every kind's first list is in,
+//! so a restarted controller never tells proxies that the world is empty.
 
 mod ads;
 pub(crate) mod auth;
 mod ca;
 mod health;
+mod token_review;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,6 +27,7 @@ use ferry_core::timefmt::parse_duration;
 use ferry_core::xds::Resources;
 use tokio::sync::watch;
 
+use crate::k8s::api::ApiSource;
 use crate::k8s::source::{ClusterSource, FileSource};
 use crate::proto::ca::istio_certificate_service_server::IstioCertificateServiceServer;
 use crate::proto::xds::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
@@ -33,10 +37,15 @@ use crate::tls::ca::LocalCa;
 #[derive(Clone, Debug, clap::Args)]
 #[command(next_help_heading = "Controller")]
 pub struct ControllerArgs {
-    /// Kubernetes manifests (a file or directory) the controller serves; re-read on change.
+    /// Kubernetes manifests (a file or directory) the controller serves, re-read on change,
+    /// instead of the Kubernetes API (for a simulated cluster or a controller beside one).
+    /// Without it the controller watches the API, the deployment shape, so no extra flag is
+    /// needed in a pod: configured as kubectl is, in-cluster (the pod's service account) or
+    /// `KUBECONFIG`/`~/.kube/config`; it serves xDS and reports ready only once every kind's
+    /// first list is complete.
     #[arg(long, env = "FERRY_CLUSTER_STATE", value_name = "PATH")]
-    pub cluster_state: PathBuf,
-    /// How often the cluster state is checked for changes.
+    pub cluster_state: Option<PathBuf>,
+    /// How often `--cluster-state` is checked for changes.
     #[arg(long, env = "FERRY_CLUSTER_STATE_POLL", value_parser = parse_duration, default_value = "1s")]
     pub cluster_state_poll: Duration,
     /// Address of the TLS gRPC server (xDS and CA), 15012 as istiod.
@@ -54,10 +63,11 @@ pub struct ControllerArgs {
         default_value = "ferry-controller.istio-system.svc,istiod.istio-system.svc"
     )]
     pub serving_names: Vec<String>,
-    /// Tokens the controller accepts, one `token namespace/sa[/pod[/uid]]` per line (stands in
-    /// for the Kubernetes TokenReview; the simulated cluster's harness writes it).
+    /// Tokens the controller accepts, one `token namespace/sa[/pod[/uid]]` per line (the
+    /// simulated cluster's harness writes it). Without it every token is reviewed by the
+    /// Kubernetes API (a TokenReview with audience `istio-ca`, as istiod does).
     #[arg(long, env = "FERRY_TOKEN_FILE", value_name = "FILE")]
-    pub token_file: PathBuf,
+    pub token_file: Option<PathBuf>,
     /// Service accounts (`namespace/name`) whose tokens may open xDS streams: node proxies.
     #[arg(long, env = "FERRY_PROXY_ACCOUNTS", value_delimiter = ',', default_value = "istio-system/ztunnel")]
     pub proxy_accounts: Vec<String>,
@@ -73,7 +83,7 @@ pub struct ControllerArgs {
     pub cluster_id: String,
     #[arg(long, env = "CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
-    /// Readiness (`/healthz/ready`, ready once state is loaded and the server listens).
+    /// Readiness (`/healthz/ready`: ready once the state is complete and the server listens).
     #[arg(long, env = "FERRY_READINESS_ADDR", default_value = "[::]:15021")]
     pub readiness_addr: SocketAddr,
     /// Prometheus metrics (`/metrics`), 15014 as istiod.
@@ -95,6 +105,8 @@ pub enum ControllerError {
     Io { what: &'static str, source: std::io::Error },
     #[error("the xDS/CA server failed: {0}")]
     Serve(String),
+    #[error("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG): {0}")]
+    Kube(String),
 }
 
 pub fn run_controller(args: ControllerArgs) -> Result<(), ControllerError> {
@@ -120,6 +132,8 @@ pub(crate) struct Running {
     router: tonic::transport::server::Router,
     ready: health::Ready,
     closing: watch::Sender<bool>,
+    /// Kept for the controller's life: dropping an API source stops its watches.
+    _source: Arc<dyn ClusterSource>,
 }
 
 impl Running {
@@ -139,10 +153,64 @@ impl Running {
     }
 }
 
+/// A client for the Kubernetes API, configured as kubectl is.
+async fn kube_client() -> Result<kube::Client, ControllerError> {
+    let config = kube::Config::infer().await.map_err(|e| ControllerError::Kube(e.to_string()))?;
+    tracing::info!(api = %config.cluster_url, "using the Kubernetes API");
+    kube::Client::try_from(config).map_err(|e| ControllerError::Kube(e.to_string()))
+}
+
+/// Where the cluster state and the token reviews come from: files when given, else the
+/// Kubernetes API (one client for both).
+async fn sources(args: &ControllerArgs) -> Result<(Arc<dyn ClusterSource>, String, Arc<dyn auth::TokenReviewer>), ControllerError> {
+    let client = match (&args.cluster_state, &args.token_file) {
+        (Some(_), Some(_)) => None,
+        _ => Some(kube_client().await?),
+    };
+    let api = || client.clone().ok_or_else(|| ControllerError::Kube("no client was configured".into()));
+    let (source, origin): (Arc<dyn ClusterSource>, String) = match &args.cluster_state {
+        Some(path) => {
+            let source = FileSource::load(path)?;
+            tokio::spawn(source.clone().watch(args.cluster_state_poll));
+            (source, path.display().to_string())
+        }
+        None => (Arc::new(ApiSource::start(api()?)), "the Kubernetes API".into()),
+    };
+    let reviewer: Arc<dyn auth::TokenReviewer> = match &args.token_file {
+        Some(path) => Arc::new(auth::TokenFile::new(path)),
+        None => Arc::new(token_review::KubeTokenReviewer::new(api()?)),
+    };
+    Ok((source, origin, reviewer))
+}
+
+/// Waits until `source` is complete, saying what it waits for.
+async fn wait_complete(source: &dyn ClusterSource) {
+    let mut said = Vec::new();
+    let mut state = source.subscribe();
+    loop {
+        let unsynced = source.unsynced();
+        if unsynced.is_empty() {
+            return;
+        }
+        if unsynced != said {
+            tracing::info!(kinds = %unsynced.join(","), "waiting for the first list of every kind before serving xDS");
+            said = unsynced;
+        }
+        // The API source publishes its first state exactly when the last kind completes;
+        // the timeout re-logs progress on a slow or failing list.
+        if let Ok(Err(_)) = tokio::time::timeout(Duration::from_secs(5), state.changed()).await {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    }
+}
+
 /// Loads the state and the CA and binds every port; serving starts with [`Running::serve`].
 pub(crate) async fn bind(args: ControllerArgs) -> Result<Running, ControllerError> {
-    let source = FileSource::load(&args.cluster_state)?;
-    tokio::spawn(source.clone().watch(args.cluster_state_poll));
+    let ca = Arc::new(LocalCa::load(&args.ca_dir)?);
+    let (source, origin, reviewer) = sources(&args).await?;
+    let ready = health::start(&args, source.clone())
+        .map_err(|source| ControllerError::Io { what: "cannot bind the readiness or metrics port", source })?;
+    wait_complete(source.as_ref()).await;
     let cluster = source.subscribe();
     let opts = TranslateOptions {
         trust_domain: args.trust_domain.clone(),
@@ -151,9 +219,7 @@ pub(crate) async fn bind(args: ControllerArgs) -> Result<Running, ControllerErro
         network: String::new(),
     };
     let resources = publish(cluster.clone(), opts);
-    let ca = Arc::new(LocalCa::load(&args.ca_dir)?);
     let (chain, key) = ca.serving_certificate(&args.serving_names, Duration::from_secs(365 * 86400))?;
-    let reviewer: Arc<dyn auth::TokenReviewer> = Arc::new(auth::TokenFile::new(&args.token_file));
     let (closing, closing_rx) = watch::channel(false);
     let ads = ads::Ads {
         resources: resources.clone(),
@@ -174,9 +240,7 @@ pub(crate) async fn bind(args: ControllerArgs) -> Result<Running, ControllerErro
         .await
         .map_err(|source| ControllerError::Io { what: "cannot bind the xDS/CA port", source })?;
     let addr = listener.local_addr().map_err(|source| ControllerError::Io { what: "cannot read the xDS/CA address", source })?;
-    let ready = health::start(&args, resources)
-        .map_err(|source| ControllerError::Io { what: "cannot bind the readiness or metrics port", source })?;
-    tracing::info!(listen = %addr, state = %args.cluster_state.display(), "ferry controller serving xDS and CA");
+    tracing::info!(listen = %addr, state = %origin, "ferry controller serving xDS and CA");
     let tls = tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(chain, key));
     let router = tonic::transport::Server::builder()
         .tls_config(tls)
@@ -185,12 +249,16 @@ pub(crate) async fn bind(args: ControllerArgs) -> Result<Running, ControllerErro
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(AggregatedDiscoveryServiceServer::new(ads))
         .add_service(IstioCertificateServiceServer::new(cas));
-    Ok(Running { addr, listener, router, ready, closing })
+    Ok(Running { addr, listener, router, ready, closing, _source: source })
 }
 
 /// Re-translates and re-encodes the state on every change; returns the current resources.
 fn publish(mut cluster: watch::Receiver<Arc<ClusterState>>, opts: TranslateOptions) -> watch::Receiver<Arc<Resources>> {
-    let build = move |c: &ClusterState| Arc::new(Resources::from_state(&to_state(c, &opts)));
+    let build = move |c: &ClusterState| {
+        let r = Arc::new(Resources::from_state(&to_state(c, &opts)));
+        metrics::gauge!("ferry_controller_resources").set(r.len() as f64);
+        r
+    };
     let first = build(&cluster.borrow_and_update());
     tracing::info!(resources = first.len(), "cluster state translated");
     let (tx, rx) = watch::channel(first);

@@ -1,5 +1,5 @@
 //! Cluster state from Kubernetes YAML in a file or directory, behind [`ClusterSource`] (the
-//! Kubernetes API will implement the same trait). The path is read by the one cluster-state
+//! Kubernetes API implements the same trait: `super::api`). The path is read by the one cluster-state
 //! reader (`ferry_cni::cluster_state`, shared with the CNI plugin's fallback) and polled; a
 //! change is applied only if every manifest parses and validates, otherwise the error names the
 //! file, document and line, and the last good state stays in force.
@@ -12,10 +12,15 @@ use ferry_cni::cluster_state::{self, StateError};
 use ferry_core::k8s::objects::ClusterState;
 use tokio::sync::watch;
 
-/// Where the node agent and the node proxy read Kubernetes objects from.
-pub(crate) trait ClusterSource: Send + Sync + 'static {
+/// Where the node agent, the node proxy and the controller read Kubernetes objects from.
+pub trait ClusterSource: Send + Sync + 'static {
     /// The current state and every later one.
     fn subscribe(&self) -> watch::Receiver<Arc<ClusterState>>;
+
+    /// The kinds whose first complete read is still missing (none: the state is complete).
+    fn unsynced(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
 }
 
 /// Kubernetes manifests in a file or a directory tree (`.yaml`, `.yml`, `.json`; names

@@ -19,6 +19,9 @@ pub enum ManifestError {
     Invalid { origin: String, doc: usize, kind: String, name: String, message: String },
     #[error("cluster state: {0} is defined twice")]
     Duplicate(String),
+    /// One object refused on its own (from the Kubernetes API): no file or document to name.
+    #[error("{kind} {name}: {message}")]
+    Object { kind: String, name: String, message: String },
 }
 
 /// Whether a file name is read as a manifest: `.yaml`, `.yml` or `.json`, and not hidden
@@ -86,57 +89,90 @@ fn collect(docs: Vec<Value>, origin: &str) -> Result<ClusterState, ManifestError
 }
 
 fn add_object(state: &mut ClusterState, v: Value, origin: &str, doc: usize) -> Result<(), ManifestError> {
+    let object = object(v).map_err(|e| match e {
+        ManifestError::Object { kind, name, message } => ManifestError::Invalid { origin: origin.to_string(), doc, kind, name, message },
+        other => other,
+    })?;
+    insert(state, object)
+}
+
+/// One Kubernetes object, typed as ferry reads it, with the key it has in a [`ClusterState`]
+/// (`name` for a Namespace, `namespace/name` for the namespaced core kinds,
+/// `kind/namespace/name` for every other kind, kept raw).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Object {
+    Namespace(Namespace),
+    Pod(String, Pod),
+    Service(String, Service),
+    ServiceAccount(String, ServiceAccount),
+    Other(String, Value),
+}
+
+impl Object {
+    /// The object's key in its kind's map of a [`ClusterState`].
+    pub fn key(&self) -> &str {
+        match self {
+            Object::Namespace(n) => &n.metadata.name,
+            Object::Pod(k, _) | Object::Service(k, _) | Object::ServiceAccount(k, _) | Object::Other(k, _) => k,
+        }
+    }
+}
+
+/// Validates and types one object (`apiVersion`, `kind`, valid names, typed fields): the one
+/// conversion for manifests on disk and objects from the Kubernetes API. Refusals are
+/// [`ManifestError::Object`]; a caller reading files adds the file and document.
+pub fn object(v: Value) -> Result<Object, ManifestError> {
     let kind = v.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_string();
     let name = v.get("metadata").and_then(|m| m.get("name")).and_then(|n| n.as_str()).unwrap_or("").to_string();
-    let invalid =
-        |message: String| ManifestError::Invalid { origin: origin.to_string(), doc, kind: kind.clone(), name: name.clone(), message };
+    let invalid = |message: String| ManifestError::Object { kind: kind.clone(), name: name.clone(), message };
     if kind.is_empty() || v.get("apiVersion").and_then(|a| a.as_str()).is_none() {
         return Err(invalid("every manifest needs apiVersion and kind".into()));
     }
     if !valid_name(&name) {
         return Err(invalid(format!("metadata.name {name:?} is not a valid Kubernetes name")));
     }
-    let namespaced = |mut meta: ObjectMeta| -> Result<(String, ObjectMeta), ManifestError> {
+    let namespaced = |meta: &mut ObjectMeta| -> Result<String, ManifestError> {
         if meta.namespace.is_empty() {
             meta.namespace = "default".into();
         }
         if !valid_name(&meta.namespace) {
             return Err(invalid(format!("metadata.namespace {:?} is not a valid Kubernetes name", meta.namespace)));
         }
-        Ok((format!("{}/{}", meta.namespace, meta.name), meta))
+        Ok(format!("{}/{}", meta.namespace, meta.name))
     };
     fn typed<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, String> {
         serde_json::from_value(v).map_err(|e| e.to_string())
     }
-    match kind.as_str() {
-        "Namespace" => {
-            let n: Namespace = typed(v).map_err(invalid)?;
-            unique(&mut state.namespaces, "Namespace", n.metadata.name.clone(), n)?;
-        }
+    Ok(match kind.as_str() {
+        "Namespace" => Object::Namespace(typed(v).map_err(invalid)?),
         "Pod" => {
             let mut p: Pod = typed(v).map_err(invalid)?;
-            let (key, meta) = namespaced(p.metadata)?;
-            p.metadata = meta;
-            unique(&mut state.pods, "Pod", key, p)?;
+            Object::Pod(namespaced(&mut p.metadata)?, p)
         }
         "Service" => {
             let mut s: Service = typed(v).map_err(invalid)?;
-            let (key, meta) = namespaced(s.metadata)?;
-            s.metadata = meta;
-            unique(&mut state.services, "Service", key, s)?;
+            Object::Service(namespaced(&mut s.metadata)?, s)
         }
         "ServiceAccount" => {
             let mut s: ServiceAccount = typed(v).map_err(invalid)?;
-            let (key, meta) = namespaced(s.metadata)?;
-            s.metadata = meta;
-            unique(&mut state.service_accounts, "ServiceAccount", key, s)?;
+            Object::ServiceAccount(namespaced(&mut s.metadata)?, s)
         }
         _ => {
             let ns = v.get("metadata").and_then(|m| m.get("namespace")).and_then(|n| n.as_str()).unwrap_or("default").to_string();
-            unique(&mut state.other, "object", format!("{kind}/{ns}/{name}"), v)?;
+            Object::Other(format!("{kind}/{ns}/{name}"), v)
         }
+    })
+}
+
+/// Adds `object` to `state`; an object already there is a duplicate.
+pub fn insert(state: &mut ClusterState, object: Object) -> Result<(), ManifestError> {
+    match object {
+        Object::Namespace(n) => unique(&mut state.namespaces, "Namespace", n.metadata.name.clone(), n),
+        Object::Pod(k, p) => unique(&mut state.pods, "Pod", k, p),
+        Object::Service(k, s) => unique(&mut state.services, "Service", k, s),
+        Object::ServiceAccount(k, s) => unique(&mut state.service_accounts, "ServiceAccount", k, s),
+        Object::Other(k, v) => unique(&mut state.other, "object", k, v),
     }
-    Ok(())
 }
 
 fn unique<T>(m: &mut BTreeMap<String, T>, kind: &str, key: String, v: T) -> Result<(), ManifestError> {

@@ -1,8 +1,9 @@
 //! Kubernetes objects as ferry reads them: the object subset, manifest parsing, the capture
 //! decision and the translation into the workload/service/policy model. Pure: the file source,
-//! the CNI plugin's fallback and (later) the API watchers all feed these same functions.
+//! the CNI plugin's fallback and the API watchers (through `index`) all feed these same functions.
 
 pub mod capture;
+pub mod index;
 pub mod manifests;
 pub mod objects;
 pub mod peer_auth;

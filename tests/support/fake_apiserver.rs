@@ -1,0 +1,431 @@
+//! A fake Kubernetes API server for tests (there is no real one on these machines): an
+//! in-process HTTP/1 server answering list and watch for the kinds ferry reads, the way the
+//! real one does at the protocol level. Lists carry `metadata.resourceVersion`; a watch
+//! (`?watch=true&resourceVersion=N`) streams newline-delimited `ADDED`/`MODIFIED`/`DELETED`
+//! events after N, `BOOKMARK`s the test asks for, and stays open until the test drops it. A
+//! watch from a resourceVersion older than the last compaction is answered with an `ERROR`
+//! event carrying `410 Gone`, as after etcd compaction. Every request's path and query are
+//! recorded so tests can assert what a client asked for. A `TokenReview` POST is answered from
+//! the tokens a test registers, with the API server's audience rule (a token whose audiences
+//! do not meet the requested ones is not authenticated). It stores objects, nothing more: no
+//! validation, no selectors, no admission.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+/// The resources served: kind, apiVersion, cluster-wide collection path.
+const RESOURCES: &[(&str, &str, &str)] = &[
+    ("Namespace", "v1", "/api/v1/namespaces"),
+    ("Pod", "v1", "/api/v1/pods"),
+    ("Service", "v1", "/api/v1/services"),
+    ("ServiceAccount", "v1", "/api/v1/serviceaccounts"),
+    ("AuthorizationPolicy", "security.istio.io/v1", "/apis/security.istio.io/v1/authorizationpolicies"),
+    ("PeerAuthentication", "security.istio.io/v1", "/apis/security.istio.io/v1/peerauthentications"),
+];
+
+const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
+
+/// The collection path of `kind`.
+pub fn path_of(kind: &str) -> &'static str {
+    RESOURCES.iter().find(|r| r.0 == kind).map(|r| r.2).unwrap_or_else(|| panic!("the fake API server does not serve {kind}"))
+}
+
+/// One request the server answered.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub path: String,
+    pub query: BTreeMap<String, String>,
+}
+
+impl Seen {
+    pub fn is_watch(&self) -> bool {
+        self.query.get("watch").is_some_and(|w| w == "true" || w == "1")
+    }
+}
+
+struct Logged {
+    /// Position in the log, never reused.
+    seq: u64,
+    path: &'static str,
+    rv: u64,
+    line: Bytes,
+}
+
+#[derive(Default)]
+struct Inner {
+    rv: u64,
+    /// path → `namespace/name` → object.
+    objects: BTreeMap<&'static str, BTreeMap<String, Value>>,
+    log: Vec<Logged>,
+    logged: u64,
+    /// path → the last log position an open watch has sent.
+    delivered: BTreeMap<&'static str, u64>,
+    /// Watches from an older resourceVersion are answered 410.
+    compacted: u64,
+    /// Bumped to end every open watch.
+    epoch: u64,
+    seen: Vec<Seen>,
+    /// Paths answered 404, as for a CRD that is not installed.
+    missing: Vec<&'static str>,
+    /// token → (username, audiences, bound pod name).
+    tokens: BTreeMap<String, (String, Vec<String>, Option<String>)>,
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    /// Bumped on every change, so open watches look at the log again.
+    tick: watch::Sender<u64>,
+}
+
+impl Inner {
+    fn log(&mut self, path: &'static str, rv: u64, line: Bytes) {
+        self.logged += 1;
+        self.log.push(Logged { seq: self.logged, path, rv, line });
+    }
+}
+
+impl Shared {
+    fn change(&self, f: impl FnOnce(&mut Inner)) {
+        f(&mut self.inner.lock().unwrap());
+        self.tick.send_modify(|t| *t += 1);
+    }
+}
+
+pub struct FakeApiServer {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeApiServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeApiServer {
+    /// Listens on an ephemeral loopback port.
+    pub async fn start() -> FakeApiServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = Arc::new(Shared { inner: Mutex::default(), tick: watch::channel(0).0 });
+        let s = shared.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let s = s.clone();
+                        async move {
+                            if req.method() == http::Method::POST && req.uri().path() == TOKEN_REVIEWS {
+                                let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                                return Ok::<_, Infallible>(token_review(&s, &body));
+                            }
+                            Ok(answer(&s, &req))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+        });
+        FakeApiServer { addr, shared, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A kube client configuration pointing at this server (plain HTTP, no credentials).
+    pub fn config(&self) -> kube::Config {
+        kube::Config::new(self.url().parse().unwrap())
+    }
+
+    /// A kubeconfig file for this server, for a process that reads `KUBECONFIG`.
+    pub fn kubeconfig(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"{}\"}}}}]\nusers: [{{name: fake, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\ncurrent-context: fake\n",
+            self.url()
+        )
+    }
+
+    /// Creates or replaces an object (`ADDED` or `MODIFIED`); returns its resourceVersion.
+    pub fn apply(&self, mut object: Value) -> u64 {
+        let kind = object["kind"].as_str().expect("objects name their kind").to_string();
+        let path = path_of(&kind);
+        let key = key_of(&object);
+        let mut rv = 0;
+        self.shared.change(|i| {
+            i.rv += 1;
+            rv = i.rv;
+            object["metadata"]["resourceVersion"] = json!(rv.to_string());
+            let set = i.objects.entry(path).or_default();
+            let kind = if set.insert(key, object.clone()).is_some() { "MODIFIED" } else { "ADDED" };
+            i.log(path, rv, event_line(kind, &object));
+        });
+        rv
+    }
+
+    /// Deletes an object (`DELETED`, with its last state).
+    pub fn delete(&self, kind: &str, namespace: &str, name: &str) {
+        let path = path_of(kind);
+        self.shared.change(|i| {
+            i.rv += 1;
+            let rv = i.rv;
+            if let Some(mut object) = i.objects.entry(path).or_default().remove(&format!("{namespace}/{name}")) {
+                object["metadata"]["resourceVersion"] = json!(rv.to_string());
+                i.log(path, rv, event_line("DELETED", &object));
+            }
+        });
+    }
+
+    /// Deletes an object while every watch is down and compacts the history past it, as if
+    /// the client had been disconnected for long: no watcher sees the `DELETED`, and resuming
+    /// from any earlier resourceVersion is answered 410.
+    pub fn delete_unseen(&self, kind: &str, namespace: &str, name: &str) {
+        let path = path_of(kind);
+        self.shared.change(|i| {
+            i.epoch += 1;
+            i.rv += 1;
+            i.objects.entry(path).or_default().remove(&format!("{namespace}/{name}"));
+            i.compacted = i.rv;
+            i.log.clear();
+        });
+    }
+
+    /// Sends a `BOOKMARK` at the current resourceVersion on `kind`'s watches.
+    pub fn bookmark(&self, kind: &str) -> u64 {
+        let (_, api_version, path) = *RESOURCES.iter().find(|r| r.0 == kind).unwrap();
+        let mut rv = 0;
+        self.shared.change(|i| {
+            rv = i.rv;
+            let object = json!({"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": rv.to_string()}});
+            i.log(path, rv, event_line("BOOKMARK", &object));
+        });
+        rv
+    }
+
+    /// Answers `kind`'s requests 404 (`false`: serves it again), as while its CRD is missing.
+    pub fn set_missing(&self, kind: &str, missing: bool) {
+        let path = path_of(kind);
+        self.shared.change(|i| {
+            i.missing.retain(|p| *p != path);
+            if missing {
+                i.missing.push(path);
+            }
+        });
+    }
+
+    /// Registers a token the API server authenticates as `username` (e.g.
+    /// `system:serviceaccount:ns:sa`) for `audiences`, bound to `pod` if given.
+    pub fn add_token(&self, token: &str, username: &str, audiences: &[&str], pod: Option<&str>) {
+        let entry = (username.to_string(), audiences.iter().map(|a| a.to_string()).collect(), pod.map(String::from));
+        self.shared.change(|i| {
+            i.tokens.insert(token.to_string(), entry);
+        });
+    }
+
+    /// The TokenReviews posted so far (their specs).
+    pub fn token_reviews(&self) -> Vec<Value> {
+        let i = self.shared.inner.lock().unwrap();
+        i.seen
+            .iter()
+            .filter(|s| s.path == TOKEN_REVIEWS)
+            .filter_map(|s| s.query.get("spec").and_then(|v| serde_json::from_str(v).ok()))
+            .collect()
+    }
+
+    /// Ends every open watch (the connection's body ends, as when an API server restarts).
+    pub fn drop_watches(&self) {
+        self.shared.change(|i| i.epoch += 1);
+    }
+
+    /// Waits (bounded) until an open watch of `kind` has sent every event logged for it, so
+    /// a test knows what the client has before it drops the watch.
+    pub async fn wait_delivered(&self, kind: &str) {
+        let path = path_of(kind);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            {
+                let i = self.shared.inner.lock().unwrap();
+                let last = i.log.iter().filter(|e| e.path == path).map(|e| e.seq).max().unwrap_or(0);
+                if i.delivered.get(path).copied().unwrap_or(0) >= last {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "{kind}'s events never reached a watch");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Every request answered so far for `kind`'s collection.
+    pub fn requests(&self, kind: &str) -> Vec<Seen> {
+        let path = path_of(kind);
+        self.shared.inner.lock().unwrap().seen.iter().filter(|s| s.path == path).cloned().collect()
+    }
+
+    /// Waits (bounded) until a request for `kind` satisfies `pred`; returns it.
+    pub async fn wait_request(&self, kind: &str, what: &str, pred: impl Fn(&Seen) -> bool) -> Seen {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = self.requests(kind).into_iter().find(|s| pred(s)) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "no {kind} request {what}; saw {:?}", self.requests(kind));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+fn key_of(object: &Value) -> String {
+    let ns = object["metadata"]["namespace"].as_str().unwrap_or("");
+    format!("{ns}/{}", object["metadata"]["name"].as_str().expect("objects have a name"))
+}
+
+fn event_line(kind: &str, object: &Value) -> Bytes {
+    let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap();
+    line.push(b'\n');
+    line.into()
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn answer(s: &Arc<Shared>, req: &Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let query: BTreeMap<String, String> = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect();
+    let seen = Seen { path: path.clone(), query };
+    let missing = {
+        let mut i = s.inner.lock().unwrap();
+        i.seen.push(seen.clone());
+        i.missing.iter().any(|p| *p == path)
+    };
+    let Some(&(kind, api_version, path)) = RESOURCES.iter().find(|r| r.2 == path).filter(|_| !missing) else {
+        return json_response(StatusCode::NOT_FOUND, &status(404, "NotFound", &format!("the fake API server does not serve {path}")));
+    };
+    if req.method() != http::Method::GET {
+        return json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &status(405, "MethodNotAllowed", "the fake API server only lists and watches"),
+        );
+    }
+    if !seen.is_watch() {
+        return list(s, kind, api_version, path);
+    }
+    let from: u64 = seen.query.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let (compacted, epoch) = {
+        let i = s.inner.lock().unwrap();
+        (i.compacted, i.epoch)
+    };
+    if from < compacted {
+        let gone = status(410, "Expired", &format!("too old resource version: {from} ({compacted})"));
+        let body = Full::new(event_line("ERROR", &gone)).boxed();
+        return Response::builder().header("content-type", "application/json").body(body).unwrap();
+    }
+    watch_stream(s.clone(), path, from, epoch)
+}
+
+/// Answers a TokenReview as the API server does: authenticated only for a known token whose
+/// audiences meet the requested ones (all of its audiences when none are requested).
+fn token_review(s: &Shared, body: &[u8]) -> Response<Body> {
+    let review: Value = serde_json::from_slice(body).unwrap_or_default();
+    let spec = review.get("spec").cloned().unwrap_or_default();
+    let mut i = s.inner.lock().unwrap();
+    let query = [("spec".to_string(), spec.to_string())].into_iter().collect();
+    i.seen.push(Seen { path: TOKEN_REVIEWS.into(), query });
+    let wanted: Vec<String> = serde_json::from_value(spec["audiences"].clone()).unwrap_or_default();
+    let status = match i.tokens.get(spec["token"].as_str().unwrap_or_default()) {
+        None => json!({"authenticated": false, "error": "invalid bearer token"}),
+        Some((user, audiences, pod)) => {
+            let met: Vec<&String> =
+                if wanted.is_empty() { audiences.iter().collect() } else { audiences.iter().filter(|a| wanted.contains(a)).collect() };
+            if met.is_empty() {
+                json!({"authenticated": false, "error": format!("invalid bearer token, token audiences {audiences:?} is invalid for the target audiences {wanted:?}")})
+            } else {
+                let extra = pod.as_ref().map(|p| json!({"authentication.kubernetes.io/pod-name": [p]})).unwrap_or(json!({}));
+                json!({"authenticated": true, "audiences": met, "user": {"username": user, "extra": extra}})
+            }
+        }
+    };
+    let answer = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "metadata": {}, "spec": spec, "status": status});
+    json_response(StatusCode::CREATED, &answer)
+}
+
+fn list(s: &Shared, kind: &str, api_version: &str, path: &'static str) -> Response<Body> {
+    let i = s.inner.lock().unwrap();
+    let items: Vec<Value> = i
+        .objects
+        .get(path)
+        .into_iter()
+        .flat_map(|m| m.values())
+        .map(|o| {
+            // The API server leaves the type out of the items of a typed list.
+            let mut o = o.clone();
+            o.as_object_mut().unwrap().retain(|k, _| k != "kind" && k != "apiVersion");
+            o
+        })
+        .collect();
+    let body = json!({"kind": format!("{kind}List"), "apiVersion": api_version, "metadata": {"resourceVersion": i.rv.to_string()}, "items": items});
+    json_response(StatusCode::OK, &body)
+}
+
+/// The events of `path` after `from`, then every later one, until the watches are dropped.
+fn watch_stream(s: Arc<Shared>, path: &'static str, from: u64, epoch: u64) -> Response<Body> {
+    let tick = s.tick.subscribe();
+    // The first event is the first after `from`; later ones follow the last sent in log order
+    // (a bookmark may carry the resourceVersion of the event before it).
+    let events = futures_util::stream::unfold((s, tick, None::<u64>), move |(s, mut tick, mut sent)| async move {
+        loop {
+            {
+                let mut i = s.inner.lock().unwrap();
+                if i.epoch != epoch {
+                    return None;
+                }
+                let next = i.log.iter().find(|e| e.path == path && sent.map_or(e.rv > from, |seq| e.seq > seq));
+                if let Some(e) = next {
+                    let (frame, seq) = (Frame::data(e.line.clone()), e.seq);
+                    sent = Some(seq);
+                    let d = i.delivered.entry(path).or_default();
+                    *d = (*d).max(seq);
+                    drop(i);
+                    return Some((Ok::<_, Infallible>(frame), (s, tick, sent)));
+                }
+            }
+            if tick.changed().await.is_err() {
+                return None;
+            }
+        }
+    });
+    let body = StreamBody::new(events).boxed();
+    Response::builder().header("content-type", "application/json").body(body).unwrap()
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code})
+}
+
+fn json_response(code: StatusCode, body: &Value) -> Response<Body> {
+    Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(serde_json::to_vec(body).unwrap())).boxed())
+        .unwrap()
+}
