@@ -1,0 +1,50 @@
+//! The HTML index at `/` of every management server (root only; fails without): it lists
+//! exactly the endpoints each server answers, and every listed path answers (the index and the
+//! router come from one table, so this fails if a handler itself answers 404 or the table and
+//! this list part ways).
+
+mod common;
+
+use common::sim::*;
+
+/// The `href`s of an index page, in order.
+fn links(html: &str) -> Vec<String> {
+    html.split("href=\"").skip(1).filter_map(|rest| rest.split_once('"')).map(|(href, _)| href.replace("&amp;", "&")).collect()
+}
+
+/// GETs `/` through `get`, checks it is an HTML index listing exactly `want`, and that each
+/// listed path answers something other than 404 while an unlisted one gets 404.
+fn check_index(server: &str, want: &[&str], get: &dyn Fn(&str) -> (u16, String)) {
+    let (status, html) = get("/");
+    assert_eq!(status, 200, "{server} /: {html}");
+    assert!(html.starts_with("<!DOCTYPE html>") && html.contains("<table>"), "{server} / is not an HTML index:\n{html}");
+    assert_eq!(links(&html), want, "{server} lists other endpoints:\n{html}");
+    for path in want {
+        // The CPU profile is asked for one second, not its 10 s default.
+        let target = if path.ends_with("/profile") { format!("{path}?seconds=1") } else { path.to_string() };
+        let (status, body) = get(&target);
+        assert_ne!(status, 404, "{server} lists {path}, which answers 404: {body}");
+    }
+    assert_eq!(get("/not-an-endpoint").0, 404, "{server}: an unlisted path");
+}
+
+#[test]
+fn every_management_server_indexes_exactly_what_it_answers() {
+    let mut sim = cluster(FRONTEND_BACKEND);
+    sim.start_controller().expect("start the controller");
+    let sim = &*sim;
+    let node = &sim.nodes[1];
+    let on_node = |port: u16| move |target: &str| node.request(port, "GET", target).expect("request");
+    check_index("proxy admin (15000)", &["/config_dump", "/logging", "/debug/authorization", "/quitquitquit"], &on_node(15000));
+    check_index("proxy metrics (15020)", &["/metrics", "/stats/prometheus"], &on_node(15020));
+    check_index("proxy readiness (15021)", &["/healthz/ready"], &on_node(15021));
+    check_index("agent (15014)", &["/healthz", "/readyz", "/debug/pods", "/metrics", "/stats/prometheus"], &on_node(15014));
+    let on_controller = |port: u16| move |target: &str| sim.controller_request(port, "GET", target).expect("request");
+    check_index("controller readiness (15021)", &["/healthz/ready"], &on_controller(15021));
+    check_index("controller metrics (15014)", &["/metrics", "/stats/prometheus"], &on_controller(15014));
+    // The index is for people: each row says what the endpoint answers.
+    let (_, html) = node.request(15000, "GET", "/").unwrap();
+    assert!(html.contains("drain open connections and exit"), "{html}");
+    // Listing /quitquitquit must not have stopped the proxy (GET is refused).
+    assert!(node.ready(), "the proxy still runs after its index was walked");
+}
