@@ -26,6 +26,9 @@ pub(crate) struct AdminState {
     pub(crate) certs: Arc<CertManager>,
     pub(crate) log: Arc<LogHandle>,
     pub(crate) metrics: PrometheusHandle,
+    /// The data-path runtime, whose `tokio_*` families the metrics port exports (the admin
+    /// servers run on their own).
+    pub(crate) runtime: tokio::runtime::Handle,
     pub(crate) ready: Readiness,
     pub(crate) quit: mpsc::Sender<()>,
     /// Open inbound connections, for the dump's `workloadState`.
@@ -146,7 +149,7 @@ const READINESS: &[Endpoint<AdminState>] = &[Endpoint {
 }];
 
 fn scrape(a: &AdminState, req: &Request<Incoming>) -> Reply {
-    metrics_response(&a.metrics, req).into()
+    metrics_response(&a.metrics, &a.runtime, req).into()
 }
 
 fn quit(a: &AdminState, req: &Request<Incoming>) -> Resp {

@@ -19,6 +19,8 @@ pub(crate) struct Management {
     pub(crate) agent: Arc<Agent>,
     pub(crate) ready: Arc<AtomicBool>,
     pub(crate) metrics: PrometheusHandle,
+    /// The agent's runtime, for the `tokio_*` families.
+    pub(crate) runtime: tokio::runtime::Handle,
 }
 
 /// The routes, for `telemetry::http::serve`.
@@ -61,7 +63,7 @@ fn readiness(m: &Management) -> Resp {
 
 fn scrape(m: &Arc<Management>, req: &Request<Incoming>) -> Reply {
     m.agent.publish_gauges();
-    metrics_response(&m.metrics, req).into()
+    metrics_response(&m.metrics, &m.runtime, req).into()
 }
 
 /// Every pod the agent has a record of: the record, what the cluster state now decides for it

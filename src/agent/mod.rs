@@ -116,7 +116,7 @@ async fn serve(args: AgentArgs, metrics: metrics_exporter_prometheus::Prometheus
         stats,
         "metrics",
         telemetry::http::HEADER_TIMEOUT,
-        admin::route(admin::Management { agent: agent.clone(), ready: ready.clone(), metrics }),
+        admin::route(admin::Management { agent: agent.clone(), ready: ready.clone(), metrics, runtime: tokio::runtime::Handle::current() }),
     ));
     agent.restore().await;
     ready.store(true, std::sync::atomic::Ordering::Release);

@@ -29,13 +29,14 @@ struct Management {
     ready: Ready,
     resources: watch::Receiver<Arc<Resources>>,
     metrics: PrometheusHandle,
+    runtime: tokio::runtime::Handle,
 }
 
 pub(crate) fn start(args: &ControllerArgs, resources: watch::Receiver<Arc<Resources>>) -> std::io::Result<Ready> {
     let ready = Ready(Arc::default());
     let metrics = crate::telemetry::metrics::install(Role::Controller);
     let (r, m) = (bind(args.readiness_addr)?, bind(args.stats_addr)?);
-    let state = Arc::new(Management { ready: ready.clone(), resources, metrics });
+    let state = Arc::new(Management { ready: ready.clone(), resources, metrics, runtime: tokio::runtime::Handle::current() });
     let s = state.clone();
     tokio::spawn(serve(r, "readiness", HEADER_TIMEOUT, move |req| dispatch("ferry controller: readiness", &[READINESS], &s, req)));
     tokio::spawn(serve(m, "metrics", HEADER_TIMEOUT, move |req| dispatch("ferry controller: metrics", &[STATS], &state, req)));
@@ -56,5 +57,5 @@ const STATS: &[Endpoint<Arc<Management>>] = &metrics_endpoints(scrape);
 
 fn scrape(m: &Arc<Management>, req: &Request<Incoming>) -> Reply {
     metrics::gauge!("ferry_controller_resources").set(m.resources.borrow().len() as f64);
-    metrics_response(&m.metrics, req).into()
+    metrics_response(&m.metrics, &m.runtime, req).into()
 }

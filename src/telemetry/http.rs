@@ -125,10 +125,10 @@ fn escape(s: &str) -> String {
     out
 }
 
-/// The Prometheus exposition, for a `/metrics` or `/stats/prometheus` entry of a table (the
-/// paths ztunnel and istiod answer on).
-pub(crate) fn metrics_response(handle: &PrometheusHandle, req: &Request<Incoming>) -> Resp {
-    super::exposition::response(handle, req.headers())
+/// The Prometheus exposition with `runtime`'s families, for a `/metrics` or
+/// `/stats/prometheus` entry of a table (the paths ztunnel and istiod answer on).
+pub(crate) fn metrics_response(handle: &PrometheusHandle, runtime: &tokio::runtime::Handle, req: &Request<Incoming>) -> Resp {
+    super::exposition::response(handle, runtime, req.headers())
 }
 
 /// Request-header deadline for the roles that have no `FERRY_HTTP_HEADER_TIMEOUT` setting.

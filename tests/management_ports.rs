@@ -1,11 +1,12 @@
-//! The HTML index at `/` of every management server (root only; fails without): it lists
-//! exactly the endpoints each server answers, and every listed path answers (the index and the
+//! Every role's management ports (root only; fails without). The HTML index at `/` of each
+//! lists exactly the endpoints it answers, and every listed path answers (the index and the
 //! router come from one table, so this fails if a handler itself answers 404 or the table and
-//! this list part ways).
+//! this list part ways). Every metrics port exports ztunnel's `tokio_*` runtime families.
 
 mod common;
 
 use common::sim::*;
+use ferry_harness::sim::observe::metric;
 
 /// The `href`s of an index page, in order.
 fn links(html: &str) -> Vec<String> {
@@ -47,4 +48,38 @@ fn every_management_server_indexes_exactly_what_it_answers() {
     assert!(html.contains("drain open connections and exit"), "{html}");
     // Listing /quitquitquit must not have stopped the proxy (GET is refused).
     assert!(node.ready(), "the proxy still runs after its index was walked");
+}
+
+/// The families ztunnel's runtime collector exports, by type.
+const TOKIO_GAUGES: [&str; 3] = ["tokio_num_workers", "tokio_num_alive_tasks", "tokio_global_queue_depth"];
+const TOKIO_COUNTERS: [&str; 3] =
+    ["tokio_worker_total_busy_duration_seconds_total", "tokio_worker_park_count_total", "tokio_worker_park_unpark_count_total"];
+
+/// `text` carries each tokio family with its type, one per-worker series per worker, and
+/// returns the worker count it reports.
+fn tokio_families(role: &str, text: &str) -> f64 {
+    for g in TOKIO_GAUGES {
+        assert!(text.contains(&format!("# TYPE {g} gauge\n")), "{role}: {g}\n{text}");
+    }
+    let workers = metric(text, "tokio_num_workers", &[]).unwrap_or_else(|| panic!("{role}: tokio_num_workers\n{text}"));
+    for c in TOKIO_COUNTERS {
+        assert!(text.contains(&format!("# TYPE {c} counter\n")), "{role}: {c}\n{text}");
+        let series = text.lines().filter(|l| l.starts_with(&format!("{c}{{worker=\""))).count();
+        assert_eq!(series as f64, workers, "{role}: one {c} series per worker\n{text}");
+    }
+    workers
+}
+
+#[test]
+fn every_metrics_port_exports_the_tokio_runtime_families() {
+    let mut sim = cluster(FRONTEND_BACKEND);
+    sim.start_controller().expect("start the controller");
+    let node = &sim.nodes[1];
+    // The proxy's families describe its data path, not the admin thread's runtime.
+    let want = node.dump().unwrap()["config"]["numWorkerThreads"].as_f64().expect("numWorkerThreads");
+    assert_eq!(tokio_families("proxy", &node.metrics().unwrap()), want, "the data path's workers");
+    let alive = metric(&node.metrics().unwrap(), "tokio_num_alive_tasks", &[]).unwrap();
+    assert!(alive >= 1.0, "the proxy's listeners are tasks: {alive}");
+    assert_eq!(tokio_families("agent", &node.agent("/metrics").unwrap()), 1.0, "the agent runs one current-thread runtime");
+    tokio_families("controller", &sim.controller_metrics().unwrap());
 }
