@@ -133,6 +133,18 @@ const ADMIN: &[Endpoint<AdminState>] = &[
         about: "what the destination's policies would decide for such a connection, and which policy decided",
         handler: |a, req| explain(a, req.uri().query().unwrap_or("")).into(),
     },
+    Endpoint {
+        path: "/debug/pprof/profile",
+        usage: "GET ?seconds=N (default 10, at most 60)",
+        about: "a CPU profile of every thread in pprof's protobuf format (go tool pprof); one at a time",
+        handler: |_, req| crate::telemetry::profile::cpu(req.uri().query().unwrap_or("")),
+    },
+    Endpoint {
+        path: "/debug/pprof/heap",
+        usage: "GET",
+        about: "501: glibc malloc records no allocation stacks, so there is no heap profile (the answer says what would enable one)",
+        handler: |_, _| crate::telemetry::profile::heap().into(),
+    },
     Endpoint { path: "/quitquitquit", usage: "POST", about: "drain open connections and exit", handler: |a, req| quit(a, req).into() },
 ];
 

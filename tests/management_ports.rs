@@ -36,7 +36,11 @@ fn every_management_server_indexes_exactly_what_it_answers() {
     let sim = &*sim;
     let node = &sim.nodes[1];
     let on_node = |port: u16| move |target: &str| node.request(port, "GET", target).expect("request");
-    check_index("proxy admin (15000)", &["/config_dump", "/logging", "/debug/authorization", "/quitquitquit"], &on_node(15000));
+    check_index(
+        "proxy admin (15000)",
+        &["/config_dump", "/logging", "/debug/authorization", "/debug/pprof/profile", "/debug/pprof/heap", "/quitquitquit"],
+        &on_node(15000),
+    );
     check_index("proxy metrics (15020)", &["/metrics", "/stats/prometheus"], &on_node(15020));
     check_index("proxy readiness (15021)", &["/healthz/ready"], &on_node(15021));
     check_index("agent (15014)", &["/healthz", "/readyz", "/debug/pods", "/metrics", "/stats/prometheus"], &on_node(15014));
@@ -82,4 +86,89 @@ fn every_metrics_port_exports_the_tokio_runtime_families() {
     assert!(alive >= 1.0, "the proxy's listeners are tasks: {alive}");
     assert_eq!(tokio_families("agent", &node.agent("/metrics").unwrap()), 1.0, "the agent runs one current-thread runtime");
     tokio_families("controller", &sim.controller_metrics().unwrap());
+}
+
+/// The parts of pprof's `profile.proto` the checks read, decoded independently of ferry's
+/// encoder (field numbers from the published schema).
+mod pprof_proto {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Profile {
+        #[prost(message, repeated, tag = "2")]
+        pub sample: Vec<Sample>,
+        #[prost(message, repeated, tag = "5")]
+        pub function: Vec<Function>,
+        #[prost(string, repeated, tag = "6")]
+        pub string_table: Vec<String>,
+        #[prost(int64, tag = "10")]
+        pub duration_nanos: i64,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Sample {
+        #[prost(uint64, repeated, tag = "1")]
+        pub location_id: Vec<u64>,
+        #[prost(int64, repeated, tag = "2")]
+        pub value: Vec<i64>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Function {
+        #[prost(uint64, tag = "1")]
+        pub id: u64,
+        #[prost(int64, tag = "2")]
+        pub name: i64,
+    }
+}
+
+#[test]
+fn the_proxy_serves_a_cpu_profile_while_traffic_flows_and_explains_the_missing_heap_profile() {
+    let sim = cluster(FRONTEND_BACKEND);
+    let node = &sim.nodes[1];
+    for bad in ["0", "61", "abc", ""] {
+        let (status, body) = node.request(15000, "GET", &format!("/debug/pprof/profile?seconds={bad}")).unwrap();
+        assert_eq!(status, 400, "seconds={bad}: {body}");
+        assert!(body.contains("from 1 to 60"), "{body}");
+    }
+    // Traffic through node-2's proxy for as long as the profile runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (from, dst) = (sim.pod("shop", "frontend").netns_path(), sim.pod("shop", "backend").addr(8080));
+    let traffic = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut ok = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                ok += u32::from(ferry_harness::sim::apps::roundtrip(&from, dst, vec![7u8; 64 * 1024]).is_ok());
+            }
+            ok
+        })
+    };
+    let profile = std::thread::scope(|s| {
+        let first = s.spawn(|| node.request_bytes(15000, "/debug/pprof/profile?seconds=2", std::time::Duration::from_secs(60)));
+        // A second request while the first runs is refused, not queued.
+        let mut busy = None;
+        eventually("a concurrent profile request to be refused", || {
+            let (status, body) = node.request(15000, "GET", "/debug/pprof/profile?seconds=1").unwrap();
+            busy = Some((status, body));
+            status == 429 || first.is_finished()
+        });
+        let (status, body) = busy.unwrap();
+        assert_eq!(status, 429, "{body}");
+        assert!(body.contains("already being taken"), "{body}");
+        first.join().unwrap().expect("profile request")
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(traffic.join().unwrap() > 0, "traffic flowed during the profile");
+    let (status, body) = profile;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let p = <pprof_proto::Profile as prost::Message>::decode(&body[..]).expect("a pprof protobuf");
+    assert!(!p.sample.is_empty(), "the profile has samples");
+    assert!(p.sample.iter().all(|s| s.value.len() == 2 && !s.location_id.is_empty()), "(count, cpu ns) with a stack");
+    assert!(p.duration_nanos >= 2_000_000_000, "it ran for the two seconds asked: {}", p.duration_nanos);
+    let names: Vec<&str> = p.function.iter().filter_map(|f| p.string_table.get(f.name as usize)).map(String::as_str).collect();
+    assert!(names.iter().any(|n| n.starts_with("ferry::")), "function names from ferry: {names:?}");
+    // The slot is free again.
+    let (status, _) = node.request_bytes(15000, "/debug/pprof/profile?seconds=1", std::time::Duration::from_secs(60)).unwrap();
+    assert_eq!(status, 200);
+
+    let (status, body) = node.request(15000, "GET", "/debug/pprof/heap").unwrap();
+    assert_eq!(status, 501, "{body}");
+    assert!(body.contains("glibc malloc") && body.contains("jemalloc"), "says why and what would enable it: {body}");
 }

@@ -5,6 +5,8 @@
 //! paths that answer.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -35,9 +37,11 @@ pub(crate) fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::Tc
     tokio::net::TcpListener::from_std(l)
 }
 
-/// What a handler answers.
+/// What a handler answers: at once, or after work that takes a while (a CPU profile runs for
+/// seconds) and must not stop the server answering other requests meanwhile.
 pub(crate) enum Reply {
     Now(Resp),
+    Later(Pin<Box<dyn Future<Output = Resp> + Send>>),
 }
 
 impl From<Resp> for Reply {
@@ -50,6 +54,7 @@ impl Reply {
     async fn resolve(self) -> Resp {
         match self {
             Reply::Now(r) => r,
+            Reply::Later(f) => f.await,
         }
     }
 }
