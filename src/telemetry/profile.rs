@@ -1,9 +1,9 @@
 //! `/debug/pprof/profile` and `/debug/pprof/heap` on the proxy's admin port. A CPU profile
 //! samples every thread with SIGPROF (pprof-rs) for a bounded number of seconds, one profile
 //! at a time, on a thread of its own, and is encoded as pprof's protobuf `Profile` (what
-//! `go tool pprof` reads). Nothing runs on the data path unless a profile is being taken.
+//! `go tool pprof` reads). Nothing runs on the data path unless a profile is being taken. A
+//! build without the `cpu-profile` feature answers 501.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ const DEFAULT_SECONDS: u64 = 10;
 /// The longest profile served: the sampling signal costs the data path while it runs.
 const MAX_SECONDS: u64 = 60;
 /// Samples per second per CPU-second (pprof's usual rate; not a multiple of common timers).
+#[cfg(feature = "cpu-profile")]
 const FREQUENCY: i32 = 99;
 
 #[derive(Debug, thiserror::Error)]
@@ -24,10 +25,15 @@ pub(crate) enum ProfileError {
     Seconds(String),
     #[error("a CPU profile is already being taken; retry when it finishes (at most {MAX_SECONDS} s)")]
     Busy,
+    #[cfg(feature = "cpu-profile")]
     #[error("cannot start the CPU profiler: {0}")]
     Start(::pprof::Error),
+    #[cfg(feature = "cpu-profile")]
     #[error("cannot build the CPU profile: {0}")]
     Report(::pprof::Error),
+    #[cfg(not(feature = "cpu-profile"))]
+    #[error("this build leaves the CPU profiler out; build ferry with the cargo feature cpu-profile (a default feature)")]
+    NotBuilt,
     #[error("the profiler thread stopped without a profile")]
     Lost,
 }
@@ -37,6 +43,8 @@ impl ProfileError {
         let status = match self {
             ProfileError::Seconds(_) => StatusCode::BAD_REQUEST,
             ProfileError::Busy => StatusCode::TOO_MANY_REQUESTS,
+            #[cfg(not(feature = "cpu-profile"))]
+            ProfileError::NotBuilt => StatusCode::NOT_IMPLEMENTED,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         text(status, format!("{self}\n"))
@@ -105,6 +113,12 @@ pub(crate) fn cpu(query: &str) -> Reply {
     }))
 }
 
+#[cfg(not(feature = "cpu-profile"))]
+fn take(_: Duration) -> Result<Vec<u8>, ProfileError> {
+    Err(ProfileError::NotBuilt)
+}
+
+#[cfg(feature = "cpu-profile")]
 fn take(length: Duration) -> Result<Vec<u8>, ProfileError> {
     // The C library's own frames say nothing about ferry and unwind poorly.
     let guard = ::pprof::ProfilerGuardBuilder::default()
@@ -131,6 +145,7 @@ pub(crate) fn heap() -> Resp {
 
 /// pprof's `profile.proto` (github.com/google/pprof), the messages and fields a CPU profile
 /// uses; strings are indices into `string_table`, whose entry 0 is "".
+#[cfg(feature = "cpu-profile")]
 pub(crate) mod proto {
     #[derive(Clone, PartialEq, prost::Message)]
     pub(crate) struct Profile {
@@ -211,16 +226,18 @@ pub(crate) mod proto {
 
 /// Builds the tables of a `Profile`: interned strings, one function per symbol name and one
 /// location per (function, line).
+#[cfg(feature = "cpu-profile")]
 #[derive(Default)]
 struct Tables {
     strings: Vec<String>,
-    string_ids: HashMap<String, i64>,
+    string_ids: std::collections::HashMap<String, i64>,
     functions: Vec<proto::Function>,
-    function_ids: HashMap<String, u64>,
+    function_ids: std::collections::HashMap<String, u64>,
     locations: Vec<proto::Location>,
-    location_ids: HashMap<(u64, i64), u64>,
+    location_ids: std::collections::HashMap<(u64, i64), u64>,
 }
 
+#[cfg(feature = "cpu-profile")]
 impl Tables {
     fn string(&mut self, s: &str) -> i64 {
         if self.strings.is_empty() {
@@ -259,6 +276,7 @@ impl Tables {
 
 /// A report as pprof's CPU profile: values are (samples, CPU nanoseconds), each sample labelled
 /// with its thread, its locations leaf first.
+#[cfg(feature = "cpu-profile")]
 fn encode(report: &::pprof::Report) -> proto::Profile {
     let mut t = Tables::default();
     let period = 1_000_000_000 / i64::from(report.timing.frequency.max(1));
@@ -311,6 +329,7 @@ mod tests {
         assert!(Slot::take().is_ok(), "the slot is free once the profile ends");
     }
 
+    #[cfg(feature = "cpu-profile")]
     #[test]
     fn strings_are_interned_after_the_empty_string() {
         let mut t = Tables::default();
