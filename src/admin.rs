@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use crate::config::Config;
 use crate::readiness::Readiness;
 use crate::state::StateStore;
-use crate::telemetry::http::{text, Resp};
+use crate::telemetry::http::{dispatch, metrics_endpoints, metrics_response, text, Endpoint, Reply, Resp};
 use crate::telemetry::LogHandle;
 use crate::tls::certs::CertManager;
 
@@ -26,6 +26,9 @@ pub(crate) struct AdminState {
     pub(crate) certs: Arc<CertManager>,
     pub(crate) log: Arc<LogHandle>,
     pub(crate) metrics: PrometheusHandle,
+    /// The data-path runtime, whose `tokio_*` families the metrics port exports (the admin
+    /// servers run on their own).
+    pub(crate) runtime: tokio::runtime::Handle,
     pub(crate) ready: Readiness,
     pub(crate) quit: mpsc::Sender<()>,
     /// Open inbound connections, for the dump's `workloadState`.
@@ -93,48 +96,86 @@ pub(crate) fn start(admin: Arc<AdminState>) -> std::io::Result<[SocketAddr; 3]> 
 /// `FERRY_HTTP_HEADER_TIMEOUT`.
 async fn serve(l: TcpListener, kind: Server, admin: Arc<AdminState>) {
     let header_timeout = admin.cfg.limits.http_header_timeout;
-    crate::telemetry::http::serve(l, kind.name(), header_timeout, move |req| route(kind, &admin, req)).await
+    let (name, title, table) = kind.endpoints();
+    crate::telemetry::http::serve(l, name, header_timeout, move |req| dispatch(title, &[table], &admin, req)).await
 }
 
 impl Server {
-    fn name(self) -> &'static str {
+    /// The listener's name (for logs and shedding metrics), its index title and its table.
+    fn endpoints(self) -> (&'static str, &'static str, &'static [Endpoint<AdminState>]) {
         match self {
-            Server::Admin => "admin",
-            Server::Stats => "metrics",
-            Server::Readiness => "readiness",
+            Server::Admin => ("admin", "ferry node proxy: admin", ADMIN),
+            Server::Stats => ("metrics", "ferry node proxy: metrics", STATS),
+            Server::Readiness => ("readiness", "ferry node proxy: readiness", READINESS),
         }
     }
 }
 
-fn route(kind: Server, a: &AdminState, req: &Request<Incoming>) -> Resp {
-    let path = req.uri().path();
-    match (kind, path) {
-        (Server::Readiness, "/healthz/ready") if req.method() == Method::GET => readiness(a),
-        (Server::Readiness, "/healthz/ready") => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
-        (Server::Stats, "/metrics" | "/stats/prometheus") => crate::telemetry::exposition::response(&a.metrics, req.headers()),
-        (Server::Admin, "/config_dump") => json_resp(crate::config_dump::build(&a.dump_sources())),
-        (Server::Admin, "/logging") if matches!(*req.method(), Method::GET | Method::POST) => {
-            logging(&a.log, req.method(), req.uri().query().unwrap_or(""))
-        }
-        (Server::Admin, "/quitquitquit") if req.method() == Method::POST => {
-            // The drain starts a moment after this answer is written: an idle proxy exits as
-            // soon as it drains, and the caller should see its 200, not a reset.
-            let quit = a.quit.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                let _ = quit.try_send(());
-            });
-            text(StatusCode::OK, "shutting down\n")
-        }
-        (Server::Admin, "/logging") => text(StatusCode::METHOD_NOT_ALLOWED, "use GET to list or POST to change\n"),
-        (Server::Admin, "/quitquitquit") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
-        (Server::Admin, "/debug/authorization") => explain(a, req.uri().query().unwrap_or("")),
-        (Server::Admin, "/") => text(
-            StatusCode::OK,
-            "ferry admin\n  GET  /config_dump\n  GET  /debug/authorization?destination=<ip:port>&source_ip=<ip>[&source_identity=<spiffe id>]\n  GET  /logging (the current filter)\n  POST /logging?level=<level>|<target>=<level>[,...] (a level replaces the filter, target directives merge into it)\n  POST /logging?reset\n  POST /quitquitquit\n",
-        ),
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+const ADMIN: &[Endpoint<AdminState>] = &[
+    Endpoint {
+        path: "/config_dump",
+        usage: "GET",
+        about: "workloads, services, policies, certificates and per-pod connections, in ztunnel's shape (istioctl ztunnel-config, Kiali)",
+        handler: |a, _| json_resp(crate::config_dump::build(&a.dump_sources())).into(),
+    },
+    Endpoint {
+        path: "/logging",
+        usage: "GET (list) | POST ?level=<level>|<target>=<level>[,...] | POST ?reset",
+        about: "the log filter: a level replaces it, target directives merge into it, reset restores the start-up filter",
+        handler: |a, req| match *req.method() {
+            Method::GET | Method::POST => logging(&a.log, req.method(), req.uri().query().unwrap_or("")).into(),
+            _ => text(StatusCode::METHOD_NOT_ALLOWED, "use GET to list or POST to change\n").into(),
+        },
+    },
+    Endpoint {
+        path: "/debug/authorization",
+        usage: "GET ?destination=<ip:port>&source_ip=<ip>[&source_identity=<spiffe id>]",
+        about: "what the destination's policies would decide for such a connection, and which policy decided",
+        handler: |a, req| explain(a, req.uri().query().unwrap_or("")).into(),
+    },
+    Endpoint {
+        path: "/debug/pprof/profile",
+        usage: "GET ?seconds=N (default 10, at most 60)",
+        about: "a CPU profile of every thread in pprof's protobuf format (go tool pprof); one at a time",
+        handler: |_, req| crate::telemetry::profile::cpu(req.uri().query().unwrap_or("")),
+    },
+    Endpoint {
+        path: "/debug/pprof/heap",
+        usage: "GET",
+        about: "501: glibc malloc records no allocation stacks, so there is no heap profile (the answer says what would enable one)",
+        handler: |_, _| crate::telemetry::profile::heap().into(),
+    },
+    Endpoint { path: "/quitquitquit", usage: "POST", about: "drain open connections and exit", handler: |a, req| quit(a, req).into() },
+];
+
+const STATS: &[Endpoint<AdminState>] = &metrics_endpoints(scrape);
+
+const READINESS: &[Endpoint<AdminState>] = &[Endpoint {
+    path: "/healthz/ready",
+    usage: "GET",
+    about: "200 ready once certificates, state and the workload proxy manager are, else 500 naming what is pending",
+    handler: |a, req| match *req.method() {
+        Method::GET => readiness(a).into(),
+        _ => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n").into(),
+    },
+}];
+
+fn scrape(a: &AdminState, req: &Request<Incoming>) -> Reply {
+    metrics_response(&a.metrics, &a.runtime, req).into()
+}
+
+fn quit(a: &AdminState, req: &Request<Incoming>) -> Resp {
+    if req.method() != Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n");
     }
+    // The drain starts a moment after this answer is written: an idle proxy exits as soon as
+    // it drains, and the caller should see its 200, not a reset.
+    let quit = a.quit.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let _ = quit.try_send(());
+    });
+    text(StatusCode::OK, "shutting down\n")
 }
 
 fn readiness(a: &AdminState) -> Resp {

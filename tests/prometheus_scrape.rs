@@ -181,7 +181,12 @@ fn a_real_prometheus_scrapes_every_role_and_sees_the_dashboard_labels() {
     poll("one open socket per side in istio_tcp_sockets_open", &prom, |p| (sockets(p) == open(1.0)).then_some(()));
     drop(held);
     poll("no open sockets once the connection closed", &prom, |p| (sockets(p) == open(0.0)).then_some(()));
-    for family in ["process_open_fds", "process_resident_memory_bytes", "process_cpu_seconds_total"] {
+    let cni_latency =
+        query(&prom, "sum(ferry_agent_cni_request_duration_seconds_count{job=\"ferry-agent\",command=\"ADD\",result=\"ok\"})");
+    assert_eq!(cni_latency.first().map(|r| r.1), Some(on_node2), "each CNI ADD in the latency histogram: {cni_latency:?}");
+    for family in
+        ["process_open_fds", "process_resident_memory_bytes", "process_cpu_seconds_total", "tokio_num_workers", "tokio_num_alive_tasks"]
+    {
         assert_eq!(query(&prom, family).len(), 4, "{family} from every target");
     }
 }

@@ -11,28 +11,59 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
 use super::Agent;
-use crate::telemetry::http::{metrics_route, text, Resp};
+use crate::telemetry::http::{dispatch, metrics_endpoints, metrics_response, text, Endpoint, Reply, Resp};
 use ferry_core::k8s::capture::{decide, Capture};
 
+/// What the management port's handlers read.
+pub(crate) struct Management {
+    pub(crate) agent: Arc<Agent>,
+    pub(crate) ready: Arc<AtomicBool>,
+    pub(crate) metrics: PrometheusHandle,
+    /// The agent's runtime, for the `tokio_*` families.
+    pub(crate) runtime: tokio::runtime::Handle,
+}
+
 /// The routes, for `telemetry::http::serve`.
-pub(crate) fn route(
-    agent: Arc<Agent>,
-    ready: Arc<AtomicBool>,
-    metrics: PrometheusHandle,
-) -> impl Fn(&Request<Incoming>) -> Resp + Clone + Send + Sync + 'static {
-    let refresh = {
-        let agent = agent.clone();
-        move || agent.publish_gauges()
-    };
-    let scrape = metrics_route(metrics, refresh);
-    move |req| match req.uri().path() {
-        // Answering at all is liveness: the runtime that serves pods also serves this.
-        "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" if ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
-        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: restoring the redirection of recorded pods\n"),
-        "/debug/pods" => pods(&agent),
-        _ => scrape(req),
+pub(crate) fn route(m: Management) -> impl Fn(&Request<Incoming>) -> Reply + Clone + Send + Sync + 'static {
+    let m = Arc::new(m);
+    move |req| dispatch("ferry node agent", &[ENDPOINTS, METRICS], &m, req)
+}
+
+const METRICS: &[Endpoint<Arc<Management>>] = &metrics_endpoints(scrape);
+
+const ENDPOINTS: &[Endpoint<Arc<Management>>] = &[
+    // Answering at all is liveness: the runtime that serves pods also serves this.
+    Endpoint {
+        path: "/healthz",
+        usage: "GET",
+        about: "liveness: 200 while the agent's runtime answers",
+        handler: |_, _| text(StatusCode::OK, "ok\n").into(),
+    },
+    Endpoint {
+        path: "/readyz",
+        usage: "GET",
+        about: "readiness: 200 once the pods recorded before a restart have their redirection back, else 503",
+        handler: |m, _| readiness(m).into(),
+    },
+    Endpoint {
+        path: "/debug/pods",
+        usage: "GET",
+        about: "every pod the agent has a record of, what the cluster state decides for it, and whether a node proxy is connected",
+        handler: |m, _| pods(&m.agent).into(),
+    },
+];
+
+fn readiness(m: &Management) -> Resp {
+    if m.ready.load(Ordering::Acquire) {
+        text(StatusCode::OK, "ready\n")
+    } else {
+        text(StatusCode::SERVICE_UNAVAILABLE, "not ready: restoring the redirection of recorded pods\n")
     }
+}
+
+fn scrape(m: &Arc<Management>, req: &Request<Incoming>) -> Reply {
+    m.agent.publish_gauges();
+    metrics_response(&m.metrics, &m.runtime, req).into()
 }
 
 /// Every pod the agent has a record of: the record, what the cluster state now decides for it

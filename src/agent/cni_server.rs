@@ -97,6 +97,7 @@ impl Agent {
 
     async fn cni_request(&self, req: AgentRequest) -> AgentResponse {
         let command = req.command_name();
+        let started = std::time::Instant::now();
         let resp = match req {
             AgentRequest::Add(ev) => self.cni_add(ev).await,
             AgentRequest::Del(ev) => self.cni_del(ev).await,
@@ -106,6 +107,9 @@ impl Agent {
         };
         let outcome = if resp.ok { "ok" } else { "refused" };
         metrics::counter!("ferry_agent_cni_requests_total", "command" => command, "result" => outcome).increment(1);
+        // From a parsed request to its answer: an ADD's wait for the pod and its enrollment.
+        metrics::histogram!(crate::telemetry::metrics::CNI_DURATION, "command" => command, "result" => outcome)
+            .record(started.elapsed().as_secs_f64());
         if !resp.ok {
             tracing::warn!(command, error = %resp.message, "CNI request refused");
         }

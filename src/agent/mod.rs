@@ -116,7 +116,7 @@ async fn serve(args: AgentArgs, metrics: metrics_exporter_prometheus::Prometheus
         stats,
         "metrics",
         telemetry::http::HEADER_TIMEOUT,
-        admin::route(agent.clone(), ready.clone(), metrics),
+        admin::route(admin::Management { agent: agent.clone(), ready: ready.clone(), metrics, runtime: tokio::runtime::Handle::current() }),
     ));
     agent.restore().await;
     ready.store(true, std::sync::atomic::Ordering::Release);
@@ -260,6 +260,11 @@ impl Agent {
 
 /// `# HELP` for the agent's families.
 fn describe_metrics() {
+    metrics::describe_histogram!(
+        crate::telemetry::metrics::CNI_DURATION,
+        metrics::Unit::Seconds,
+        "Time from a CNI plugin's request to the agent's answer, by command and result"
+    );
     metrics::describe_gauge!("ferry_agent_enrolled_pods", "Pods on this node whose traffic the node proxy captures");
     metrics::describe_gauge!("ferry_agent_zds_connections", "Node proxies connected over ZDS");
     metrics::describe_counter!("ferry_agent_enrollment_failures_total", "Enrollment attempts that failed, by reason; retried");

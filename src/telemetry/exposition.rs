@@ -1,6 +1,7 @@
 //! The one Prometheus exposition every ferry role serves on its metrics port: the Prometheus
 //! text format 0.0.4 by default, OpenMetrics 1.0 when the scraper prefers it (Prometheus does
-//! by default), gzip when accepted, with the `process_*` families appended at scrape time.
+//! by default), gzip when accepted, with the `process_*` and `tokio_*` families appended at
+//! scrape time.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -21,11 +22,13 @@ pub(crate) enum Format {
     OpenMetrics,
 }
 
-/// Renders the process-wide registry in the format and encoding the request's headers ask for.
-pub(crate) fn response(handle: &PrometheusHandle, headers: &HeaderMap) -> Response<Full<Bytes>> {
+/// Renders the process-wide registry, with `runtime`'s families, in the format and encoding
+/// the request's headers ask for.
+pub(crate) fn response(handle: &PrometheusHandle, runtime: &tokio::runtime::Handle, headers: &HeaderMap) -> Response<Full<Bytes>> {
     let format = negotiate(header_str(headers, header::ACCEPT));
     let mut text = handle.render();
     text.push_str(&super::process::render());
+    text.push_str(&super::runtime::render(runtime));
     let (body, ctype) = match format {
         Format::Text => (text, TEXT),
         Format::OpenMetrics => (to_openmetrics(&text), OPENMETRICS),
@@ -219,7 +222,8 @@ lat_count 4\n\
         let mut h = HeaderMap::new();
         h.insert(header::ACCEPT, HeaderValue::from_static(PROMETHEUS_2_42));
         h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
-        let r = response(&handle, &h);
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let r = response(&handle, rt.handle(), &h);
         assert_eq!(r.headers()[header::CONTENT_TYPE], OPENMETRICS);
         assert_eq!(r.headers()[header::CONTENT_ENCODING], "gzip");
         let body = futures_body(r);
@@ -227,7 +231,9 @@ lat_count 4\n\
         std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&body[..]), &mut plain).unwrap();
         assert!(plain.ends_with("# EOF\n"), "{plain}");
         assert!(plain.contains("# TYPE process_cpu_seconds counter\n"), "{plain}");
-        let r = response(&handle, &HeaderMap::new());
+        // A counter family without `_total` in OpenMetrics, as ztunnel's collector names it.
+        assert!(plain.contains("# TYPE tokio_worker_park_count counter\ntokio_worker_park_count_total{worker=\"0\"}"), "{plain}");
+        let r = response(&handle, rt.handle(), &HeaderMap::new());
         assert_eq!(r.headers()[header::CONTENT_TYPE], TEXT);
         assert!(r.headers().get(header::CONTENT_ENCODING).is_none());
         let plain = String::from_utf8(futures_body(r).to_vec()).unwrap();

@@ -1,8 +1,12 @@
 //! A small management HTTP server for the roles without the proxy's admin runtime (the node
 //! agent and the controller) and the proxy's admin, metrics and readiness ports: one bounded
-//! accept path, readiness, and the shared Prometheus exposition.
+//! accept path, readiness, the shared Prometheus exposition, and endpoint tables from which
+//! both the router and the HTML index at `/` are derived, so the index lists exactly the
+//! paths that answer.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,19 +37,103 @@ pub(crate) fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::Tc
     tokio::net::TcpListener::from_std(l)
 }
 
-/// `/metrics` and `/stats/prometheus` (the paths ztunnel and istiod answer on), after
-/// `before_scrape` refreshes any gauges computed on demand.
-pub(crate) fn metrics_route(
-    handle: PrometheusHandle,
-    before_scrape: impl Fn() + Clone + Send + Sync + 'static,
-) -> impl Fn(&Request<Incoming>) -> Resp + Clone + Send + Sync + 'static {
-    move |req| match req.uri().path() {
-        "/metrics" | "/stats/prometheus" => {
-            before_scrape();
-            super::exposition::response(&handle, req.headers())
-        }
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+/// What a handler answers: at once, or after work that takes a while (a CPU profile runs for
+/// seconds) and must not stop the server answering other requests meanwhile.
+pub(crate) enum Reply {
+    Now(Resp),
+    Later(Pin<Box<dyn Future<Output = Resp> + Send>>),
+}
+
+impl From<Resp> for Reply {
+    fn from(r: Resp) -> Self {
+        Reply::Now(r)
     }
+}
+
+impl Reply {
+    async fn resolve(self) -> Resp {
+        match self {
+            Reply::Now(r) => r,
+            Reply::Later(f) => f.await,
+        }
+    }
+}
+
+/// One endpoint of a management server: the router answers `path` with `handler`, and the
+/// index at `/` lists it with `usage` (methods and parameters) and `about`.
+pub(crate) struct Endpoint<S> {
+    pub(crate) path: &'static str,
+    pub(crate) usage: &'static str,
+    pub(crate) about: &'static str,
+    pub(crate) handler: fn(&S, &Request<Incoming>) -> Reply,
+}
+
+/// `/metrics` and `/stats/prometheus` (the paths ztunnel and istiod answer on), both answered
+/// by `scrape`.
+pub(crate) const fn metrics_endpoints<S>(scrape: fn(&S, &Request<Incoming>) -> Reply) -> [Endpoint<S>; 2] {
+    [
+        Endpoint {
+            path: "/metrics",
+            usage: "GET",
+            about: "Prometheus metrics (text 0.0.4 or OpenMetrics 1.0, by Accept)",
+            handler: scrape,
+        },
+        Endpoint {
+            path: "/stats/prometheus",
+            usage: "GET",
+            about: "the same metrics, at the path Istio's scrape annotations name",
+            handler: scrape,
+        },
+    ]
+}
+
+/// Routes `req` through `tables` (one server's endpoints, in index order); `/` is their
+/// index, anything else is 404.
+pub(crate) fn dispatch<S>(title: &str, tables: &[&[Endpoint<S>]], state: &S, req: &Request<Incoming>) -> Reply {
+    let path = req.uri().path();
+    if path == "/" {
+        return index(title, tables).into();
+    }
+    match tables.iter().flat_map(|t| t.iter()).find(|e| e.path == path) {
+        Some(e) => (e.handler)(state, req),
+        None => text(StatusCode::NOT_FOUND, "not found; GET / lists the endpoints\n").into(),
+    }
+}
+
+/// The HTML index: one row per endpoint, its path a link.
+fn index<S>(title: &str, tables: &[&[Endpoint<S>]]) -> Resp {
+    let mut rows = String::new();
+    for e in tables.iter().flat_map(|t| t.iter()) {
+        let (path, usage, about) = (escape(e.path), escape(e.usage), escape(e.about));
+        rows.push_str(&format!("<tr><td><a href=\"{path}\">{path}</a></td><td><code>{usage}</code></td><td>{about}</td></tr>\n"));
+    }
+    let title = escape(title);
+    let body = format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title></head><body>\n<h1>{title}</h1>\n<table>\n<tr><th>path</th><th>usage</th><th>what it answers</th></tr>\n{rows}</table>\n</body></html>\n"
+    );
+    let mut r = text(StatusCode::OK, body);
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    r
+}
+
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The Prometheus exposition with `runtime`'s families, for a `/metrics` or
+/// `/stats/prometheus` entry of a table (the paths ztunnel and istiod answer on).
+pub(crate) fn metrics_response(handle: &PrometheusHandle, runtime: &tokio::runtime::Handle, req: &Request<Incoming>) -> Resp {
+    super::exposition::response(handle, runtime, req.headers())
 }
 
 /// Request-header deadline for the roles that have no `FERRY_HTTP_HEADER_TIMEOUT` setting.
@@ -63,9 +151,10 @@ const MANAGEMENT_KEEPALIVE: Keepalive =
 /// `header_timeout` to send each request's headers (which also closes idle keep-alive
 /// connections), bounds header size, and sets TCP keepalive so sockets of vanished clients
 /// are reclaimed.
-pub(crate) async fn serve<F>(l: tokio::net::TcpListener, name: &'static str, header_timeout: Duration, route: F)
+pub(crate) async fn serve<F, R>(l: tokio::net::TcpListener, name: &'static str, header_timeout: Duration, route: F)
 where
-    F: Fn(&Request<Incoming>) -> Resp + Clone + Send + Sync + 'static,
+    F: Fn(&Request<Incoming>) -> R + Clone + Send + Sync + 'static,
+    R: Into<Reply>,
 {
     let gate = Gate::new(name, HTTP_CONNECTIONS, HTTP_CONNECTIONS_PER_SOURCE);
     loop {
@@ -75,8 +164,8 @@ where
         let route = route.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
-                let r = route(&req);
-                async move { Ok::<_, Infallible>(r) }
+                let r = route(&req).into();
+                async move { Ok::<_, Infallible>(r.resolve().await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

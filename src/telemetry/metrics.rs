@@ -17,6 +17,8 @@ pub(crate) const FAILED: &str = "istio_tcp_connections_failed_total";
 pub(crate) const RECEIVED: &str = "istio_tcp_received_bytes_total";
 pub(crate) const SENT: &str = "istio_tcp_sent_bytes_total";
 pub(crate) const SOCKETS_OPEN: &str = "istio_tcp_sockets_open";
+/// How long the node agent took to answer a CNI request, by command and result.
+pub(crate) const CNI_DURATION: &str = "ferry_agent_cni_request_duration_seconds";
 
 const UNKNOWN: &str = "unknown";
 
@@ -54,7 +56,7 @@ pub(crate) fn install(role: Role) -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            let recorder = buckets(PrometheusBuilder::new()).build_recorder();
             let handle = recorder.handle();
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed; ferry metrics will not be exported");
@@ -68,6 +70,16 @@ pub(crate) fn install(role: Role) -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// Histograms are exported as Prometheus histograms (the exporter's default is a summary,
+/// which cannot be aggregated across nodes). A CNI ADD may wait up to `FERRY_POD_WAIT` for
+/// its pod, so the buckets reach 30 s.
+fn buckets(b: PrometheusBuilder) -> PrometheusBuilder {
+    const CNI: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+    let matcher = metrics_exporter_prometheus::Matcher::Full(CNI_DURATION.to_string());
+    // Only an empty bucket list is refused, and this one is not empty.
+    b.set_buckets_for_metric(matcher, CNI).unwrap_or_else(|_| PrometheusBuilder::new())
 }
 
 /// `# HELP` text for the families dashboards read, worded as ztunnel's.

@@ -8,6 +8,8 @@ pub(crate) mod http;
 pub(crate) mod log_filter;
 pub mod metrics;
 pub(crate) mod process;
+pub(crate) mod profile;
+pub(crate) mod runtime;
 
 use std::sync::Mutex;
 

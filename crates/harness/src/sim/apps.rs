@@ -88,15 +88,30 @@ pub fn connect(path: &std::path::Path, dst: SocketAddr) -> std::io::Result<TcpSt
 
 /// A blocking HTTP/1.1 request without a body; returns (status, body).
 pub(crate) fn http(path: &std::path::Path, addr: SocketAddr, method: &str, target: &str) -> std::io::Result<(u16, String)> {
+    let (status, body) = http_bytes(path, addr, method, target, Duration::from_secs(5))?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A blocking HTTP/1.1 request without a body, waiting up to `read_timeout` between reads;
+/// returns (status, body bytes).
+pub fn http_bytes(
+    path: &std::path::Path,
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    read_timeout: Duration,
+) -> std::io::Result<(u16, Vec<u8>)> {
     let (method, target) = (method.to_string(), target.to_string());
-    in_netns(path, move || -> std::io::Result<(u16, String)> {
+    in_netns(path, move || -> std::io::Result<(u16, Vec<u8>)> {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.set_read_timeout(Some(read_timeout))?;
         write!(s, "{method} {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
-        let mut resp = String::new();
-        s.read_to_string(&mut resp)?;
-        let status = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp)?;
+        let split = resp.windows(4).position(|w| w == b"\r\n\r\n");
+        let head = String::from_utf8_lossy(&resp[..split.unwrap_or(resp.len())]).into_owned();
+        let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = split.map(|i| resp[i + 4..].to_vec()).unwrap_or_default();
         Ok((status, body))
     })?
 }

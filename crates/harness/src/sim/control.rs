@@ -138,6 +138,13 @@ impl Sim {
         c.wait().ok()
     }
 
+    /// Any request to the controller's readiness (15021) or metrics (15014) port, whatever the
+    /// status; returns (status, body).
+    pub fn controller_request(&self, port: u16, method: &str, target: &str) -> Result<(u16, String)> {
+        let path = PathBuf::from(format!("/var/run/netns/{}", self.router));
+        Ok(apps::http(&path, SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port), method, target)?)
+    }
+
     /// GET from the controller's readiness (15021) or metrics (15014) port.
     pub fn controller_http(&self, port: u16, target: &str) -> Result<String> {
         let path = PathBuf::from(format!("/var/run/netns/{}", self.router));

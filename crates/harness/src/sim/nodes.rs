@@ -99,6 +99,19 @@ impl Node {
         self.http(15014, target)
     }
 
+    /// Any request to one of the node's management ports (inside the node's namespace),
+    /// whatever the status; returns (status, body).
+    pub fn request(&self, port: u16, method: &str, target: &str) -> Result<(u16, String)> {
+        let addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
+        Ok(apps::http(&self.netns_path(), addr, method, target)?)
+    }
+
+    /// As `request`, with a binary body and reads that may wait up to `read_timeout`.
+    pub fn request_bytes(&self, port: u16, target: &str, read_timeout: std::time::Duration) -> Result<(u16, Vec<u8>)> {
+        let addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
+        Ok(apps::http_bytes(&self.netns_path(), addr, "GET", target, read_timeout)?)
+    }
+
     pub(crate) fn http(&self, port: u16, target: &str) -> Result<String> {
         let addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
         let (status, body) = apps::http(&self.netns_path(), addr, "GET", target)?;
