@@ -99,13 +99,13 @@ pub struct ControllerArgs {
     /// The leader-election Lease (`coordination.k8s.io/v1`) in `--lease-namespace`. Only the
     /// holder writes to the API (the `istio-ca-root-cert` ConfigMaps); every replica serves
     /// xDS and the CA. Not used with `--cluster-state` (no API: nothing is written).
-    #[arg(long, env = "FERRY_LEADER_LEASE", default_value = "ferry-controller")]
+    #[arg(long, env = "FERRY_LEASE_NAME", default_value = "ferry-controller")]
     pub lease_name: String,
     /// The namespace of the Lease: the controller's own (downward API `POD_NAMESPACE`).
     #[arg(long, env = "POD_NAMESPACE", default_value = "istio-system")]
     pub lease_namespace: String,
     /// This replica's identity in the Lease; default `POD_NAME`, else the host name.
-    #[arg(long, env = "FERRY_LEADER_IDENTITY")]
+    #[arg(long, env = "FERRY_LEASE_IDENTITY")]
     pub lease_identity: Option<String>,
     /// How long a written Lease holds (whole seconds): another replica takes over this long
     /// after the leader's last renewal, and a leader that could not renew for this long
