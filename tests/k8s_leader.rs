@@ -1,7 +1,8 @@
 //! Leader election and root-certificate publication of `ferry controller` (the binary) on a
 //! fake Kubernetes API server, with short lease timings: two replicas elect exactly one
 //! writer, the other takes over once the killed leader's Lease expires; a replica that loses
-//! the race for the Lease (409) writes nothing; the leader keeps `istio-ca-root-cert` (the
+//! the race for the Lease (409) writes nothing; a leader that cannot renew stops writing a
+//! lease duration later and resumes once it renews again; the leader keeps `istio-ca-root-cert` (the
 //! CA's root PEM) in every namespace, fixes a tampered one, creates it in a new namespace and
 //! touches no other ConfigMap. Every assertion is on what the fake server holds or was sent.
 
@@ -80,7 +81,12 @@ fn setup(name: &str) -> (PathBuf, tokio::runtime::Runtime, FakeApiServer, String
     let dir = std::env::temp_dir().join(format!("ferry-lease-{name}-{}-{}", std::process::id(), fastrand::u32(..)));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("tokens"), "").unwrap();
-    let status = Command::new(env!("CARGO_BIN_EXE_ferry")).current_dir(&dir).args(["ca", "init", "ca"]).stderr(Stdio::null()).status();
+    let status = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .current_dir(&dir)
+        .args(["ca", "init", "ca"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
     assert!(status.unwrap().success(), "ferry ca init");
     let root = std::fs::read_to_string(dir.join("ca/root-cert.pem")).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
@@ -185,5 +191,36 @@ fn a_replica_that_loses_the_race_for_the_lease_writes_nothing() {
         server.wait_until("then published", DEADLINE, |s| root_in(s, "shop").as_deref() == Some(root.as_str())).await;
     });
     only_root_configmaps_written(&server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_leader_that_cannot_renew_stops_writing() {
+    let (dir, rt, server, root) = setup("stale");
+    let a = replica(&dir, &server, "ferry-a");
+    rt.block_on(async {
+        server.wait_until("published", DEADLINE, |s| root_in(s, "shop").as_deref() == Some(root.as_str())).await;
+        server.wait_until("leading", DEADLINE, |_| a.leader_gauge().as_deref() == Some("1")).await;
+        // The Lease cannot be read or renewed; ConfigMaps still can, so only the step-down
+        // keeps the replica from writing them.
+        server.set_failing("Lease", true);
+        server.wait_until("stepped down", DEADLINE, |_| a.leader_gauge().as_deref() == Some("0")).await;
+        let written = server.writes("ConfigMap").len();
+        server.apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": ROOT_CM, "namespace": "shop"},
+                            "data": {"root-cert.pem": "tampered"}}));
+        server.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "late"}}));
+        let reads = server.reads("Lease");
+        // Several retries (200 ms apart), each longer than a resync (300 ms) would need.
+        server.wait_until("five more tries of the Lease", DEADLINE, |s| s.reads("Lease") >= reads + 5).await;
+        assert_eq!(server.writes("ConfigMap").len(), written, "no ConfigMap write after stepping down");
+        assert_eq!(root_in(&server, "shop").as_deref(), Some("tampered"));
+        assert!(root_in(&server, "late").is_none());
+        // The API answers again: the Lease is still ours, so it is renewed and writes resume.
+        server.set_failing("Lease", false);
+        server.wait_until("the tampered root fixed", DEADLINE, |s| root_in(s, "shop").as_deref() == Some(root.as_str())).await;
+        server.wait_until("the new namespace's root", DEADLINE, |s| root_in(s, "late").as_deref() == Some(root.as_str())).await;
+    });
+    only_root_configmaps_written(&server);
+    drop(a);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -11,7 +11,8 @@
 //! read and written by name (get, create, replace) with the API server's optimistic
 //! concurrency: a replace whose `metadata.resourceVersion` is not the stored one, or a create
 //! of an existing name, is answered `409 Conflict`; a test can make the next write of a kind
-//! lose a race (another writer's object stored, then 409), and every write is recorded. It
+//! lose a race (another writer's object stored, then 409) or fail (500), and every write is
+//! recorded. It
 //! stores objects, nothing more: no validation, no selectors, no admission.
 
 #![allow(dead_code)]
@@ -107,6 +108,8 @@ struct Inner {
     /// token → (username, audiences, bound pod name).
     tokens: BTreeMap<String, (String, Vec<String>, Option<String>)>,
     writes: Vec<Write>,
+    /// Kinds whose by-name requests are answered 500, as by an API server in trouble.
+    failing: Vec<&'static str>,
     /// kind → GETs by name answered.
     reads: BTreeMap<&'static str, u64>,
     /// kind → the object another writer stores just before the next write of that kind,
@@ -245,7 +248,18 @@ impl FakeApiServer {
         self.shared.inner.lock().unwrap().writes.iter().filter(|w| w.kind == kind).cloned().collect()
     }
 
-    /// How many GETs by name of `kind` were answered.
+    /// Answers every by-name request of `kind` (a writable kind) 500 (`false`: normally again).
+    pub fn set_failing(&self, kind: &str, failing: bool) {
+        let kind = WRITABLE.iter().find(|w| w.0 == kind).map(|w| w.0).expect("a writable kind");
+        self.shared.change(|i| {
+            i.failing.retain(|k| *k != kind);
+            if failing {
+                i.failing.push(kind);
+            }
+        });
+    }
+
+    /// How many GETs by name of `kind` were answered (failed ones too).
     pub fn reads(&self, kind: &str) -> u64 {
         self.shared.inner.lock().unwrap().reads.iter().filter(|r| *r.0 == kind).map(|r| *r.1).sum()
     }
@@ -398,6 +412,10 @@ fn by_name(path: &str) -> Option<Target> {
 /// GET, POST (create) or PUT (replace) of one named object, with resourceVersion checks.
 fn named(s: &Shared, method: &http::Method, (kind, ns, name): Target, who: &str, body: &[u8]) -> Response<Body> {
     let mut i = s.inner.lock().unwrap();
+    if i.failing.contains(&kind) {
+        *i.reads.entry(kind).or_default() += u64::from(method == http::Method::GET);
+        return json_response(StatusCode::INTERNAL_SERVER_ERROR, &status(500, "InternalError", "the fake API server was told to fail"));
+    }
     let stored = |i: &Inner, name: &str| i.objects.get(path_of(kind)).and_then(|m| m.get(&format!("{ns}/{name}"))).cloned();
     if method == http::Method::GET {
         *i.reads.entry(kind).or_default() += 1;
