@@ -508,3 +508,33 @@ fn no_role_gets_more_than_it_needs() {
         }
     }
 }
+
+/// The controller's writes are exactly what leader election and the root-certificate
+/// publication use: ConfigMaps get/create/update (get and update only `istio-ca-root-cert`),
+/// Leases get/create/update (get and update only `ferry-controller`) in its namespace only.
+#[test]
+fn the_controller_may_write_only_its_lease_and_the_root_configmaps() {
+    let objs = rendered();
+    let rules = |kind: &str, name: &str| -> Vec<(Vec<String>, Vec<String>, Vec<String>)> {
+        let words = |v: &Value| v.as_array().map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect()).unwrap_or_default();
+        let o = find(&objs, kind, name);
+        o["rules"].as_array().unwrap().iter().map(|r| (words(&r["resources"]), words(&r["resourceNames"]), words(&r["verbs"]))).collect()
+    };
+    let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let cluster = rules("ClusterRole", "ferry-controller");
+    let configmaps: Vec<_> = cluster.iter().filter(|r| r.0 == ["configmaps"]).cloned().collect();
+    assert_eq!(
+        configmaps,
+        [
+            (owned(&["configmaps"]), vec![], owned(&["create"])),
+            (owned(&["configmaps"]), owned(&["istio-ca-root-cert"]), owned(&["get", "update"]))
+        ]
+    );
+    assert!(!cluster.iter().any(|r| r.0.contains(&"leases".to_string())), "no cluster-wide Lease access");
+    let leader = rules("Role", "ferry-controller-leader");
+    assert_eq!(
+        leader,
+        [(owned(&["leases"]), vec![], owned(&["create"])), (owned(&["leases"]), owned(&["ferry-controller"]), owned(&["get", "update"]))]
+    );
+    assert_eq!(find(&objs, "Role", "ferry-controller-leader")["metadata"]["namespace"], "istio-system");
+}

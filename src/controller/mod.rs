@@ -8,11 +8,17 @@
 //! with `--cluster-state`, from manifests on disk (the simulated cluster). Either way xDS is
 //! served only once the state is complete: from the API, once every kind's first list is in,
 //! so a restarted controller never tells proxies that the world is empty.
+//!
+//! On the API, replicas elect a leader with a Lease (`leader`); every replica serves xDS and
+//! the CA, only the leader writes (the root certificate's ConfigMaps, `root_cert`). With
+//! `--cluster-state` there is no API to write to: no election and no publication.
 
 mod ads;
 pub(crate) mod auth;
 mod ca;
 mod health;
+mod leader;
+mod root_cert;
 mod token_review;
 
 use std::net::SocketAddr;
@@ -21,6 +27,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferry_core::k8s::lease::Timings;
 use ferry_core::k8s::objects::ClusterState;
 use ferry_core::k8s::translate::{to_state, TranslateOptions};
 use ferry_core::timefmt::parse_duration;
@@ -89,6 +96,32 @@ pub struct ControllerArgs {
     /// Prometheus metrics (`/metrics`), 15014 as istiod.
     #[arg(long, env = "FERRY_STATS_ADDR", default_value = "[::]:15014")]
     pub stats_addr: SocketAddr,
+    /// The leader-election Lease (`coordination.k8s.io/v1`) in `--lease-namespace`. Only the
+    /// holder writes to the API (the `istio-ca-root-cert` ConfigMaps); every replica serves
+    /// xDS and the CA. Not used with `--cluster-state` (no API: nothing is written).
+    #[arg(long, env = "FERRY_LEASE_NAME", default_value = "ferry-controller")]
+    pub lease_name: String,
+    /// The namespace of the Lease: the controller's own (downward API `POD_NAMESPACE`).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "istio-system")]
+    pub lease_namespace: String,
+    /// This replica's identity in the Lease; default `POD_NAME`, else the host name.
+    #[arg(long, env = "FERRY_LEASE_IDENTITY")]
+    pub lease_identity: Option<String>,
+    /// How long a written Lease holds (whole seconds): another replica takes over this long
+    /// after the leader's last renewal, and a leader that could not renew for this long
+    /// stops writing.
+    #[arg(long, env = "FERRY_LEASE_DURATION", value_parser = parse_duration, default_value = "15s")]
+    pub lease_duration: Duration,
+    /// How often the leader renews the Lease (shorter than --lease-duration).
+    #[arg(long, env = "FERRY_LEASE_RENEW", value_parser = parse_duration, default_value = "10s")]
+    pub lease_renew: Duration,
+    /// How often a replica that does not lead tries the Lease again (shorter than --lease-renew).
+    #[arg(long, env = "FERRY_LEASE_RETRY", value_parser = parse_duration, default_value = "2s")]
+    pub lease_retry: Duration,
+    /// How often the leader re-checks `istio-ca-root-cert` in every namespace, besides on
+    /// every namespace change.
+    #[arg(long, env = "FERRY_ROOT_CERT_RESYNC", value_parser = parse_duration, default_value = "60s")]
+    pub root_cert_resync: Duration,
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "plain", ignore_case = true)]
     pub log_format: LogFormat,
     #[arg(long, env = "FERRY_LOG")]
@@ -107,6 +140,8 @@ pub enum ControllerError {
     Serve(String),
     #[error("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG): {0}")]
     Kube(String),
+    #[error(transparent)]
+    Lease(#[from] ferry_core::k8s::lease::LeaseError),
 }
 
 pub fn run_controller(args: ControllerArgs) -> Result<(), ControllerError> {
@@ -134,6 +169,17 @@ pub(crate) struct Running {
     closing: watch::Sender<bool>,
     /// Kept for the controller's life: dropping an API source stops its watches.
     _source: Arc<dyn ClusterSource>,
+    /// The election and publication tasks, stopped with the controller.
+    _writers: Vec<AbortOnDrop>,
+}
+
+/// A task aborted when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Running {
@@ -162,7 +208,15 @@ async fn kube_client() -> Result<kube::Client, ControllerError> {
 
 /// Where the cluster state and the token reviews come from: files when given, else the
 /// Kubernetes API (one client for both).
-async fn sources(args: &ControllerArgs) -> Result<(Arc<dyn ClusterSource>, String, Arc<dyn auth::TokenReviewer>), ControllerError> {
+struct Sources {
+    source: Arc<dyn ClusterSource>,
+    origin: String,
+    reviewer: Arc<dyn auth::TokenReviewer>,
+    /// The client when the state comes from the API: the one replicas elect on and write to.
+    writer: Option<kube::Client>,
+}
+
+async fn sources(args: &ControllerArgs) -> Result<Sources, ControllerError> {
     let client = match (&args.cluster_state, &args.token_file) {
         (Some(_), Some(_)) => None,
         _ => Some(kube_client().await?),
@@ -180,7 +234,27 @@ async fn sources(args: &ControllerArgs) -> Result<(Arc<dyn ClusterSource>, Strin
         Some(path) => Arc::new(auth::TokenFile::new(path)),
         None => Arc::new(token_review::KubeTokenReviewer::new(api()?)),
     };
-    Ok((source, origin, reviewer))
+    let writer = if args.cluster_state.is_none() { client } else { None };
+    Ok(Sources { source, origin, reviewer, writer })
+}
+
+/// On the API: the leader election and, while leading, the root certificate's publication.
+fn writers(
+    args: &ControllerArgs,
+    timings: Timings,
+    client: kube::Client,
+    ca: &LocalCa,
+    cluster: watch::Receiver<Arc<ClusterState>>,
+) -> Vec<AbortOnDrop> {
+    let election = leader::Election {
+        namespace: args.lease_namespace.clone(),
+        name: args.lease_name.clone(),
+        identity: args.lease_identity.clone().filter(|i| !i.is_empty()).unwrap_or_else(leader::default_identity),
+        timings,
+    };
+    let (leading, elect) = leader::start(client.clone(), election);
+    let publish = root_cert::start(client, ca.root_bundle().to_string(), leading, cluster, args.root_cert_resync);
+    vec![AbortOnDrop(elect), AbortOnDrop(publish)]
 }
 
 /// Waits until `source` is complete, saying what it waits for.
@@ -206,12 +280,18 @@ async fn wait_complete(source: &dyn ClusterSource) {
 
 /// Loads the state and the CA and binds every port; serving starts with [`Running::serve`].
 pub(crate) async fn bind(args: ControllerArgs) -> Result<Running, ControllerError> {
+    // Checked before anything starts, so a bad flag fails at once, not after the first lists.
+    let timings = Timings::new(args.lease_duration, args.lease_renew, args.lease_retry)?;
     let ca = Arc::new(LocalCa::load(&args.ca_dir)?);
-    let (source, origin, reviewer) = sources(&args).await?;
+    let Sources { source, origin, reviewer, writer } = sources(&args).await?;
     let ready = health::start(&args, source.clone())
         .map_err(|source| ControllerError::Io { what: "cannot bind the readiness or metrics port", source })?;
     wait_complete(source.as_ref()).await;
     let cluster = source.subscribe();
+    let _writers = match writer {
+        Some(client) => writers(&args, timings, client, &ca, cluster.clone()),
+        None => Vec::new(),
+    };
     let opts = TranslateOptions {
         trust_domain: args.trust_domain.clone(),
         cluster_id: args.cluster_id.clone(),
@@ -249,7 +329,7 @@ pub(crate) async fn bind(args: ControllerArgs) -> Result<Running, ControllerErro
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(AggregatedDiscoveryServiceServer::new(ads))
         .add_service(IstioCertificateServiceServer::new(cas));
-    Ok(Running { addr, listener, router, ready, closing, _source: source })
+    Ok(Running { addr, listener, router, ready, closing, _source: source, _writers })
 }
 
 /// Re-translates and re-encodes the state on every change; returns the current resources.

@@ -200,6 +200,11 @@ fn to_pem(der: &[u8]) -> String {
 }
 
 impl LocalCa {
+    /// The root bundle (`root-cert.pem`), as published in `istio-ca-root-cert`.
+    pub(crate) fn root_bundle(&self) -> &str {
+        &self.root_bundle
+    }
+
     /// A TLS serving certificate for `dns_names` (the control plane's address as clients dial
     /// it), with a fresh P-256 key: `(chain PEM, leaf first, root last; key PEM)`.
     pub(crate) fn serving_certificate(&self, dns_names: &[String], ttl: Duration) -> Result<(String, String), CaError> {

@@ -7,8 +7,13 @@
 //! event carrying `410 Gone`, as after etcd compaction. Every request's path and query are
 //! recorded so tests can assert what a client asked for. A `TokenReview` POST is answered from
 //! the tokens a test registers, with the API server's audience rule (a token whose audiences
-//! do not meet the requested ones is not authenticated). It stores objects, nothing more: no
-//! validation, no selectors, no admission.
+//! do not meet the requested ones is not authenticated). Leases and ConfigMaps can also be
+//! read and written by name (get, create, replace) with the API server's optimistic
+//! concurrency: a replace whose `metadata.resourceVersion` is not the stored one, or a create
+//! of an existing name, is answered `409 Conflict`; a test can make the next write of a kind
+//! lose a race (another writer's object stored, then 409) or fail (500), and every write is
+//! recorded. It
+//! stores objects, nothing more: no validation, no selectors, no admission.
 
 #![allow(dead_code)]
 
@@ -35,7 +40,26 @@ const RESOURCES: &[(&str, &str, &str)] = &[
     ("ServiceAccount", "v1", "/api/v1/serviceaccounts"),
     ("AuthorizationPolicy", "security.istio.io/v1", "/apis/security.istio.io/v1/authorizationpolicies"),
     ("PeerAuthentication", "security.istio.io/v1", "/apis/security.istio.io/v1/peerauthentications"),
+    ("Lease", "coordination.k8s.io/v1", "/apis/coordination.k8s.io/v1/leases"),
+    ("ConfigMap", "v1", "/api/v1/configmaps"),
 ];
+
+/// Kinds also served by name in a namespace: kind, group-version prefix, plural.
+const WRITABLE: &[(&str, &str, &str)] = &[("Lease", "/apis/coordination.k8s.io/v1", "leases"), ("ConfigMap", "/api/v1", "configmaps")];
+
+/// One write a client made (create or replace), answered `code`.
+#[derive(Clone, Debug)]
+pub struct Write {
+    pub kind: &'static str,
+    pub method: String,
+    pub namespace: String,
+    pub name: String,
+    pub code: u16,
+    /// The client's bearer token (see [`FakeApiServer::kubeconfig_as`]), empty without one.
+    pub who: String,
+    /// The object as sent.
+    pub object: Value,
+}
 
 const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 
@@ -83,6 +107,14 @@ struct Inner {
     missing: Vec<&'static str>,
     /// token → (username, audiences, bound pod name).
     tokens: BTreeMap<String, (String, Vec<String>, Option<String>)>,
+    writes: Vec<Write>,
+    /// Kinds whose by-name requests are answered 500, as by an API server in trouble.
+    failing: Vec<&'static str>,
+    /// kind → GETs by name answered.
+    reads: BTreeMap<&'static str, u64>,
+    /// kind → the object another writer stores just before the next write of that kind,
+    /// which is then answered 409.
+    race: BTreeMap<&'static str, Value>,
 }
 
 struct Shared {
@@ -92,6 +124,20 @@ struct Shared {
 }
 
 impl Inner {
+    /// Stores `object` at a new resourceVersion (`ADDED` or `MODIFIED`); returns it.
+    fn store(&mut self, mut object: Value) -> u64 {
+        let kind = object["kind"].as_str().expect("objects name their kind").to_string();
+        let path = path_of(&kind);
+        let key = key_of(&object);
+        self.rv += 1;
+        let rv = self.rv;
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let set = self.objects.entry(path).or_default();
+        let kind = if set.insert(key, object.clone()).is_some() { "MODIFIED" } else { "ADDED" };
+        self.log(path, rv, event_line(kind, &object));
+        rv
+    }
+
     fn log(&mut self, path: &'static str, rv: u64, line: Bytes) {
         self.logged += 1;
         self.log.push(Logged { seq: self.logged, path, rv, line });
@@ -135,6 +181,13 @@ impl FakeApiServer {
                                 let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                                 return Ok::<_, Infallible>(token_review(&s, &body));
                             }
+                            if let Some(target) = by_name(req.uri().path()) {
+                                let method = req.method().clone();
+                                let who = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
+                                let who = who.strip_prefix("Bearer ").unwrap_or(who).to_string();
+                                let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                                return Ok(named(&s, &method, target, &who, &body));
+                            }
                             Ok(answer(&s, &req))
                         }
                     });
@@ -156,27 +209,77 @@ impl FakeApiServer {
 
     /// A kubeconfig file for this server, for a process that reads `KUBECONFIG`.
     pub fn kubeconfig(&self) -> String {
+        self.kubeconfig_with("{}")
+    }
+
+    /// A kubeconfig whose client sends bearer token `who`, so writes name their writer.
+    pub fn kubeconfig_as(&self, who: &str) -> String {
+        self.kubeconfig_with(&format!("{{token: {who}}}"))
+    }
+
+    fn kubeconfig_with(&self, user: &str) -> String {
         format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"{}\"}}}}]\nusers: [{{name: fake, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\ncurrent-context: fake\n",
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"{}\"}}}}]\nusers: [{{name: fake, user: {user}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\ncurrent-context: fake\n",
             self.url()
         )
     }
 
     /// Creates or replaces an object (`ADDED` or `MODIFIED`); returns its resourceVersion.
-    pub fn apply(&self, mut object: Value) -> u64 {
-        let kind = object["kind"].as_str().expect("objects name their kind").to_string();
-        let path = path_of(&kind);
-        let key = key_of(&object);
+    pub fn apply(&self, object: Value) -> u64 {
         let mut rv = 0;
-        self.shared.change(|i| {
-            i.rv += 1;
-            rv = i.rv;
-            object["metadata"]["resourceVersion"] = json!(rv.to_string());
-            let set = i.objects.entry(path).or_default();
-            let kind = if set.insert(key, object.clone()).is_some() { "MODIFIED" } else { "ADDED" };
-            i.log(path, rv, event_line(kind, &object));
-        });
+        self.shared.change(|i| rv = i.store(object));
         rv
+    }
+
+    /// The stored object of `kind` named `namespace/name`.
+    pub fn get(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        let i = self.shared.inner.lock().unwrap();
+        i.objects.get(path_of(kind)).and_then(|m| m.get(&format!("{namespace}/{name}"))).cloned()
+    }
+
+    /// Every stored object of `kind`.
+    pub fn objects(&self, kind: &str) -> Vec<Value> {
+        let i = self.shared.inner.lock().unwrap();
+        i.objects.get(path_of(kind)).map(|m| m.values().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Every create or replace of `kind` so far, in order.
+    pub fn writes(&self, kind: &str) -> Vec<Write> {
+        self.shared.inner.lock().unwrap().writes.iter().filter(|w| w.kind == kind).cloned().collect()
+    }
+
+    /// Answers every by-name request of `kind` (a writable kind) 500 (`false`: normally again).
+    pub fn set_failing(&self, kind: &str, failing: bool) {
+        let kind = WRITABLE.iter().find(|w| w.0 == kind).map(|w| w.0).expect("a writable kind");
+        self.shared.change(|i| {
+            i.failing.retain(|k| *k != kind);
+            if failing {
+                i.failing.push(kind);
+            }
+        });
+    }
+
+    /// How many GETs by name of `kind` were answered (failed ones too).
+    pub fn reads(&self, kind: &str) -> u64 {
+        self.shared.inner.lock().unwrap().reads.iter().filter(|r| *r.0 == kind).map(|r| *r.1).sum()
+    }
+
+    /// Makes the next write of `kind` lose a race: `winner` is stored (as another client's
+    /// write) and the write is answered 409 Conflict.
+    pub fn lose_next_write(&self, kind: &str, winner: Value) {
+        let kind = RESOURCES.iter().find(|r| r.0 == kind).map(|r| r.0).expect("a served kind");
+        self.shared.change(|i| {
+            i.race.insert(kind, winner);
+        });
+    }
+
+    /// Waits (bounded) until `pred` holds of the server, e.g. of what [`Self::get`] returns.
+    pub async fn wait_until(&self, what: &str, timeout: Duration, pred: impl Fn(&FakeApiServer) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !pred(self) {
+            assert!(Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Deletes an object (`DELETED`, with its last state).
@@ -288,6 +391,71 @@ impl FakeApiServer {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+/// A request on a writable kind in a namespace: kind, namespace, name (None: the collection).
+type Target = (&'static str, String, Option<String>);
+
+fn by_name(path: &str) -> Option<Target> {
+    WRITABLE.iter().find_map(|(kind, prefix, plural)| {
+        let rest = path.strip_prefix(prefix)?.strip_prefix("/namespaces/")?;
+        let (ns, rest) = rest.split_once('/')?;
+        let rest = rest.strip_prefix(plural)?;
+        match rest.strip_prefix('/') {
+            None if rest.is_empty() => Some((*kind, ns.to_string(), None)),
+            Some(name) if !name.is_empty() && !name.contains('/') => Some((*kind, ns.to_string(), Some(name.to_string()))),
+            _ => None,
+        }
+    })
+}
+
+/// GET, POST (create) or PUT (replace) of one named object, with resourceVersion checks.
+fn named(s: &Shared, method: &http::Method, (kind, ns, name): Target, who: &str, body: &[u8]) -> Response<Body> {
+    let mut i = s.inner.lock().unwrap();
+    if i.failing.contains(&kind) {
+        *i.reads.entry(kind).or_default() += u64::from(method == http::Method::GET);
+        return json_response(StatusCode::INTERNAL_SERVER_ERROR, &status(500, "InternalError", "the fake API server was told to fail"));
+    }
+    let stored = |i: &Inner, name: &str| i.objects.get(path_of(kind)).and_then(|m| m.get(&format!("{ns}/{name}"))).cloned();
+    if method == http::Method::GET {
+        *i.reads.entry(kind).or_default() += 1;
+        return match name.as_deref().and_then(|n| stored(&i, n)) {
+            Some(o) => json_response(StatusCode::OK, &o),
+            None => json_response(StatusCode::NOT_FOUND, &status(404, "NotFound", &format!("{kind} {ns}/{name:?} not found"))),
+        };
+    }
+    let mut object: Value = serde_json::from_slice(body).unwrap_or_default();
+    let name = name.or_else(|| object["metadata"]["name"].as_str().map(String::from)).unwrap_or_default();
+    object["metadata"]["namespace"] = json!(ns);
+    object["kind"] = json!(kind);
+    let sent_rv = object["metadata"]["resourceVersion"].as_str().map(String::from);
+    let (code, reply) = if let Some(winner) = i.race.remove(kind) {
+        i.store(winner);
+        (409, status(409, "Conflict", "the object has been modified; please apply your changes to the latest version"))
+    } else {
+        let current = stored(&i, &name);
+        let current_rv = current.as_ref().and_then(|c| c["metadata"]["resourceVersion"].as_str().map(String::from));
+        match (method.as_str(), current) {
+            ("POST", Some(_)) => (409, status(409, "AlreadyExists", &format!("{kind} {ns}/{name} already exists"))),
+            ("POST", None) => (201, object.clone()),
+            ("PUT", None) => (404, status(404, "NotFound", &format!("{kind} {ns}/{name} not found"))),
+            ("PUT", Some(_)) if sent_rv != current_rv => (409, status(409, "Conflict", "the object has been modified")),
+            ("PUT", Some(_)) => (200, object.clone()),
+            _ => (405, status(405, "MethodNotAllowed", "the fake API server gets, creates and replaces by name")),
+        }
+    };
+    let reply = if code < 300 {
+        let rv = i.store(object.clone());
+        let mut o = object.clone();
+        o["metadata"]["resourceVersion"] = json!(rv.to_string());
+        o
+    } else {
+        reply
+    };
+    i.writes.push(Write { kind, method: method.to_string(), namespace: ns, name, code, who: who.to_string(), object });
+    drop(i);
+    s.tick.send_modify(|t| *t += 1);
+    json_response(StatusCode::from_u16(code).unwrap(), &reply)
 }
 
 fn key_of(object: &Value) -> String {

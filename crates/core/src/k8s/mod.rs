@@ -4,6 +4,7 @@
 
 pub mod capture;
 pub mod index;
+pub mod lease;
 pub mod manifests;
 pub mod objects;
 pub mod peer_auth;

@@ -1,0 +1,226 @@
+//! Leader election and root-certificate publication of `ferry controller` (the binary) on a
+//! fake Kubernetes API server, with short lease timings: two replicas elect exactly one
+//! writer, the other takes over once the killed leader's Lease expires; a replica that loses
+//! the race for the Lease (409) writes nothing; a leader that cannot renew stops writing a
+//! lease duration later and resumes once it renews again; the leader keeps `istio-ca-root-cert` (the
+//! CA's root PEM) in every namespace, fixes a tampered one, creates it in a new namespace and
+//! touches no other ConfigMap. Every assertion is on what the fake server holds or was sent.
+
+#[path = "support/fake_apiserver.rs"]
+mod fake_apiserver;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fake_apiserver::FakeApiServer;
+use serde_json::{json, Value};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+const NS: &str = "istio-system";
+const LEASE: &str = "ferry-controller";
+const ROOT_CM: &str = "istio-ca-root-cert";
+
+/// A `ferry controller` process and its metrics address, killed on drop.
+struct Replica(Child, String);
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Replica {
+    /// The `ferry_controller_leader` gauge's value on `/metrics`, once it is served.
+    fn leader_gauge(&self) -> Option<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&self.1).ok()?;
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        out.lines().find_map(|l| l.strip_prefix("ferry_controller_leader ")).map(String::from)
+    }
+}
+
+fn loopback_port() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// Starts replica `who` (its Lease identity and its API token) on `server`, sharing `dir/ca`.
+fn replica(dir: &Path, server: &FakeApiServer, who: &str) -> Replica {
+    let kubeconfig = dir.join(format!("kubeconfig-{who}"));
+    let stats = loopback_port();
+    std::fs::write(&kubeconfig, server.kubeconfig_as(who)).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .current_dir(dir)
+        .env_remove("FERRY_CLUSTER_STATE")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("FERRY_TOKEN_FILE", dir.join("tokens"))
+        .arg("controller")
+        .env("KUBECONFIG", kubeconfig)
+        .env("POD_NAME", who)
+        .env("FERRY_CA_DIR", dir.join("ca"))
+        .env("FERRY_XDS_LISTEN", loopback_port())
+        .env("FERRY_READINESS_ADDR", loopback_port())
+        .env("FERRY_STATS_ADDR", &stats)
+        .env("FERRY_LEASE_DURATION", "2s")
+        .env("FERRY_LEASE_RENEW", "500ms")
+        .env("FERRY_LEASE_RETRY", "200ms")
+        .env("FERRY_ROOT_CERT_RESYNC", "300ms")
+        .stderr(std::fs::File::create(dir.join(format!("{who}.log"))).unwrap())
+        .spawn()
+        .unwrap();
+    Replica(child, stats)
+}
+
+/// A scratch directory with a CA, a runtime and a fake API server holding two namespaces and
+/// a ConfigMap that is not ferry's.
+fn setup(name: &str) -> (PathBuf, tokio::runtime::Runtime, FakeApiServer, String) {
+    let dir = std::env::temp_dir().join(format!("ferry-lease-{name}-{}-{}", std::process::id(), fastrand::u32(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("tokens"), "").unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .current_dir(&dir)
+        .args(["ca", "init", "ca"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    assert!(status.unwrap().success(), "ferry ca init");
+    let root = std::fs::read_to_string(dir.join("ca/root-cert.pem")).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let server = rt.block_on(FakeApiServer::start());
+    for ns in [NS, "shop"] {
+        server.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}));
+    }
+    server.apply(
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "app-config", "namespace": "shop"}, "data": {"k": "v"}}),
+    );
+    (dir, rt, server, root)
+}
+
+fn holder(server: &FakeApiServer) -> Option<String> {
+    server.get("Lease", NS, LEASE)?["spec"]["holderIdentity"].as_str().map(String::from)
+}
+
+fn root_in(server: &FakeApiServer, ns: &str) -> Option<String> {
+    server.get("ConfigMap", ns, ROOT_CM)?["data"]["root-cert.pem"].as_str().map(String::from)
+}
+
+/// Successful writes of `kind` by `who`.
+fn accepted(server: &FakeApiServer, kind: &str, who: &str) -> usize {
+    server.writes(kind).iter().filter(|w| w.who == who && w.code < 300).count()
+}
+
+/// Only ferry's ConfigMap was written, and the other one is as it was.
+fn only_root_configmaps_written(server: &FakeApiServer) {
+    let writes = server.writes("ConfigMap");
+    assert!(writes.iter().all(|w| w.name == ROOT_CM), "{writes:?}");
+    assert_eq!(server.get("ConfigMap", "shop", "app-config").unwrap()["data"], json!({"k": "v"}));
+}
+
+#[test]
+fn two_replicas_one_writer_and_a_takeover_after_the_leader_dies() {
+    let (dir, rt, server, root) = setup("two");
+    let mut replicas = vec![("ferry-a", replica(&dir, &server, "ferry-a")), ("ferry-b", replica(&dir, &server, "ferry-b"))];
+    rt.block_on(async {
+        server.wait_until("a replica holds the Lease", DEADLINE, |s| holder(s).is_some()).await;
+        let leader = holder(&server).unwrap();
+        let other = if leader == "ferry-a" { "ferry-b" } else { "ferry-a" };
+        // The leader renews (several accepted writes) while the other's never succeed.
+        server.wait_until("the leader renewed three times", DEADLINE, |s| accepted(s, "Lease", &leader) >= 4).await;
+        for ns in [NS, "shop"] {
+            server.wait_until("istio-ca-root-cert in every namespace", DEADLINE, |s| root_in(s, ns).is_some()).await;
+            assert_eq!(root_in(&server, ns).as_deref(), Some(root.as_str()), "{ns}: the CA's root");
+        }
+        assert_eq!(holder(&server).as_deref(), Some(leader.as_str()));
+        assert_eq!(accepted(&server, "Lease", other), 0, "the follower never wrote the Lease");
+        assert!(server.writes("ConfigMap").iter().all(|w| w.who == leader), "only the leader writes ConfigMaps");
+        assert_eq!(server.writes("ConfigMap").len(), 2, "one create per namespace, nothing rewritten while equal");
+        let gauge = |who: &str| replicas.iter().find(|r| r.0 == who).and_then(|r| r.1.leader_gauge());
+        assert_eq!((gauge(&leader).as_deref(), gauge(other).as_deref()), (Some("1"), Some("0")), "ferry_controller_leader");
+
+        // A tampered copy (another key kept) is fixed; a later namespace gets one.
+        server.apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": ROOT_CM, "namespace": "shop"},
+                            "data": {"root-cert.pem": "tampered", "extra": "kept"}}));
+        server.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "late"}}));
+        server.wait_until("the tampered root fixed", DEADLINE, |s| root_in(s, "shop").as_deref() == Some(root.as_str())).await;
+        assert_eq!(server.get("ConfigMap", "shop", ROOT_CM).unwrap()["data"]["extra"], "kept");
+        server.wait_until("the new namespace's root", DEADLINE, |s| root_in(s, "late").as_deref() == Some(root.as_str())).await;
+
+        // Killed (no release): the other takes over once the Lease expires, and publishes.
+        let at = replicas.iter().position(|r| r.0 == leader).unwrap();
+        drop(replicas.remove(at));
+        let written = server.writes("ConfigMap").len();
+        server.wait_until("the other replica took over", DEADLINE, |s| holder(s).as_deref() == Some(other)).await;
+        server.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "after"}}));
+        server.wait_until("the new leader publishes", DEADLINE, |s| root_in(s, "after").as_deref() == Some(root.as_str())).await;
+        assert!(server.writes("ConfigMap")[written..].iter().all(|w| w.who == other && w.code < 300));
+        let lease = server.get("Lease", NS, LEASE).unwrap();
+        assert_eq!(lease["spec"]["leaseTransitions"], 1, "{lease}");
+        assert_eq!(lease["spec"]["leaseDurationSeconds"], 2, "{lease}");
+    });
+    only_root_configmaps_written(&server);
+    drop(replicas);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_replica_that_loses_the_race_for_the_lease_writes_nothing() {
+    let (dir, rt, server, root) = setup("race");
+    let lease = |renewed: &str| -> Value {
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": LEASE, "namespace": NS},
+               "spec": {"holderIdentity": "intruder", "leaseDurationSeconds": 3600, "renewTime": renewed}})
+    };
+    // The replica finds no Lease and creates one, but another writer's lands first.
+    server.lose_next_write("Lease", lease(&k8s_openapi::jiff::Timestamp::now().to_string()));
+    let _a = replica(&dir, &server, "ferry-a");
+    rt.block_on(async {
+        server.wait_until("the replica's write lost", DEADLINE, |s| s.writes("Lease").iter().any(|w| w.code == 409)).await;
+        let reads = server.reads("Lease");
+        server.wait_until("the replica read the Lease again, three times", DEADLINE, |s| s.reads("Lease") >= reads + 3).await;
+        assert_eq!(holder(&server).as_deref(), Some("intruder"), "the winner's Lease stands");
+        assert_eq!(accepted(&server, "Lease", "ferry-a"), 0, "no write after the loss: {:?}", server.writes("Lease"));
+        assert!(server.writes("ConfigMap").is_empty(), "a non-leader publishes nothing: {:?}", server.writes("ConfigMap"));
+        assert!(root_in(&server, "shop").is_none() && root_in(&server, NS).is_none());
+
+        // Once the winner's Lease has expired, the replica takes it and publishes.
+        server.apply(lease("2020-01-01T00:00:00.000000Z"));
+        server.wait_until("the expired Lease taken over", DEADLINE, |s| holder(s).as_deref() == Some("ferry-a")).await;
+        server.wait_until("then published", DEADLINE, |s| root_in(s, "shop").as_deref() == Some(root.as_str())).await;
+    });
+    only_root_configmaps_written(&server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_leader_that_cannot_renew_stops_writing() {
+    let (dir, rt, server, root) = setup("stale");
+    let a = replica(&dir, &server, "ferry-a");
+    rt.block_on(async {
+        server.wait_until("published", DEADLINE, |s| root_in(s, "shop").as_deref() == Some(root.as_str())).await;
+        server.wait_until("leading", DEADLINE, |_| a.leader_gauge().as_deref() == Some("1")).await;
+        // The Lease cannot be read or renewed; ConfigMaps still can, so only the step-down
+        // keeps the replica from writing them.
+        server.set_failing("Lease", true);
+        server.wait_until("stepped down", DEADLINE, |_| a.leader_gauge().as_deref() == Some("0")).await;
+        let written = server.writes("ConfigMap").len();
+        server.apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": ROOT_CM, "namespace": "shop"},
+                            "data": {"root-cert.pem": "tampered"}}));
+        server.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "late"}}));
+        let reads = server.reads("Lease");
+        // Several retries (200 ms apart), each longer than a resync (300 ms) would need.
+        server.wait_until("five more tries of the Lease", DEADLINE, |s| s.reads("Lease") >= reads + 5).await;
+        assert_eq!(server.writes("ConfigMap").len(), written, "no ConfigMap write after stepping down");
+        assert_eq!(root_in(&server, "shop").as_deref(), Some("tampered"));
+        assert!(root_in(&server, "late").is_none());
+        // The API answers again: the Lease is still ours, so it is renewed and writes resume.
+        server.set_failing("Lease", false);
+        server.wait_until("the tampered root fixed", DEADLINE, |s| root_in(s, "shop").as_deref() == Some(root.as_str())).await;
+        server.wait_until("the new namespace's root", DEADLINE, |s| root_in(s, "late").as_deref() == Some(root.as_str())).await;
+    });
+    only_root_configmaps_written(&server);
+    drop(a);
+    let _ = std::fs::remove_dir_all(&dir);
+}
