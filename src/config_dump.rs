@@ -62,8 +62,7 @@ pub(crate) struct PodState<'a> {
 }
 
 /// ztunnel's `workloadState`: per pod uid, `Up` or `Pending`, who it is, and its open
-/// connections. Only inbound connections are tracked (they are what a policy change must
-/// re-check), so `outbound` is always empty; `openInbound` is ferry's count of them.
+/// connections in both directions; `openInbound` is ferry's count of the inbound ones.
 pub(crate) fn workload_state(pods: &[PodState<'_>], snap: &Snapshot, conns: &ConnectionManager) -> Value {
     let mut out = Map::new();
     for p in pods {
@@ -82,11 +81,20 @@ pub(crate) fn workload_state(pods: &[PodState<'_>], snap: &Snapshot, conns: &Con
                 json!({"src": c.src_ip.to_string(), "originalDst": c.dst.to_string(), "actualDst": c.dst.to_string(), "protocol": protocol})
             })
             .collect();
+        let outbound: Vec<Value> = w
+            .map(|w| conns.outbound_from(w.uid.as_str()))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| {
+                let protocol = if c.hbone { "HBONE" } else { "TCP" };
+                json!({"src": c.src.to_string(), "originalDst": c.original_dst.to_string(), "actualDst": c.actual_dst.to_string(), "protocol": protocol})
+            })
+            .collect();
         let entry = json!({
             "state": if p.up { "Up" } else { "Pending" },
             "info": {"name": p.info.name, "namespace": p.info.namespace, "serviceAccount": p.info.service_account, "trustDomain": trust_domain},
             "openInbound": inbound.len(),
-            "connections": {"inbound": inbound, "outbound": []},
+            "connections": {"inbound": inbound, "outbound": outbound},
         });
         out.insert(p.uid.clone(), entry);
     }

@@ -387,7 +387,20 @@ fn istioctl_and_kiali_read_the_config_dump() {
     assert_eq!((ws.state.as_str(), ws.info.namespace.as_str(), ws.info.trust_domain.as_str()), ("Up", "shop", "cluster.local"));
     let conn = ws.connections.inbound.iter().find(|c| c.src == frontend.ip.to_string()).expect("the held connection");
     assert_eq!((conn.actual_dst.as_str(), conn.protocol.as_str()), (backend.addr(8080).to_string().as_str(), "HBONE"));
-    assert!(ws.connections.outbound.is_empty());
+    assert!(ws.connections.outbound.is_empty(), "backend opened nothing");
+
+    // The same connection from the client side: listed as outbound on frontend's node.
+    let client_raw = sim.nodes[frontend.node].admin("/config_dump").unwrap();
+    let cd: istioctl::Dump = serde_json::from_str(&client_raw).unwrap_or_else(|e| panic!("istioctl's types: {e}\n{client_raw}"));
+    let (_, fs) = cd.workload_state.iter().find(|(_, s)| s.info.name == "frontend").expect("frontend's workloadState");
+    let out = fs
+        .connections
+        .outbound
+        .iter()
+        .find(|c| c.original_dst == backend.addr(8080).to_string())
+        .unwrap_or_else(|| panic!("the held connection as outbound: {fs:?}"));
+    assert_eq!(out.actual_dst, format!("{}:15008", backend.ip), "the tunnel goes to the backend's HBONE port");
+    assert_eq!((out.src.split(':').next(), out.protocol.as_str()), (Some(src.as_str()), "HBONE"));
 
     let k: kiali::Dump = serde_json::from_str(&raw).unwrap_or_else(|e| panic!("Kiali's types: {e}\n{raw}"));
     let kb = k.workloads.iter().find(|w| w.name == "backend").unwrap();

@@ -1,7 +1,9 @@
 //! Open inbound connections and what authorized them, so a policy change also applies to them
 //! (late rejection, invariant P5). A connection is registered before its first authorization
 //! check, so a policy update that lands between the check and the registration cannot be
-//! missed; every state change re-checks all of them and closes those now denied.
+//! missed; every state change re-checks all of them and closes those now denied. Open
+//! outbound connections are only listed (for `workloadState` in the config dump): they are
+//! authorized at their destination, not here.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 use crate::state::StateStore;
+use ferry_core::addr::{ClientAddr, OrigDstAddr, ServerAddr};
 use ferry_core::model::WorkloadUid;
 use ferry_core::rbac::{evaluate, ConnAttrs, Decision};
 use ferry_core::state::Snapshot;
@@ -30,7 +33,30 @@ struct Revoke {
 #[derive(Default)]
 pub(crate) struct ConnectionManager {
     conns: Mutex<HashMap<u64, Tracked>>,
+    outbound: Mutex<HashMap<u64, (WorkloadUid, Outbound)>>,
     next: AtomicU64,
+}
+
+/// An open outbound connection of a served pod: who opened it, where it was going, where ferry
+/// connected (the peer's HBONE port for a tunnel) and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Outbound {
+    pub(crate) src: ClientAddr,
+    pub(crate) original_dst: OrigDstAddr,
+    pub(crate) actual_dst: ServerAddr,
+    pub(crate) hbone: bool,
+}
+
+/// A listed outbound connection; dropping it removes it from the list.
+pub(crate) struct OutboundTracking {
+    id: u64,
+    mgr: Arc<ConnectionManager>,
+}
+
+impl Drop for OutboundTracking {
+    fn drop(&mut self) {
+        self.mgr.outbound.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+    }
 }
 
 /// A registered connection; dropping it deregisters.
@@ -69,6 +95,20 @@ impl ConnectionManager {
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, Tracked { workload_uid: workload_uid.clone(), attrs, revoke: revoke.clone() });
         Tracking { id, mgr: self.clone(), revoke }
+    }
+
+    /// Lists an established outbound connection of the served workload `uid` until the
+    /// returned guard is dropped.
+    pub(crate) fn track_outbound(self: &Arc<Self>, uid: &WorkloadUid, conn: Outbound) -> OutboundTracking {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.outbound.lock().unwrap_or_else(|e| e.into_inner()).insert(id, (uid.clone(), conn));
+        OutboundTracking { id, mgr: self.clone() }
+    }
+
+    /// The open outbound connections of the served workload `uid`, for the config dump.
+    pub(crate) fn outbound_from(&self, uid: &str) -> Vec<Outbound> {
+        let conns = self.outbound.lock().unwrap_or_else(|e| e.into_inner());
+        conns.values().filter(|(u, _)| *u == uid).map(|(_, c)| c.clone()).collect()
     }
 
     pub(crate) fn len(&self) -> usize {

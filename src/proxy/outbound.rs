@@ -9,6 +9,7 @@ use std::sync::Arc;
 use http::{HeaderValue, Method, Request};
 use tokio::net::TcpStream;
 
+use super::connections::{Outbound, OutboundTracking};
 use super::copy;
 use super::{until_forced, ProxyError, WorkloadProxy};
 use crate::drain::DrainWatch;
@@ -16,7 +17,7 @@ use crate::hbone::client::PoolKey;
 use crate::hbone::{self, authority_string, H2Stream};
 use crate::net::{canonical, original_dst, set_reset_on_close};
 use crate::telemetry::conn::{ConnRecord, Direction, Failure};
-use ferry_core::addr::{ClientAddr, HboneTarget, OrigDstAddr};
+use ferry_core::addr::{ClientAddr, HboneTarget, OrigDstAddr, ServerAddr};
 use ferry_core::model::{Service, Workload};
 use ferry_core::route::{self, Upstream};
 
@@ -27,7 +28,7 @@ pub(crate) async fn handle(px: Arc<WorkloadProxy>, down: TcpStream, drain: Drain
     // task of an open connection keeps only what copying needs, not TLS and HTTP/2 handshakes.
     let connected = Box::pin(connect(&px, &mut rec)).await;
     match connected {
-        Ok(up) => {
+        Ok((up, _listed)) => {
             let counters = rec.established();
             let (rx, tx) = (&counters.received, &counters.sent);
             let moved = copy::Moved::default();
@@ -52,13 +53,21 @@ enum Connected {
     Tcp(TcpStream),
 }
 
-/// Routes the connection over the state snapshot and dials its upstream.
-async fn connect(px: &WorkloadProxy, rec: &mut ConnRecord) -> Result<Connected, ProxyError> {
+/// Routes the connection over the state snapshot, dials its upstream, and lists it as an open
+/// outbound connection of its source pod.
+async fn connect(px: &WorkloadProxy, rec: &mut ConnRecord) -> Result<(Connected, OutboundTracking), ProxyError> {
     let src = px.local_workload().await?;
-    let src_id = px.identity(&src)?;
-    rec.source_workload(&src, Some(&src_id));
+    let (up, actual_dst) = dial(px, rec, &src).await?;
+    let conn = Outbound { src: rec.src, original_dst: OrigDstAddr(rec.arrived), actual_dst, hbone: matches!(up, Connected::Tunnel(_)) };
+    Ok((up, px.inputs.conns.track_outbound(&src.uid, conn)))
+}
+
+/// Routes and dials; returns the upstream and the address connected to.
+async fn dial(px: &WorkloadProxy, rec: &mut ConnRecord, src: &Workload) -> Result<(Connected, ServerAddr), ProxyError> {
+    let src_id = px.identity(src)?;
+    rec.source_workload(src, Some(&src_id));
     let snap = px.inputs.state.snapshot();
-    let upstream = route::outbound(&snap, &src, OrigDstAddr(rec.arrived), &px.inputs.cfg.ports, &mut |n| fastrand::u64(..n))?;
+    let upstream = route::outbound(&snap, src, OrigDstAddr(rec.arrived), &px.inputs.cfg.ports, &mut |n| fastrand::u64(..n))?;
     let addr = match upstream {
         Upstream::Hbone { hbone_addr, target, identities, workload, service } => {
             rec.upstream = Some(hbone_addr);
@@ -70,8 +79,8 @@ async fn connect(px: &WorkloadProxy, rec: &mut ConnRecord) -> Result<Connected, 
             rec.set_mtls(true);
             let cert = px.inputs.certs.fetch(&src_id).await?;
             let key = PoolKey::new(src_id, identities, rec.src.ip(), hbone_addr);
-            let req = connect_request(target, rec.src, &src, service.as_deref(), &px.inputs.cfg.cluster_id)?;
-            return Ok(Connected::Tunnel(px.pool.connect(&key, &cert, req).await?));
+            let req = connect_request(target, rec.src, src, service.as_deref(), &px.inputs.cfg.cluster_id)?;
+            return Ok((Connected::Tunnel(px.pool.connect(&key, &cert, req).await?), hbone_addr));
         }
         Upstream::Direct { addr, workload, service } => {
             rec.destination_workload(&workload, None);
@@ -86,7 +95,7 @@ async fn connect(px: &WorkloadProxy, rec: &mut ConnRecord) -> Result<Connected, 
     let up = crate::net::connect(px.sockets.as_ref(), *addr, None, px.inputs.cfg.connect_timeout)
         .await
         .map_err(|source| ProxyError::Connect { addr: *addr, source })?;
-    Ok(Connected::Tcp(up))
+    Ok((Connected::Tcp(up), addr))
 }
 
 /// The CONNECT request with the headers ztunnel sends (protocols.md §1.5). Headers built from
