@@ -43,14 +43,23 @@ pub(crate) async fn handle_connection(px: Arc<WorkloadProxy>, tcp: TcpStream, dr
         idle_timeout: cfg.limits.hbone_idle_timeout,
     };
     if let Err(e) = serve(tcp, tls, &cfg.h2, cfg.handshake_timeout, &limits, drain, handler).await {
-        metrics::counter!("ferry_hbone_inbound_errors_total", "reason" => error_kind(&e)).increment(1);
-        tracing::info!(peer = ?peer, error = %e, "inbound HBONE connection failed");
+        let reason = error_kind(&e);
+        metrics::counter!("ferry_hbone_inbound_errors_total", "reason" => reason).increment(1);
+        let peer = peer.map(|p| p.to_string()).unwrap_or_default();
+        // A peer that fails the handshake or presents the wrong identity is what an operator
+        // must see; an HTTP/2 error after a good handshake is most often a peer going away.
+        if reason == "http2" {
+            tracing::debug!(%peer, reason, error = %e, "inbound HBONE connection ended with an HTTP/2 error");
+        } else {
+            tracing::warn!(%peer, reason, error = %e, "inbound HBONE connection refused");
+        }
     }
 }
 
 fn refuse(peer: Option<std::net::SocketAddr>, why: &str) {
     metrics::counter!("ferry_hbone_inbound_errors_total", "reason" => "no_certificate").increment(1);
-    tracing::warn!(peer = ?peer, error = why, "inbound HBONE connection refused: cannot serve as the local workload");
+    let peer = peer.map(|p| p.to_string()).unwrap_or_default();
+    tracing::warn!(%peer, reason = "no_certificate", error = why, "inbound HBONE connection refused: cannot serve as the local workload");
 }
 
 fn error_kind(e: &crate::hbone::server::ServeError) -> &'static str {
