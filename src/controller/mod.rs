@@ -217,6 +217,8 @@ pub(crate) async fn bind(args: ControllerArgs) -> Result<Running, ControllerErro
         cluster_id: args.cluster_id.clone(),
         cluster_domain: args.cluster_domain.clone(),
         network: String::new(),
+        // Only the API has an annotation writer (the node agent); the file source has none.
+        require_redirection_annotation: args.cluster_state.is_none(),
     };
     let resources = publish(cluster.clone(), opts);
     let (chain, key) = ca.serving_certificate(&args.serving_names, Duration::from_secs(365 * 86400))?;
