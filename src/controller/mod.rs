@@ -153,19 +153,12 @@ impl Running {
     }
 }
 
-/// A client for the Kubernetes API, configured as kubectl is.
-async fn kube_client() -> Result<kube::Client, ControllerError> {
-    let config = kube::Config::infer().await.map_err(|e| ControllerError::Kube(e.to_string()))?;
-    tracing::info!(api = %config.cluster_url, "using the Kubernetes API");
-    kube::Client::try_from(config).map_err(|e| ControllerError::Kube(e.to_string()))
-}
-
 /// Where the cluster state and the token reviews come from: files when given, else the
 /// Kubernetes API (one client for both).
 async fn sources(args: &ControllerArgs) -> Result<(Arc<dyn ClusterSource>, String, Arc<dyn auth::TokenReviewer>), ControllerError> {
     let client = match (&args.cluster_state, &args.token_file) {
         (Some(_), Some(_)) => None,
-        _ => Some(kube_client().await?),
+        _ => Some(crate::k8s::api::infer_client().await.map_err(ControllerError::Kube)?),
     };
     let api = || client.clone().ok_or_else(|| ControllerError::Kube("no client was configured".into()));
     let (source, origin): (Arc<dyn ClusterSource>, String) = match &args.cluster_state {
