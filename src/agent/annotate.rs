@@ -75,7 +75,8 @@ async fn writer(client: kube::Client, mut rx: mpsc::UnboundedReceiver<Want>) {
                 let key = (ns, name);
                 if written.get(&key) == Some(&enabled) {
                     pending.remove(&key);
-                } else {
+                } else if pending.get(&key).is_none_or(|p| p.enabled != enabled) {
+                    // A repeated wish keeps its place in the backoff; a new value goes now.
                     pending.insert(key, Pending { enabled, attempt: 0, due: Instant::now() });
                 }
             }
