@@ -3,8 +3,9 @@
 //! pods (the field selector the server received) and Namespaces; a pod of an ambient namespace
 //! on its node is enrolled at CNI ADD (rules in a real network namespace, handed to a minimal
 //! ZDS peer standing in for the node proxy) and then carries `ambient.istio.io/redirection:
-//! enabled` on the server (a merge patch); removing the namespace label releases it and the
-//! annotation is removed (patched to null), retried with backoff past two failed writes.
+//! enabled` on the server (a merge patch of `pods/status`, as istio-cni's); removing the
+//! namespace label releases it and the annotation is removed (patched to null), retried with
+//! backoff past two failed writes.
 
 mod common;
 #[path = "support/fake_apiserver.rs"]
@@ -161,6 +162,7 @@ async fn the_agent_on_the_api_enrolls_its_nodes_pod_and_annotates_it() {
     assert_eq!(annotated["spec"]["nodeName"], "node-1", "the merge patch kept the rest of the pod");
     let first = &server.pod_patches()[0];
     assert_eq!((first.content_type.as_str(), first.status), ("application/merge-patch+json", 200));
+    assert_eq!(first.subresource, "status", "written through pods/status, as istio-cni does");
     assert_eq!(first.patch, json!({"metadata": {"annotations": {ANNOTATION: "enabled"}}}));
     assert!(server.pod_patches().iter().all(|p| p.name == "web-1"), "only the enrolled pod is written");
 

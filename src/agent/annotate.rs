@@ -115,13 +115,16 @@ enum Outcome {
     Retry,
 }
 
-/// One merge patch of the pod's annotation (`null` removes it), logged and counted.
+/// One merge patch of the pod's annotation (`null` removes it) on `pods/status`, logged and
+/// counted.
 async fn write(client: &kube::Client, ns: &str, name: &str, enabled: bool) -> Outcome {
     let value = if enabled { serde_json::Value::from(REDIRECTION_ENABLED) } else { serde_json::Value::Null };
     let patch = serde_json::json!({"metadata": {"annotations": {REDIRECTION_ANNOTATION: value}}});
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
     let pod = format!("{ns}/{name}");
-    match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+    // Through the status subresource, as istio-cni does: the grant is `patch pods/status`,
+    // which cannot change a pod's spec or labels (Kubernetes keeps metadata edits made there).
+    match api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
         Ok(_) => {
             metrics::counter!("ferry_agent_annotation_writes_total", "result" => "ok").increment(1);
             tracing::info!(%pod, enabled, "pod annotation {REDIRECTION_ANNOTATION} written");

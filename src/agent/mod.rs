@@ -3,6 +3,11 @@
 //! each step rolled back if a later one fails), hands their network namespaces to the node
 //! proxy over ZDS, and answers the CNI plugin only once a pod that must be captured is.
 //!
+//! Cluster state comes from the Kubernetes API (its node's Pods and the Namespaces; on the API
+//! it also writes each enrolled pod's `ambient.istio.io/redirection` annotation, `annotate`)
+//! or, with `--cluster-state`, from files; nothing is reconciled before that state is
+//! complete, since an empty one would release every pod.
+//!
 //! Enrollment operations are serialized by the pod-cache lock; the ZDS snapshot for a newly
 //! connected proxy is taken under the same lock, so no pod is ever missed or sent twice.
 

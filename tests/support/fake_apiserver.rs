@@ -8,7 +8,7 @@
 //! recorded so tests can assert what a client asked for. A `TokenReview` POST is answered from
 //! the tokens a test registers, with the API server's audience rule (a token whose audiences
 //! do not meet the requested ones is not authenticated). A pod `PATCH` (JSON merge patch,
-//! RFC 7386) changes the stored pod like any other write (`MODIFIED`) and is recorded; the
+//! RFC 7386, on the pod or its `status` subresource) changes the stored pod like any other write (`MODIFIED`) and is recorded; the
 //! next N can be made to fail with 500. The one field selector it knows, `spec.nodeName=X`,
 //! filters lists and watches as the real server does. It stores objects, nothing more: no
 //! validation, no label selectors, no admission.
@@ -75,6 +75,8 @@ struct Logged {
 pub struct PodPatch {
     pub namespace: String,
     pub name: String,
+    /// `status` for a patch of the status subresource, empty for the pod itself.
+    pub subresource: String,
     pub content_type: String,
     pub patch: Value,
     /// The status answered (200, 404, or 500 when made to fail).
@@ -456,15 +458,23 @@ impl FieldSelector {
 /// A JSON merge patch (RFC 7386) of a pod at `/api/v1/namespaces/{ns}/pods/{name}`.
 fn patch_pod(s: &Shared, path: &str, content_type: &str, body: &[u8]) -> Response<Body> {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let ["api", "v1", "namespaces", ns, "pods", name] = parts[..] else {
-        return json_response(StatusCode::NOT_FOUND, &status(404, "NotFound", &format!("the fake API server cannot patch {path}")));
+    let (ns, name, subresource) = match parts[..] {
+        ["api", "v1", "namespaces", ns, "pods", name] => (ns, name, ""),
+        ["api", "v1", "namespaces", ns, "pods", name, "status"] => (ns, name, "status"),
+        _ => return json_response(StatusCode::NOT_FOUND, &status(404, "NotFound", &format!("the fake API server cannot patch {path}"))),
     };
     let patch: Value = serde_json::from_slice(body).unwrap_or_default();
     let mut answer = (StatusCode::NOT_FOUND, status(404, "NotFound", &format!("pods \"{name}\" not found")));
     let pods = path_of("Pod");
     s.change(|i| {
-        let mut record =
-            PodPatch { namespace: ns.into(), name: name.into(), content_type: content_type.into(), patch: patch.clone(), status: 404 };
+        let mut record = PodPatch {
+            namespace: ns.into(),
+            name: name.into(),
+            subresource: subresource.into(),
+            content_type: content_type.into(),
+            patch: patch.clone(),
+            status: 404,
+        };
         if i.failing_patches > 0 {
             i.failing_patches -= 1;
             answer = (StatusCode::INTERNAL_SERVER_ERROR, status(500, "InternalError", "the fake API server was told to fail this patch"));
