@@ -86,6 +86,7 @@ fn load_state(cfg: &Config) -> Result<StateStore, AppError> {
                 cluster_id: cfg.cluster_id.clone(),
                 cluster_domain: cfg.cluster_domain.clone(),
                 network: String::new(),
+                require_redirection_annotation: false,
             };
             let mut rx = crate::k8s::source::ClusterSource::subscribe(source.as_ref());
             let mut notes = PolicyNotes::default();

@@ -1,7 +1,9 @@
 //! `ApiSource` (the Kubernetes API as a cluster-state source) against a fake API server: the
 //! initial list, watch events, a namespace label turning a pod's translation to HBONE, a
 //! dropped watch resumed from the last resourceVersion (bookmarks included), a 410 re-listed
-//! so an object deleted meanwhile disappears, and nothing published before every kind synced.
+//! so an object deleted meanwhile disappears, nothing published before every kind synced, and
+//! the node agent's scope: only Namespaces and its node's Pods (by field selector), complete
+//! without the kinds it does not watch.
 
 #[path = "support/fake_apiserver.rs"]
 mod fake_apiserver;
@@ -10,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fake_apiserver::FakeApiServer;
-use ferry::k8s::api::ApiSource;
+use ferry::k8s::api::{ApiSource, Scope};
 use ferry::k8s::source::ClusterSource;
 use ferry_core::k8s::objects::ClusterState;
 use ferry_core::k8s::translate::{to_state, TranslateOptions};
@@ -170,4 +172,38 @@ async fn nothing_is_published_before_every_kind_synced() {
         s.pod("shop", "web-1").is_some() && s.other.contains_key("PeerAuthentication/shop/default"),
         "the first publication is complete"
     );
+}
+
+#[tokio::test]
+async fn the_node_agent_scope_lists_and_watches_only_its_nodes_pods_and_namespaces() {
+    let server = FakeApiServer::start().await;
+    seed(&server);
+    let mut elsewhere = pod("web-9", "10.244.2.10");
+    elsewhere["spec"]["nodeName"] = json!("node-2");
+    server.apply(elsewhere.clone());
+    // Not served at all: a scoped source must not need them.
+    server.set_missing("PeerAuthentication", true);
+    let client = kube::Client::try_from(server.config()).unwrap();
+    let source = ApiSource::start_scoped(client, &Scope::node_agent("node-1"));
+    tokio::time::timeout(DEADLINE, source.wait_synced()).await.expect("Namespaces and Pods sync");
+    let s = source.subscribe().borrow().clone();
+    assert!(s.pod("shop", "web-1").is_some() && s.namespace("shop").is_some(), "{s:?}");
+    assert!(s.pod("shop", "web-9").is_none(), "another node's pod is not listed");
+    assert!(s.services.is_empty() && s.service_accounts.is_empty() && s.other.is_empty(), "only the kinds the capture decision reads");
+    for kind in ["Service", "ServiceAccount", "AuthorizationPolicy", "PeerAuthentication"] {
+        assert!(server.requests(kind).is_empty(), "{kind} is never asked for");
+    }
+    let watch = server.wait_request("Pod", "watching", |r| r.is_watch()).await;
+    for r in server.requests("Pod") {
+        assert_eq!(r.query.get("fieldSelector").map(String::as_str), Some("spec.nodeName=node-1"), "every pod request is scoped: {r:?}");
+    }
+    assert!(watch.query.contains_key("fieldSelector"));
+    assert!(server.requests("Namespace").iter().all(|r| !r.query.contains_key("fieldSelector")), "all namespaces");
+
+    // A watch event for another node is filtered by the server; one for this node arrives.
+    elsewhere["metadata"]["labels"] = json!({"app": "moved"});
+    server.apply(elsewhere);
+    server.apply(pod("web-2", "10.244.1.11"));
+    let s = wait_state(&source, "this node's new pod", |s| s.pod("shop", "web-2").is_some()).await;
+    assert!(s.pod("shop", "web-9").is_none());
 }

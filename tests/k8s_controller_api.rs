@@ -1,6 +1,7 @@
 //! `ferry controller` (the binary, without `--cluster-state`) on a fake Kubernetes API server
 //! found through `KUBECONFIG`: not ready while a kind's list fails, ready once every kind has
-//! listed, then serving WDS to a delta-xDS client, and pushing a pod added on the API; without
+//! listed, then serving WDS to a delta-xDS client, and pushing a pod added on the API (TCP
+//! until it carries `ambient.istio.io/redirection: enabled`, then HBONE, as istiod); without
 //! `--token-file`, xDS and CA callers are reviewed by TokenReview (accepted, unknown, wrong
 //! audience, not a node proxy).
 
@@ -160,6 +161,17 @@ async fn certificate(xds: &str, root: &str, token: &str, identity: &str) -> Resu
     answer.map(|r| r.into_inner().cert_chain.len()).map_err(|s| s.code())
 }
 
+/// The tunnel protocol a response advertises for the workload named `…/<pod>`.
+fn tunnel_of(r: &DeltaDiscoveryResponse, pod: &str) -> Option<i32> {
+    use ferry_core::proto::workload::{address, Address};
+    use prost::Message;
+    let res = r.resources.iter().find(|x| x.name.ends_with(&format!("/{pod}")))?;
+    match Address::decode(res.resource.as_ref()?.value.as_slice()).ok()?.r#type? {
+        address::Type::Workload(w) => Some(w.tunnel_protocol),
+        _ => None,
+    }
+}
+
 fn names(r: &DeltaDiscoveryResponse) -> Vec<String> {
     r.resources.iter().map(|r| r.name.clone()).collect()
 }
@@ -200,6 +212,16 @@ fn the_controller_serves_wds_from_the_kubernetes_api_once_every_kind_synced() {
         let next = tokio::time::timeout(DEADLINE, responses.message()).await.unwrap().unwrap().unwrap();
         assert_eq!(names(&next).iter().filter(|n| n.ends_with("shop/web-2")).count(), 1, "the watched pod is pushed: {:?}", names(&next));
         assert!(!names(&next).iter().any(|n| n.ends_with("shop/web-1")), "and only what changed: {:?}", names(&next));
+        // In an ambient namespace, but not yet annotated by a node agent: plain TCP, as istiod.
+        let (tcp, hbone) =
+            (ferry_core::proto::workload::TunnelProtocol::None as i32, ferry_core::proto::workload::TunnelProtocol::Hbone as i32);
+        assert_eq!(tunnel_of(&next, "web-2"), Some(tcp), "a captured pod without the annotation is TCP");
+        tx.send(DeltaDiscoveryRequest { type_url: ADDRESS.into(), response_nonce: next.nonce, ..Default::default() }).await.unwrap();
+        let mut annotated = pod("shop", "web-2", "web", "10.244.1.11");
+        annotated["metadata"]["annotations"] = json!({"ambient.istio.io/redirection": "enabled"});
+        server.apply(annotated);
+        let next = tokio::time::timeout(DEADLINE, responses.message()).await.unwrap().unwrap().unwrap();
+        assert_eq!(tunnel_of(&next, "web-2"), Some(hbone), "the node agent's annotation makes it HBONE: {:?}", names(&next));
         tx.send(DeltaDiscoveryRequest { type_url: ADDRESS.into(), response_nonce: next.nonce, ..Default::default() }).await.unwrap();
 
         // Deleted while the watches were down and past compaction: 410, re-list, and the

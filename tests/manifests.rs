@@ -538,3 +538,38 @@ fn the_controller_may_write_only_its_lease_and_the_root_configmaps() {
     );
     assert_eq!(find(&objs, "Role", "ferry-controller-leader")["metadata"]["namespace"], "istio-system");
 }
+
+/// The agent's grants are exactly what it calls (src/agent: `Scope::node_agent`'s list and
+/// watch of Pods and Namespaces, the annotation writer's `pods/status` merge patch), and its
+/// DaemonSet watches the API (no stand-in cluster state).
+#[test]
+fn the_agent_is_granted_what_it_uses_and_reads_the_api() {
+    let objs = rendered();
+    let role = find(&objs, "ClusterRole", "ferry-node-agent");
+    let mut grants: Vec<(String, String)> = Vec::new();
+    for rule in role["rules"].as_array().unwrap() {
+        for r in rule["resources"].as_array().unwrap() {
+            for v in rule["verbs"].as_array().unwrap() {
+                grants.push((r.as_str().unwrap().to_string(), v.as_str().unwrap().to_string()));
+            }
+        }
+    }
+    grants.sort();
+    let want: Vec<(String, String)> = [
+        ("namespaces", "get"),
+        ("namespaces", "list"),
+        ("namespaces", "watch"),
+        ("pods", "get"),
+        ("pods", "list"),
+        ("pods", "watch"),
+        ("pods/status", "patch"),
+    ]
+    .iter()
+    .map(|(r, v)| (r.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(grants, want);
+    let agent = find(&objs, "DaemonSet", "ferry-node-agent");
+    let envs = container(agent, "agent")["env"].as_array().unwrap();
+    assert!(envs.iter().all(|e| e["name"] != "FERRY_CLUSTER_STATE"), "the agent must watch the API, not a stand-in file");
+    assert!(objs.iter().all(|o| o["metadata"]["name"] != "ferry-cluster-state"), "no stand-in state is installed");
+}

@@ -3,10 +3,16 @@
 //! each step rolled back if a later one fails), hands their network namespaces to the node
 //! proxy over ZDS, and answers the CNI plugin only once a pod that must be captured is.
 //!
+//! Cluster state comes from the Kubernetes API (its node's Pods and the Namespaces; on the API
+//! it also writes each enrolled pod's `ambient.istio.io/redirection` annotation, `annotate`)
+//! or, with `--cluster-state`, from files; nothing is reconciled before that state is
+//! complete, since an empty one would release every pod.
+//!
 //! Enrollment operations are serialized by the pod-cache lock; the ZDS snapshot for a newly
 //! connected proxy is taken under the same lock, so no pod is ever missed or sent twice.
 
 pub(crate) mod admin;
+pub(crate) mod annotate;
 pub mod cni_server;
 pub mod pods;
 pub mod zds_server;
@@ -18,20 +24,25 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Mutex};
 
+use crate::k8s::api::{ApiSource, Scope};
 use crate::k8s::source::{ClusterSource, FileSource};
 use crate::redirect::{self, RedirectConfig};
 use crate::telemetry::{self, LogFormat};
+use ferry_core::k8s::capture::{REDIRECTION_ANNOTATION, REDIRECTION_ENABLED};
 use ferry_core::k8s::objects::ClusterState;
 use pods::{Action, PodCache, PodEntry};
 
 #[derive(Clone, Debug, clap::Args)]
 #[command(next_help_heading = "Agent")]
 pub struct AgentArgs {
-    /// Kubernetes manifests (Namespaces, Pods, Services, ServiceAccounts) in a file or
-    /// directory, watched for changes; stands in for the Kubernetes API.
+    /// Kubernetes manifests (Namespaces, Pods) in a file or directory, watched for changes,
+    /// instead of the Kubernetes API (the simulated cluster). No pod annotation is written
+    /// then: there is no API to write it to. Without it the agent watches the Kubernetes API
+    /// (in-cluster config or KUBECONFIG): Namespaces and the Pods on NODE_NAME, and writes
+    /// `ambient.istio.io/redirection: enabled` on the pods it enrolls.
     #[arg(long, env = "FERRY_CLUSTER_STATE", value_name = "PATH")]
-    pub(crate) cluster_state: PathBuf,
-    /// How often the cluster state is checked for changes.
+    pub(crate) cluster_state: Option<PathBuf>,
+    /// How often `--cluster-state` is checked for changes.
     #[arg(long, env = "FERRY_CLUSTER_STATE_POLL", value_parser = ferry_core::timefmt::parse_duration, default_value = "1s")]
     pub(crate) cluster_state_poll: Duration,
     /// This node's name; only pods scheduled here are handled.
@@ -69,6 +80,8 @@ pub struct AgentArgs {
 pub enum AgentError {
     #[error("{0}")]
     Cluster(#[from] ferry_cni::cluster_state::StateError),
+    #[error("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG; or pass --cluster-state): {0}")]
+    Kube(String),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
 }
@@ -80,6 +93,8 @@ pub(crate) struct Agent {
     conns: std::sync::Mutex<Vec<zds_server::ConnHandle>>,
     next_conn: AtomicU64,
     redirect: RedirectConfig,
+    /// The pod annotation writer; `None` with `--cluster-state` (no API to write to).
+    annotations: Option<annotate::Annotator>,
 }
 
 pub fn run_agent(args: AgentArgs) -> Result<(), AgentError> {
@@ -99,15 +114,15 @@ async fn serve(args: AgentArgs, metrics: metrics_exporter_prometheus::Prometheus
         let what = what.to_string();
         move |source| AgentError::Io { what, source }
     };
-    let source = FileSource::load(&args.cluster_state)?;
-    tokio::spawn(source.clone().watch(args.cluster_state_poll));
+    let (source, client) = cluster_source(&args).await?;
     std::fs::create_dir_all(&args.state_dir).map_err(io("cannot create the agent state directory"))?;
     let cache = PodCache::load(&args.state_dir.join("pods.json"));
     let zds = crate::zds::ZdsListener::bind(&args.zds_socket).map_err(io("cannot bind the ZDS socket"))?;
     let cni = cni_server::bind(&args.cni_socket).map_err(io("cannot bind the CNI event socket"))?;
     let stats = telemetry::http::bind(args.metrics_addr)
         .map_err(io(&format!("cannot bind the metrics address {} (--metrics-addr/FERRY_AGENT_METRICS_ADDR)", args.metrics_addr)))?;
-    let agent = Arc::new(Agent::new(args, source.subscribe(), cache));
+    let annotations = client.map(annotate::Annotator::start);
+    let agent = Arc::new(Agent::new(args, source.subscribe(), cache, annotations));
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     agent.publish_gauges();
     // Served from here on, so liveness answers while the restore runs and readiness says why
@@ -118,6 +133,8 @@ async fn serve(args: AgentArgs, metrics: metrics_exporter_prometheus::Prometheus
         telemetry::http::HEADER_TIMEOUT,
         admin::route(admin::Management { agent: agent.clone(), ready: ready.clone(), metrics, runtime: tokio::runtime::Handle::current() }),
     ));
+    // Before any reconcile: an empty state would release every pod.
+    wait_complete(source.as_ref()).await;
     agent.restore().await;
     ready.store(true, std::sync::atomic::Ordering::Release);
     tracing::info!(node = %agent.args.node_name, zds = %agent.args.zds_socket.display(), cni = %agent.args.cni_socket.display(), "ferry agent ready");
@@ -129,6 +146,36 @@ async fn serve(args: AgentArgs, metrics: metrics_exporter_prometheus::Prometheus
     Ok(())
 }
 
+/// The file source with `--cluster-state`, else the API (and the client to annotate with),
+/// watching only what the capture decision reads for this node.
+async fn cluster_source(args: &AgentArgs) -> Result<(Arc<dyn ClusterSource>, Option<kube::Client>), AgentError> {
+    if let Some(path) = &args.cluster_state {
+        let source = FileSource::load(path)?;
+        tokio::spawn(source.clone().watch(args.cluster_state_poll));
+        return Ok((source, None));
+    }
+    let client = crate::k8s::api::infer_client().await.map_err(AgentError::Kube)?;
+    let source = ApiSource::start_scoped(client.clone(), &Scope::node_agent(&args.node_name));
+    Ok((Arc::new(source), Some(client)))
+}
+
+/// Waits until `source` has listed every kind it watches, saying what it waits for.
+async fn wait_complete(source: &dyn ClusterSource) {
+    let mut state = source.subscribe();
+    loop {
+        let unsynced = source.unsynced();
+        if unsynced.is_empty() {
+            return;
+        }
+        tracing::info!(kinds = %unsynced.join(","), "waiting for the first list of every kind before reconciling pods");
+        // The API source publishes its first state exactly when the last kind completes; the
+        // timeout re-logs progress on a slow or failing list.
+        if let Ok(Err(_)) = tokio::time::timeout(Duration::from_secs(5), state.changed()).await {
+            return;
+        }
+    }
+}
+
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
@@ -138,9 +185,34 @@ async fn wait_for_signal() {
 }
 
 impl Agent {
-    pub(crate) fn new(args: AgentArgs, cluster: watch::Receiver<Arc<ClusterState>>, cache: PodCache) -> Self {
+    pub(crate) fn new(
+        args: AgentArgs,
+        cluster: watch::Receiver<Arc<ClusterState>>,
+        cache: PodCache,
+        annotations: Option<annotate::Annotator>,
+    ) -> Self {
         let redirect = RedirectConfig { mark: args.packet_mark, ipv6: args.ipv6_enabled, ..Default::default() };
-        Agent { args, cluster, pods: Mutex::new(cache), conns: std::sync::Mutex::new(Vec::new()), next_conn: AtomicU64::new(1), redirect }
+        let conns = std::sync::Mutex::new(Vec::new());
+        Agent { args, cluster, pods: Mutex::new(cache), conns, next_conn: AtomicU64::new(1), redirect, annotations }
+    }
+
+    /// Wants the pod's redirection annotation to say `enrolled` (API mode; a no-op otherwise).
+    fn annotate(&self, e: &PodEntry) {
+        if let Some(a) = &self.annotations {
+            a.set(&e.record.namespace, &e.record.name, e.record.enrolled);
+        }
+    }
+
+    /// Level-triggered repair: every known pod whose annotation in the state disagrees with
+    /// its enrollment (a write lost to an agent restart, a release while the agent was down).
+    fn annotate_drift(&self, cache: &PodCache, state: &ClusterState) {
+        for e in cache.pods.values() {
+            let Some(p) = state.pod(&e.record.namespace, &e.record.name) else { continue };
+            let annotated = p.metadata.annotations.get(REDIRECTION_ANNOTATION).is_some_and(|v| v == REDIRECTION_ENABLED);
+            if annotated != e.record.enrolled {
+                self.annotate(e);
+            }
+        }
     }
 
     /// After a restart: re-apply the redirection of pods that were enrolled (an atomic
@@ -183,6 +255,7 @@ impl Agent {
                 tracing::warn!(%uid, ?action, error = %e, "reconcile step failed; will retry");
             }
         }
+        self.annotate_drift(&cache, &state);
         cache.save();
     }
 
@@ -228,6 +301,7 @@ impl Agent {
             return Err(err);
         }
         e.record.enrolled = true;
+        self.annotate(e);
         tracing::info!(pod = %pod_name(e), %uid, "pod enrolled: traffic is captured by the node proxy");
         metrics::counter!("ferry_agent_enrollments_total", "result" => "enrolled").increment(1);
         Ok(())
@@ -239,6 +313,7 @@ impl Agent {
         let rules = self.remove_rules(e);
         self.zds_del(uid).await;
         e.record.enrolled = false;
+        self.annotate(e);
         tracing::info!(pod = %pod_name(e), %uid, "pod released from the mesh");
         metrics::counter!("ferry_agent_enrollments_total", "result" => "released").increment(1);
         rules

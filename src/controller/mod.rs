@@ -199,13 +199,6 @@ impl Running {
     }
 }
 
-/// A client for the Kubernetes API, configured as kubectl is.
-async fn kube_client() -> Result<kube::Client, ControllerError> {
-    let config = kube::Config::infer().await.map_err(|e| ControllerError::Kube(e.to_string()))?;
-    tracing::info!(api = %config.cluster_url, "using the Kubernetes API");
-    kube::Client::try_from(config).map_err(|e| ControllerError::Kube(e.to_string()))
-}
-
 /// Where the cluster state and the token reviews come from: files when given, else the
 /// Kubernetes API (one client for both).
 struct Sources {
@@ -219,7 +212,7 @@ struct Sources {
 async fn sources(args: &ControllerArgs) -> Result<Sources, ControllerError> {
     let client = match (&args.cluster_state, &args.token_file) {
         (Some(_), Some(_)) => None,
-        _ => Some(kube_client().await?),
+        _ => Some(crate::k8s::api::infer_client().await.map_err(ControllerError::Kube)?),
     };
     let api = || client.clone().ok_or_else(|| ControllerError::Kube("no client was configured".into()));
     let (source, origin): (Arc<dyn ClusterSource>, String) = match &args.cluster_state {
@@ -297,6 +290,8 @@ pub(crate) async fn bind(args: ControllerArgs) -> Result<Running, ControllerErro
         cluster_id: args.cluster_id.clone(),
         cluster_domain: args.cluster_domain.clone(),
         network: String::new(),
+        // Only the API has an annotation writer (the node agent); the file source has none.
+        require_redirection_annotation: args.cluster_state.is_none(),
     };
     let resources = publish(cluster.clone(), opts);
     let (chain, key) = ca.serving_certificate(&args.serving_names, Duration::from_secs(365 * 86400))?;

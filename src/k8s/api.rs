@@ -1,10 +1,11 @@
 //! Cluster state from the Kubernetes API, behind [`ClusterSource`]: one kube-runtime watcher
-//! per kind (list, then watch from the list's resourceVersion, resumed after a dropped watch,
-//! re-listed after `410 Gone`, with kube's default backoff) feeding the sans-IO
+//! per watched kind (every kind, or a [`Scope`]: a subset with per-kind field selectors; list,
+//! then watch from the list's resourceVersion, resumed after a dropped watch, re-listed after
+//! `410 Gone`, with kube's default backoff) feeding the sans-IO
 //! [`ClusterIndex`]. Objects go through `serde_json` into the same conversion as manifests on
 //! disk, so there is one translation.
 //!
-//! Invariants: nothing is published before every kind has completed its first list (the watch
+//! Invariants: nothing is published before every watched kind has completed its first list (the watch
 //! channel's initial empty state is never marked changed), then only on change; a kind's
 //! re-list keeps its previous objects in force until the list completes; an object that does
 //! not convert is refused, logged and counted, and changes nothing else. No reflector store is
@@ -68,6 +69,35 @@ istio_security_kind!(PeerAuthentication, "peerauthentications");
 /// One kind's watcher event, the object as JSON; `Err` is a watch failure kube retries.
 type KindEvent = (Kind, Result<WatchEvent, watcher::Error>);
 
+/// What an [`ApiSource`] watches: a subset of the kinds, each optionally narrowed by a field
+/// selector the API server applies (so a node agent never receives other nodes' pods).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scope {
+    kinds: Vec<Kind>,
+    field_selectors: Vec<(Kind, String)>,
+}
+
+impl Scope {
+    /// Every kind, cluster-wide: the controller's view.
+    pub fn everything() -> Scope {
+        Scope { kinds: Kind::ALL.to_vec(), field_selectors: Vec::new() }
+    }
+
+    /// The node agent's view: what the capture decision reads (`ferry_core::k8s::capture`:
+    /// the pod and its namespace), Pods restricted to `node` by `spec.nodeName`.
+    pub fn node_agent(node: &str) -> Scope {
+        Scope { kinds: vec![Kind::Namespace, Kind::Pod], field_selectors: vec![(Kind::Pod, format!("spec.nodeName={node}"))] }
+    }
+
+    fn config(&self, kind: Kind) -> watcher::Config {
+        let config = watcher::Config::default();
+        match self.field_selectors.iter().find(|(k, _)| *k == kind) {
+            Some((_, selector)) => config.fields(selector),
+            None => config,
+        }
+    }
+}
+
 /// The cluster state the Kubernetes API holds. Dropping it stops the watches.
 pub struct ApiSource {
     state: watch::Receiver<Arc<ClusterState>>,
@@ -94,18 +124,16 @@ impl Drop for ApiSource {
 impl ApiSource {
     /// Starts watching every kind with `client` (on the current tokio runtime).
     pub fn start(client: kube::Client) -> ApiSource {
+        ApiSource::start_scoped(client, &Scope::everything())
+    }
+
+    /// Starts watching what `scope` names; the state is complete once those kinds listed.
+    pub fn start_scoped(client: kube::Client, scope: &Scope) -> ApiSource {
         let (state_tx, state) = watch::channel(Arc::new(ClusterState::default()));
-        let (pending_tx, pending) = watch::channel(Kind::ALL.to_vec());
-        let events = futures_util::stream::select_all([
-            kind_events::<Namespace>(Kind::Namespace, Api::all(client.clone())),
-            kind_events::<Pod>(Kind::Pod, Api::all(client.clone())),
-            kind_events::<Service>(Kind::Service, Api::all(client.clone())),
-            kind_events::<ServiceAccount>(Kind::ServiceAccount, Api::all(client.clone())),
-            kind_events::<AuthorizationPolicy>(Kind::AuthorizationPolicy, Api::all(client.clone())),
-            kind_events::<PeerAuthentication>(Kind::PeerAuthentication, Api::all(client)),
-        ]);
+        let (pending_tx, pending) = watch::channel(scope.kinds.clone());
         describe();
-        let task = tokio::spawn(run(events.boxed(), state_tx, pending_tx));
+        let events = futures_util::stream::select_all(scope.kinds.iter().map(|k| watch_kind(&client, scope, *k)));
+        let task = tokio::spawn(run(events.boxed(), ClusterIndex::for_kinds(&scope.kinds), state_tx, pending_tx));
         ApiSource { state, pending, task }
     }
 
@@ -117,13 +145,33 @@ impl ApiSource {
     }
 }
 
+/// A client for the Kubernetes API, configured as kubectl is (in-cluster, else KUBECONFIG).
+pub(crate) async fn infer_client() -> Result<kube::Client, String> {
+    let config = kube::Config::infer().await.map_err(|e| e.to_string())?;
+    tracing::info!(api = %config.cluster_url, "using the Kubernetes API");
+    kube::Client::try_from(config).map_err(|e| e.to_string())
+}
+
+/// `kind`'s watcher, typed.
+fn watch_kind(client: &kube::Client, scope: &Scope, kind: Kind) -> BoxStream<'static, KindEvent> {
+    let (c, config) = (client.clone(), scope.config(kind));
+    match kind {
+        Kind::Namespace => kind_events::<Namespace>(kind, Api::all(c), config),
+        Kind::Pod => kind_events::<Pod>(kind, Api::all(c), config),
+        Kind::Service => kind_events::<Service>(kind, Api::all(c), config),
+        Kind::ServiceAccount => kind_events::<ServiceAccount>(kind, Api::all(c), config),
+        Kind::AuthorizationPolicy => kind_events::<AuthorizationPolicy>(kind, Api::all(c), config),
+        Kind::PeerAuthentication => kind_events::<PeerAuthentication>(kind, Api::all(c), config),
+    }
+}
+
 /// `K`'s watcher with kube's default backoff, its objects as JSON.
-fn kind_events<K>(kind: Kind, api: Api<K>) -> BoxStream<'static, KindEvent>
+fn kind_events<K>(kind: Kind, api: Api<K>, config: watcher::Config) -> BoxStream<'static, KindEvent>
 where
     K: kube::Resource + Clone + std::fmt::Debug + DeserializeOwned + Serialize + Send + 'static,
 {
     metrics::gauge!("ferry_k8s_synced", "kind" => kind.name()).set(0.0);
-    watcher(api, watcher::Config::default()).default_backoff().map(move |r| (kind, r.map(index_event))).boxed()
+    watcher(api, config).default_backoff().map(move |r| (kind, r.map(index_event))).boxed()
 }
 
 /// kube-runtime's event as the index's (the same five cases). Serialising a typed object
@@ -145,8 +193,12 @@ const MAX_BATCH: usize = 4096;
 /// Feeds every event to the index and publishes each changed, synced state. Events already
 /// waiting are applied together, so an initial list or a burst is one publication, not one
 /// per object.
-async fn run(mut events: BoxStream<'static, KindEvent>, state: watch::Sender<Arc<ClusterState>>, pending: watch::Sender<Vec<Kind>>) {
-    let mut index = ClusterIndex::new();
+async fn run(
+    mut events: BoxStream<'static, KindEvent>,
+    mut index: ClusterIndex,
+    state: watch::Sender<Arc<ClusterState>>,
+    pending: watch::Sender<Vec<Kind>>,
+) {
     while let Some(first) = events.next().await {
         let mut next = Some(first);
         let mut batch = 0;
@@ -156,7 +208,7 @@ async fn run(mut events: BoxStream<'static, KindEvent>, state: watch::Sender<Arc
             // Bounded, so a flood of events still yields to the runtime and publishes.
             next = if batch < MAX_BATCH { events.next().now_or_never().flatten() } else { None };
         }
-        let unsynced: Vec<Kind> = Kind::ALL.into_iter().filter(|k| !index.kind_synced(*k)).collect();
+        let unsynced = index.unsynced();
         pending.send_if_modified(|p| std::mem::replace(p, unsynced.clone()) != unsynced);
         if let Some(next) = index.take_changed() {
             tracing::info!(pods = next.pods.len(), services = next.services.len(), "cluster state from the Kubernetes API updated");

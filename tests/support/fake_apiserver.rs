@@ -12,8 +12,11 @@
 //! concurrency: a replace whose `metadata.resourceVersion` is not the stored one, or a create
 //! of an existing name, is answered `409 Conflict`; a test can make the next write of a kind
 //! lose a race (another writer's object stored, then 409) or fail (500), and every write is
-//! recorded. It
-//! stores objects, nothing more: no validation, no selectors, no admission.
+//! recorded. A pod `PATCH` (JSON merge patch,
+//! RFC 7386, on the pod or its `status` subresource) changes the stored pod like any other
+//! write (`MODIFIED`) and is recorded; the next N can be made to fail with 500. The one field
+//! selector it knows, `spec.nodeName=X`, filters lists and watches as the real server does. It
+//! stores objects, nothing more: no validation, no label selectors, no admission.
 
 #![allow(dead_code)]
 
@@ -87,6 +90,21 @@ struct Logged {
     path: &'static str,
     rv: u64,
     line: Bytes,
+    /// The event's object, for field selectors.
+    object: Value,
+}
+
+/// One pod PATCH the server received.
+#[derive(Clone, Debug)]
+pub struct PodPatch {
+    pub namespace: String,
+    pub name: String,
+    /// `status` for a patch of the status subresource, empty for the pod itself.
+    pub subresource: String,
+    pub content_type: String,
+    pub patch: Value,
+    /// The status answered (200, 404, or 500 when made to fail).
+    pub status: u16,
 }
 
 #[derive(Default)]
@@ -115,6 +133,9 @@ struct Inner {
     /// kind → the object another writer stores just before the next write of that kind,
     /// which is then answered 409.
     race: BTreeMap<&'static str, Value>,
+    patches: Vec<PodPatch>,
+    /// How many of the next pod patches are answered 500.
+    failing_patches: u32,
 }
 
 struct Shared {
@@ -134,13 +155,14 @@ impl Inner {
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
         let set = self.objects.entry(path).or_default();
         let kind = if set.insert(key, object.clone()).is_some() { "MODIFIED" } else { "ADDED" };
-        self.log(path, rv, event_line(kind, &object));
+        self.log(path, rv, kind, &object);
         rv
     }
 
-    fn log(&mut self, path: &'static str, rv: u64, line: Bytes) {
+    fn log(&mut self, path: &'static str, rv: u64, kind: &str, object: &Value) {
         self.logged += 1;
-        self.log.push(Logged { seq: self.logged, path, rv, line });
+        let line = event_line(kind, object);
+        self.log.push(Logged { seq: self.logged, path, rv, line, object: object.clone() });
     }
 }
 
@@ -180,6 +202,12 @@ impl FakeApiServer {
                             if req.method() == http::Method::POST && req.uri().path() == TOKEN_REVIEWS {
                                 let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                                 return Ok::<_, Infallible>(token_review(&s, &body));
+                            }
+                            if req.method() == http::Method::PATCH {
+                                let ct = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                                let path = req.uri().path().to_string();
+                                let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                                return Ok(patch_pod(&s, &path, &ct, &body));
                             }
                             if let Some(target) = by_name(req.uri().path()) {
                                 let method = req.method().clone();
@@ -290,7 +318,7 @@ impl FakeApiServer {
             let rv = i.rv;
             if let Some(mut object) = i.objects.entry(path).or_default().remove(&format!("{namespace}/{name}")) {
                 object["metadata"]["resourceVersion"] = json!(rv.to_string());
-                i.log(path, rv, event_line("DELETED", &object));
+                i.log(path, rv, "DELETED", &object);
             }
         });
     }
@@ -316,7 +344,7 @@ impl FakeApiServer {
         self.shared.change(|i| {
             rv = i.rv;
             let object = json!({"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": rv.to_string()}});
-            i.log(path, rv, event_line("BOOKMARK", &object));
+            i.log(path, rv, "BOOKMARK", &object);
         });
         rv
     }
@@ -349,6 +377,34 @@ impl FakeApiServer {
             .filter(|s| s.path == TOKEN_REVIEWS)
             .filter_map(|s| s.query.get("spec").and_then(|v| serde_json::from_str(v).ok()))
             .collect()
+    }
+
+    /// The pod PATCHes received so far, in order.
+    pub fn pod_patches(&self) -> Vec<PodPatch> {
+        self.shared.inner.lock().unwrap().patches.clone()
+    }
+
+    /// Answers the next `n` pod PATCHes 500, as an API server that is briefly unavailable.
+    pub fn fail_patches(&self, n: u32) {
+        self.shared.change(|i| i.failing_patches = n);
+    }
+
+    /// The stored object `namespace/name` of `kind`, if any.
+    pub fn object(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        let i = self.shared.inner.lock().unwrap();
+        i.objects.get(path_of(kind)).and_then(|m| m.get(&format!("{namespace}/{name}"))).cloned()
+    }
+
+    /// Waits (bounded) until the stored object `namespace/name` of `kind` satisfies `pred`.
+    pub async fn wait_object(&self, kind: &str, namespace: &str, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(o) = self.object(kind, namespace, name).filter(|o| pred(o)) {
+                return o;
+            }
+            assert!(Instant::now() < deadline, "{kind} {namespace}/{name} never {what}; patches {:?}", self.pod_patches());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Ends every open watch (the connection's body ends, as when an API server restarts).
@@ -478,7 +534,7 @@ fn answer(s: &Arc<Shared>, req: &Request<Incoming>) -> Response<Body> {
         .query()
         .unwrap_or("")
         .split('&')
-        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), percent_decode(v))))
         .collect();
     let seen = Seen { path: path.clone(), query };
     let missing = {
@@ -495,8 +551,13 @@ fn answer(s: &Arc<Shared>, req: &Request<Incoming>) -> Response<Body> {
             &status(405, "MethodNotAllowed", "the fake API server only lists and watches"),
         );
     }
+    let selector = match seen.query.get("fieldSelector").map(|f| FieldSelector::parse(f)) {
+        None => FieldSelector::default(),
+        Some(Ok(f)) => f,
+        Some(Err(bad)) => return json_response(StatusCode::BAD_REQUEST, &status(400, "BadRequest", &bad)),
+    };
     if !seen.is_watch() {
-        return list(s, kind, api_version, path);
+        return list(s, kind, api_version, path, &selector);
     }
     let from: u64 = seen.query.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
     let (compacted, epoch) = {
@@ -508,7 +569,117 @@ fn answer(s: &Arc<Shared>, req: &Request<Incoming>) -> Response<Body> {
         let body = Full::new(event_line("ERROR", &gone)).boxed();
         return Response::builder().header("content-type", "application/json").body(body).unwrap();
     }
-    watch_stream(s.clone(), path, from, epoch)
+    watch_stream(s.clone(), path, from, epoch, selector)
+}
+
+/// `%XX` escapes (and `+`) of a query value decoded.
+fn percent_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                match std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(c) => out.push(c),
+                    None => out.extend_from_slice(&b[i..i + 3]),
+                }
+                i += 3;
+                continue;
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The field selectors the fake understands: `spec.nodeName=X` (anything else is refused 400,
+/// so a test never passes on a selector the server silently ignored).
+#[derive(Clone, Debug, Default)]
+struct FieldSelector {
+    node_name: Option<String>,
+}
+
+impl FieldSelector {
+    fn parse(s: &str) -> Result<FieldSelector, String> {
+        let mut f = FieldSelector::default();
+        for term in s.split(',').filter(|t| !t.is_empty()) {
+            match term.split_once('=') {
+                Some(("spec.nodeName", v)) => f.node_name = Some(v.to_string()),
+                _ => return Err(format!("the fake API server does not support the field selector {term:?}")),
+            }
+        }
+        Ok(f)
+    }
+
+    /// Bookmarks carry no fields and always pass, as on the real server.
+    fn matches(&self, object: &Value) -> bool {
+        match &self.node_name {
+            None => true,
+            Some(n) => object.get("spec").is_none() || object["spec"]["nodeName"].as_str() == Some(n),
+        }
+    }
+}
+
+/// A JSON merge patch (RFC 7386) of a pod at `/api/v1/namespaces/{ns}/pods/{name}`.
+fn patch_pod(s: &Shared, path: &str, content_type: &str, body: &[u8]) -> Response<Body> {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (ns, name, subresource) = match parts[..] {
+        ["api", "v1", "namespaces", ns, "pods", name] => (ns, name, ""),
+        ["api", "v1", "namespaces", ns, "pods", name, "status"] => (ns, name, "status"),
+        _ => return json_response(StatusCode::NOT_FOUND, &status(404, "NotFound", &format!("the fake API server cannot patch {path}"))),
+    };
+    let patch: Value = serde_json::from_slice(body).unwrap_or_default();
+    let mut answer = (StatusCode::NOT_FOUND, status(404, "NotFound", &format!("pods \"{name}\" not found")));
+    let pods = path_of("Pod");
+    s.change(|i| {
+        let mut record = PodPatch {
+            namespace: ns.into(),
+            name: name.into(),
+            subresource: subresource.into(),
+            content_type: content_type.into(),
+            patch: patch.clone(),
+            status: 404,
+        };
+        if i.failing_patches > 0 {
+            i.failing_patches -= 1;
+            answer = (StatusCode::INTERNAL_SERVER_ERROR, status(500, "InternalError", "the fake API server was told to fail this patch"));
+        } else if content_type != "application/merge-patch+json" {
+            answer = (StatusCode::UNSUPPORTED_MEDIA_TYPE, status(415, "UnsupportedMediaType", "only merge patches are supported"));
+        } else if let Some(mut object) = i.objects.get(pods).and_then(|m| m.get(&format!("{ns}/{name}"))).cloned() {
+            merge(&mut object, &patch);
+            i.rv += 1;
+            let rv = i.rv;
+            object["metadata"]["resourceVersion"] = json!(rv.to_string());
+            i.objects.entry(pods).or_default().insert(format!("{ns}/{name}"), object.clone());
+            i.log(pods, rv, "MODIFIED", &object);
+            answer = (StatusCode::OK, object);
+        }
+        record.status = answer.0.as_u16();
+        i.patches.push(record);
+    });
+    json_response(answer.0, &answer.1)
+}
+
+/// RFC 7386: objects merge key by key, `null` removes, anything else replaces.
+fn merge(target: &mut Value, patch: &Value) {
+    let Some(p) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let t = target.as_object_mut().unwrap();
+    for (k, v) in p {
+        if v.is_null() {
+            t.remove(k);
+        } else {
+            merge(t.entry(k.clone()).or_insert(Value::Null), v);
+        }
+    }
 }
 
 /// Answers a TokenReview as the API server does: authenticated only for a known token whose
@@ -537,13 +708,14 @@ fn token_review(s: &Shared, body: &[u8]) -> Response<Body> {
     json_response(StatusCode::CREATED, &answer)
 }
 
-fn list(s: &Shared, kind: &str, api_version: &str, path: &'static str) -> Response<Body> {
+fn list(s: &Shared, kind: &str, api_version: &str, path: &'static str, selector: &FieldSelector) -> Response<Body> {
     let i = s.inner.lock().unwrap();
     let items: Vec<Value> = i
         .objects
         .get(path)
         .into_iter()
         .flat_map(|m| m.values())
+        .filter(|o| selector.matches(o))
         .map(|o| {
             // The API server leaves the type out of the items of a typed list.
             let mut o = o.clone();
@@ -556,29 +728,36 @@ fn list(s: &Shared, kind: &str, api_version: &str, path: &'static str) -> Respon
 }
 
 /// The events of `path` after `from`, then every later one, until the watches are dropped.
-fn watch_stream(s: Arc<Shared>, path: &'static str, from: u64, epoch: u64) -> Response<Body> {
+fn watch_stream(s: Arc<Shared>, path: &'static str, from: u64, epoch: u64, selector: FieldSelector) -> Response<Body> {
     let tick = s.tick.subscribe();
     // The first event is the first after `from`; later ones follow the last sent in log order
     // (a bookmark may carry the resourceVersion of the event before it).
-    let events = futures_util::stream::unfold((s, tick, None::<u64>), move |(s, mut tick, mut sent)| async move {
-        loop {
-            {
-                let mut i = s.inner.lock().unwrap();
-                if i.epoch != epoch {
+    let events = futures_util::stream::unfold((s, tick, None::<u64>), move |(s, mut tick, mut sent)| {
+        let selector = selector.clone();
+        async move {
+            loop {
+                {
+                    let mut i = s.inner.lock().unwrap();
+                    if i.epoch != epoch {
+                        return None;
+                    }
+                    let next = i.log.iter().find(|e| e.path == path && sent.map_or(e.rv > from, |seq| e.seq > seq));
+                    if let Some(e) = next {
+                        let (frame, seq) = (selector.matches(&e.object).then(|| Frame::data(e.line.clone())), e.seq);
+                        sent = Some(seq);
+                        let d = i.delivered.entry(path).or_default();
+                        *d = (*d).max(seq);
+                        drop(i);
+                        // An event the selector filters out is skipped, not sent.
+                        match frame {
+                            Some(frame) => return Some((Ok::<_, Infallible>(frame), (s, tick, sent))),
+                            None => continue,
+                        }
+                    }
+                }
+                if tick.changed().await.is_err() {
                     return None;
                 }
-                let next = i.log.iter().find(|e| e.path == path && sent.map_or(e.rv > from, |seq| e.seq > seq));
-                if let Some(e) = next {
-                    let (frame, seq) = (Frame::data(e.line.clone()), e.seq);
-                    sent = Some(seq);
-                    let d = i.delivered.entry(path).or_default();
-                    *d = (*d).max(seq);
-                    drop(i);
-                    return Some((Ok::<_, Infallible>(frame), (s, tick, sent)));
-                }
-            }
-            if tick.changed().await.is_err() {
-                return None;
             }
         }
     });

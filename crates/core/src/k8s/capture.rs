@@ -7,8 +7,10 @@ use super::objects::{Namespace, Pod};
 pub const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
 pub const AMBIENT: &str = "ambient";
 pub(crate) const NONE: &str = "none";
-/// Per-pod opt-out annotation (protocols.md §3.6).
-pub(crate) const REDIRECTION_ANNOTATION: &str = "ambient.istio.io/redirection";
+/// Per-pod opt-out annotation (protocols.md §3.6), and the node agent's report that the pod's
+/// redirection is installed (value [`REDIRECTION_ENABLED`]).
+pub const REDIRECTION_ANNOTATION: &str = "ambient.istio.io/redirection";
+pub const REDIRECTION_ENABLED: &str = "enabled";
 pub(crate) const SIDECAR_STATUS_ANNOTATION: &str = "sidecar.istio.io/status";
 
 #[derive(Clone, Debug, PartialEq, Eq)]

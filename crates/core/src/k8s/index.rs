@@ -97,17 +97,31 @@ struct KindSet {
     synced: bool,
 }
 
-/// Every kind's objects, fed by watch events.
-#[derive(Clone, Debug, Default)]
+/// Every watched kind's objects, fed by watch events.
+#[derive(Clone, Debug)]
 pub struct ClusterIndex {
+    /// The kinds whose first list makes the state complete (a node agent watches fewer).
+    watched: Vec<Kind>,
     kinds: BTreeMap<Kind, KindSet>,
     /// Whether the state changed since [`ClusterIndex::take_changed`] last returned it.
     dirty: bool,
 }
 
+impl Default for ClusterIndex {
+    fn default() -> Self {
+        ClusterIndex::new()
+    }
+}
+
 impl ClusterIndex {
     pub fn new() -> Self {
-        ClusterIndex::default()
+        ClusterIndex::for_kinds(&Kind::ALL)
+    }
+
+    /// An index complete once each of `kinds` has listed; other kinds' events are still
+    /// applied but not waited for.
+    pub fn for_kinds(kinds: &[Kind]) -> Self {
+        ClusterIndex { watched: kinds.to_vec(), kinds: BTreeMap::new(), dirty: false }
     }
 
     /// Feeds one event of `kind`'s watch.
@@ -161,9 +175,14 @@ impl ClusterIndex {
         self.kinds.get(&kind).is_some_and(|s| s.synced)
     }
 
-    /// Whether every kind has completed its first list.
+    /// Whether every watched kind has completed its first list.
     pub fn synced(&self) -> bool {
-        Kind::ALL.iter().all(|k| self.kind_synced(*k))
+        self.watched.iter().all(|k| self.kind_synced(*k))
+    }
+
+    /// The watched kinds that have not completed their first list.
+    pub fn unsynced(&self) -> Vec<Kind> {
+        self.watched.iter().copied().filter(|k| !self.kind_synced(*k)).collect()
     }
 
     /// How many objects of `kind` the state holds.

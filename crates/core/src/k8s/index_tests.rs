@@ -212,3 +212,23 @@ fn a_namespace_label_change_changes_the_translation() {
     assert_eq!(f.index.apply(Kind::Namespace, WatchEvent::Apply(ambient)).unwrap(), Outcome::Changed);
     assert_eq!(protocol(&f.index.take_changed().unwrap()), TunnelProtocol::Hbone);
 }
+
+/// A node agent's index (Namespaces and Pods only) is complete once those two have listed;
+/// the kinds it does not watch are never waited for.
+#[test]
+fn an_index_of_some_kinds_is_complete_once_those_listed() {
+    let mut index = ClusterIndex::for_kinds(&[Kind::Namespace, Kind::Pod]);
+    assert_eq!(index.unsynced(), vec![Kind::Namespace, Kind::Pod]);
+    index.apply(Kind::Namespace, WatchEvent::ListStart).unwrap();
+    index.apply(Kind::Namespace, WatchEvent::Listed(namespace("shop", json!({})))).unwrap();
+    index.apply(Kind::Namespace, WatchEvent::ListDone).unwrap();
+    assert!(index.take_changed().is_none(), "pods have not listed yet");
+    assert_eq!(index.unsynced(), vec![Kind::Pod]);
+    index.apply(Kind::Pod, WatchEvent::ListStart).unwrap();
+    index.apply(Kind::Pod, WatchEvent::Listed(pod("shop", "web-1", "10.0.0.1"))).unwrap();
+    index.apply(Kind::Pod, WatchEvent::ListDone).unwrap();
+    assert!(index.synced() && index.unsynced().is_empty());
+    let state = index.take_changed().expect("complete without services, accounts or policies");
+    assert!(state.pod("shop", "web-1").is_some() && state.namespace("shop").is_some());
+    assert!(!ClusterIndex::new().synced(), "the full index still waits for every kind");
+}

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use super::capture::{decide, Capture};
+use super::capture::{decide, Capture, REDIRECTION_ANNOTATION, REDIRECTION_ENABLED};
 use super::objects::{ClusterState, IntOrString, Pod, Service as K8sService};
 use super::peer_auth::{self, PeerAuthn};
 use super::policy::{self, TranslatedPolicy};
@@ -22,6 +22,13 @@ pub struct TranslateOptions {
     pub cluster_id: String,
     pub cluster_domain: String,
     pub network: String,
+    /// Advertise a pod as HBONE only when it carries `ambient.istio.io/redirection: enabled`,
+    /// as istiod does: on a real cluster the node agent writes that annotation once the pod's
+    /// redirection is installed, so the annotation (not the labels) says whether inbound
+    /// traffic to the pod is captured. A captured pod without it is plain TCP. Off for the
+    /// file-based simulated cluster, which has no annotation writer and where the capture
+    /// decision itself is the truth.
+    pub require_redirection_annotation: bool,
 }
 
 impl Default for TranslateOptions {
@@ -31,6 +38,7 @@ impl Default for TranslateOptions {
             cluster_id: "Kubernetes".into(),
             cluster_domain: "cluster.local".into(),
             network: String::new(),
+            require_redirection_annotation: false,
         }
     }
 }
@@ -95,10 +103,7 @@ fn workload(c: &ClusterState, p: &Pod, services: &[&K8sService], o: &TranslateOp
     let mut w = Workload::new(&format!("{}//Pod/{ns}/{name}", o.cluster_id), ns, name);
     w.addresses = ips;
     w.network = o.network.clone();
-    w.protocol = match decide(c.namespace(ns), p) {
-        Capture::Enroll => TunnelProtocol::Hbone,
-        Capture::Skip(_) => TunnelProtocol::None,
-    };
+    w.protocol = protocol(c, p, o);
     w.trust_domain = o.trust_domain.clone();
     w.service_account = p.service_account().to_string();
     w.node = p.spec.node_name.clone();
@@ -121,6 +126,23 @@ fn workload(c: &ClusterState, p: &Pod, services: &[&K8sService], o: &TranslateOp
         w.services.insert(ServiceKey::new(&s.metadata.namespace, &hostname(s, o)), endpoint_ports(s, p));
     }
     Some(w)
+}
+
+/// HBONE when the pod's traffic is captured: by the capture decision, or (API mode) by the
+/// node agent's annotation alone, as istiod's `IsPodAmbient` does. The annotation alone, not
+/// the decision and the annotation: while a release is pending (labels changed, agent not yet
+/// done) the redirection is still installed and the pod still only answers over HBONE.
+fn protocol(c: &ClusterState, p: &Pod, o: &TranslateOptions) -> TunnelProtocol {
+    let captured = if o.require_redirection_annotation {
+        p.metadata.annotations.get(REDIRECTION_ANNOTATION).is_some_and(|v| v == REDIRECTION_ENABLED)
+    } else {
+        decide(c.namespace(&p.metadata.namespace), p) == Capture::Enroll
+    };
+    if captured {
+        TunnelProtocol::Hbone
+    } else {
+        TunnelProtocol::None
+    }
 }
 
 /// A service selects pods in its own namespace whose labels include its whole (non-empty)

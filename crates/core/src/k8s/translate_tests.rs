@@ -81,3 +81,33 @@ fn pods_and_services_become_workloads_and_endpoints() {
     assert_eq!(svc.ports[&80], 0, "named target ports are resolved per endpoint");
     assert_eq!(svc.ports[&81], 7000);
 }
+
+/// API mode: HBONE exactly when the node agent's annotation says the redirection is
+/// installed; the file mode keeps the capture decision.
+#[test]
+fn api_mode_advertises_hbone_only_with_the_redirection_annotation() {
+    let docs = |annotations: &str, ns_labels: &str| {
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop, labels: {{{ns_labels}}}}}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {{name: web-1, namespace: shop, annotations: {{{annotations}}}}}\n\
+             spec: {{nodeName: node-1}}\nstatus: {{podIP: 198.18.1.10}}\n"
+        )
+    };
+    let ambient = "istio.io/dataplane-mode: ambient";
+    let enabled = "ambient.istio.io/redirection: enabled";
+    let api = TranslateOptions { require_redirection_annotation: true, ..Default::default() };
+    let file = TranslateOptions::default();
+    let cases = [
+        ("captured, not yet annotated: TCP", "", ambient, &api, TunnelProtocol::None),
+        ("captured and annotated: HBONE", enabled, ambient, &api, TunnelProtocol::Hbone),
+        ("annotated, release pending: still HBONE", enabled, "", &api, TunnelProtocol::Hbone),
+        ("opt-out annotation: TCP", "ambient.istio.io/redirection: disabled", ambient, &api, TunnelProtocol::None),
+        ("not captured, not annotated: TCP", "", "", &api, TunnelProtocol::None),
+        ("file mode, captured without annotation: HBONE", "", ambient, &file, TunnelProtocol::Hbone),
+        ("file mode, annotated but not captured: TCP", enabled, "", &file, TunnelProtocol::None),
+    ];
+    for (name, annotations, ns_labels, opts, want) in cases {
+        let c = parse_documents(&docs(annotations, ns_labels), "test").unwrap();
+        assert_eq!(to_state(&c, opts).workloads[0].protocol, want, "{name}");
+    }
+}
