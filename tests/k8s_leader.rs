@@ -50,6 +50,10 @@ fn loopback_port() -> String {
 
 /// Starts replica `who` (its Lease identity and its API token) on `server`, sharing `dir/ca`.
 fn replica(dir: &Path, server: &FakeApiServer, who: &str) -> Replica {
+    replica_with(dir, server, who, "2s")
+}
+
+fn replica_with(dir: &Path, server: &FakeApiServer, who: &str, lease: &str) -> Replica {
     let kubeconfig = dir.join(format!("kubeconfig-{who}"));
     let stats = loopback_port();
     std::fs::write(&kubeconfig, server.kubeconfig_as(who)).unwrap();
@@ -65,7 +69,7 @@ fn replica(dir: &Path, server: &FakeApiServer, who: &str) -> Replica {
         .env("FERRY_XDS_LISTEN", loopback_port())
         .env("FERRY_READINESS_ADDR", loopback_port())
         .env("FERRY_STATS_ADDR", &stats)
-        .env("FERRY_LEASE_DURATION", "2s")
+        .env("FERRY_LEASE_DURATION", lease)
         .env("FERRY_LEASE_RENEW", "500ms")
         .env("FERRY_LEASE_RETRY", "200ms")
         .env("FERRY_ROOT_CERT_RESYNC", "300ms")
@@ -222,5 +226,27 @@ fn a_leader_that_cannot_renew_stops_writing() {
     });
     only_root_configmaps_written(&server);
     drop(a);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_leader_stopped_with_sigterm_releases_the_lease_for_an_immediate_takeover() {
+    let (dir, rt, server, _root) = setup("release");
+    // A lease far longer than the test's deadline: only a release lets the other take over.
+    let mut a = replica_with(&dir, &server, "ferry-a", "600s");
+    rt.block_on(async {
+        server.wait_until("ferry-a holds the Lease", DEADLINE, |s| holder(s).as_deref() == Some("ferry-a")).await;
+        let b = replica_with(&dir, &server, "ferry-b", "600s");
+        server.wait_until("ferry-b is running and waits", DEADLINE, |_| b.leader_gauge().as_deref() == Some("0")).await;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(a.0.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+        let status = a.0.wait().unwrap();
+        assert!(status.success(), "ferry-a exits cleanly on SIGTERM: {status}");
+        server.wait_until("ferry-b took over the released Lease", DEADLINE, |s| holder(s).as_deref() == Some("ferry-b")).await;
+        let lease = server.get("Lease", NS, LEASE).unwrap();
+        assert_eq!(lease["spec"]["leaseDurationSeconds"], 600, "ferry-b wrote its own duration: {lease}");
+        let log = std::fs::read_to_string(dir.join("ferry-a.log")).unwrap();
+        assert!(log.contains("leader Lease released"), "{log}");
+        drop(b);
+    });
     let _ = std::fs::remove_dir_all(&dir);
 }

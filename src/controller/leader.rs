@@ -36,18 +36,23 @@ pub(crate) enum LeaderError {
     Api(#[from] kube::Error),
 }
 
-/// Starts the election loop on the current runtime; the receiver says whether we lead.
-pub(crate) fn start(client: kube::Client, election: Election) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
+/// Starts the election loop on the current runtime; the receiver says whether we lead. Once
+/// `closing` turns true the loop stops and a held Lease is released (the task then ends).
+pub(crate) fn start(
+    client: kube::Client,
+    election: Election,
+    closing: watch::Receiver<bool>,
+) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(false);
     metrics::describe_gauge!("ferry_controller_leader", "1 while this controller holds the leader Lease (only the leader writes)");
     metrics::gauge!("ferry_controller_leader").set(0.0);
     let api = Api::namespaced(client, &election.namespace);
     tracing::info!(lease = %format!("{}/{}", election.namespace, election.name), identity = %election.identity,
         duration = ?election.timings.duration, "leader election started");
-    (rx, tokio::spawn(run(api, election, tx)))
+    (rx, tokio::spawn(run(api, election, tx, closing)))
 }
 
-async fn run(api: Api<Lease>, election: Election, leading: watch::Sender<bool>) {
+async fn run(api: Api<Lease>, election: Election, leading: watch::Sender<bool>, mut closing: watch::Receiver<bool>) {
     let mut written: Option<Instant> = None;
     loop {
         let sent = Instant::now();
@@ -71,8 +76,37 @@ async fn run(api: Api<Lease>, election: Election, leading: watch::Sender<bool>) 
             }
         }
         let t = &election.timings;
-        tokio::time::sleep(if now { t.renew } else { t.retry }).await;
+        tokio::select! {
+            _ = tokio::time::sleep(if now { t.renew } else { t.retry }) => {}
+            _ = closing.wait_for(|c| *c) => break,
+        }
     }
+    if written.is_some() {
+        // Writers stop first, so nothing is written after the Lease says nobody leads.
+        leading.send_replace(false);
+        metrics::gauge!("ferry_controller_leader").set(0.0);
+        match release(&api, &election).await {
+            Ok(()) => tracing::info!(identity = %election.identity, "leader Lease released: another replica can take over at once"),
+            Err(e) => tracing::warn!(error = %e, "cannot release the leader Lease; another replica takes over once it expires"),
+        }
+    }
+}
+
+/// Hands the Lease back as client-go's `ReleaseOnCancel` does: no holder, a one-second
+/// duration, conditional on the version read (a 409 means it was no longer ours).
+async fn release(api: &Api<Lease>, e: &Election) -> Result<(), LeaderError> {
+    let Some(mut lease) = api.get_opt(&e.name).await? else { return Ok(()) };
+    let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+    if spec.holder_identity.as_deref() != Some(e.identity.as_str()) {
+        return Ok(());
+    }
+    let now = Timestamp::try_from(SystemTime::now()).ok().map(MicroTime);
+    spec.holder_identity = Some(String::new());
+    spec.lease_duration_seconds = Some(1);
+    spec.renew_time = now.clone();
+    spec.acquire_time = now;
+    api.replace(&e.name, &PostParams::default(), &lease).await?;
+    Ok(())
 }
 
 /// One round: read the Lease, decide, write if the decision says so. `Ok(true)`: we hold it

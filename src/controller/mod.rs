@@ -169,8 +169,9 @@ pub(crate) struct Running {
     closing: watch::Sender<bool>,
     /// Kept for the controller's life: dropping an API source stops its watches.
     _source: Arc<dyn ClusterSource>,
-    /// The election and publication tasks, stopped with the controller.
-    _writers: Vec<AbortOnDrop>,
+    /// The election and publication tasks, stopped with the controller; the election first
+    /// releases the Lease once `closing` is set.
+    writers: Vec<AbortOnDrop>,
 }
 
 /// A task aborted when dropped.
@@ -193,7 +194,14 @@ impl Running {
             tracing::info!("ferry controller stopping: ending every xDS stream");
             closing.send_replace(true);
         };
-        self.router.serve_with_incoming_shutdown(incoming, stop).await.map_err(|e| ControllerError::Serve(e.to_string()))?;
+        let served = self.router.serve_with_incoming_shutdown(incoming, stop).await.map_err(|e| ControllerError::Serve(e.to_string()));
+        // The election task ends once it has released the Lease; bounded, since the API may
+        // not answer (the Lease then expires on its own).
+        if let Some(election) = self.writers.into_iter().next() {
+            let mut election = election;
+            let _ = tokio::time::timeout(Duration::from_secs(5), &mut election.0).await;
+        }
+        served?;
         tracing::info!(listen = %self.addr, "ferry controller stopped");
         Ok(())
     }
@@ -238,6 +246,7 @@ fn writers(
     client: kube::Client,
     ca: &LocalCa,
     cluster: watch::Receiver<Arc<ClusterState>>,
+    closing: watch::Receiver<bool>,
 ) -> Vec<AbortOnDrop> {
     let election = leader::Election {
         namespace: args.lease_namespace.clone(),
@@ -245,7 +254,7 @@ fn writers(
         identity: args.lease_identity.clone().filter(|i| !i.is_empty()).unwrap_or_else(leader::default_identity),
         timings,
     };
-    let (leading, elect) = leader::start(client.clone(), election);
+    let (leading, elect) = leader::start(client.clone(), election, closing);
     let publish = root_cert::start(client, ca.root_bundle().to_string(), leading, cluster, args.root_cert_resync);
     vec![AbortOnDrop(elect), AbortOnDrop(publish)]
 }
@@ -281,8 +290,9 @@ pub(crate) async fn bind(args: ControllerArgs) -> Result<Running, ControllerErro
         .map_err(|source| ControllerError::Io { what: "cannot bind the readiness or metrics port", source })?;
     wait_complete(source.as_ref()).await;
     let cluster = source.subscribe();
-    let _writers = match writer {
-        Some(client) => writers(&args, timings, client, &ca, cluster.clone()),
+    let (closing, closing_rx) = watch::channel(false);
+    let writers = match writer {
+        Some(client) => writers(&args, timings, client, &ca, cluster.clone(), closing_rx.clone()),
         None => Vec::new(),
     };
     let opts = TranslateOptions {
@@ -295,7 +305,6 @@ pub(crate) async fn bind(args: ControllerArgs) -> Result<Running, ControllerErro
     };
     let resources = publish(cluster.clone(), opts);
     let (chain, key) = ca.serving_certificate(&args.serving_names, Duration::from_secs(365 * 86400))?;
-    let (closing, closing_rx) = watch::channel(false);
     let ads = ads::Ads {
         resources: resources.clone(),
         reviewer: reviewer.clone(),
@@ -324,7 +333,7 @@ pub(crate) async fn bind(args: ControllerArgs) -> Result<Running, ControllerErro
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(AggregatedDiscoveryServiceServer::new(ads))
         .add_service(IstioCertificateServiceServer::new(cas));
-    Ok(Running { addr, listener, router, ready, closing, _source: source, _writers })
+    Ok(Running { addr, listener, router, ready, closing, _source: source, writers })
 }
 
 /// Re-translates and re-encodes the state on every change; returns the current resources.
