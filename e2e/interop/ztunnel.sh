@@ -4,8 +4,10 @@
 # XDS_ROOT_CA, AUTH_TOKEN with a token bound to that node's ztunnel pod), next to a ferry proxy
 # on the other node. It must receive workloads and policies over WDS and certificates over the
 # CA API, and every flow of `ferry demo` must behave: mutual TLS with both SPIFFE identities in
-# the access logs, the mesh canary never in plaintext on the node-to-node links. Run once with
-# ztunnel on the destination node and once on the source node, so HBONE is checked both ways.
+# the access logs, the mesh canary never in plaintext on the node-to-node links, and the
+# scenario's AuthorizationPolicy (received over WDS) enforced by the destination's proxy (the
+# `denied` flow). Run once with ztunnel on the destination node and once on the source node, so
+# HBONE and policy are checked both ways.
 #
 # Usage (as root): e2e/interop/ztunnel.sh /path/to/ztunnel [path/to/ferry]
 # Build ztunnel yourself, outside this repository (github.com/istio/ztunnel; e.g. with the

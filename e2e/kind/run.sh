@@ -209,7 +209,14 @@ while read -r expect from to label <&4; do
   if [ "$expect" = mtls ]; then canary=FERRY-MESH-CANARY; else canary=FERRY-PLAIN-CANARY; fi
   payload=$(for _ in $(seq 16); do printf '%s %s ' "$canary" "$label"; done)
   result=ok note=
-  if ! echo=$(roundtrip "$from" "$addr" "$payload") || [ "$echo" != "$payload" ]; then
+  if echo=$(roundtrip "$from" "$addr" "$payload") && [ "$echo" = "$payload" ]; then
+    echoed=yes
+  else
+    echoed=no
+  fi
+  if [ "$expect" = denied ] && [ "$echoed" = yes ]; then
+    result=UNEXPECTED note="the connection to $addr was allowed"
+  elif [ "$expect" != denied ] && [ "$echoed" = no ]; then
     result=UNEXPECTED note="no whole echo from $addr"
   else
     if [ "$expect" = passthrough ]; then
@@ -225,9 +232,10 @@ while read -r expect from to label <&4; do
       dst_id="spiffe://cluster.local/ns/${dst_pod%/*}/sa/$(pod_sa "$dst_pod")"
       verdict=$(jq -r --arg e "$expect" --arg src "$src_id" --arg dst "$dst_id" --argjson len "${#payload}" '
         (.connection_security_policy == "mutual_tls") as $mtls
-        | (if $e == "mtls" then $mtls and .["src.identity"] == $src and .["dst.identity"] == $dst
+        | if $e == "denied" then ((.error // "") | contains("allow policies exist, but none allowed"))
+          else (if $e == "mtls" then $mtls and .["src.identity"] == $src and .["dst.identity"] == $dst
            elif $e == "passthrough" then ($mtls | not) and .["dst.hbone_addr"] == null
-           else ($mtls | not) and .["src.identity"] == null end) and .bytes_recv == $len' <<<"$rec")
+           else ($mtls | not) and .["src.identity"] == null end) and .bytes_recv == $len end' <<<"$rec")
       [ "$verdict" = true ] || result=UNEXPECTED note="unexpected record: $rec"
     fi
   fi

@@ -54,6 +54,9 @@ enum Expect {
     Passthrough,
     /// The source is outside the mesh: plain TCP captured at the destination (15006).
     PlainInbound,
+    /// Refused by an AuthorizationPolicy at the destination: no echo, and the destination's
+    /// record says no ALLOW policy matched.
+    Denied,
 }
 
 #[derive(Debug)]
@@ -93,6 +96,7 @@ fn flows() -> Result<Vec<Flow>, String> {
             "mtls" => Expect::Mtls,
             "passthrough" => Expect::Passthrough,
             "plain-inbound" => Expect::PlainInbound,
+            "denied" => Expect::Denied,
             _ => return Err(bad()),
         };
         let (kind, rest) = to.split_once(':').ok_or_else(bad)?;
@@ -253,33 +257,36 @@ fn run_flow(sim: &Sim, f: &Flow) -> Row {
     let payload = format!("{canary} {} ", f.label).repeat(16).into_bytes();
     let mut row =
         Row { label: f.label, path: String::new(), src_id: "-".into(), dst_id: "-".into(), bytes: 0, ok: false, note: String::new() };
-    match apps::roundtrip(&src.netns_path(), dst, payload.clone()) {
-        Ok(echo) if echo == payload => {}
-        Ok(echo) => {
+    let logs: Vec<usize> = sim.nodes.iter().map(|n| observe::access_log(&n.proxy_log()).len()).collect();
+    match (apps::roundtrip(&src.netns_path(), dst, payload.clone()), f.expect) {
+        (Ok(echo), Expect::Denied) if echo == payload => {
+            row.note = "the connection was allowed: the payload came back".into();
+            return row;
+        }
+        (Ok(echo), e) if e != Expect::Denied && echo != payload => {
             row.note = format!("echo mismatch ({} of {} bytes)", echo.len(), payload.len());
             return row;
         }
-        Err(err) => {
+        (Err(err), e) if e != Expect::Denied => {
             row.note = format!("connection failed: {err}");
             return row;
         }
+        _ => {}
     }
     let wait = Duration::from_secs(3);
-    let (direction, log) = match f.expect {
-        Expect::Passthrough => ("outbound", sim.nodes[src.node].proxy_log()),
-        _ => {
-            let node = match &f.to {
-                Target::Pod(ns, name, _) => sim.pod(ns, name).node,
-                Target::Vip { backend: (ns, name), .. } => sim.pod(ns, name).node,
-            };
-            ("inbound", sim.nodes[node].proxy_log())
-        }
+    let (direction, node) = match f.expect {
+        Expect::Passthrough => ("outbound", src.node),
+        _ => match &f.to {
+            Target::Pod(ns, name, _) => ("inbound", sim.pod(ns, name).node),
+            Target::Vip { backend: (ns, name), .. } => ("inbound", sim.pod(ns, name).node),
+        },
     };
+    let log = sim.nodes[node].proxy_log();
     let record_dst = match &f.to {
         Target::Vip { backend: (ns, name), target_port, .. } => sim.pod(ns, name).addr(*target_port),
         Target::Pod(..) => dst,
     };
-    let Some(r) = observe::find_record(&log, direction, src.ip, record_dst, wait) else {
+    let Some(r) = observe::find_record_after(&log, logs[node], direction, src.ip, record_dst, wait) else {
         row.note = format!("no {direction} access-log record at {}", log.display());
         return row;
     };
@@ -293,6 +300,7 @@ fn run_flow(sim: &Sim, f: &Flow) -> Row {
         None => r["src.identity"].is_string() && r["dst.identity"].is_string(),
     };
     row.path = match (f.expect, mtls) {
+        (Expect::Denied, _) => "refused by policy at the destination".into(),
         (_, true) => "HBONE, mutual TLS".into(),
         (Expect::Passthrough, false) => "plain TCP (destination not in mesh)".into(),
         (_, false) => "plain TCP, captured on 15006".into(),
@@ -301,7 +309,9 @@ fn run_flow(sim: &Sim, f: &Flow) -> Row {
         Expect::Mtls => mtls && row.src_id.ends_with(&f.src_sa) && row.dst_id == format!("spiffe://cluster.local{}", f.dst_sa),
         Expect::Passthrough => !mtls && r["dst.hbone_addr"].is_null(),
         Expect::PlainInbound => !mtls && r["src.identity"].is_null(),
-    } && row.bytes == payload.len() as u64;
+        // ferry's and ztunnel's records carry the same reason.
+        Expect::Denied => r["error"].as_str().is_some_and(|e| e.contains("allow policies exist, but none allowed")),
+    } && (f.expect == Expect::Denied || row.bytes == payload.len() as u64);
     if !row.ok {
         row.note = format!("unexpected record: {r}");
     }
@@ -391,7 +401,7 @@ mod tests {
     #[test]
     fn the_flows_file_reads_into_the_demo_checks() {
         let flows = flows().unwrap();
-        assert_eq!(flows.len(), 5);
+        assert_eq!(flows.len(), 6);
         let vip = &flows[1];
         assert_eq!(vip.label, "shop/frontend -> backend.shop (service VIP)");
         match &vip.to {
@@ -403,5 +413,6 @@ mod tests {
         assert_eq!((vip.src_sa.as_str(), vip.dst_sa.as_str()), ("/ns/shop/sa/frontend", "/ns/shop/sa/backend"));
         assert_eq!(flows[4].expect, Expect::PlainInbound);
         assert_eq!(flows[4].src_sa, "/ns/legacy/sa/default");
+        assert_eq!(flows[5].expect, Expect::Denied);
     }
 }

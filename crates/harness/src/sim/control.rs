@@ -54,7 +54,9 @@ impl Sim {
             });
             self.write_object("Pod", "istio-system", &pod, &obj.to_string())?;
             lines.push_str(&format!("{token} istio-system/ztunnel/{pod}/{uid}\n"));
-            std::fs::write(self.node_token(i), format!("{token}\n"))?;
+            // No newline, as the kubelet writes a projected token: ztunnel sends the file's
+            // bytes as they are, and a newline is not valid in its authorization header.
+            std::fs::write(self.node_token(i), &token)?;
         }
         std::fs::write(self.token_file(), lines)?;
         Ok(())

@@ -177,6 +177,8 @@ impl Sim {
             .env("NODE_NAME", &n.name)
             .env("LOG_FORMAT", "json")
             .envs(self.opts.proxy_env.iter().map(|(k, v)| (k, v)))
+            // ztunnel logs to stdout, ferry to stderr: one log either way.
+            .stdout(log_file(&n.proxy_log())?)
             .stderr(log_file(&n.proxy_log())?);
         let child = c.spawn()?;
         self.cleanup.pid(child.id());

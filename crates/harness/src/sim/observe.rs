@@ -24,9 +24,16 @@ fn ip_of(v: &Value) -> Option<IpAddr> {
 /// The record of a connection from `src` to `dst` as reported in `direction`, waiting up to
 /// `limit` for it (records are written when connections close).
 pub fn find_record(log: &Path, direction: &str, src: IpAddr, dst: SocketAddr, limit: Duration) -> Option<Value> {
+    find_record_after(log, 0, direction, src, dst, limit)
+}
+
+/// [`find_record`] among the records after the first `skip` (those already in the log when a
+/// connection started): a proxy that logs a connection some time after it closed (ztunnel)
+/// is not mistaken for an earlier connection between the same addresses.
+pub fn find_record_after(log: &Path, skip: usize, direction: &str, src: IpAddr, dst: SocketAddr, limit: Duration) -> Option<Value> {
     let start = std::time::Instant::now();
     loop {
-        let found = access_log(log).into_iter().rev().find(|r| {
+        let found = access_log(log).into_iter().skip(skip).rev().find(|r| {
             // A tunnel's record names the HBONE port as `dst.addr` and the target as
             // `dst.hbone_addr`; `dst` is the target, which either may hold.
             let at = |k: &str| r[k].as_str() == Some(&dst.to_string());
