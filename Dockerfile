@@ -1,6 +1,6 @@
 # One image for every ferry role: `ferry controller`, `ferry proxy`, `ferry agent` (the
-# entrypoint's subcommands), ferry-cni, and the CNI installer script the node agent's init
-# container runs (manifests/cni/install-cni.sh as /usr/local/bin/ferry-install-cni).
+# entrypoint's subcommands) and ferry-cni, which `ferry agent --install-cni` copies onto the
+# node.
 #
 #   docker build -t ferry:dev .
 #
@@ -18,14 +18,12 @@ RUN cargo build --release --locked
 FROM debian:bookworm-slim
 # nftables: `ferry agent` runs `nft -f -` inside each enrolled pod's network namespace.
 # iproute2: `ip`, to inspect a pod's rules and routes from the agent or proxy container.
-# jq: the CNI installer merges the ferry-cni entry into the node's conflist.
 # ca-certificates: XDS_ROOT_CA=SYSTEM (the OS bundle) must have a bundle to read.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends nftables iproute2 jq ca-certificates \
+ && apt-get install -y --no-install-recommends nftables iproute2 ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/ferry /usr/local/bin/ferry
 COPY --from=build /src/target/release/ferry-cni /usr/local/bin/ferry-cni
-COPY manifests/cni/install-cni.sh /usr/local/bin/ferry-install-cni
 # ztunnel's relative defaults (./var/run/secrets/...) resolve from /, as in Istio's image.
 WORKDIR /
 # Non-root by default: the controller runs as this user. The proxy and the agent need root

@@ -114,8 +114,19 @@ pub(crate) fn nft_remove() -> String {
 /// Runs `nft -f -` with `script` inside `netns` (the child inherits the calling thread's
 /// namespace). The whole script is one transaction: it applies entirely or not at all.
 pub fn nft_apply(netns: &Netns, script: &str) -> io::Result<()> {
-    let mut child = netns
-        .run_in(|| Command::new("nft").args(["-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn())??;
+    nft_wait(netns.run_in(nft_spawn)??, script)
+}
+
+/// [`nft_apply`] in the caller's own network namespace (the agent's host rules).
+pub(crate) fn nft_apply_here(script: &str) -> io::Result<()> {
+    nft_wait(nft_spawn()?, script)
+}
+
+fn nft_spawn() -> io::Result<std::process::Child> {
+    Command::new("nft").args(["-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()
+}
+
+fn nft_wait(mut child: std::process::Child, script: &str) -> io::Result<()> {
     if let Some(mut stdin) = child.stdin.take() {
         stdin.write_all(script.as_bytes())?;
     }

@@ -321,3 +321,34 @@ fn a_late_del_of_an_old_sandbox_leaves_the_recreated_pod_captured() {
         &id("shop", "backend"),
     );
 }
+
+#[test]
+fn kubelet_probes_from_the_node_reach_an_enrolled_pod_under_strict_mtls() {
+    let sim = cluster(DEMO);
+    let backend = sim.pod("shop", "backend").clone();
+    let peers = apps::echo_server(&backend.netns_path(), 8081).unwrap();
+    let strict = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: strict, namespace: shop}\nspec: {mtls: {mode: STRICT}}\n";
+    sim.write_object("PeerAuthentication", "shop", "strict", strict).unwrap();
+    let netns = sim.nodes[backend.node].netns.clone();
+    let node_ns = std::path::PathBuf::from(format!("/var/run/netns/{netns}"));
+    let probe = || apps::roundtrip(&node_ns, backend.addr(8081), b"probe".to_vec()).ok();
+    // STRICT is in force: plaintext from a pod outside the mesh is refused.
+    eventually("plaintext into shop refused under STRICT", || roundtrip(&sim, ("legacy", "client"), backend.addr(8081), b"x").is_none());
+
+    // A probe from the node (the kubelet's position) is rewritten to 169.254.7.127, exempt.
+    assert_eq!(probe().as_deref(), Some(&b"probe"[..]), "a probe from the node reaches the pod");
+    assert!(peers.list().iter().any(|p| p.ip().to_string() == "169.254.7.127"), "the app sees the probe source: {:?}", peers.list());
+    let rules = ferry_harness::sim::sh(&format!("ip netns exec {netns} nft list table inet ferry_host")).unwrap();
+    assert!(rules.contains(&backend.ip.to_string()), "the enrolled pod is in the host's probe set:\n{rules}");
+
+    // Without the host rule the same probe is captured, and STRICT refuses it.
+    ferry_harness::sim::sh(&format!("ip netns exec {netns} nft delete table inet ferry_host")).unwrap();
+    assert_eq!(probe(), None, "without the SNAT a probe is plaintext into a STRICT pod");
+
+    // Released pods leave the set: the agent re-renders the table on the next change.
+    sim.label_namespace("shop", "istio.io/dataplane-mode", None).unwrap();
+    eventually("backend released and dropped from the probe set", || {
+        ferry_harness::sim::sh(&format!("ip netns exec {netns} nft list table inet ferry_host"))
+            .is_ok_and(|r| !r.contains(&backend.ip.to_string()))
+    });
+}

@@ -236,7 +236,7 @@ fn every_shell_script_passes_shellcheck() {
     shell_scripts(&root(), &mut scripts);
     scripts.sort();
     let rel: BTreeSet<String> = scripts.iter().map(|p| p.strip_prefix(root()).unwrap().display().to_string()).collect();
-    for must in ["x", ".ci/run", "e2e/kind/run.sh", "manifests/cni/install-cni.sh"] {
+    for must in ["x", ".ci/run", "e2e/kind/run.sh"] {
         assert!(rel.contains(must), "{must} was not found among the shell scripts: {rel:?}");
     }
     let args: Vec<&str> = rel.iter().map(String::as_str).collect();
@@ -276,10 +276,12 @@ fn the_dockerfile_runs_the_release_build_x_runs_textual_check() {
         }
     }
     assert_eq!(bins, BTreeSet::from(["ferry".to_string(), "ferry-cni".to_string()]));
-    // The CNI installer the agent's init container runs is where the image puts it.
+    // The plugin the agent installs on the node is its default, ferry-cni next to ferry: both
+    // are in /usr/local/bin (above), and the DaemonSet does not move it.
     let agent = rendered().into_iter().find(|o| o["metadata"]["name"] == "ferry-node-agent" && o["kind"] == "DaemonSet").unwrap();
-    let cmd = container(&agent, "install-cni")["command"][0].as_str().unwrap().to_string();
-    assert!(docker.contains(&format!("COPY manifests/cni/install-cni.sh {cmd}")), "the image has no {cmd}");
+    let agent_env = container(&agent, "agent")["env"].as_array().unwrap().clone();
+    assert!(agent_env.iter().all(|v| v["name"] != "FERRY_CNI_PLUGIN"), "the agent installs the image's ferry-cni");
+    assert!(help("agent").contains("`ferry-cni` next to this executable"), "the default of --cni-plugin");
 }
 
 #[test]
@@ -356,7 +358,12 @@ fn the_manifests_give_the_binaries_the_names_ports_and_paths_they_read() {
     // path the runtime-run plugin reaches (mounted at the same path).
     let cni = env(ac, "FERRY_CNI_SOCKET");
     assert_eq!(default_of(&help("agent"), "FERRY_CNI_SOCKET"), cni);
-    assert_eq!(env(container(agent, "install-cni"), "FERRY_CNI_SOCKET"), cni);
+    // The host's CNI directories the agent installs into are the kubelet's defaults.
+    assert_eq!(env(ac, "FERRY_INSTALL_CNI"), "true");
+    for (var, host) in [("CNI_BIN_DIR", "/opt/cni/bin"), ("CNI_NET_DIR", "/etc/cni/net.d")] {
+        let (v, rest) = volume_for(agent, ac, &format!("{}/x", env(ac, var)));
+        assert_eq!((v["hostPath"]["path"].as_str().unwrap(), rest.as_str()), (host, "x"), "{var}");
+    }
     let (cv, rest) = volume_for(agent, ac, cni);
     assert_eq!(format!("{}/{rest}", cv["hostPath"]["path"].as_str().unwrap()), cni);
     assert_eq!(env(ac, "PACKET_MARK"), ferry_core::ports::DEFAULT_PACKET_MARK.to_string());
@@ -400,57 +407,108 @@ fn the_manifests_give_the_binaries_the_names_ports_and_paths_they_read() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
-/// install-cni.sh on a scratch "host": chains ferry-cni once, keeps the rest of the chain,
-/// removes it again, and refuses a configuration it cannot chain into.
+/// `ferry agent --install-cni` on a scratch "host": chains ferry-cni once into the primary
+/// configuration (the CNI socket it serves), re-chains it when the network plugin rewrites
+/// its file, is ready only once chained; `ferry agent --uninstall` (in a throwaway network
+/// namespace, for its nftables step) removes the entry and the binary. Root, for that namespace.
 #[test]
-fn the_cni_installer_chains_and_removes_ferry_cni() {
+fn the_agent_installs_ferry_cni_and_uninstall_removes_it() {
+    common::netns::require_root();
     let tmp = TempDir::new("install-cni");
-    let (bin, net) = (tmp.path().join("bin"), tmp.path().join("net"));
-    std::fs::create_dir_all(&bin).unwrap();
-    std::fs::create_dir_all(&net).unwrap();
+    let (bin, net, state) = (tmp.path().join("bin"), tmp.path().join("net"), tmp.path().join("state"));
+    for d in [&bin, &net, &state] {
+        std::fs::create_dir_all(d).unwrap();
+    }
     let plugin = tmp.path().join("ferry-cni");
     std::fs::write(&plugin, "#!/bin/sh\n").unwrap();
     let original = r#"{"cniVersion":"0.3.1","name":"kindnet","plugins":[{"type":"ptp"},{"type":"portmap"}]}"#;
     let conf = net.join("10-kindnet.conflist");
     std::fs::write(&conf, original).unwrap();
     std::fs::write(net.join("20-later.conflist"), original).unwrap();
-    let script = root().join("manifests/cni/install-cni.sh");
-    let installer = |cmd: &str| {
-        Command::new("sh")
-            .arg(&script)
-            .arg(cmd)
-            .env("CNI_BIN_DIR", &bin)
-            .env("CNI_NET_DIR", &net)
-            .env("FERRY_CNI_PLUGIN", &plugin)
-            .env("FERRY_CNI_SOCKET", "/var/run/ferry/cni.sock")
-            .output()
-            .expect("sh")
+    let stats = { std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap() };
+    let socket = tmp.path().join("cni.sock");
+    let agent = |extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ferry"));
+        c.arg("agent").arg("--cni-bin-dir").arg(&bin).arg("--cni-net-dir").arg(&net).arg("--cni-plugin").arg(&plugin);
+        c.arg("--cni-socket").arg(&socket).args(extra).env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        c
     };
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut running = agent(&["--install-cni=true", "--host-probe-snat=false", "--node-name", "n1", "--metrics-addr", &stats.to_string()])
+        .arg("--cluster-state")
+        .arg(&state)
+        .arg("--state-dir")
+        .arg(tmp.path().join("agent"))
+        .arg("--zds-socket")
+        .arg(tmp.path().join("zds.sock"))
+        .stderr(std::fs::File::create(tmp.path().join("agent.log")).unwrap())
+        .spawn()
+        .unwrap();
     let types = |p: &Path| -> Vec<String> {
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
-        v["plugins"].as_array().unwrap().iter().map(|p| p["type"].as_str().unwrap().to_string()).collect()
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_default()).unwrap_or_default();
+        v["plugins"].as_array().map(|a| a.iter().map(|p| p["type"].as_str().unwrap_or("").to_string()).collect()).unwrap_or_default()
     };
-    for _ in 0..2 {
-        let out = installer("install");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    }
-    assert_eq!(types(&conf), ["ptp", "portmap", "ferry-cni"], "chained once, last, into the first configuration");
+    let readyz = || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(stats).ok()?;
+        write!(s, "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out.starts_with("HTTP/1.1 200"))
+    };
+    let wait = |what: &str, f: &dyn Fn() -> bool| {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !f() {
+            assert!(
+                std::time::Instant::now() < end,
+                "timed out: {what}\n{}",
+                std::fs::read_to_string(tmp.path().join("agent.log")).unwrap()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    let chained = [String::from("ptp"), "portmap".into(), "ferry-cni".into()];
+    wait("ferry-cni chained", &|| types(&conf) == chained);
+    wait("the agent ready", &|| readyz() == Some(true));
     assert_eq!(types(&net.join("20-later.conflist")), ["ptp", "portmap"], "only the configuration the runtime uses");
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&conf).unwrap()).unwrap();
-    assert_eq!(v["plugins"][2]["agent_socket"], "/var/run/ferry/cni.sock");
+    assert_eq!(v["plugins"][2]["agent_socket"], socket.display().to_string());
     assert!(v["plugins"][2].get("cluster_state").is_none(), "without the agent, ferry-cni must fail closed");
-    assert!(bin.join("ferry-cni").exists());
-    let out = installer("remove");
+    assert_eq!(std::fs::read(bin.join("ferry-cni")).unwrap(), b"#!/bin/sh\n");
+    // The network plugin rewrites its configuration: the agent chains ferry-cni again.
+    std::fs::write(&conf, original).unwrap();
+    wait("ferry-cni chained again", &|| types(&conf) == chained);
+    let _ = running.kill();
+    let _ = running.wait();
+
+    let out = Command::new("unshare")
+        .args(["--net", "--", env!("CARGO_BIN_EXE_ferry"), "agent", "--uninstall"])
+        .arg("--cni-bin-dir")
+        .arg(&bin)
+        .arg("--cni-net-dir")
+        .arg(&net)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(types(&conf), ["ptp", "portmap"]);
     assert!(!bin.join("ferry-cni").exists());
-    // A single-plugin .conf sorted first cannot be chained into: refused, not rewritten.
+    // A single-plugin .conf sorted first cannot be chained into: reported, not rewritten.
     std::fs::write(net.join("05-single.conf"), r#"{"cniVersion":"0.3.1","name":"x","type":"bridge"}"#).unwrap();
-    let out = installer("install");
-    assert!(!out.status.success(), "a .conf must be refused");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not a .conflist"));
+    let mut again = agent(&["--install-cni=true", "--host-probe-snat=false", "--node-name", "n1", "--metrics-addr", "127.0.0.1:0"])
+        .arg("--cluster-state")
+        .arg(&state)
+        .arg("--state-dir")
+        .arg(tmp.path().join("agent"))
+        .arg("--zds-socket")
+        .arg(tmp.path().join("zds2.sock"))
+        .stderr(std::fs::File::create(tmp.path().join("agent.log")).unwrap())
+        .spawn()
+        .unwrap();
+    wait("the refusal logged", &|| {
+        std::fs::read_to_string(tmp.path().join("agent.log")).unwrap().contains("05-single.conf is a single-plugin configuration")
+    });
+    let _ = again.kill();
+    let _ = again.wait();
+    assert_eq!(types(&conf), ["ptp", "portmap"]);
 }
 
 /// The kind runner installs what CI validated: manifests/ with `kubectl apply -k`, on a node
@@ -476,7 +534,6 @@ fn no_role_gets_more_than_it_needs() {
         ("Deployment", "ferry-controller", "controller", &[]),
         ("DaemonSet", "ferry-proxy", "proxy", &["NET_ADMIN", "SYS_ADMIN", "NET_RAW"]),
         ("DaemonSet", "ferry-node-agent", "agent", &["NET_ADMIN", "SYS_ADMIN"]),
-        ("DaemonSet", "ferry-node-agent", "install-cni", &[]),
     ];
     for (kind, name, c, caps) in want {
         let sc = &container(find(&objs, kind, name), c)["securityContext"];

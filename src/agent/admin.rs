@@ -18,6 +18,8 @@ use ferry_core::k8s::capture::{decide, Capture};
 pub(crate) struct Management {
     pub(crate) agent: Arc<Agent>,
     pub(crate) ready: Arc<AtomicBool>,
+    /// With `--install-cni`: ferry-cni is chained into the node's network configuration.
+    pub(crate) cni_installed: Arc<AtomicBool>,
     pub(crate) metrics: PrometheusHandle,
     /// The agent's runtime, for the `tokio_*` families.
     pub(crate) runtime: tokio::runtime::Handle,
@@ -42,7 +44,7 @@ const ENDPOINTS: &[Endpoint<Arc<Management>>] = &[
     Endpoint {
         path: "/readyz",
         usage: "GET",
-        about: "readiness: 200 once the pods recorded before a restart have their redirection back, else 503",
+        about: "readiness: 200 once the pods recorded before a restart have their redirection back and (with --install-cni) ferry-cni is chained, else 503",
         handler: |m, _| readiness(m).into(),
     },
     Endpoint {
@@ -54,10 +56,15 @@ const ENDPOINTS: &[Endpoint<Arc<Management>>] = &[
 ];
 
 fn readiness(m: &Management) -> Resp {
-    if m.ready.load(Ordering::Acquire) {
-        text(StatusCode::OK, "ready\n")
-    } else {
+    if !m.ready.load(Ordering::Acquire) {
         text(StatusCode::SERVICE_UNAVAILABLE, "not ready: restoring the redirection of recorded pods\n")
+    } else if !m.cni_installed.load(Ordering::Acquire) {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: ferry-cni is not chained into the node's CNI configuration yet (see the agent's log)\n",
+        )
+    } else {
+        text(StatusCode::OK, "ready\n")
     }
 }
 

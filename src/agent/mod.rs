@@ -13,8 +13,10 @@
 
 pub(crate) mod admin;
 pub(crate) mod annotate;
+pub mod cni_install;
 pub mod cni_server;
 pub mod pods;
+pub(crate) mod probe_snat;
 pub mod zds_server;
 
 use std::path::PathBuf;
@@ -45,8 +47,8 @@ pub struct AgentArgs {
     /// How often `--cluster-state` is checked for changes.
     #[arg(long, env = "FERRY_CLUSTER_STATE_POLL", value_parser = ferry_core::timefmt::parse_duration, default_value = "1s")]
     pub(crate) cluster_state_poll: Duration,
-    /// This node's name; only pods scheduled here are handled.
-    #[arg(long, env = "NODE_NAME")]
+    /// This node's name; only pods scheduled here are handled. Required unless --uninstall.
+    #[arg(long, env = "NODE_NAME", default_value = "")]
     pub(crate) node_name: String,
     /// ZDS socket the node proxy connects to.
     #[arg(long, env = "FERRY_ZDS_SOCKET", default_value = "/var/run/ztunnel/ztunnel.sock")]
@@ -71,6 +73,32 @@ pub struct AgentArgs {
     /// metrics. Use port 0 for any free port.
     #[arg(long, env = "FERRY_AGENT_METRICS_ADDR", default_value = "127.0.0.1:15014")]
     pub(crate) metrics_addr: std::net::SocketAddr,
+    /// Rewrite the source of connections this node opens to enrolled pods (the kubelet's
+    /// probes) to 169.254.7.127, which the pods' rules let through uncaptured, as istio-cni
+    /// does: without it, probes of a pod under STRICT mutual TLS fail. One nftables table,
+    /// `inet ferry_host`, in the agent's network namespace (the host's).
+    #[arg(long, env = "FERRY_HOST_PROBE_SNAT", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(), default_value = "true")]
+    pub(crate) host_probe_snat: bool,
+    /// Install ferry-cni on the node and keep it installed while running: copy the plugin
+    /// binary into --cni-bin-dir and chain it into the primary configuration in
+    /// --cni-net-dir (re-chained within 5 s when the network plugin rewrites it). Readiness
+    /// waits for it.
+    #[arg(long, env = "FERRY_INSTALL_CNI", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
+    pub(crate) install_cni: bool,
+    /// The host's CNI binary directory, as mounted in the agent.
+    #[arg(long, env = "CNI_BIN_DIR", default_value = "/host/opt/cni/bin")]
+    pub(crate) cni_bin_dir: PathBuf,
+    /// The host's CNI configuration directory, as mounted in the agent.
+    #[arg(long, env = "CNI_NET_DIR", default_value = "/host/etc/cni/net.d")]
+    pub(crate) cni_net_dir: PathBuf,
+    /// The ferry-cni binary to install [default: `ferry-cni` next to this executable].
+    #[arg(long, env = "FERRY_CNI_PLUGIN", value_name = "PATH")]
+    pub(crate) cni_plugin: Option<PathBuf>,
+    /// Remove what the agent installs on the node and exit: ferry-cni from every
+    /// configuration list in --cni-net-dir and from --cni-bin-dir, and the host probe SNAT
+    /// table. Pods keep their in-pod rules until they restart.
+    #[arg(long)]
+    pub(crate) uninstall: bool,
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "plain", ignore_case = true)]
     pub(crate) log_format: LogFormat,
@@ -84,6 +112,12 @@ pub enum AgentError {
     Kube(String),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
+    #[error("{0}")]
+    CniInstall(#[from] cni_install::CniInstallError),
+    #[error("cannot remove the host probe SNAT (nftables table inet ferry_host): {0}")]
+    HostRules(std::io::Error),
+    #[error("--node-name (NODE_NAME) is required: the agent handles only the pods of its node")]
+    NoNodeName,
 }
 
 pub(crate) struct Agent {
@@ -95,10 +129,18 @@ pub(crate) struct Agent {
     redirect: RedirectConfig,
     /// The pod annotation writer; `None` with `--cluster-state` (no API to write to).
     annotations: Option<annotate::Annotator>,
+    /// The host probe SNAT; `None` with `--host-probe-snat=false`.
+    probe_snat: Option<std::sync::Mutex<probe_snat::HostProbeRules>>,
 }
 
 pub fn run_agent(args: AgentArgs) -> Result<(), AgentError> {
     telemetry::init_logging(args.log_format, None);
+    if args.uninstall {
+        return uninstall(&args);
+    }
+    if args.node_name.is_empty() {
+        return Err(AgentError::NoNodeName);
+    }
     // Before anything runs, so no count is recorded into the no-op recorder.
     let metrics = telemetry::metrics::install(telemetry::metrics::Role::Agent);
     describe_metrics();
@@ -107,6 +149,29 @@ pub fn run_agent(args: AgentArgs) -> Result<(), AgentError> {
         .build()
         .map_err(|source| AgentError::Io { what: "cannot start the runtime".into(), source })?;
     rt.block_on(serve(args, metrics))
+}
+
+/// `--uninstall`: what the agent put on the node, removed; idempotent.
+fn uninstall(args: &AgentArgs) -> Result<(), AgentError> {
+    let removed = cni_installer(args).remove()?;
+    for path in &removed {
+        tracing::info!(path = %path.display(), "ferry-cni removed");
+    }
+    redirect::nft_apply_here(&probe_snat::render_remove()).map_err(AgentError::HostRules)?;
+    tracing::info!(table = probe_snat::TABLE, "host probe SNAT removed; ferry agent uninstalled from this node");
+    Ok(())
+}
+
+fn cni_installer(args: &AgentArgs) -> cni_install::CniInstall {
+    let plugin = args.cni_plugin.clone().unwrap_or_else(|| {
+        std::env::current_exe().map(|p| p.with_file_name(cni_install::PLUGIN)).unwrap_or_else(|_| cni_install::PLUGIN.into())
+    });
+    cni_install::CniInstall {
+        plugin,
+        bin_dir: args.cni_bin_dir.clone(),
+        net_dir: args.cni_net_dir.clone(),
+        agent_socket: args.cni_socket.clone(),
+    }
 }
 
 async fn serve(args: AgentArgs, metrics: metrics_exporter_prometheus::PrometheusHandle) -> Result<(), AgentError> {
@@ -122,6 +187,11 @@ async fn serve(args: AgentArgs, metrics: metrics_exporter_prometheus::Prometheus
     let stats = telemetry::http::bind(args.metrics_addr)
         .map_err(io(&format!("cannot bind the metrics address {} (--metrics-addr/FERRY_AGENT_METRICS_ADDR)", args.metrics_addr)))?;
     let annotations = client.map(annotate::Annotator::start);
+    // Without --install-cni the plugin is someone else's to install: counted as installed.
+    let cni_installed = Arc::new(std::sync::atomic::AtomicBool::new(!args.install_cni));
+    if args.install_cni {
+        tokio::spawn(cni_installer(&args).keep_installed(Duration::from_secs(5), cni_installed.clone()));
+    }
     let agent = Arc::new(Agent::new(args, source.subscribe(), cache, annotations));
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     agent.publish_gauges();
@@ -131,7 +201,13 @@ async fn serve(args: AgentArgs, metrics: metrics_exporter_prometheus::Prometheus
         stats,
         "metrics",
         telemetry::http::HEADER_TIMEOUT,
-        admin::route(admin::Management { agent: agent.clone(), ready: ready.clone(), metrics, runtime: tokio::runtime::Handle::current() }),
+        admin::route(admin::Management {
+            agent: agent.clone(),
+            ready: ready.clone(),
+            cni_installed,
+            metrics,
+            runtime: tokio::runtime::Handle::current(),
+        }),
     ));
     // Before any reconcile: an empty state would release every pod.
     wait_complete(source.as_ref()).await;
@@ -193,7 +269,20 @@ impl Agent {
     ) -> Self {
         let redirect = RedirectConfig { mark: args.packet_mark, ipv6: args.ipv6_enabled, ..Default::default() };
         let conns = std::sync::Mutex::new(Vec::new());
-        Agent { args, cluster, pods: Mutex::new(cache), conns, next_conn: AtomicU64::new(1), redirect, annotations }
+        let probe_snat = args.host_probe_snat.then(Default::default);
+        Agent { args, cluster, pods: Mutex::new(cache), conns, next_conn: AtomicU64::new(1), redirect, annotations, probe_snat }
+    }
+
+    /// Brings the host probe SNAT to the enrolled pods' addresses; called under the pod-cache
+    /// lock after every change, so it never lags an enrollment the CNI plugin was told of.
+    fn sync_host_rules(&self, cache: &PodCache) {
+        let Some(rules) = &self.probe_snat else { return };
+        let want = cache.pods.values().filter(|e| e.record.enrolled).flat_map(|e| e.record.ips.iter().copied()).collect();
+        let result = rules.lock().unwrap_or_else(|p| p.into_inner()).sync(want);
+        if let Err(e) = result {
+            metrics::counter!("ferry_agent_enrollment_failures_total", "reason" => "host_probe_snat").increment(1);
+            tracing::error!(error = %e, "kubelet probes of enrolled pods are captured like any other traffic until this succeeds; retrying at the next reconcile");
+        }
     }
 
     /// Wants the pod's redirection annotation to say `enrolled` (API mode; a no-op otherwise).
@@ -224,6 +313,7 @@ impl Agent {
                 tracing::error!(pod = %pod_name(e), error = %e2, "cannot restore the pod's redirection");
             }
         }
+        self.sync_host_rules(&cache);
         tracing::info!(
             pods = cache.pods.len(),
             enrolled = cache.pods.values().filter(|e| e.record.enrolled).count(),
@@ -256,6 +346,7 @@ impl Agent {
             }
         }
         self.annotate_drift(&cache, &state);
+        self.sync_host_rules(&cache);
         cache.save();
     }
 
@@ -303,6 +394,7 @@ impl Agent {
         e.record.enrolled = true;
         self.annotate(e);
         tracing::info!(pod = %pod_name(e), %uid, "pod enrolled: traffic is captured by the node proxy");
+        self.sync_host_rules(cache);
         metrics::counter!("ferry_agent_enrollments_total", "result" => "enrolled").increment(1);
         Ok(())
     }
@@ -315,6 +407,7 @@ impl Agent {
         e.record.enrolled = false;
         self.annotate(e);
         tracing::info!(pod = %pod_name(e), %uid, "pod released from the mesh");
+        self.sync_host_rules(cache);
         metrics::counter!("ferry_agent_enrollments_total", "result" => "released").increment(1);
         rules
     }
