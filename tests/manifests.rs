@@ -3,7 +3,7 @@
 //! script passes shellcheck; the Dockerfile runs the release build `./x` runs (a textual check);
 //! and the names, ports and paths the manifests give the binaries are the ones the binaries read
 //! (compared with `ferry <role> --help`, which prints every flag's environment variable and
-//! default). Every tool is required: a missing kubectl, validator, shellcheck or jq fails the
+//! default). Every tool is required: a missing kubectl, validator or shellcheck fails the
 //! test, it never skips it. `./x test` installs all but kubectl.
 
 mod common;
