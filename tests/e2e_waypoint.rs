@@ -2,12 +2,13 @@
 //! declared as Istio declares it (a Gateway of class istio-waypoint, `istio.io/use-waypoint` on
 //! the namespace) but with no waypoint pod running. ferry fails closed where Istio goes direct:
 //! the client's node proxy refuses service traffic it cannot send through the waypoint, and the
-//! destination's node proxy refuses traffic that bypasses the waypoint; the controller's
+//! destination's node proxy refuses traffic that bypasses the waypoint (and closes a direct
+//! connection opened before the namespace was enrolled); the controller's
 //! `--waypoint-unavailable=direct` restores Istio's behaviour.
 
 mod common;
 
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -71,10 +72,36 @@ fn advertised_waypoint(sim: &Sim) -> Vec<Option<String>> {
 #[test]
 fn a_waypoint_without_pods_fails_closed_at_both_ends_unless_opted_out() {
     let mut sim = cluster(&format!("{FRONTEND_BACKEND}{SCENARIO}"));
-    sim.label_namespace("shop", "istio.io/use-waypoint", Some("waypoint")).unwrap();
     let vip: SocketAddr = VIP.parse().unwrap();
     let backend = sim.pod("shop", "backend").addr(8080);
+    // A direct connection opened before the namespace is enrolled...
+    let mut held = apps::connect(&sim.pod("shop", "frontend").netns_path(), backend).unwrap();
+    held.write_all(b"opened before the waypoint").unwrap();
+    let frontend_ip = sim.pod("shop", "frontend").ip.to_string();
+    eventually("the destination holds the direct connection", || {
+        sim.nodes[1].dump().is_ok_and(|d| {
+            let states = d["workloadState"].as_object().cloned().unwrap_or_default();
+            states
+                .values()
+                .flat_map(|s| s["connections"]["inbound"].as_array().cloned().unwrap_or_default())
+                .any(|c| c["src"] == frontend_ip)
+        })
+    });
+    held.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 64];
+    sim.label_namespace("shop", "istio.io/use-waypoint", Some("waypoint")).unwrap();
     eventually("every proxy holds the backend's waypoint", || advertised_waypoint(&sim).iter().all(|w| w.as_deref() == Some(WAYPOINT)));
+    // ...is closed by the destination once it must come through the waypoint.
+    let r = held.read(&mut buf);
+    assert!(matches!(r, Ok(0)) || r.as_ref().is_err_and(|e| e.kind() == ErrorKind::ConnectionReset), "must be closed: {r:?}");
+    let late = inbound_record(&sim, ("shop", "frontend"), ("shop", "backend"), 8080).expect("the closed connection's record");
+    assert!(
+        late["error"]
+            .as_str()
+            .unwrap()
+            .contains("closed after a policy change: spiffe://cluster.local/ns/shop/sa/frontend may not connect directly"),
+        "{late}"
+    );
     let controller_log = std::fs::read_to_string(sim.controller_log()).unwrap();
     assert!(
         controller_log.contains("Service shop/backend uses waypoint shop/waypoint, which has no running pod"),
@@ -105,14 +132,14 @@ fn a_waypoint_without_pods_fails_closed_at_both_ends_unless_opted_out() {
     let r = inbound_record(&sim, ("legacy", "client"), ("shop", "backend"), 8080).expect("the destination logs the refusal");
     assert!(r["error"].as_str().unwrap().contains("a plaintext client may not connect directly"), "{r}");
     let m = sim.nodes[1].metrics().unwrap();
-    assert_eq!(observe::metric(&m, "ferry_waypoint_bypass_refused_total", &[]), Some(2.0), "{m}");
+    assert_eq!(observe::metric(&m, "ferry_waypoint_bypass_refused_total", &[]), Some(2.0), "the two refused at setup: {m}");
     let failed = observe::metric(
         &m,
         "istio_tcp_connections_failed_total",
         &[("reporter", "destination"), ("response_flags", "DENY"), ("source_principal", "spiffe://cluster.local/ns/shop/sa/frontend")],
     );
-    assert_eq!(failed, Some(1.0), "{m}");
-    let frontend_ip = sim.pod("shop", "frontend").ip.to_string();
+    // The refused stream and the connection closed when the waypoint applied.
+    assert_eq!(failed, Some(2.0), "{m}");
     let warned = std::fs::read_to_string(sim.nodes[1].proxy_log()).unwrap().lines().any(|l| {
         let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
         v["level"] == "warn"
