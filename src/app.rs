@@ -87,6 +87,7 @@ fn load_state(cfg: &Config) -> Result<StateStore, AppError> {
                 cluster_domain: cfg.cluster_domain.clone(),
                 network: String::new(),
                 require_redirection_annotation: false,
+                waypoint_unavailable: Default::default(),
             };
             let mut rx = crate::k8s::source::ClusterSource::subscribe(source.as_ref());
             let mut notes = PolicyNotes::default();

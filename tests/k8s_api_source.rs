@@ -49,6 +49,9 @@ fn seed(server: &FakeApiServer) {
                         "spec": {"selector": {"matchLabels": {"app": "web"}}, "rules": [{"from": [{"source": {"namespaces": ["shop"]}}]}]}}));
     server.apply(json!({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
                         "metadata": {"name": "default", "namespace": "shop"}, "spec": {"mtls": {"mode": "STRICT"}}}));
+    server.apply(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                        "metadata": {"name": "waypoint", "namespace": "shop"},
+                        "spec": {"gatewayClassName": "istio-waypoint", "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}}));
 }
 
 async fn source(server: &FakeApiServer) -> ApiSource {
@@ -84,6 +87,7 @@ async fn initial_list_and_watch_events_make_the_state() {
     assert!(s.service_accounts.contains_key("shop/web"));
     assert!(s.other.contains_key("AuthorizationPolicy/shop/allow-web") && s.other.contains_key("PeerAuthentication/shop/default"));
     assert_eq!(s.other["AuthorizationPolicy/shop/allow-web"]["spec"]["rules"][0]["from"][0]["source"]["namespaces"][0], "shop");
+    assert_eq!(s.other["Gateway/shop/waypoint"]["spec"]["gatewayClassName"], "istio-waypoint", "Gateways are watched");
     for kind in ["Pod", "Namespace", "AuthorizationPolicy"] {
         let first = &server.requests(kind)[0];
         assert!(!first.is_watch(), "{kind}: a list comes first");

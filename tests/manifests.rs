@@ -596,6 +596,37 @@ fn the_controller_may_write_only_its_lease_and_the_root_configmaps() {
     assert_eq!(find(&objs, "Role", "ferry-controller-leader")["metadata"]["namespace"], "istio-system");
 }
 
+/// The controller may list and watch every kind its API source watches (`Kind::ALL`), in the
+/// kind's API group: a kind it cannot list would keep it unready forever.
+#[test]
+fn the_controller_may_list_and_watch_every_kind_it_watches() {
+    let objs = rendered();
+    let role = find(&objs, "ClusterRole", "ferry-controller");
+    let mut grants: Vec<(String, String, String)> = Vec::new();
+    for rule in role["rules"].as_array().unwrap() {
+        let words = |k: &str| rule[k].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect::<Vec<_>>();
+        for g in words("apiGroups") {
+            for r in words("resources") {
+                for v in words("verbs") {
+                    grants.push((g.clone(), r.clone(), v));
+                }
+            }
+        }
+    }
+    for kind in ferry_core::k8s::index::Kind::ALL {
+        let group = kind.api_version().rsplit_once('/').map(|(g, _)| g).unwrap_or("");
+        let resource = match kind.name() {
+            "AuthorizationPolicy" => "authorizationpolicies".to_string(),
+            "PeerAuthentication" => "peerauthentications".to_string(),
+            other => format!("{}s", other.to_lowercase()),
+        };
+        for verb in ["list", "watch"] {
+            let grant = (group.to_string(), resource.clone(), verb.to_string());
+            assert!(grants.contains(&grant), "the controller watches {} but may not {verb} {group}/{resource}", kind.name());
+        }
+    }
+}
+
 /// The agent's grants are exactly what it calls (src/agent: `Scope::node_agent`'s list and
 /// watch of Pods and Namespaces, the annotation writer's `pods/status` merge patch), and its
 /// DaemonSet watches the API (no stand-in cluster state).

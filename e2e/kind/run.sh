@@ -32,6 +32,8 @@ image=ferry:dev
 kind_node_image=kindest/node:v1.33.1
 istio_version=1.26.2
 istio_crds=https://raw.githubusercontent.com/istio/istio/$istio_version/manifests/charts/base/files/crd-all.gen.yaml
+gateway_api_version=v1.3.0
+gateway_api_crds=https://github.com/kubernetes-sigs/gateway-api/releases/download/$gateway_api_version/standard-install.yaml
 scenario=$repo/e2e/scenarios/demo.yaml
 flows=$repo/e2e/scenarios/demo.flows
 ns=istio-system
@@ -89,10 +91,11 @@ say "building $image"
 docker build -t "$image" "$repo"
 kind load docker-image "$image" --name "$cluster"
 
-# --- prerequisites (manifests/README.md): Istio's CRDs, the namespace, the mesh CA.
-say "installing Istio $istio_version's CRDs"
+# --- prerequisites (manifests/README.md): Istio's and Gateway API's CRDs, the namespace, the mesh CA.
+say "installing Istio $istio_version's CRDs and Gateway API $gateway_api_version's"
 k apply --server-side -f "$istio_crds" >/dev/null
-k wait --for condition=established --timeout=60s crd/authorizationpolicies.security.istio.io crd/peerauthentications.security.istio.io
+k apply --server-side -f "$gateway_api_crds" >/dev/null
+k wait --for condition=established --timeout=60s crd/authorizationpolicies.security.istio.io crd/peerauthentications.security.istio.io crd/gateways.gateway.networking.k8s.io
 k create namespace "$ns"
 k label namespace "$ns" istio.io/dataplane-mode=none
 mkdir -p "$work/ca"

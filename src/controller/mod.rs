@@ -29,7 +29,8 @@ use std::time::Duration;
 
 use ferry_core::k8s::lease::Timings;
 use ferry_core::k8s::objects::ClusterState;
-use ferry_core::k8s::translate::{to_state, TranslateOptions};
+use ferry_core::k8s::translate::{translate, TranslateOptions};
+use ferry_core::k8s::waypoint::WaypointUnavailable;
 use ferry_core::timefmt::parse_duration;
 use ferry_core::xds::Resources;
 use tokio::sync::watch;
@@ -122,10 +123,33 @@ pub struct ControllerArgs {
     /// every namespace change.
     #[arg(long, env = "FERRY_ROOT_CERT_RESYNC", value_parser = parse_duration, default_value = "60s")]
     pub root_cert_resync: Duration,
+    /// What a Service or Pod enrolled in a waypoint (`istio.io/use-waypoint`) gets while that
+    /// waypoint's Gateway does not exist or has no running pod. `refuse`: the waypoint is
+    /// advertised anyway and node proxies refuse the traffic (fail closed: its policy is never
+    /// skipped). `direct`: it is left out, as istiod does, and traffic goes straight to the
+    /// destination without the waypoint's policy.
+    #[arg(long, env = "FERRY_WAYPOINT_UNAVAILABLE", value_enum, default_value = "refuse")]
+    pub waypoint_unavailable: WaypointUnavailableArg,
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "plain", ignore_case = true)]
     pub log_format: LogFormat,
     #[arg(long, env = "FERRY_LOG")]
     pub log_level: Option<String>,
+}
+
+/// `--waypoint-unavailable` (ferry_core's type has no clap).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum WaypointUnavailableArg {
+    Refuse,
+    Direct,
+}
+
+impl From<WaypointUnavailableArg> for WaypointUnavailable {
+    fn from(a: WaypointUnavailableArg) -> Self {
+        match a {
+            WaypointUnavailableArg::Refuse => WaypointUnavailable::Refuse,
+            WaypointUnavailableArg::Direct => WaypointUnavailable::Direct,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -302,6 +326,7 @@ pub(crate) async fn bind(args: ControllerArgs) -> Result<Running, ControllerErro
         network: String::new(),
         // Only the API has an annotation writer (the node agent); the file source has none.
         require_redirection_annotation: args.cluster_state.is_none(),
+        waypoint_unavailable: args.waypoint_unavailable.into(),
     };
     let resources = publish(cluster.clone(), opts);
     let (chain, key) = ca.serving_certificate(&args.serving_names, Duration::from_secs(365 * 86400))?;
@@ -338,8 +363,11 @@ pub(crate) async fn bind(args: ControllerArgs) -> Result<Running, ControllerErro
 
 /// Re-translates and re-encodes the state on every change; returns the current resources.
 fn publish(mut cluster: watch::Receiver<Arc<ClusterState>>, opts: TranslateOptions) -> watch::Receiver<Arc<Resources>> {
-    let build = move |c: &ClusterState| {
-        let r = Arc::new(Resources::from_state(&to_state(c, &opts)));
+    let mut said: Vec<String> = Vec::new();
+    let mut build = move |c: &ClusterState| {
+        let (state, notes) = translate(c, &opts);
+        log_new_notes(&mut said, notes);
+        let r = Arc::new(Resources::from_state(&state));
         metrics::gauge!("ferry_controller_resources").set(r.len() as f64);
         r
     };
@@ -354,6 +382,14 @@ fn publish(mut cluster: watch::Receiver<Arc<ClusterState>>, opts: TranslateOptio
         }
     });
     rx
+}
+
+/// Logs each translation note once, when it first appears (the translation runs on every change).
+fn log_new_notes(said: &mut Vec<String>, notes: Vec<String>) {
+    for n in notes.iter().filter(|n| !said.contains(n)) {
+        tracing::warn!(note = %n, "waypoint binding");
+    }
+    *said = notes;
 }
 
 async fn shutdown() {

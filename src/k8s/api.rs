@@ -29,12 +29,13 @@ use tokio::sync::watch;
 
 use super::source::ClusterSource;
 
-/// An Istio `security.istio.io/v1` kind, typed as far as ferry needs: the spec stays JSON for
-/// the one policy translation (`ferry_core::k8s::{policy, peer_auth}`). `kube::Resource` comes
-/// from k8s-openapi's traits, not kube's derive, which would pull a schema generator for CRD
-/// schemas ferry never publishes.
-macro_rules! istio_security_kind {
-    ($name:ident, $plural:literal) => {
+/// A custom kind (Istio's `security.istio.io/v1` policies, Gateway API's `Gateway`), typed as
+/// far as ferry needs: the spec stays JSON for the one translation in the core
+/// (`ferry_core::k8s::{policy, peer_auth, waypoint}`). `kube::Resource` comes from
+/// k8s-openapi's traits, not kube's derive, which would pull a schema generator for CRD schemas
+/// ferry never publishes.
+macro_rules! custom_kind {
+    ($name:ident, $group:literal, $version:literal, $plural:literal) => {
         #[derive(Clone, Debug, Deserialize, Serialize)]
         pub(crate) struct $name {
             metadata: ObjectMeta,
@@ -43,10 +44,10 @@ macro_rules! istio_security_kind {
         }
 
         impl k8s_openapi::Resource for $name {
-            const API_VERSION: &'static str = "security.istio.io/v1";
-            const GROUP: &'static str = "security.istio.io";
+            const API_VERSION: &'static str = concat!($group, "/", $version);
+            const GROUP: &'static str = $group;
             const KIND: &'static str = stringify!($name);
-            const VERSION: &'static str = "v1";
+            const VERSION: &'static str = $version;
             const URL_PATH_SEGMENT: &'static str = $plural;
             type Scope = k8s_openapi::NamespaceResourceScope;
         }
@@ -63,8 +64,9 @@ macro_rules! istio_security_kind {
     };
 }
 
-istio_security_kind!(AuthorizationPolicy, "authorizationpolicies");
-istio_security_kind!(PeerAuthentication, "peerauthentications");
+custom_kind!(AuthorizationPolicy, "security.istio.io", "v1", "authorizationpolicies");
+custom_kind!(PeerAuthentication, "security.istio.io", "v1", "peerauthentications");
+custom_kind!(Gateway, "gateway.networking.k8s.io", "v1", "gateways");
 
 /// One kind's watcher event, the object as JSON; `Err` is a watch failure kube retries.
 type KindEvent = (Kind, Result<WatchEvent, watcher::Error>);
@@ -162,6 +164,7 @@ fn watch_kind(client: &kube::Client, scope: &Scope, kind: Kind) -> BoxStream<'st
         Kind::ServiceAccount => kind_events::<ServiceAccount>(kind, Api::all(c), config),
         Kind::AuthorizationPolicy => kind_events::<AuthorizationPolicy>(kind, Api::all(c), config),
         Kind::PeerAuthentication => kind_events::<PeerAuthentication>(kind, Api::all(c), config),
+        Kind::Gateway => kind_events::<Gateway>(kind, Api::all(c), config),
     }
 }
 

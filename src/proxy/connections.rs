@@ -132,9 +132,13 @@ impl ConnectionManager {
         for t in conns.values().filter(|t| t.revoke.reason.lock().unwrap_or_else(|e| e.into_inner()).is_none()) {
             let reason = match snap.workload_by_uid(t.workload_uid.as_str()) {
                 None => Some("the destination workload is no longer in the state".to_string()),
-                Some(w) => match evaluate(snap, w, &t.attrs) {
-                    Decision::Allow => None,
-                    Decision::Deny { reason, .. } => Some(reason),
+                // A workload newly served through a waypoint keeps only its waypoint's connections.
+                Some(w) => match ferry_core::route::waypoint_admits(snap, w, t.attrs.src_identity.as_ref()) {
+                    Err(e) => Some(e.to_string()),
+                    Ok(()) => match evaluate(snap, w, &t.attrs) {
+                        Decision::Allow => None,
+                        Decision::Deny { reason, .. } => Some(reason),
+                    },
                 },
             };
             if let Some(reason) = reason {

@@ -195,8 +195,9 @@ async fn dial(
         rec.destination_service(&s);
     }
     let attrs = ConnAttrs { src_ip: conn.peer.ip(), src_identity: Some(conn.identity.clone()), dst: *target };
-    // Registered before the check, so a policy change racing with it is never missed.
+    // Registered before the checks, so a state change racing with them is never missed.
     let tracking = px.inputs.conns.track(&local.uid, attrs.clone());
+    super::admit_from_waypoint(&snap, &local, Some(&conn.identity), conn.peer, *target)?;
     if let Decision::Deny { reason, .. } = rbac::evaluate(&snap, &local, &attrs) {
         return Err(ProxyError::Denied(reason));
     }

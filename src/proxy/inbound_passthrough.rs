@@ -61,6 +61,7 @@ async fn open(px: &WorkloadProxy, rec: &mut ConnRecord) -> Result<(TcpStream, Tr
     }
     let attrs = ConnAttrs { src_ip: rec.src.ip(), src_identity: None, dst };
     let tracking = px.inputs.conns.track(&local.uid, attrs.clone());
+    super::admit_from_waypoint(&snap, &local, None, *rec.src, dst)?;
     if let Decision::Deny { reason, .. } = rbac::evaluate(&snap, &local, &attrs) {
         return Err(ProxyError::Denied(reason));
     }

@@ -69,7 +69,12 @@ impl ProxyError {
     // Both mappings are exhaustive on purpose: a new error must be given its flag and status.
     pub(crate) fn response_flags(&self) -> &'static str {
         match self {
-            ProxyError::Denied(_) => "DENY",
+            // Refused like a policy denial: the peer is not the destination's waypoint.
+            ProxyError::Denied(_) | ProxyError::Inbound(route::InboundError::NotFromWaypoint { .. }) => "DENY",
+            // Envoy's flags: no route (the waypoint is unknown), no healthy upstream (none of
+            // its pods is ready).
+            ProxyError::Route(route::RouteError::UnknownWaypoint { .. }) => "NR",
+            ProxyError::Route(route::RouteError::WaypointNotReady { .. }) => "UH",
             ProxyError::Hbone(e) => e.response_flags(),
             ProxyError::Cert(_) | ProxyError::BadIdentity(_) => "IDENTITY_ERROR",
             // Envoy's flags for a downstream that went away and an upstream overflow.
@@ -90,7 +95,7 @@ impl ProxyError {
         match self {
             ProxyError::NotConnect(_) | ProxyError::BadAuthority(_) => StatusCode::BAD_REQUEST,
             ProxyError::Inbound(route::InboundError::IpMismatch { .. }) => StatusCode::BAD_REQUEST,
-            ProxyError::Denied(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::Denied(_) | ProxyError::Inbound(route::InboundError::NotFromWaypoint { .. }) => StatusCode::UNAUTHORIZED,
             ProxyError::Inbound(
                 route::InboundError::SelfCall(_) | route::InboundError::UnknownService(..) | route::InboundError::NoTargetPort(..),
             )
@@ -105,6 +110,23 @@ impl ProxyError {
             | ProxyError::Shed(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
+}
+
+/// The destination's waypoint check (`route::waypoint_admits`) for both inbound paths: a refusal
+/// is counted and logged at WARN with the peer, here, before the access log's record.
+pub(crate) fn admit_from_waypoint(
+    snap: &ferry_core::state::Snapshot,
+    local: &Workload,
+    identity: Option<&Identity>,
+    peer: SocketAddr,
+    dst: SocketAddr,
+) -> Result<(), ProxyError> {
+    route::waypoint_admits(snap, local, identity).map_err(|e| {
+        metrics::counter!("ferry_waypoint_bypass_refused_total").increment(1);
+        let id = identity.map(|i| i.to_string()).unwrap_or_default();
+        tracing::warn!(%peer, identity = %id, destination = %dst, reason = %e, "inbound connection refused: not from the destination's waypoint");
+        ProxyError::Inbound(e)
+    })
 }
 
 /// Everything the proxies of one node share.

@@ -92,6 +92,10 @@ fn describe() {
     metrics::describe_counter!(RECEIVED, "The size of total bytes received during request in case of a TCP connection");
     metrics::describe_counter!(SENT, "The size of total bytes sent during response in case of a TCP connection");
     metrics::describe_gauge!(SOCKETS_OPEN, "The number of TCP connections currently open");
+    metrics::describe_counter!(
+        "ferry_waypoint_bypass_refused_total",
+        "Inbound HBONE streams refused because the destination uses a waypoint and the peer is not one of its pods"
+    );
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -43,6 +43,7 @@ const RESOURCES: &[(&str, &str, &str)] = &[
     ("ServiceAccount", "v1", "/api/v1/serviceaccounts"),
     ("AuthorizationPolicy", "security.istio.io/v1", "/apis/security.istio.io/v1/authorizationpolicies"),
     ("PeerAuthentication", "security.istio.io/v1", "/apis/security.istio.io/v1/peerauthentications"),
+    ("Gateway", "gateway.networking.k8s.io/v1", "/apis/gateway.networking.k8s.io/v1/gateways"),
     ("Lease", "coordination.k8s.io/v1", "/apis/coordination.k8s.io/v1/leases"),
     ("ConfigMap", "v1", "/api/v1/configmaps"),
 ];

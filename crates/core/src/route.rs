@@ -3,8 +3,9 @@
 //! Outbound: from the original destination the app dialled to an [`Upstream`]: an HBONE tunnel
 //! (with the exact identities the peer must prove), a plain TCP connection to a non-mesh
 //! workload, or passthrough for destinations the mesh does not know. A destination the mesh
-//! knows as HBONE is never reached in plaintext. Features ferry does not implement yet
-//! (waypoints, cross-network gateways) fail closed instead of bypassing them.
+//! knows as HBONE is never reached in plaintext. A destination behind a waypoint is reached only
+//! through one of the waypoint's pods (`route_waypoint.rs`); a waypoint that cannot be resolved
+//! or is not ready, and cross-network gateways (not built), fail closed instead of bypassing.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -14,6 +15,10 @@ use crate::identity::Identity;
 use crate::model::{HealthPolicy, HealthStatus, IpFamilies, LbMode, LbScope, Service, ServiceKey, TunnelProtocol, Workload, WorkloadUid};
 use crate::ports::Ports;
 use crate::state::Snapshot;
+
+#[path = "route_waypoint.rs"]
+mod waypoint;
+pub use waypoint::waypoint_admits;
 
 #[derive(Clone, Debug)]
 pub enum Upstream {
@@ -31,8 +36,10 @@ pub enum RouteError {
     SelfCall(SocketAddr),
     #[error("no healthy upstream for service {0}")]
     NoHealthyUpstream(ServiceKey),
-    #[error("destination {0} is served through a waypoint; ferry does not route through waypoints yet, so the connection is refused rather than bypass it")]
-    WaypointUnsupported(String),
+    #[error("destination {destination} must go through waypoint {waypoint}, which is not in the mesh state: check that its Gateway (class istio-waypoint) and its Service exist; the connection is refused rather than bypass the waypoint")]
+    UnknownWaypoint { destination: String, waypoint: String },
+    #[error("destination {destination} must go through waypoint {waypoint}, which has no healthy pod: check the waypoint's pods (label gateway.networking.k8s.io/gateway-name); the connection is refused rather than bypass the waypoint")]
+    WaypointNotReady { destination: String, waypoint: String },
     #[error("destination {0} is in network {1:?}; ferry does not route through network gateways yet")]
     CrossNetwork(WorkloadUid, String),
     #[error("workload {0} has an invalid identity: {1}")]
@@ -57,7 +64,7 @@ pub fn outbound(
         return via_service(snap, src, dst, svc, ports, pick);
     }
     match snap.workload_by_addr(&src.network, dst.ip()) {
-        Some(w) => to_workload(src, w.clone(), dst.ip(), dst.port(), None, ports),
+        Some(w) => to_workload(snap, src, w.clone(), dst.0, None, ports, pick),
         None => Ok(Upstream::Passthrough { addr: ServerAddr(dst.0) }),
     }
 }
@@ -70,13 +77,16 @@ fn via_service(
     ports: &Ports,
     pick: &mut dyn FnMut(u64) -> u64,
 ) -> Result<Upstream, RouteError> {
-    if svc.waypoint.is_some() || !svc.weighted_waypoints.is_empty() {
-        return Err(RouteError::WaypointUnsupported(svc.key().to_string()));
+    // Service-addressed: through the service's waypoint, authority = the VIP:port dialled.
+    if let Some(gw) = waypoint::of_service(&svc, pick) {
+        if let Some(up) = waypoint::route(snap, src, gw, dst.0, Some(svc.clone()), svc.key().as_str(), pick)? {
+            return Ok(up);
+        }
     }
     let lb = svc.load_balancing.clone().unwrap_or_default();
     if lb.mode == LbMode::Passthrough {
         return match snap.workload_by_addr(&src.network, dst.ip()) {
-            Some(w) => to_workload(src, w.clone(), dst.ip(), dst.port(), Some(svc), ports),
+            Some(w) => to_workload(snap, src, w.clone(), dst.0, Some(svc), ports, pick),
             None => Ok(Upstream::Passthrough { addr: ServerAddr(dst.0) }),
         };
     }
@@ -91,7 +101,7 @@ fn via_service(
     let ranked = rank(src, &candidates, &lb.routing_preference, lb.mode);
     let (w, port) = weighted_pick(&ranked, pick).ok_or_else(|| RouteError::NoHealthyUpstream(key.clone()))?;
     let ip = choose_ip(&w, svc.ip_families, dst.ip()).ok_or_else(|| RouteError::NoAddress(w.uid.clone(), key))?;
-    to_workload(src, w, ip, port, Some(svc), ports)
+    to_workload(snap, src, w, SocketAddr::new(ip, port), Some(svc), ports, pick)
 }
 
 /// The endpoint's own mapping for `port`, else the service's non-zero target port.
@@ -152,21 +162,27 @@ fn choose_ip(w: &Workload, families: IpFamilies, dialed: IpAddr) -> Option<IpAdd
     ips.find(|ip| ip.is_ipv4() == dialed.is_ipv4()).copied().or(first)
 }
 
+/// To workload `w` at `addr`: through `w`'s own waypoint when it has one (unless `src` is
+/// that waypoint), else HBONE or plain TCP by `w`'s protocol.
 fn to_workload(
+    snap: &Snapshot,
     src: &Workload,
     w: Arc<Workload>,
-    ip: IpAddr,
-    port: u16,
+    addr: SocketAddr,
     svc: Option<Arc<Service>>,
     ports: &Ports,
+    pick: &mut dyn FnMut(u64) -> u64,
 ) -> Result<Upstream, RouteError> {
     if w.network != src.network {
         return Err(RouteError::CrossNetwork(w.uid.clone(), w.network.clone()));
     }
-    if w.waypoint.is_some() && svc.is_none() {
-        return Err(RouteError::WaypointUnsupported(w.uid.to_string()));
+    // A workload waypoint also takes service traffic whose service has none: the destination
+    // admits only its waypoint (`waypoint_admits`), so going direct would be refused there.
+    if let Some(gw) = &w.waypoint {
+        if let Some(up) = waypoint::route(snap, src, gw, addr, svc.clone(), w.uid.as_str(), pick)? {
+            return Ok(up);
+        }
     }
-    let addr = SocketAddr::new(ip, port);
     if w.protocol != TunnelProtocol::Hbone {
         return Ok(Upstream::Direct { addr: ServerAddr(addr), workload: w, service: svc });
     }
@@ -176,7 +192,7 @@ fn to_workload(
         identities.extend(s.subject_alt_names.iter().filter_map(|san| san.parse::<Identity>().ok()));
     }
     Ok(Upstream::Hbone {
-        hbone_addr: ServerAddr(SocketAddr::new(ip, ports.hbone)),
+        hbone_addr: ServerAddr(SocketAddr::new(addr.ip(), ports.hbone)),
         target: HboneTarget(addr),
         identities,
         workload: w,
@@ -198,6 +214,8 @@ pub enum InboundError {
     UnknownService(String, u16),
     #[error("service {0} has no target port for {1} on this workload")]
     NoTargetPort(ServiceKey, u16),
+    #[error("{peer} may not connect directly: this workload is served through waypoint {waypoints}, and only that waypoint's pods (or the workload itself) may reach it; connect through the waypoint (its service), or remove the workload's istio.io/use-waypoint label")]
+    NotFromWaypoint { peer: String, waypoints: String },
 }
 
 /// Where an inbound HBONE request for `authority`, arriving on `arrived`, must be delivered in

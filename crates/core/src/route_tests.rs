@@ -116,11 +116,15 @@ fn outbound_table() {
         ("service to a non-mesh endpoint uses the service target port", "10.96.0.3:80", Want::Direct("10.0.0.3:9090")),
         ("unknown destination is passthrough", "192.0.2.1:443", Want::Passthrough("192.0.2.1:443")),
         (
-            "workload behind a waypoint fails closed",
+            "workload behind an unknown waypoint fails closed",
             "10.0.0.4:80",
-            Want::Err("destination Kubernetes//Pod/ns/waypointed is served through a waypoint"),
+            Want::Err("destination Kubernetes//Pod/ns/waypointed must go through waypoint /10.0.0.9, which is not in the mesh state"),
         ),
-        ("service with a waypoint fails closed", "10.96.0.4:80", Want::Err("destination ns/wp.ns.svc is served through a waypoint")),
+        (
+            "service with an unknown waypoint fails closed",
+            "10.96.0.4:80",
+            Want::Err("destination ns/wp.ns.svc must go through waypoint /10.0.0.9, which is not in the mesh state"),
+        ),
         (
             "endpoint in another network fails closed",
             "10.96.0.5:80",
@@ -236,4 +240,219 @@ fn inbound_service_is_guessed_from_the_workloads_services_and_port() {
     assert_eq!(guess("legacy", 9090).as_deref(), Some("legacy.ns.svc"), "the service's target port");
     assert_eq!(guess("remote", 80).as_deref(), Some("remote.ns.svc"));
     assert_eq!(guess("client", 8080), None, "not an endpoint of any service");
+}
+
+fn by_host(ns: &str, host: &str) -> GatewayAddress {
+    GatewayAddress { destination: GatewayDestination::Hostname { namespace: ns.into(), hostname: host.into() }, hbone_mtls_port: 15008 }
+}
+
+fn by_ip(addr: &str) -> GatewayAddress {
+    GatewayAddress {
+        destination: GatewayDestination::Address(NetworkAddress { network: String::new(), address: ip(addr) }),
+        hbone_mtls_port: 15008,
+    }
+}
+
+/// A mesh with waypoints: `wp` (two pods, one unhealthy), `canary` (one pod), `down` (a
+/// waypoint Service without a healthy pod), and destinations enrolled in each.
+fn waypoint_snapshot() -> Snapshot {
+    let client = wl("client", "10.0.0.1", true);
+    let server = endpoint_of(wl("server", "10.0.0.2", true), "echo.ns.svc", &[(80, 8080)]);
+    let mut wp_pod = endpoint_of(wl("wp", "10.0.1.1", false), "wp.ns.svc", &[(15008, 15008)]);
+    wp_pod.service_account = "wp".into();
+    let mut wp_sick = endpoint_of(wl("wp-sick", "10.0.1.2", false), "wp.ns.svc", &[(15008, 15008)]);
+    wp_sick.service_account = "wp".into();
+    wp_sick.status = HealthStatus::Unhealthy;
+    let canary_pod = endpoint_of(wl("canary", "10.0.1.3", false), "canary.ns.svc", &[(15008, 15008)]);
+    let down_pod = {
+        let mut w = endpoint_of(wl("down", "10.0.1.4", false), "down.ns.svc", &[(15008, 15008)]);
+        w.status = HealthStatus::Unhealthy;
+        w
+    };
+    let mut pod_wp = wl("podwp", "10.0.0.7", true);
+    pod_wp.waypoint = Some(by_host("ns", "wp.ns.svc"));
+    let mut pod_by_ip = wl("podbyip", "10.0.0.8", true);
+    pod_by_ip.waypoint = Some(by_ip("10.0.1.3"));
+    let mut pod_down = wl("poddown", "10.0.0.9", true);
+    pod_down.waypoint = Some(by_host("ns", "down.ns.svc"));
+    let plain_ep = endpoint_of(pod_wp.clone(), "plain.ns.svc", &[(80, 8080)]);
+    let mut wp_svc = service("wp.ns.svc", "10.96.1.1", &[(15008, 15008)]);
+    wp_svc.subject_alt_names = vec!["spiffe://cluster.local/ns/ns/sa/wp-extra".into()];
+    let mut echo = service("echo.ns.svc", "10.96.0.1", &[(80, 0)]);
+    echo.waypoint = Some(by_host("ns", "wp.ns.svc"));
+    let mut weighted = service("weighted.ns.svc", "10.96.0.2", &[(80, 0)]);
+    weighted.waypoint = Some(by_host("ns", "wp.ns.svc"));
+    weighted.weighted_waypoints = vec![
+        crate::model::WeightedWaypoint { destination: by_host("ns", "wp.ns.svc"), weight: 90 },
+        crate::model::WeightedWaypoint { destination: by_host("ns", "canary.ns.svc"), weight: 10 },
+    ];
+    let mut zero = service("zero.ns.svc", "10.96.0.3", &[(80, 0)]);
+    zero.waypoint = Some(by_host("ns", "canary.ns.svc"));
+    zero.weighted_waypoints = vec![crate::model::WeightedWaypoint { destination: by_host("ns", "wp.ns.svc"), weight: 0 }];
+    let mut gone = service("gone.ns.svc", "10.96.0.4", &[(80, 0)]);
+    gone.waypoint = Some(by_host("ns", "nope.ns.svc"));
+    let mut sick = service("sick.ns.svc", "10.96.0.5", &[(80, 0)]);
+    sick.waypoint = Some(by_host("ns", "down.ns.svc"));
+    let plain = service("plain.ns.svc", "10.96.0.6", &[(80, 0)]);
+    let services = vec![
+        wp_svc,
+        service("canary.ns.svc", "10.96.1.2", &[(15008, 15008)]),
+        service("down.ns.svc", "10.96.1.3", &[(15008, 15008)]),
+        echo,
+        weighted,
+        zero,
+        gone,
+        sick,
+        plain,
+    ];
+    let workloads = vec![client, server, wp_pod, wp_sick, canary_pod, down_pod, plain_ep, pod_by_ip, pod_down];
+    Snapshot::build(StateInput { workloads, services, policies: vec![] }, 1)
+}
+
+#[test]
+fn waypoint_routing_table() {
+    let snap = waypoint_snapshot();
+    let wp_ids = vec!["spiffe://cluster.local/ns/ns/sa/wp", "spiffe://cluster.local/ns/ns/sa/wp-extra"];
+    let canary_ids = vec!["spiffe://cluster.local/ns/ns/sa/canary"];
+    // (case, source, destination, pick result, expected)
+    let cases: Vec<(&str, &str, &str, u64, Want)> = vec![
+        (
+            "service VIP through its waypoint, authority = the VIP:port dialled",
+            "client",
+            "10.96.0.1:80",
+            0,
+            Want::Hbone { hbone: "10.0.1.1:15008", authority: "10.96.0.1:80", ids: wp_ids.clone() },
+        ),
+        (
+            "weighted waypoints: the primary by weight",
+            "client",
+            "10.96.0.2:80",
+            89,
+            Want::Hbone { hbone: "10.0.1.1:15008", authority: "10.96.0.2:80", ids: wp_ids.clone() },
+        ),
+        (
+            "weighted waypoints: the canary by weight",
+            "client",
+            "10.96.0.2:80",
+            90,
+            Want::Hbone { hbone: "10.0.1.3:15008", authority: "10.96.0.2:80", ids: canary_ids.clone() },
+        ),
+        (
+            "all weights 0: falls back to waypoint",
+            "client",
+            "10.96.0.3:80",
+            0,
+            Want::Hbone { hbone: "10.0.1.3:15008", authority: "10.96.0.3:80", ids: canary_ids.clone() },
+        ),
+        (
+            "unknown waypoint fails closed",
+            "client",
+            "10.96.0.4:80",
+            0,
+            Want::Err("destination ns/gone.ns.svc must go through waypoint ns/nope.ns.svc, which is not in the mesh state"),
+        ),
+        (
+            "waypoint without a healthy pod fails closed",
+            "client",
+            "10.96.0.5:80",
+            0,
+            Want::Err("destination ns/sick.ns.svc must go through waypoint ns/down.ns.svc, which has no healthy pod"),
+        ),
+        (
+            "pod IP through the pod's waypoint, authority = the pod IP:port",
+            "client",
+            "10.0.0.7:8080",
+            0,
+            Want::Hbone { hbone: "10.0.1.1:15008", authority: "10.0.0.7:8080", ids: wp_ids.clone() },
+        ),
+        (
+            "pod waypoint given by address",
+            "client",
+            "10.0.0.8:8080",
+            0,
+            Want::Hbone { hbone: "10.0.1.3:15008", authority: "10.0.0.8:8080", ids: canary_ids.clone() },
+        ),
+        (
+            "pod waypoint not ready fails closed",
+            "client",
+            "10.0.0.9:8080",
+            0,
+            Want::Err("destination Kubernetes//Pod/ns/poddown must go through waypoint ns/down.ns.svc, which has no healthy pod"),
+        ),
+        (
+            "service without a waypoint to an endpoint with one: through the endpoint's waypoint",
+            "client",
+            "10.96.0.6:80",
+            0,
+            Want::Hbone { hbone: "10.0.1.1:15008", authority: "10.0.0.7:8080", ids: wp_ids.clone() },
+        ),
+        (
+            "the waypoint itself goes direct to the pod (no loop)",
+            "wp",
+            "10.0.0.7:8080",
+            0,
+            Want::Hbone { hbone: "10.0.0.7:15008", authority: "10.0.0.7:8080", ids: vec!["spiffe://cluster.local/ns/ns/sa/podwp"] },
+        ),
+        (
+            "the waypoint itself goes to the service's endpoints (no loop)",
+            "wp",
+            "10.96.0.1:80",
+            0,
+            Want::Hbone { hbone: "10.0.0.2:15008", authority: "10.0.0.2:8080", ids: vec!["spiffe://cluster.local/ns/ns/sa/server"] },
+        ),
+    ];
+    for (name, from, dst, n, expected) in cases {
+        let src = snap.find_workload("ns", from, None).unwrap().clone();
+        let got = summarize(outbound(&snap, &src, OrigDstAddr(sa(dst)), &Ports::default(), &mut |total| n.min(total - 1)));
+        let want = want(&expected);
+        assert!(got.starts_with(&want), "{name}: got {got:?}, want {want:?}");
+    }
+}
+
+#[test]
+fn a_source_with_the_waypoints_identity_but_another_address_is_not_the_waypoint() {
+    let snap = waypoint_snapshot();
+    let mut impostor = wl("impostor", "10.0.0.50", true);
+    impostor.service_account = "wp".into();
+    let got = summarize(outbound(&snap, &impostor, OrigDstAddr(sa("10.0.0.7:8080")), &Ports::default(), &mut |_| 0));
+    assert!(got.starts_with("hbone 10.0.1.1:15008 10.0.0.7:8080"), "sent through the waypoint: {got}");
+}
+
+#[test]
+fn destination_admits_only_its_waypoints() {
+    let snap = waypoint_snapshot();
+    let id = |sa: &str| format!("spiffe://cluster.local/ns/ns/sa/{sa}").parse::<Identity>().unwrap();
+    // (case, destination, peer, admitted)
+    let cases = [
+        ("no waypoint: anyone", "client", "server", true),
+        ("service waypoint: its pods' identity", "server", "wp", true),
+        ("service waypoint: a client directly", "server", "client", false),
+        ("hairpin: the workload itself", "server", "server", true),
+        ("workload waypoint (and the service's): the waypoint", "podwp", "wp", true),
+        ("workload waypoint: a client directly", "podwp", "client", false),
+        ("waypoint by address: the addressed workload", "podbyip", "canary", true),
+        ("waypoint by address: another waypoint", "podbyip", "wp", false),
+        ("waypoint without a healthy pod still admits its pods' identity", "poddown", "down", true),
+        ("a SAN on the waypoint's Service is not a pod identity", "server", "wp-extra", false),
+    ];
+    for (name, dst, peer, admitted) in cases {
+        let w = snap.find_workload("ns", dst, None).unwrap();
+        let got = waypoint_admits(&snap, w, Some(&id(peer)));
+        assert_eq!(got.is_ok(), admitted, "{name}: {got:?}");
+        if let Err(e) = got {
+            assert!(e.to_string().contains(&format!("spiffe://cluster.local/ns/ns/sa/{peer} may not connect directly")), "{e}");
+        }
+    }
+    let unknown = {
+        let mut w = wl("lost", "10.0.0.60", true);
+        w.waypoint = Some(by_host("ns", "nope.ns.svc"));
+        w
+    };
+    let e = waypoint_admits(&snap, &unknown, Some(&id("wp"))).unwrap_err();
+    assert!(e.to_string().contains("served through waypoint ns/nope.ns.svc"), "an unknown waypoint admits nobody: {e}");
+    let server = snap.find_workload("ns", "server", None).unwrap();
+    let e = waypoint_admits(&snap, server, None).unwrap_err();
+    assert!(e.to_string().starts_with("a plaintext client may not connect directly"), "plaintext has no identity to admit: {e}");
+    let client = snap.find_workload("ns", "client", None).unwrap();
+    assert!(waypoint_admits(&snap, client, None).is_ok(), "plaintext to a workload without a waypoint is not this check's business");
 }

@@ -27,11 +27,20 @@ pub enum Kind {
     ServiceAccount,
     AuthorizationPolicy,
     PeerAuthentication,
+    /// Gateway API Gateways: the waypoints (`super::waypoint`).
+    Gateway,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] =
-        [Kind::Namespace, Kind::Pod, Kind::Service, Kind::ServiceAccount, Kind::AuthorizationPolicy, Kind::PeerAuthentication];
+    pub const ALL: [Kind; 7] = [
+        Kind::Namespace,
+        Kind::Pod,
+        Kind::Service,
+        Kind::ServiceAccount,
+        Kind::AuthorizationPolicy,
+        Kind::PeerAuthentication,
+        Kind::Gateway,
+    ];
 
     /// The kind's name as it appears in an object's `kind` field.
     pub fn name(self) -> &'static str {
@@ -42,6 +51,7 @@ impl Kind {
             Kind::ServiceAccount => "ServiceAccount",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::Gateway => "Gateway",
         }
     }
 
@@ -49,6 +59,7 @@ impl Kind {
         match self {
             Kind::Namespace | Kind::Pod | Kind::Service | Kind::ServiceAccount => "v1",
             Kind::AuthorizationPolicy | Kind::PeerAuthentication => "security.istio.io/v1",
+            Kind::Gateway => "gateway.networking.k8s.io/v1",
         }
     }
 }
@@ -235,7 +246,7 @@ fn delete_key(kind: Kind, v: &Value) -> Result<String, IndexError> {
     Ok(match kind {
         Kind::Namespace => name.to_string(),
         Kind::Pod | Kind::Service | Kind::ServiceAccount => format!("{ns}/{name}"),
-        Kind::AuthorizationPolicy | Kind::PeerAuthentication => format!("{}/{ns}/{name}", kind.name()),
+        Kind::AuthorizationPolicy | Kind::PeerAuthentication | Kind::Gateway => format!("{}/{ns}/{name}", kind.name()),
     })
 }
 

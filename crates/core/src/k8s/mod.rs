@@ -10,3 +10,4 @@ pub mod objects;
 pub mod peer_auth;
 pub mod policy;
 pub mod translate;
+pub mod waypoint;

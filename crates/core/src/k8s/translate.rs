@@ -10,6 +10,7 @@ use super::capture::{decide, Capture, REDIRECTION_ANNOTATION, REDIRECTION_ENABLE
 use super::objects::{ClusterState, IntOrString, Pod, Service as K8sService};
 use super::peer_auth::{self, PeerAuthn};
 use super::policy::{self, TranslatedPolicy};
+use super::waypoint::{self, WaypointUnavailable, Waypoints};
 use crate::model::{
     Authorization, HealthStatus, NetworkAddress, NetworkMode, PolicyKey, PortMap, Service, ServiceKey, TunnelProtocol, Workload,
     WorkloadType,
@@ -29,6 +30,9 @@ pub struct TranslateOptions {
     /// file-based simulated cluster, which has no annotation writer and where the capture
     /// decision itself is the truth.
     pub require_redirection_annotation: bool,
+    /// What to advertise for an object enrolled in a waypoint that is missing or has no
+    /// running pod (`ferry_core::k8s::waypoint`): refuse (the default) or go direct.
+    pub waypoint_unavailable: WaypointUnavailable,
 }
 
 impl Default for TranslateOptions {
@@ -39,11 +43,26 @@ impl Default for TranslateOptions {
             cluster_domain: "cluster.local".into(),
             network: String::new(),
             require_redirection_annotation: false,
+            waypoint_unavailable: WaypointUnavailable::Refuse,
         }
     }
 }
 
 pub fn to_state(c: &ClusterState, o: &TranslateOptions) -> StateInput {
+    translate(c, o).0
+}
+
+/// [`to_state`], with what an operator should know about the translation: waypoint bindings
+/// that are refused, ignored or unavailable, and Gateways that are not valid waypoints.
+pub fn translate(c: &ClusterState, o: &TranslateOptions) -> (StateInput, Vec<String>) {
+    let waypoints = Waypoints::declared(c);
+    let cx =
+        waypoint::Context { cluster: c, waypoints: &waypoints, cluster_domain: &o.cluster_domain, unavailable: o.waypoint_unavailable };
+    let mut notes = waypoints.invalid.clone();
+    let mut note = |r: waypoint::Resolution| {
+        notes.extend(r.note);
+        r.address
+    };
     let services: Vec<&K8sService> = c.services.values().collect();
     let authz: Vec<TranslatedPolicy> = objects_of(c, "AuthorizationPolicy").filter_map(policy::authorization_policy).collect();
     let peer_authns: Vec<PeerAuthn> = objects_of(c, "PeerAuthentication").map(peer_auth::parse).collect();
@@ -51,6 +70,7 @@ pub fn to_state(c: &ClusterState, o: &TranslateOptions) -> StateInput {
     let mut workloads = Vec::new();
     for p in c.pods.values() {
         let Some(mut w) = workload(c, p, &services, o) else { continue };
+        w.waypoint = note(waypoint::for_pod(&cx, p));
         w.authorization_policies = selected(&authz, p);
         if w.protocol == TunnelProtocol::Hbone {
             if let Some(strict) = peer_auth::policy_for(&peer_authns, &p.metadata.namespace, &p.metadata.labels) {
@@ -65,9 +85,16 @@ pub fn to_state(c: &ClusterState, o: &TranslateOptions) -> StateInput {
         }
         workloads.push(w);
     }
-    let services = services.iter().map(|s| service(s, o)).collect();
+    let services = services
+        .iter()
+        .map(|s| {
+            let mut svc = service(s, o);
+            svc.waypoint = note(waypoint::for_service(&cx, s));
+            svc
+        })
+        .collect();
     let policies = authz.into_iter().map(|t| t.policy).chain(generated.into_values()).collect();
-    StateInput { workloads, services, policies }
+    (StateInput { workloads, services, policies }, notes)
 }
 
 fn objects_of<'a>(c: &'a ClusterState, kind: &'a str) -> impl Iterator<Item = &'a serde_json::Value> {

@@ -114,6 +114,7 @@ impl Sim {
             .env("FERRY_XDS_LISTEN", format!("{CONTROLLER_IP}:{XDS_PORT}"))
             .env("FERRY_SERVING_NAMES", CONTROLLER_NAME)
             .env("LOG_FORMAT", "json")
+            .envs(self.opts.controller_env.iter().map(|(k, v)| (k, v)))
             .stderr(log_file(&self.controller_log())?);
         let child = c.spawn()?;
         self.cleanup.pid(child.id());
@@ -126,6 +127,15 @@ impl Sim {
             return Err(SimError::Manifest(format!("the controller exited:\n{log}")));
         }
         Ok(())
+    }
+
+    /// Restarts the controller with `key=value` added to its environment (a setting changed
+    /// as an operator would: a new controller process), and waits for it to be ready.
+    pub fn restart_controller_with(&mut self, key: &str, value: &str) -> Result<()> {
+        self.stop_controller(nix::sys::signal::Signal::SIGTERM);
+        self.opts.controller_env.retain(|(k, _)| k != key);
+        self.opts.controller_env.push((key.to_string(), value.to_string()));
+        self.start_controller()
     }
 
     fn controller_running(&self) -> bool {

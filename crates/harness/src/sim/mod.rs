@@ -55,6 +55,8 @@ pub struct SimOptions {
     pub(crate) poll: Duration,
     /// Extra environment for every node proxy.
     pub(crate) proxy_env: Vec<(String, String)>,
+    /// Extra environment for the controller (its settings, e.g. `FERRY_WAYPOINT_UNAVAILABLE`).
+    pub(crate) controller_env: Vec<(String, String)>,
     /// Keep the work directory (logs) after cleanup.
     pub(crate) keep_work_dir: bool,
     /// Pin node i's processes (agent, proxy, and pods' processes started with
@@ -88,6 +90,7 @@ impl SimOptions {
             cni_dirs: vec![dir, "/usr/lib/cni".into(), "/opt/cni/bin".into()],
             poll: Duration::from_millis(100),
             proxy_env: Vec::new(),
+            controller_env: Vec::new(),
             keep_work_dir: false,
             pin_cpus: false,
             alt_proxy: None,
