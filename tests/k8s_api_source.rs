@@ -52,6 +52,11 @@ fn seed(server: &FakeApiServer) {
     server.apply(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
                         "metadata": {"name": "waypoint", "namespace": "shop"},
                         "spec": {"gatewayClassName": "istio-waypoint", "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}}));
+    server.apply(json!({"apiVersion": "v1", "kind": "Node",
+                        "metadata": {"name": "node-1", "labels": {"topology.kubernetes.io/zone": "zone-a"}}}));
+    server.apply(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+                        "metadata": {"name": "ext-1", "namespace": "shop", "labels": {"kubernetes.io/service-name": "ext"}},
+                        "endpoints": [{"addresses": ["10.50.0.7"]}]}));
 }
 
 async fn source(server: &FakeApiServer) -> ApiSource {
@@ -88,6 +93,8 @@ async fn initial_list_and_watch_events_make_the_state() {
     assert!(s.other.contains_key("AuthorizationPolicy/shop/allow-web") && s.other.contains_key("PeerAuthentication/shop/default"));
     assert_eq!(s.other["AuthorizationPolicy/shop/allow-web"]["spec"]["rules"][0]["from"][0]["source"]["namespaces"][0], "shop");
     assert_eq!(s.other["Gateway/shop/waypoint"]["spec"]["gatewayClassName"], "istio-waypoint", "Gateways are watched");
+    assert_eq!(s.node("node-1").unwrap()["metadata"]["labels"]["topology.kubernetes.io/zone"], "zone-a", "Nodes are watched");
+    assert_eq!(s.other["EndpointSlice/shop/ext-1"]["endpoints"][0]["addresses"][0], "10.50.0.7", "EndpointSlices are watched");
     for kind in ["Pod", "Namespace", "AuthorizationPolicy"] {
         let first = &server.requests(kind)[0];
         assert!(!first.is_watch(), "{kind}: a list comes first");

@@ -18,7 +18,8 @@ use ferry_core::k8s::index::{ClusterIndex, Kind, Outcome, WatchEvent};
 use ferry_core::k8s::objects::ClusterState;
 use futures_util::stream::{BoxStream, StreamExt};
 use futures_util::FutureExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher::{self, watcher, Event};
 use kube::runtime::WatchStreamExt;
@@ -165,6 +166,8 @@ fn watch_kind(client: &kube::Client, scope: &Scope, kind: Kind) -> BoxStream<'st
         Kind::AuthorizationPolicy => kind_events::<AuthorizationPolicy>(kind, Api::all(c), config),
         Kind::PeerAuthentication => kind_events::<PeerAuthentication>(kind, Api::all(c), config),
         Kind::Gateway => kind_events::<Gateway>(kind, Api::all(c), config),
+        Kind::Node => kind_events::<Node>(kind, Api::all(c), config),
+        Kind::EndpointSlice => kind_events::<EndpointSlice>(kind, Api::all(c), config),
     }
 }
 

@@ -44,6 +44,8 @@ const RESOURCES: &[(&str, &str, &str)] = &[
     ("AuthorizationPolicy", "security.istio.io/v1", "/apis/security.istio.io/v1/authorizationpolicies"),
     ("PeerAuthentication", "security.istio.io/v1", "/apis/security.istio.io/v1/peerauthentications"),
     ("Gateway", "gateway.networking.k8s.io/v1", "/apis/gateway.networking.k8s.io/v1/gateways"),
+    ("Node", "v1", "/api/v1/nodes"),
+    ("EndpointSlice", "discovery.k8s.io/v1", "/apis/discovery.k8s.io/v1/endpointslices"),
     ("Lease", "coordination.k8s.io/v1", "/apis/coordination.k8s.io/v1/leases"),
     ("ConfigMap", "v1", "/api/v1/configmaps"),
 ];

@@ -29,10 +29,14 @@ pub enum Kind {
     PeerAuthentication,
     /// Gateway API Gateways: the waypoints (`super::waypoint`).
     Gateway,
+    /// Nodes: their topology labels are their pods' locality.
+    Node,
+    /// EndpointSlices: the endpoints of Services without a selector.
+    EndpointSlice,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Namespace,
         Kind::Pod,
         Kind::Service,
@@ -40,6 +44,8 @@ impl Kind {
         Kind::AuthorizationPolicy,
         Kind::PeerAuthentication,
         Kind::Gateway,
+        Kind::Node,
+        Kind::EndpointSlice,
     ];
 
     /// The kind's name as it appears in an object's `kind` field.
@@ -52,14 +58,17 @@ impl Kind {
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::Gateway => "Gateway",
+            Kind::Node => "Node",
+            Kind::EndpointSlice => "EndpointSlice",
         }
     }
 
     pub fn api_version(self) -> &'static str {
         match self {
-            Kind::Namespace | Kind::Pod | Kind::Service | Kind::ServiceAccount => "v1",
+            Kind::Namespace | Kind::Pod | Kind::Service | Kind::ServiceAccount | Kind::Node => "v1",
             Kind::AuthorizationPolicy | Kind::PeerAuthentication => "security.istio.io/v1",
             Kind::Gateway => "gateway.networking.k8s.io/v1",
+            Kind::EndpointSlice => "discovery.k8s.io/v1",
         }
     }
 }
@@ -246,7 +255,10 @@ fn delete_key(kind: Kind, v: &Value) -> Result<String, IndexError> {
     Ok(match kind {
         Kind::Namespace => name.to_string(),
         Kind::Pod | Kind::Service | Kind::ServiceAccount => format!("{ns}/{name}"),
-        Kind::AuthorizationPolicy | Kind::PeerAuthentication | Kind::Gateway => format!("{}/{ns}/{name}", kind.name()),
+        // Cluster-scoped Nodes are kept as `Node/default/name`, as the manifest conversion keys them.
+        Kind::AuthorizationPolicy | Kind::PeerAuthentication | Kind::Gateway | Kind::Node | Kind::EndpointSlice => {
+            format!("{}/{ns}/{name}", kind.name())
+        }
     })
 }
 

@@ -188,6 +188,8 @@ fn every_kind_lands_where_the_file_source_puts_it() {
         (Kind::AuthorizationPolicy, json!({"metadata": {"name": "p", "namespace": "shop"}, "spec": {}})),
         (Kind::PeerAuthentication, json!({"metadata": {"name": "pa", "namespace": "shop"}, "spec": {"mtls": {"mode": "STRICT"}}})),
         (Kind::Gateway, json!({"metadata": {"name": "wp", "namespace": "shop"}, "spec": {"gatewayClassName": "istio-waypoint"}})),
+        (Kind::Node, json!({"metadata": {"name": "node-1", "labels": {"topology.kubernetes.io/zone": "z1"}}})),
+        (Kind::EndpointSlice, json!({"metadata": {"name": "ext-1", "namespace": "shop"}, "addressType": "IPv4", "endpoints": []})),
     ]));
     assert!(f.refused.is_empty(), "{:?}", f.refused);
     let s = f.index.state();
@@ -197,7 +199,11 @@ fn every_kind_lands_where_the_file_source_puts_it() {
     assert_eq!(s.services, from_file.services);
     assert!(s.service_accounts.contains_key("shop/web"));
     let other: Vec<&str> = s.other.keys().map(String::as_str).collect();
-    assert_eq!(other, ["AuthorizationPolicy/shop/p", "Gateway/shop/wp", "PeerAuthentication/shop/pa"]);
+    assert_eq!(
+        other,
+        ["AuthorizationPolicy/shop/p", "EndpointSlice/shop/ext-1", "Gateway/shop/wp", "Node/default/node-1", "PeerAuthentication/shop/pa"]
+    );
+    assert_eq!(s.node("node-1").unwrap()["metadata"]["labels"]["topology.kubernetes.io/zone"], "z1");
     assert_eq!(s.other["Gateway/shop/wp"]["apiVersion"], "gateway.networking.k8s.io/v1");
     assert_eq!(s.other["AuthorizationPolicy/shop/p"]["apiVersion"], "security.istio.io/v1", "the watch's kind fills in what lists omit");
     for k in Kind::ALL {

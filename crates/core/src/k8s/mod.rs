@@ -3,6 +3,7 @@
 //! the CNI plugin's fallback and the API watchers (through `index`) all feed these same functions.
 
 pub mod capture;
+mod endpoint_slices;
 pub mod index;
 pub mod lease;
 pub mod manifests;

@@ -173,4 +173,9 @@ impl ClusterState {
     pub fn pod(&self, namespace: &str, name: &str) -> Option<&Pod> {
         self.pods.get(&format!("{namespace}/{name}"))
     }
+
+    /// A Node, raw (cluster-scoped: kept under the conversion's `Node/default/` prefix).
+    pub fn node(&self, name: &str) -> Option<&serde_json::Value> {
+        self.other.get(&format!("Node/default/{name}"))
+    }
 }

@@ -7,12 +7,13 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use super::capture::{decide, Capture, REDIRECTION_ANNOTATION, REDIRECTION_ENABLED};
+use super::endpoint_slices;
 use super::objects::{ClusterState, IntOrString, Pod, Service as K8sService};
 use super::peer_auth::{self, PeerAuthn};
 use super::policy::{self, TranslatedPolicy};
 use super::waypoint::{self, WaypointUnavailable, Waypoints};
 use crate::model::{
-    Authorization, HealthStatus, NetworkAddress, NetworkMode, PolicyKey, PortMap, Service, ServiceKey, TunnelProtocol, Workload,
+    Authorization, HealthStatus, Locality, NetworkAddress, NetworkMode, PolicyKey, PortMap, Service, ServiceKey, TunnelProtocol, Workload,
     WorkloadType,
 };
 use crate::state::StateInput;
@@ -68,8 +69,10 @@ pub fn translate(c: &ClusterState, o: &TranslateOptions) -> (StateInput, Vec<Str
     let peer_authns: Vec<PeerAuthn> = objects_of(c, "PeerAuthentication").map(peer_auth::parse).collect();
     let mut generated: BTreeMap<PolicyKey, Authorization> = BTreeMap::new();
     let mut workloads = Vec::new();
-    for p in c.pods.values() {
+    let mut by_pod: BTreeMap<&str, usize> = BTreeMap::new();
+    for (key, p) in &c.pods {
         let Some(mut w) = workload(c, p, &services, o) else { continue };
+        by_pod.insert(key, workloads.len());
         w.waypoint = note(waypoint::for_pod(&cx, p));
         w.authorization_policies = selected(&authz, p);
         if w.protocol == TunnelProtocol::Hbone {
@@ -85,6 +88,7 @@ pub fn translate(c: &ClusterState, o: &TranslateOptions) -> (StateInput, Vec<Str
         }
         workloads.push(w);
     }
+    slice_endpoints(c, o, &by_pod, &mut workloads);
     let services = services
         .iter()
         .map(|s| {
@@ -95,6 +99,38 @@ pub fn translate(c: &ClusterState, o: &TranslateOptions) -> (StateInput, Vec<Str
         .collect();
     let policies = authz.into_iter().map(|t| t.policy).chain(generated.into_values()).collect();
     (StateInput { workloads, services, policies }, notes)
+}
+
+/// Selector-less Services' endpoints (`endpoint_slices`): a pod's workload gains the Service;
+/// an address of no known pod becomes a plain-TCP workload of its own, one per slice and address.
+fn slice_endpoints(c: &ClusterState, o: &TranslateOptions, by_pod: &BTreeMap<&str, usize>, workloads: &mut Vec<Workload>) {
+    let mut standalone: BTreeMap<String, Workload> = BTreeMap::new();
+    for ep in endpoint_slices::endpoints(c) {
+        let Some(svc) = c.services.get(&ep.service) else { continue };
+        let key = ServiceKey::new(&svc.metadata.namespace, &hostname(svc, o));
+        if let Some(i) = ep.pod.as_deref().and_then(|p| by_pod.get(p)) {
+            workloads[*i].services.insert(key, ep.ports);
+            continue;
+        }
+        let ns = &svc.metadata.namespace;
+        let (slice_ns, slice_name) = ep.slice.split_once('/').unwrap_or((ns, &ep.slice));
+        let uid = format!("{}/discovery.k8s.io/EndpointSlice/{slice_ns}/{slice_name}/{}", o.cluster_id, ep.ip);
+        let w = standalone.entry(uid.clone()).or_insert_with(|| {
+            let mut w = Workload::new(&uid, slice_ns, slice_name);
+            w.addresses = vec![ep.ip];
+            w.network = o.network.clone();
+            w.protocol = TunnelProtocol::None;
+            w.trust_domain = o.trust_domain.clone();
+            w.service_account = "default".into();
+            w.cluster_id = o.cluster_id.clone();
+            w.canonical_name = svc.metadata.name.clone();
+            w.workload_name = svc.metadata.name.clone();
+            w
+        });
+        w.status = if ep.ready { HealthStatus::Healthy } else { HealthStatus::Unhealthy };
+        w.services.insert(key, ep.ports);
+    }
+    workloads.extend(standalone.into_values());
 }
 
 fn objects_of<'a>(c: &'a ClusterState, kind: &'a str) -> impl Iterator<Item = &'a serde_json::Value> {
@@ -134,6 +170,7 @@ fn workload(c: &ClusterState, p: &Pod, services: &[&K8sService], o: &TranslateOp
     w.trust_domain = o.trust_domain.clone();
     w.service_account = p.service_account().to_string();
     w.node = p.spec.node_name.clone();
+    w.locality = locality(c, p);
     w.cluster_id = o.cluster_id.clone();
     w.canonical_name = label(p, &["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"]).unwrap_or(name).to_string();
     w.canonical_revision =
@@ -153,6 +190,26 @@ fn workload(c: &ClusterState, p: &Pod, services: &[&K8sService], o: &TranslateOp
         w.services.insert(ServiceKey::new(&s.metadata.namespace, &hostname(s, o)), endpoint_ports(s, p));
     }
     Some(w)
+}
+
+/// Where the pod runs, as istiod reads it: the pod's `istio-locality` label
+/// (`region.zone.subzone`, dots because a label value cannot hold `/`), else its node's
+/// `topology.kubernetes.io/region`, `topology.kubernetes.io/zone` and
+/// `topology.istio.io/subzone` labels. Unknown (empty) when neither is there.
+fn locality(c: &ClusterState, p: &Pod) -> Locality {
+    if let Some(l) = label(p, &["istio-locality"]) {
+        let mut parts = l.splitn(3, '.').map(str::to_string);
+        let (region, zone, subzone) =
+            (parts.next().unwrap_or_default(), parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+        return Locality { region, zone, subzone };
+    }
+    let labels = c.node(&p.spec.node_name).and_then(|n| n.pointer("/metadata/labels"));
+    let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    Locality {
+        region: get("topology.kubernetes.io/region"),
+        zone: get("topology.kubernetes.io/zone"),
+        subzone: get("topology.istio.io/subzone"),
+    }
 }
 
 /// HBONE when the pod's traffic is captured: by the capture decision, or (API mode) by the

@@ -111,3 +111,92 @@ fn api_mode_advertises_hbone_only_with_the_redirection_annotation() {
         assert_eq!(to_state(&c, opts).workloads[0].protocol, want, "{name}");
     }
 }
+
+#[test]
+fn locality_comes_from_the_pod_label_else_its_nodes_topology_labels() {
+    let nodes = r#"
+apiVersion: v1
+kind: Node
+metadata:
+  name: node-1
+  labels: {topology.kubernetes.io/region: eu-west, topology.kubernetes.io/zone: eu-west-1a, topology.istio.io/subzone: rack7}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-2, labels: {topology.kubernetes.io/zone: only-zone}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: pinned, namespace: shop, labels: {istio-locality: us-east.us-east-1b}}
+spec: {nodeName: node-1}
+status: {podIP: 198.18.1.20}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: nowhere, namespace: shop}
+spec: {nodeName: node-9}
+status: {podIP: 198.18.9.20}
+"#;
+    let c = parse_documents(&format!("{MANIFESTS}---{nodes}"), "t").unwrap();
+    let s = to_state(&c, &TranslateOptions::default());
+    let loc = |name: &str| {
+        let w = s.workloads.iter().find(|w| w.name == name).unwrap_or_else(|| panic!("{name}"));
+        (w.locality.region.clone(), w.locality.zone.clone(), w.locality.subzone.clone())
+    };
+    #[rustfmt::skip]
+    let cases: &[(&str, (&str, &str, &str))] = &[
+        ("web-1", ("eu-west", "eu-west-1a", "rack7")),        // every node label
+        ("web-2", ("", "only-zone", "")),                     // what the node has
+        ("pinned", ("us-east", "us-east-1b", "")),            // the pod's label wins
+        ("nowhere", ("", "", "")),                            // unknown node: unknown
+    ];
+    for (name, (r, z, sz)) in cases {
+        assert_eq!(loc(name), (r.to_string(), z.to_string(), sz.to_string()), "{name}");
+    }
+}
+
+#[test]
+fn selector_less_services_take_their_endpoints_from_endpoint_slices() {
+    let extra = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: ext, namespace: shop}
+spec:
+  clusterIP: 198.19.0.20
+  ports: [{name: db, port: 5432}, {name: other, port: 6000}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: ext-abc, namespace: shop, labels: {kubernetes.io/service-name: ext}}
+addressType: IPv4
+ports: [{name: db, port: 15432}, {name: unknown, port: 7}]
+endpoints:
+- addresses: [198.18.1.10]
+  targetRef: {kind: Pod, name: web-1, namespace: shop}
+- addresses: [10.50.0.7]
+  conditions: {ready: false}
+- addresses: [10.50.0.8]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-managed, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 1}]
+endpoints: [{addresses: [10.60.0.1]}]
+"#;
+    let c = parse_documents(&format!("{MANIFESTS}---{extra}"), "t").unwrap();
+    let s = to_state(&c, &TranslateOptions::default());
+    let ext = ServiceKey::new("shop", "ext.shop.svc.cluster.local");
+    let web1 = s.workloads.iter().find(|w| w.name == "web-1").unwrap();
+    assert_eq!(
+        web1.services.get(&ext),
+        Some(&BTreeMap::from([(5432, 15432)])),
+        "the pod behind the slice serves ext; unnamed slice ports left out"
+    );
+    let by_ip = |ip: &str| s.workloads.iter().find(|w| w.addresses == vec![ip.parse::<IpAddr>().unwrap()]);
+    let seven = by_ip("10.50.0.7").expect("an address of no pod is a workload of its own");
+    assert_eq!(seven.uid.to_string(), "Kubernetes/discovery.k8s.io/EndpointSlice/shop/ext-abc/10.50.0.7");
+    assert_eq!((seven.protocol, seven.status), (TunnelProtocol::None, HealthStatus::Unhealthy), "plain TCP; not ready is unhealthy");
+    assert_eq!(by_ip("10.50.0.8").unwrap().status, HealthStatus::Healthy, "an unset ready condition means ready");
+    assert!(by_ip("10.60.0.1").is_none(), "slices of a Service with a selector are ignored");
+}
