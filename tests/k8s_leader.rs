@@ -250,3 +250,40 @@ fn a_leader_stopped_with_sigterm_releases_the_lease_for_an_immediate_takeover() 
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_leader_programs_waypoint_gateways_once_their_pod_runs() {
+    let (dir, rt, server, _root) = setup("gateway");
+    server.apply(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                        "metadata": {"name": "waypoint", "namespace": "shop", "generation": 1},
+                        "spec": {"gatewayClassName": "istio-waypoint", "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}}));
+    let a = replica(&dir, &server, "ferry-a");
+    let programmed = |s: &FakeApiServer| -> Option<(String, String, serde_json::Value)> {
+        let g = s.get("Gateway", "shop", "waypoint")?;
+        let c = g["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Programmed")?.clone();
+        Some((c["status"].as_str()?.to_string(), c["reason"].as_str()?.to_string(), g["status"]["addresses"].clone()))
+    };
+    rt.block_on(async {
+        server
+            .wait_until("Programmed False without a pod", DEADLINE, |s| {
+                programmed(s).is_some_and(|(st, reason, _)| st == "False" && reason == "NoResources")
+            })
+            .await;
+        server.apply(json!({"apiVersion": "v1", "kind": "Pod",
+                            "metadata": {"name": "waypoint-1", "namespace": "shop", "labels": {"gateway.networking.k8s.io/gateway-name": "waypoint"}},
+                            "spec": {"nodeName": "node-1"}, "status": {"phase": "Running", "podIP": "10.0.0.9"}}));
+        server.wait_until("Programmed True once its pod runs", DEADLINE, |s| programmed(s).is_some_and(|(st, _, _)| st == "True")).await;
+        let (_, _, addresses) = programmed(&server).unwrap();
+        assert_eq!(addresses, json!([{"type": "Hostname", "value": "waypoint.shop.svc.cluster.local"}]));
+        // Level-triggered without a loop: its own write, seen through the watch, writes nothing.
+        let written = server.gateway_patches().len();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(server.gateway_patches().len(), written, "no patch while nothing changes (a write loop)");
+        // Two changes; a round may still run on a view older than its own last write (idempotent).
+        assert!((2..=4).contains(&written), "about one patch per change, got {written}");
+        let g = server.get("Gateway", "shop", "waypoint").unwrap();
+        assert_eq!(g["spec"]["gatewayClassName"], "istio-waypoint", "only the status changed: {g}");
+    });
+    drop(a);
+    let _ = std::fs::remove_dir_all(&dir);
+}

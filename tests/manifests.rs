@@ -568,6 +568,7 @@ fn no_role_gets_more_than_it_needs() {
 
 /// The controller's writes are exactly what leader election and the root-certificate
 /// publication use: ConfigMaps get/create/update (get and update only `istio-ca-root-cert`),
+/// patch of `gateways/status` only (the waypoints' conditions),
 /// Leases get/create/update (get and update only `ferry-controller`) in its namespace only.
 #[test]
 fn the_controller_may_write_only_its_lease_and_the_root_configmaps() {
@@ -588,6 +589,13 @@ fn the_controller_may_write_only_its_lease_and_the_root_configmaps() {
         ]
     );
     assert!(!cluster.iter().any(|r| r.0.contains(&"leases".to_string())), "no cluster-wide Lease access");
+    // Gateways: read, and only their status patched (the waypoints' conditions).
+    let gateway_writes: Vec<_> = cluster
+        .iter()
+        .filter(|r| r.0.iter().any(|res| res.starts_with("gateways")) && r.2.iter().any(|v| v != "get" && v != "list" && v != "watch"))
+        .cloned()
+        .collect();
+    assert_eq!(gateway_writes, [(owned(&["gateways/status"]), vec![], owned(&["patch"]))]);
     let leader = rules("Role", "ferry-controller-leader");
     assert_eq!(
         leader,

@@ -16,6 +16,7 @@
 mod ads;
 pub(crate) mod auth;
 mod ca;
+mod gateway_status;
 mod health;
 mod leader;
 mod root_cert;
@@ -279,8 +280,10 @@ fn writers(
         timings,
     };
     let (leading, elect) = leader::start(client.clone(), election, closing);
+    let status =
+        gateway_status::start(client.clone(), args.cluster_domain.clone(), leading.clone(), cluster.clone(), args.root_cert_resync);
     let publish = root_cert::start(client, ca.root_bundle().to_string(), leading, cluster, args.root_cert_resync);
-    vec![AbortOnDrop(elect), AbortOnDrop(publish)]
+    vec![AbortOnDrop(elect), AbortOnDrop(publish), AbortOnDrop(status)]
 }
 
 /// Waits until `source` is complete, saying what it waits for.

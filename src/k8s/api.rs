@@ -42,6 +42,9 @@ macro_rules! custom_kind {
             metadata: ObjectMeta,
             #[serde(default)]
             spec: serde_json::Value,
+            /// Kept: the controller compares a waypoint Gateway's status with what it would write.
+            #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+            status: serde_json::Value,
         }
 
         impl k8s_openapi::Resource for $name {

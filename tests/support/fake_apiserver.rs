@@ -139,6 +139,8 @@ struct Inner {
     patches: Vec<PodPatch>,
     /// How many of the next pod patches are answered 500.
     failing_patches: u32,
+    /// Gateway status patches: `namespace/name` and the patch.
+    gateway_patches: Vec<(String, Value)>,
 }
 
 struct Shared {
@@ -380,6 +382,11 @@ impl FakeApiServer {
             .filter(|s| s.path == TOKEN_REVIEWS)
             .filter_map(|s| s.query.get("spec").and_then(|v| serde_json::from_str(v).ok()))
             .collect()
+    }
+
+    /// The Gateway status PATCHes received so far (`namespace/name`, patch), in order.
+    pub fn gateway_patches(&self) -> Vec<(String, Value)> {
+        self.shared.inner.lock().unwrap().gateway_patches.clone()
     }
 
     /// The pod PATCHes received so far, in order.
@@ -626,12 +633,16 @@ impl FieldSelector {
     }
 }
 
-/// A JSON merge patch (RFC 7386) of a pod at `/api/v1/namespaces/{ns}/pods/{name}`.
+/// A JSON merge patch (RFC 7386) of a pod at `/api/v1/namespaces/{ns}/pods/{name}[/status]`,
+/// or of a Gateway's status (`.../gateways/{name}/status`; recorded in `gateway_patches`).
 fn patch_pod(s: &Shared, path: &str, content_type: &str, body: &[u8]) -> Response<Body> {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let (ns, name, subresource) = match parts[..] {
         ["api", "v1", "namespaces", ns, "pods", name] => (ns, name, ""),
         ["api", "v1", "namespaces", ns, "pods", name, "status"] => (ns, name, "status"),
+        ["apis", "gateway.networking.k8s.io", "v1", "namespaces", ns, "gateways", name, "status"] => {
+            return patch_gateway_status(s, ns, name, content_type, body)
+        }
         _ => return json_response(StatusCode::NOT_FOUND, &status(404, "NotFound", &format!("the fake API server cannot patch {path}"))),
     };
     let patch: Value = serde_json::from_slice(body).unwrap_or_default();
@@ -662,6 +673,29 @@ fn patch_pod(s: &Shared, path: &str, content_type: &str, body: &[u8]) -> Respons
         }
         record.status = answer.0.as_u16();
         i.patches.push(record);
+    });
+    json_response(answer.0, &answer.1)
+}
+
+/// A merge patch of a Gateway's status subresource: only `status` changes, as the API server
+/// does for a status subresource.
+fn patch_gateway_status(s: &Shared, ns: &str, name: &str, content_type: &str, body: &[u8]) -> Response<Body> {
+    let patch: Value = serde_json::from_slice(body).unwrap_or_default();
+    let mut answer = (StatusCode::NOT_FOUND, status(404, "NotFound", &format!("gateways \"{name}\" not found")));
+    let gateways = path_of("Gateway");
+    s.change(|i| {
+        i.gateway_patches.push((format!("{ns}/{name}"), patch.clone()));
+        if content_type != "application/merge-patch+json" {
+            answer = (StatusCode::UNSUPPORTED_MEDIA_TYPE, status(415, "UnsupportedMediaType", "only merge patches are supported"));
+        } else if let Some(mut object) = i.objects.get(gateways).and_then(|m| m.get(&format!("{ns}/{name}"))).cloned() {
+            merge(&mut object["status"], patch.get("status").unwrap_or(&Value::Null));
+            i.rv += 1;
+            let rv = i.rv;
+            object["metadata"]["resourceVersion"] = json!(rv.to_string());
+            i.objects.entry(gateways).or_default().insert(format!("{ns}/{name}"), object.clone());
+            i.log(gateways, rv, "MODIFIED", &object);
+            answer = (StatusCode::OK, object);
+        }
     });
     json_response(answer.0, &answer.1)
 }

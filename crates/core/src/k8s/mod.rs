@@ -4,6 +4,7 @@
 
 pub mod capture;
 mod endpoint_slices;
+pub mod gateway_status;
 pub mod index;
 pub mod lease;
 pub mod manifests;

@@ -188,7 +188,7 @@ fn allowed_from(routes: Option<&serde_json::Value>) -> AllowedFrom {
 
 /// A pod of the waypoint's deployment (labelled with its Gateway's name) is running and has an
 /// address: what istiod's status gate waits for.
-fn has_running_pod(c: &ClusterState, namespace: &str, name: &str) -> bool {
+pub(crate) fn has_running_pod(c: &ClusterState, namespace: &str, name: &str) -> bool {
     c.pods.values().any(|p| {
         p.metadata.namespace == namespace
             && p.metadata.labels.get(GATEWAY_NAME).is_some_and(|g| g == name)
