@@ -10,6 +10,7 @@
 pub mod addr;
 pub mod identity;
 pub mod k8s;
+pub mod l7authz;
 pub mod local_config;
 pub mod model;
 pub mod ports;
