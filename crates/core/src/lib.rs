@@ -19,6 +19,7 @@ pub mod rbac;
 pub mod route;
 pub mod state;
 pub mod timefmt;
+pub mod waypoint;
 pub mod wds;
 pub mod xds;
 pub mod yaml;
