@@ -65,6 +65,9 @@ pub struct WaypointArgs {
     /// How long an upstream may take to start its response to a request (0 = no limit).
     #[arg(long, env = "FERRY_WAYPOINT_RESPONSE_TIMEOUT", value_parser = parse_duration, default_value = "60s")]
     response_timeout: Duration,
+    /// The port destination pods accept HBONE on (Istio's is 15008 everywhere).
+    #[arg(long, env = "FERRY_WAYPOINT_UPSTREAM_HBONE_PORT", default_value_t = ferry_core::ports::HBONE_PORT)]
+    upstream_hbone_port: u16,
     #[command(flatten)]
     proxy: ProxyArgs,
 }
@@ -82,6 +85,7 @@ pub(crate) struct Waypoint {
     pub(crate) response_timeout: Option<Duration>,
     /// Requests in flight per endpoint, for least-request balancing.
     pub(crate) load: stream::Load,
+    pub(crate) upstream_hbone_port: u16,
 }
 
 fn refuse_proxy_only(a: &ProxyArgs) -> Result<(), AppError> {
@@ -152,6 +156,7 @@ async fn serve(args: WaypointArgs, cfg: Arc<Config>, log: Arc<LogHandle>) -> Res
         setups: Arc::new(tokio::sync::Semaphore::new(cfg.limits.hbone_setups)),
         response_timeout: Some(args.response_timeout).filter(|d| !d.is_zero()),
         load: Default::default(),
+        upstream_hbone_port: args.upstream_hbone_port,
     });
     let listener = crate::net::SocketFactory::listen(sockets.as_ref(), args.hbone_addr, false)
         .map_err(|source| AppError::Io { what: format!("cannot bind the HBONE port {}", args.hbone_addr), source })?

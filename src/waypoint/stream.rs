@@ -266,7 +266,7 @@ pub(crate) async fn open_upstream(
     conn: &ConnInfo,
     t: &Target,
 ) -> Result<(H2Stream, Endpoint, InFlight), WaypointError> {
-    let eps = wp_core::endpoints(&wp.state.snapshot(), &t.fronted, wp.cfg.ports.hbone)?;
+    let eps = wp_core::endpoints(&wp.state.snapshot(), &t.fronted, wp.upstream_hbone_port)?;
     let ep = {
         let mut load = wp.load.lock().unwrap_or_else(|e| e.into_inner());
         let ep = wp_core::pick(&eps, &|e| load.get(&e.target).copied().unwrap_or(0), &mut |n| fastrand::usize(..n)).cloned();
