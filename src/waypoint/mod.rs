@@ -86,6 +86,8 @@ pub(crate) struct Waypoint {
     /// Requests in flight per endpoint, for least-request balancing.
     pub(crate) load: stream::Load,
     pub(crate) upstream_hbone_port: u16,
+    /// Bytes queued for HBONE peers, over the waypoint (both directions' connections).
+    pub(crate) budget: crate::hbone::budget::TotalBudget,
 }
 
 fn refuse_proxy_only(a: &ProxyArgs) -> Result<(), AppError> {
@@ -136,7 +138,7 @@ async fn serve(args: WaypointArgs, cfg: Arc<Config>, log: Arc<LogHandle>) -> Res
         cfg.limits.hbone_connection_buffer,
         cfg.limits.hbone_stall_timeout,
     );
-    let pool = Pool::new(sockets.clone(), cfg.h2.clone(), cfg.connect_timeout, cfg.handshake_timeout, budget);
+    let pool = Pool::new(sockets.clone(), cfg.h2.clone(), cfg.connect_timeout, cfg.handshake_timeout, budget.clone());
     let hostname = args.hostname.clone().unwrap_or_else(|| format!("{}.{}.svc.{}", args.gateway, args.namespace, cfg.cluster_domain));
     let me = WaypointSelf {
         namespace: args.namespace.clone(),
@@ -157,6 +159,7 @@ async fn serve(args: WaypointArgs, cfg: Arc<Config>, log: Arc<LogHandle>) -> Res
         response_timeout: Some(args.response_timeout).filter(|d| !d.is_zero()),
         load: Default::default(),
         upstream_hbone_port: args.upstream_hbone_port,
+        budget,
     });
     let listener = crate::net::SocketFactory::listen(sockets.as_ref(), args.hbone_addr, false)
         .map_err(|source| AppError::Io { what: format!("cannot bind the HBONE port {}", args.hbone_addr), source })?

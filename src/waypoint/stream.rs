@@ -108,11 +108,8 @@ async fn connection(wp: Arc<Waypoint>, tcp: TcpStream, drain: DrainWatch) {
         Err(e) => return tracing::warn!(%peer, error = %e, "HBONE connection refused: the waypoint has no certificate yet"),
     };
     let l = &wp.cfg.limits;
-    let limits = ServeLimits {
-        budget: crate::hbone::budget::TotalBudget::new(l.hbone_buffer_total, l.hbone_connection_buffer, l.hbone_stall_timeout),
-        setups_per_connection: l.hbone_setups_per_connection,
-        idle_timeout: l.hbone_idle_timeout,
-    };
+    let limits =
+        ServeLimits { budget: wp.budget.clone(), setups_per_connection: l.hbone_setups_per_connection, idle_timeout: l.hbone_idle_timeout };
     let handler = Arc::new(Handler { wp: wp.clone() });
     if let Err(e) = serve(tcp, tls, &wp.cfg.h2, wp.cfg.handshake_timeout, &limits, drain, handler).await {
         tracing::warn!(%peer, error = %e, "HBONE connection to the waypoint ended with an error");
