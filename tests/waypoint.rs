@@ -97,7 +97,7 @@ workloads:
 - {{uid: c//Pod/shop/backend, name: backend, namespace: shop, serviceAccount: backend, workloadIps: ["{BACKEND_IP}"], protocol: HBONE,
    services: {{"shop/reviews.shop.svc.cluster.local": {{80: {port}}}}}}}
 services:
-- {{name: reviews, namespace: shop, hostname: reviews.shop.svc.cluster.local, vips: ["/10.96.0.10"], ports: {{80: {port}}},
+- {{name: reviews, namespace: shop, hostname: reviews.shop.svc.cluster.local, vips: ["/10.96.0.10"], ports: {{80: {port}, 81: {port}}},
    appProtocols: {{80: HTTP11}}, waypoint: {{destination: shop/waypoint.shop.svc.cluster.local}}}}
 - {{name: other, namespace: shop, hostname: other.shop.svc.cluster.local, vips: ["/10.96.0.11"], ports: {{80: {port}}}}}
 "#,
@@ -200,6 +200,11 @@ async fn http_through_the_waypoint_is_authorized_per_request() {
     // The ALLOW names the client's principal: the waypoint sees the client, not itself.
     let (_, resp) = get(&s, "stranger", "10.96.0.10:80", "/hello").await;
     assert_eq!(status_line(&resp), "HTTP/1.1 403 Forbidden", "another client is not allowed: {resp}");
+
+    // Port 81 declares no protocol: TCP, where the DENY on a path cannot be checked, so it
+    // denies (fail closed) rather than letting bytes past a rule it cannot see.
+    let (status, _) = get(&s, "client", "10.96.0.10:81", "/hello").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a TCP port under an L7 DENY is denied");
 
     let (status, _) = get(&s, "client", "10.96.0.11:80", "/hello").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "a service whose waypoint is not this one is refused");
