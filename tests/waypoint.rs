@@ -30,7 +30,7 @@ metadata: {name: deny-admin, namespace: shop}
 spec:
   targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
   action: DENY
-  rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
+  rules: [{to: [{operation: {paths: ["/admin*"]}}], when: [{key: destination.ip, notValues: [10.96.0.12]}]}]
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -95,10 +95,12 @@ async fn setup() -> Setup {
         r#"
 workloads:
 - {{uid: c//Pod/shop/backend, name: backend, namespace: shop, serviceAccount: backend, workloadIps: ["{BACKEND_IP}"], protocol: HBONE,
-   services: {{"shop/reviews.shop.svc.cluster.local": {{80: {port}}}}}}}
+   services: {{"shop/reviews.shop.svc.cluster.local": {{80: {port}}}, "shop/ratings.shop.svc.cluster.local": {{80: {port}}}}}}}
 services:
 - {{name: reviews, namespace: shop, hostname: reviews.shop.svc.cluster.local, vips: ["/10.96.0.10"], ports: {{80: {port}, 81: {port}}},
    appProtocols: {{80: HTTP11}}, waypoint: {{destination: shop/waypoint.shop.svc.cluster.local}}}}
+- {{name: ratings, namespace: shop, hostname: ratings.shop.svc.cluster.local, vips: ["/10.96.0.12"], ports: {{80: {port}}},
+   waypoint: {{destination: shop/waypoint.shop.svc.cluster.local}}}}
 - {{name: other, namespace: shop, hostname: other.shop.svc.cluster.local, vips: ["/10.96.0.11"], ports: {{80: {port}}}}}
 "#,
         port = http.port()
@@ -206,11 +208,24 @@ async fn http_through_the_waypoint_is_authorized_per_request() {
     let (status, _) = get(&s, "client", "10.96.0.10:81", "/hello").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "a TCP port under an L7 DENY is denied");
 
+    // A TCP service no policy denies: its bytes are copied to the endpoint and back.
+    let (status, resp) = get(&s, "client", "10.96.0.12:80", "/over-tcp").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(resp.starts_with("HTTP/1.1 200 OK") && resp.ends_with("backend saw /over-tcp"), "{resp}");
+
     let (status, _) = get(&s, "client", "10.96.0.11:80", "/hello").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "a service whose waypoint is not this one is refused");
 
-    let log = s.log();
-    let access = |pred: &dyn Fn(&serde_json::Value) -> bool| log.iter().find(|r| r["scope"] == "access" && pred(r)).cloned();
+    // A TCP stream's line is written when its copy ends, which may follow the client's close.
+    let access = |pred: &dyn Fn(&serde_json::Value) -> bool| {
+        for _ in 0..400 {
+            if let Some(r) = s.log().into_iter().find(|r| r["scope"] == "access" && pred(r)) {
+                return Some(r);
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        None
+    };
     let denied = access(&|r| r["path"] == "/admin/users").expect("an access-log line for the denied request");
     assert_eq!((denied["status"].as_u64(), denied["response_flags"].as_str()), (Some(403), Some("DENY")), "{denied}");
     assert!(denied["error"].as_str().is_some_and(|e| e.contains("denied by shop/deny-admin")), "{denied}");
@@ -220,6 +235,9 @@ async fn http_through_the_waypoint_is_authorized_per_request() {
     assert_eq!(ok["method"], "GET", "{ok}");
     let stranger = access(&|r| r["src.identity"] == "spiffe://cluster.local/ns/front/sa/stranger").expect("the stranger's line");
     assert!(stranger["error"].as_str().is_some_and(|e| e.contains("no ALLOW policy matched (shop/allow-client)")), "{stranger}");
+    let tcp = access(&|r| r["dst.addr"] == "10.96.0.12:80").expect("a line for the TCP stream");
+    assert_eq!((tcp["status"].as_u64(), tcp["response_flags"].as_str()), (Some(200), Some("-")), "{tcp}");
+    assert_eq!(tcp["dst.identity"], "spiffe://cluster.local/ns/shop/sa/backend", "{tcp}");
     let refused = access(&|r| r["error"].as_str().is_some_and(|e| e.starts_with("10.96.0.11:80 is service shop/other")))
         .expect("a line for the refused target");
     assert!(refused["error"].as_str().is_some_and(|e| e.contains("whose waypoint is not this one (it has none)")), "{refused}");
