@@ -65,7 +65,9 @@ pub fn run_proxy(args: ProxyArgs) -> Result<(), AppError> {
     rt.block_on(serve(cfg, log))
 }
 
-fn load_state(cfg: &Config) -> Result<StateStore, AppError> {
+/// The state store, filled from the configured local source (and kept current by its watcher).
+/// Shared with `ferry waypoint`, which is fed by the same sources.
+pub(crate) fn load_state(cfg: &Config) -> Result<StateStore, AppError> {
     let store = StateStore::new();
     match &cfg.local {
         LocalSource::File(p) => {
@@ -121,22 +123,9 @@ async fn serve(cfg: Arc<Config>, log: Arc<LogHandle>) -> Result<(), AppError> {
     let state_block = ready.block("state manager");
     let proxy_block = ready.block("proxy");
     let state = load_state(&cfg)?;
-    let xds_status = cfg.xds.clone().map(|settings| {
-        let (client, status) = AdsClient::new(settings.clone(), state.clone(), &ready);
-        tracing::info!(address = %settings.target.url, tls_name = %settings.target.tls_name, node = %settings.node.id, "state from xDS");
-        tokio::spawn(client.run());
-        status
-    });
+    let xds_status = start_xds(&cfg, &state, &ready);
     drop(state_block);
-    let ca: Arc<dyn CaClient> = match &cfg.ca {
-        CaSource::Local(dir) => Arc::new(LocalCa::load(dir)?),
-        CaSource::Remote(target) => {
-            let ca = IstioCa::new(target.clone(), cfg.mode == ProxyMode::Shared);
-            tracing::info!(ca = ca.url(), impersonate = cfg.mode == ProxyMode::Shared, "certificates from the Istio CA API");
-            Arc::new(ca)
-        }
-    };
-    let certs = CertManager::new(ca, cfg.secret_ttl);
+    let certs = CertManager::new(ca_client(&cfg, cfg.mode == ProxyMode::Shared)?, cfg.secret_ttl);
     let inputs = ProxyInputs::new(cfg.clone(), state.clone(), certs.clone());
     tokio::spawn(crate::proxy::connections::watch(inputs.conns.clone(), state.clone()));
     let (quit_tx, mut quit_rx) = mpsc::channel(1);
@@ -180,6 +169,29 @@ async fn serve(cfg: Arc<Config>, log: Arc<LogHandle>) -> Result<(), AppError> {
     Ok(())
 }
 
+/// The xDS client, when state comes from a control plane; readiness waits for its first state.
+pub(crate) fn start_xds(cfg: &Config, state: &StateStore, ready: &Readiness) -> Option<crate::xds::ads::SharedStatus> {
+    cfg.xds.clone().map(|settings| {
+        let (client, status) = AdsClient::new(settings.clone(), state.clone(), ready);
+        tracing::info!(address = %settings.target.url, tls_name = %settings.target.tls_name, node = %settings.node.id, "state from xDS");
+        tokio::spawn(client.run());
+        status
+    })
+}
+
+/// Where certificates come from; `impersonate` asks the Istio CA for identities other than
+/// the caller's own (the shared node proxy only).
+pub(crate) fn ca_client(cfg: &Config, impersonate: bool) -> Result<Arc<dyn CaClient>, AppError> {
+    Ok(match &cfg.ca {
+        CaSource::Local(dir) => Arc::new(LocalCa::load(dir)?),
+        CaSource::Remote(target) => {
+            let ca = IstioCa::new(target.clone(), impersonate);
+            tracing::info!(ca = ca.url(), impersonate, "certificates from the Istio CA API");
+            Arc::new(ca)
+        }
+    })
+}
+
 /// In-pod mode: the ZDS client feeds the workload manager, which opens listeners in each pod.
 fn start_shared(
     inputs: &Arc<ProxyInputs>,
@@ -210,7 +222,7 @@ fn start_dedicated(inputs: &Arc<ProxyInputs>, cfg: &Config, drain: drain::DrainW
     Ok(())
 }
 
-async fn wait_for_shutdown(quit: &mut mpsc::Receiver<()>) {
+pub(crate) async fn wait_for_shutdown(quit: &mut mpsc::Receiver<()>) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::warn!("cannot install signal handlers; only /quitquitquit will stop the proxy");

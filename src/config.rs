@@ -327,6 +327,16 @@ pub struct Config {
     pub(crate) limits: crate::limits::Limits,
 }
 
+impl Config {
+    /// The cluster-state path when that is the state source (it also holds policies).
+    pub(crate) fn cluster_state_path(&self) -> Option<PathBuf> {
+        match &self.local {
+            LocalSource::Cluster(p) => Some(p.clone()),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{0}")]
@@ -340,6 +350,24 @@ fn invalid(msg: impl Into<String>) -> ConfigError {
 }
 
 impl ProxyArgs {
+    /// Settings only the node proxy has a meaning for, which `ferry waypoint` refuses.
+    pub(crate) fn is_dedicated(&self) -> bool {
+        self.mode == ProxyMode::Dedicated
+    }
+    pub(crate) fn workload_info_set(&self) -> bool {
+        self.workload_info.is_some()
+    }
+    pub(crate) fn packet_mark_set(&self) -> bool {
+        self.packet_mark.is_some()
+    }
+    pub(crate) fn orig_src_on(&self) -> bool {
+        self.enable_orig_src == Some(true)
+    }
+    /// The log format and initial filter, needed before the configuration is validated.
+    pub(crate) fn log_settings(&self) -> (LogFormat, Option<String>) {
+        (self.log_format, self.log_level.clone())
+    }
+
     pub fn into_config(self) -> Result<Config, ConfigError> {
         if self.tls12_enabled {
             return Err(invalid("TLS12_ENABLED=true: ferry speaks TLS 1.3 only on HBONE"));

@@ -30,6 +30,7 @@ pub mod state;
 pub(crate) mod task;
 pub mod telemetry;
 pub mod tls;
+pub mod waypoint;
 pub(crate) mod xds;
 pub mod zds;
 pub(crate) mod ztunnel_env;

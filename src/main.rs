@@ -27,6 +27,10 @@ enum Cmd {
     /// Run the control plane: serve workloads and policies over WDS (delta xDS) and workload
     /// certificates over Istio's CA API, to node proxies (ferry's or Istio's ztunnel), on 15012.
     Controller(Box<ferry::controller::ControllerArgs>),
+    /// Run a waypoint: the per-namespace L7 proxy of ambient mode (Istio's `istio-waypoint`
+    /// Gateway). Terminates HBONE on 15008, serves HTTP/1.1 ports with L7 AuthorizationPolicy
+    /// and other ports as TCP, and forwards to the destination pods over HBONE.
+    Waypoint(Box<ferry::waypoint::WaypointArgs>),
     /// Run the mesh on this machine without Kubernetes (as root): two simulated nodes, pods in
     /// and outside the mesh, traffic between them, and a report of what was encrypted.
     #[cfg(feature = "harness")]
@@ -78,6 +82,7 @@ fn main() -> ExitCode {
         Cmd::Proxy(args) => ferry::app::run_proxy(*args).map_err(|e| e.to_string()),
         Cmd::Agent(args) => ferry::agent::run_agent(*args).map_err(|e| e.to_string()),
         Cmd::Controller(args) => ferry::controller::run_controller(*args).map_err(|e| e.to_string()),
+        Cmd::Waypoint(args) => ferry::waypoint::run_waypoint(*args).map_err(|e| e.to_string()),
         #[cfg(feature = "harness")]
         Cmd::Demo(a) => ferry_harness::demo::run(a),
         #[cfg(feature = "harness")]

@@ -28,6 +28,7 @@ pub(crate) enum Role {
     Proxy,
     Agent,
     Controller,
+    Waypoint,
 }
 
 impl Role {
@@ -38,6 +39,7 @@ impl Role {
             Role::Proxy => "ztunnel",
             Role::Agent => "ferry-agent",
             Role::Controller => "ferry-controller",
+            Role::Waypoint => "ferry-waypoint",
         }
     }
 
@@ -46,6 +48,7 @@ impl Role {
             Role::Proxy => "proxy",
             Role::Agent => "agent",
             Role::Controller => "controller",
+            Role::Waypoint => "waypoint",
         }
     }
 }

@@ -10,6 +10,7 @@
 pub mod addr;
 pub mod identity;
 pub mod k8s;
+pub mod l7authz;
 pub mod local_config;
 pub mod model;
 pub mod ports;
@@ -18,6 +19,7 @@ pub mod rbac;
 pub mod route;
 pub mod state;
 pub mod timefmt;
+pub mod waypoint;
 pub mod wds;
 pub mod xds;
 pub mod yaml;

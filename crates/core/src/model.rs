@@ -385,6 +385,22 @@ pub(crate) struct WeightedWaypoint {
     pub(crate) weight: u32,
 }
 
+/// A service port's application protocol (WDS `Port.app_protocol`), read by the waypoint to
+/// choose how to serve a port; a port without one is served as TCP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum AppProtocol {
+    #[serde(rename = "HTTP11")]
+    Http11,
+    #[serde(rename = "HTTP2")]
+    Http2,
+    #[serde(rename = "GRPC")]
+    Grpc,
+    #[serde(rename = "TCP")]
+    Tcp,
+    #[serde(rename = "TLS")]
+    Tls,
+}
+
 /// A Kubernetes service (or ServiceEntry) as WDS describes it. Endpoints are not stored here:
 /// they are derived from workloads' `services` maps when the snapshot is indexed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -396,6 +412,9 @@ pub struct Service {
     pub(crate) vips: Vec<NetworkAddress>,
     pub(crate) cidr_vips: Vec<CidrVip>,
     pub(crate) ports: PortMap,
+    /// Service port to its application protocol, for the ports that declare one.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) app_protocols: BTreeMap<u16, AppProtocol>,
     pub(crate) subject_alt_names: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) waypoint: Option<GatewayAddress>,
@@ -422,6 +441,7 @@ impl Service {
             vips: Vec::new(),
             cidr_vips: Vec::new(),
             ports: PortMap::new(),
+            app_protocols: BTreeMap::new(),
             subject_alt_names: Vec::new(),
             waypoint: None,
             weighted_waypoints: Vec::new(),

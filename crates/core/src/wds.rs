@@ -116,6 +116,19 @@ pub fn workload(w: &Workload) -> Named<pw::Address> {
     }
 }
 
+fn service_ports(s: &Service) -> Vec<pw::Port> {
+    let protocol = |p: &u16| match s.app_protocols.get(p) {
+        None => pw::AppProtocol::Unknown,
+        Some(AppProtocol::Http11) => pw::AppProtocol::Http11,
+        Some(AppProtocol::Http2) => pw::AppProtocol::Http2,
+        Some(AppProtocol::Grpc) => pw::AppProtocol::Grpc,
+        Some(AppProtocol::Tcp) => pw::AppProtocol::Tcp,
+        Some(AppProtocol::Tls) => pw::AppProtocol::Tls,
+    } as i32;
+    let ports = s.ports.iter();
+    ports.map(|(sp, t)| pw::Port { service_port: (*sp).into(), target_port: (*t).into(), app_protocol: protocol(sp) }).collect()
+}
+
 fn port_list(ports: &PortMap) -> pw::PortList {
     pw::PortList {
         ports: ports.iter().map(|(s, t)| pw::Port { service_port: (*s).into(), target_port: (*t).into(), app_protocol: 0 }).collect(),
@@ -148,7 +161,7 @@ pub fn service(s: &Service) -> Named<pw::Address> {
         namespace: s.namespace.clone(),
         hostname: s.hostname.clone(),
         addresses,
-        ports: port_list(&s.ports).ports,
+        ports: service_ports(s),
         subject_alt_names: s.subject_alt_names.clone(),
         waypoint: s.waypoint.as_ref().map(gateway),
         load_balancing: s.load_balancing.as_ref().map(|l| pw::LoadBalancing {

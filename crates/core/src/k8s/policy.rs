@@ -18,7 +18,8 @@ use serde::Deserialize;
 
 use crate::model::{Authorization, Clause, Match, PolicyAction, PolicyScope, Rule, ServiceAccountMatch, StringMatch};
 
-pub(crate) const ROOT_NAMESPACE: &str = "istio-system";
+/// Istio's root namespace: mesh-wide policies live here.
+pub const ROOT_NAMESPACE: &str = "istio-system";
 pub(crate) const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -30,73 +31,73 @@ pub(crate) struct Selector {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct ApSpec {
-    selector: Option<Selector>,
-    target_ref: Option<serde_json::Value>,
-    target_refs: Option<Vec<serde_json::Value>>,
-    action: Option<String>,
-    provider: Option<serde_json::Value>,
-    rules: Option<Vec<RuleSpec>>,
+pub(crate) struct ApSpec {
+    pub(crate) selector: Option<Selector>,
+    pub(crate) target_ref: Option<serde_json::Value>,
+    pub(crate) target_refs: Option<Vec<serde_json::Value>>,
+    pub(crate) action: Option<String>,
+    pub(crate) provider: Option<serde_json::Value>,
+    pub(crate) rules: Option<Vec<RuleSpec>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RuleSpec {
-    from: Option<Vec<FromSpec>>,
-    to: Option<Vec<ToSpec>>,
-    when: Option<Vec<Condition>>,
+pub(crate) struct RuleSpec {
+    pub(crate) from: Option<Vec<FromSpec>>,
+    pub(crate) to: Option<Vec<ToSpec>>,
+    pub(crate) when: Option<Vec<Condition>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FromSpec {
-    source: SourceSpec,
+pub(crate) struct FromSpec {
+    pub(crate) source: SourceSpec,
 }
 
-type Strs = Option<Vec<String>>;
+pub(crate) type Strs = Option<Vec<String>>;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct SourceSpec {
-    principals: Strs,
-    not_principals: Strs,
-    request_principals: Strs,
-    not_request_principals: Strs,
-    namespaces: Strs,
-    not_namespaces: Strs,
-    service_accounts: Strs,
-    not_service_accounts: Strs,
-    ip_blocks: Strs,
-    not_ip_blocks: Strs,
-    remote_ip_blocks: Strs,
-    not_remote_ip_blocks: Strs,
+pub(crate) struct SourceSpec {
+    pub(crate) principals: Strs,
+    pub(crate) not_principals: Strs,
+    pub(crate) request_principals: Strs,
+    pub(crate) not_request_principals: Strs,
+    pub(crate) namespaces: Strs,
+    pub(crate) not_namespaces: Strs,
+    pub(crate) service_accounts: Strs,
+    pub(crate) not_service_accounts: Strs,
+    pub(crate) ip_blocks: Strs,
+    pub(crate) not_ip_blocks: Strs,
+    pub(crate) remote_ip_blocks: Strs,
+    pub(crate) not_remote_ip_blocks: Strs,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ToSpec {
-    operation: OperationSpec,
+pub(crate) struct ToSpec {
+    pub(crate) operation: OperationSpec,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct OperationSpec {
-    hosts: Strs,
-    not_hosts: Strs,
-    ports: Strs,
-    not_ports: Strs,
-    methods: Strs,
-    not_methods: Strs,
-    paths: Strs,
-    not_paths: Strs,
+pub(crate) struct OperationSpec {
+    pub(crate) hosts: Strs,
+    pub(crate) not_hosts: Strs,
+    pub(crate) ports: Strs,
+    pub(crate) not_ports: Strs,
+    pub(crate) methods: Strs,
+    pub(crate) not_methods: Strs,
+    pub(crate) paths: Strs,
+    pub(crate) not_paths: Strs,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct Condition {
-    key: String,
-    values: Strs,
-    not_values: Strs,
+pub(crate) struct Condition {
+    pub(crate) key: String,
+    pub(crate) values: Strs,
+    pub(crate) not_values: Strs,
 }
 
 /// A translated AuthorizationPolicy and which pods it selects.
@@ -131,9 +132,9 @@ fn cidr(s: &str) -> Option<IpNet> {
 
 /// Collects what a rule uses that an L4 proxy cannot evaluate, and what is malformed.
 #[derive(Default)]
-struct Issues {
+pub(crate) struct Issues {
     l7: Vec<String>,
-    invalid: Vec<String>,
+    pub(crate) invalid: Vec<String>,
 }
 
 impl Issues {
@@ -182,7 +183,7 @@ impl OperationSpec {
 /// written each is an empty match, which matches nothing (§4.9), so an ALLOW would silently
 /// allow less than meant and a DENY deny nothing at all. The author's intent is unknown, so the
 /// policy fails closed like any other unreadable one.
-fn rejected_shape(rules: &[RuleSpec]) -> Option<String> {
+pub(crate) fn rejected_shape(rules: &[RuleSpec]) -> Option<String> {
     for (i, r) in rules.iter().enumerate() {
         let why = if r.from.as_ref().is_some_and(|f| f.is_empty()) {
             "`from` must not be empty".to_string()
@@ -230,7 +231,7 @@ fn ports(v: &Strs, field: &str, issues: &mut Issues) -> Vec<u16> {
     out
 }
 
-fn accounts(v: &Strs, field: &str, issues: &mut Issues) -> Vec<ServiceAccountMatch> {
+pub(crate) fn accounts(v: &Strs, field: &str, issues: &mut Issues) -> Vec<ServiceAccountMatch> {
     let mut out = Vec::new();
     for s in v.iter().flatten() {
         match s.split_once('/') {

@@ -150,6 +150,18 @@ impl LocalWorkload {
     }
 }
 
+impl LocalAppProtocol {
+    fn into_model(self) -> AppProtocol {
+        match self {
+            LocalAppProtocol::Http11 => AppProtocol::Http11,
+            LocalAppProtocol::Http2 => AppProtocol::Http2,
+            LocalAppProtocol::Grpc => AppProtocol::Grpc,
+            LocalAppProtocol::Tcp => AppProtocol::Tcp,
+            LocalAppProtocol::Tls => AppProtocol::Tls,
+        }
+    }
+}
+
 impl LocalGateway {
     fn into_model(self) -> GatewayAddress {
         GatewayAddress { destination: self.destination.0, hbone_mtls_port: self.hbone_mtls_port }
@@ -167,6 +179,7 @@ impl LocalService {
             hostname: self.hostname,
             vips: self.vips.into_iter().map(|v| v.0).collect(),
             cidr_vips: self.cidr_vips.into_iter().map(|c| CidrVip { network: c.network, cidr: c.cidr.0 }).collect(),
+            app_protocols: self.app_protocols.into_iter().map(|(p, a)| (p, a.into_model())).collect(),
             ports: self.ports,
             subject_alt_names: self.subject_alt_names,
             waypoint: self.waypoint.map(LocalGateway::into_model),

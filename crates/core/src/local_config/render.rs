@@ -240,6 +240,7 @@ fn service(svc: &Service) -> Value {
     ]);
     if let Value::Mapping(m) = &mut m {
         m.insert(s("vips"), seq(&svc.vips, |v| s(&format!("{}/{}", v.network, v.address))));
+        // No `appProtocols`: ztunnel's reader refuses unknown keys and ignores app protocols.
         m.insert(s("ports"), ports(&svc.ports));
         if svc.canonical {
             m.insert(s("canonical"), Value::from(true));

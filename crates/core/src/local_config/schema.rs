@@ -244,6 +244,8 @@ pub(super) struct LocalAppTunnel {
 
 words!(LocalAppTunnelProtocol { None = ["NONE"], Proxy = ["PROXY"] });
 
+words!(LocalAppProtocol { Http11 = ["HTTP11", "http"], Http2 = ["HTTP2", "http2"], Grpc = ["GRPC", "grpc"], Tcp = ["TCP", "tcp"], Tls = ["TLS", "tls"] });
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct LocalService {
@@ -252,6 +254,10 @@ pub(super) struct LocalService {
     pub(super) hostname: String,
     pub(super) vips: Vec<NetAddr>,
     pub(super) ports: BTreeMap<u16, u16>,
+    /// ferry's addition (ztunnel's file has none): a service port's application protocol, as
+    /// WDS `Port.app_protocol` carries it, for the waypoint.
+    #[serde(default)]
+    pub(super) app_protocols: BTreeMap<u16, LocalAppProtocol>,
     #[serde(default)]
     pub(super) cidr_vips: Vec<LocalCidrVip>,
     #[serde(default)]

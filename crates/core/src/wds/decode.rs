@@ -36,6 +36,20 @@ fn ports(list: &[pw::Port]) -> Result<PortMap, WdsError> {
     list.iter().map(|p| Ok((port(p.service_port, "service port")?, port(p.target_port, "target port")?))).collect()
 }
 
+/// The ports that declare a protocol; an unknown value is no declaration (the port is then
+/// served as TCP, which applies only the L4 part of a waypoint's policy).
+fn app_protocols(list: &[pw::Port]) -> std::collections::BTreeMap<u16, AppProtocol> {
+    let known = |v: i32| match pw::AppProtocol::try_from(v).ok()? {
+        pw::AppProtocol::Unknown => None,
+        pw::AppProtocol::Http11 => Some(AppProtocol::Http11),
+        pw::AppProtocol::Http2 => Some(AppProtocol::Http2),
+        pw::AppProtocol::Grpc => Some(AppProtocol::Grpc),
+        pw::AppProtocol::Tcp => Some(AppProtocol::Tcp),
+        pw::AppProtocol::Tls => Some(AppProtocol::Tls),
+    };
+    list.iter().filter_map(|p| Some((u16::try_from(p.service_port).ok()?, known(p.app_protocol)?))).collect()
+}
+
 fn gateway(g: Option<pw::GatewayAddress>) -> Result<Option<GatewayAddress>, WdsError> {
     let Some(g) = g else { return Ok(None) };
     let destination = match g.destination {
@@ -135,6 +149,7 @@ fn service(s: pw::Service) -> Result<Service, WdsError> {
         }
     }
     m.ports = ports(&s.ports)?;
+    m.app_protocols = app_protocols(&s.ports);
     m.subject_alt_names = s.subject_alt_names;
     m.waypoint = gateway(s.waypoint)?;
     m.load_balancing = s.load_balancing.map(load_balancing).transpose()?;

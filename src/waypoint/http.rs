@@ -1,0 +1,194 @@
+//! HTTP/1.1 on a CONNECT stream: each request is authorized with its method, normalized path,
+//! host and headers (the source principal is the HBONE peer: the client, as the node proxy
+//! presents the client's certificate), then forwarded on a new HBONE stream to an endpoint and
+//! its response streamed back. Denied requests get Envoy's `403 RBAC: access denied`.
+//!
+//! Bounds (ARCHITECTURE.md, Limits): the request head must arrive within
+//! `FERRY_HTTP_HEADER_TIMEOUT` (also what an idle keep-alive connection may wait) and fit in
+//! 64 KiB with at most 100 headers; bodies are streamed, never buffered; the upstream must
+//! start its response within `FERRY_WAYPOINT_RESPONSE_TIMEOUT`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName};
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+
+use super::io::H2Io;
+use super::stream::{authorize, open_upstream, setup_places, Access, Target, WaypointError};
+use super::Waypoint;
+use crate::drain::DrainWatch;
+use crate::hbone::server::ConnInfo;
+use ferry_core::l7authz::{path, HttpAttrs};
+use ferry_core::waypoint::Endpoint;
+
+/// Largest request or response head read (hyper's read buffer).
+const MAX_HEAD: usize = 64 * 1024;
+/// Most request or response headers.
+const MAX_HEADERS: usize = 100;
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Serves HTTP/1.1 requests on one CONNECT stream until the client closes it or the drain ends it.
+pub(crate) async fn serve(wp: Arc<Waypoint>, io: H2Io, conn: Arc<ConnInfo>, t: Target, drain: DrainWatch) {
+    let t = Arc::new(t);
+    let header_timeout = wp.cfg.limits.http_header_timeout;
+    let svc = service_fn(move |req| request(wp.clone(), conn.clone(), t.clone(), req));
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(TokioTimer::new()).header_read_timeout(header_timeout).max_buf_size(MAX_HEAD).max_headers(MAX_HEADERS);
+    let c = b.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(c);
+    tokio::select! {
+        r = c.as_mut() => return done(r),
+        _ = drain.draining() => c.as_mut().graceful_shutdown(),
+    }
+    tokio::select! {
+        r = c => done(r),
+        _ = drain.forced() => {}
+    }
+}
+
+fn done(r: Result<(), hyper::Error>) {
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "HTTP/1.1 connection at the waypoint ended with an error");
+    }
+}
+
+async fn request(wp: Arc<Waypoint>, conn: Arc<ConnInfo>, t: Arc<Target>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let start = Instant::now();
+    let method = req.method().to_string();
+    let target = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+    let (result, ep) = forward(&wp, &conn, &t, req).await;
+    let access = Access { conn: &conn, target: Some(&t), upstream: ep.as_ref(), start, method: Some(&method), path: Some(&target) };
+    Ok(match result {
+        Ok(resp) => {
+            access.log(None, resp.status().as_u16());
+            resp
+        }
+        Err(e) => {
+            let resp = local_reply(&e);
+            access.log(Some(&e), resp.status().as_u16());
+            resp
+        }
+    })
+}
+
+/// Envoy's local replies, which clients and tests of Istio's waypoint recognise.
+fn local_reply(e: &WaypointError) -> Response<Body> {
+    let (status, body) = match e {
+        WaypointError::Denied(_) => (StatusCode::FORBIDDEN, "RBAC: access denied"),
+        WaypointError::BadRequest(_) => (StatusCode::BAD_REQUEST, "Bad Request"),
+        WaypointError::ResponseTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+        WaypointError::Front(_) => (StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "upstream connect error or disconnect/reset before headers"),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())).map_err(|never| match never {}).boxed());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+    resp
+}
+
+/// Authorizes and forwards one request; the endpoint it went to, if one was chosen.
+async fn forward(
+    wp: &Arc<Waypoint>,
+    conn: &ConnInfo,
+    t: &Target,
+    mut req: Request<Incoming>,
+) -> (Result<Response<Body>, WaypointError>, Option<Endpoint>) {
+    if let Err(e) = check(wp, conn, t, &mut req) {
+        return (Err(e), None);
+    }
+    let opened = async {
+        let _places = setup_places(wp, conn).await?;
+        open_upstream(wp, conn, t).await
+    };
+    let (stream, ep, inflight) = match opened.await {
+        Ok(x) => x,
+        Err(e) => return (Err(e), None),
+    };
+    let sent = async {
+        let upstream = ep.target;
+        let io = TokioIo::new(H2Io::from_stream(stream));
+        let mut b = hyper::client::conn::http1::Builder::new();
+        b.max_buf_size(MAX_HEAD).max_headers(MAX_HEADERS);
+        let (mut sender, c) = b.handshake(io).await.map_err(|e| WaypointError::Upstream { upstream, reason: e.to_string() })?;
+        // The connection task ends with the response body; it holds the in-flight count.
+        tokio::spawn(async move {
+            let _inflight = inflight;
+            if let Err(e) = c.await {
+                tracing::debug!(%upstream, error = %e, "upstream HTTP/1.1 connection ended with an error");
+            }
+        });
+        let response = sender.send_request(req);
+        let resp = match wp.response_timeout {
+            Some(d) => tokio::time::timeout(d, response).await.map_err(|_| WaypointError::ResponseTimeout { upstream, waited: d })?,
+            None => response.await,
+        };
+        let mut resp = resp.map_err(|e| WaypointError::Upstream { upstream, reason: e.to_string() })?;
+        strip_hop_by_hop(resp.headers_mut());
+        Ok(resp.map(|b| b.boxed()))
+    };
+    (sent.await, Some(ep))
+}
+
+/// Normalizes the path (forwarding exactly what policy saw), authorizes, and prepares the
+/// request for the upstream.
+fn check(wp: &Waypoint, conn: &ConnInfo, t: &Target, req: &mut Request<Incoming>) -> Result<(), WaypointError> {
+    let raw = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let (normalized, query) = path::normalize(raw).map_err(|e| WaypointError::BadRequest(e.to_string()))?;
+    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string);
+    let host = host.or_else(|| req.uri().authority().map(|a| a.to_string())).ok_or_else(|| WaypointError::BadRequest("no Host".into()))?;
+    // Header values as text; bytes that are not UTF-8 are replaced, so a DENY on a header
+    // still sees the header (it is never skipped).
+    let owned: Vec<(String, String)> =
+        req.headers().iter().map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
+    let headers: Vec<(&str, &str)> = owned.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    let attrs = HttpAttrs { method: req.method().as_str(), path: &normalized, host: &host, headers: &headers };
+    authorize(wp, conn, t, Some(attrs))?;
+    let uri = format!("{normalized}{query}").parse::<http::Uri>().map_err(|e| WaypointError::BadRequest(e.to_string()))?;
+    *req.uri_mut() = uri;
+    strip_hop_by_hop(req.headers_mut());
+    Ok(())
+}
+
+/// Removes the headers that describe one hop (RFC 9110 §7.6.1), including those the
+/// `Connection` header names; hyper frames each hop itself.
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"] {
+        h.remove(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [("connection", "close, x-secret"), ("x-secret", "1"), ("keep-alive", "5"), ("upgrade", "websocket"), ("x-kept", "2")]
+        {
+            h.append(HeaderName::from_static(k), v.parse().unwrap());
+        }
+        strip_hop_by_hop(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["x-kept"]);
+    }
+}

@@ -1,0 +1,245 @@
+//! `ferry waypoint` end to end on 127.0.0.1 (no root): a test HBONE client presenting a client
+//! identity sends HTTP/1.1 through the waypoint binary to an HTTP backend behind a ferry node
+//! proxy (in process). Allowed requests reach the backend and its body comes back; a DENY
+//! path gets `403 RBAC: access denied` and an access-log line naming the policy; an ALLOW on
+//! principals sees the client's identity (not the waypoint's); a target the waypoint does not
+//! front is refused.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use ferry::net::{Keepalive, LocalSockets, SocketOptions};
+use ferry::proxy::{ProxyInputs, WorkloadProxy};
+use ferry::state::StateStore;
+use http::{Method, Request, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const BACKEND_IP: &str = "127.77.0.2";
+
+const POLICIES: &str = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: shop}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin*"]}}], when: [{key: destination.ip, notValues: [10.96.0.12]}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-client, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, group: "", name: reviews}]
+  action: ALLOW
+  rules: [{from: [{source: {principals: [cluster.local/ns/front/sa/client]}}]}]
+"#;
+
+/// An HTTP/1.1 backend answering every request with the path it saw.
+async fn http_backend() -> SocketAddr {
+    let l = TcpListener::bind((BACKEND_IP, 0)).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_string();
+                let body = format!("backend saw {}", line.split(' ').nth(1).unwrap_or("?"));
+                let resp = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+struct Setup {
+    dir: TempDir,
+    waypoint: SocketAddr,
+    child: Child,
+    _drain: ferry::drain::DrainTrigger,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Setup {
+    fn log(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.dir.path().join("waypoint.log")).unwrap_or_default();
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+}
+
+async fn setup() -> Setup {
+    let dir = TempDir::new("waypoint");
+    new_ca(dir.path());
+    let http = http_backend().await;
+    let yaml = format!(
+        r#"
+workloads:
+- {{uid: c//Pod/shop/backend, name: backend, namespace: shop, serviceAccount: backend, workloadIps: ["{BACKEND_IP}"], protocol: HBONE,
+   services: {{"shop/reviews.shop.svc.cluster.local": {{80: {port}}}, "shop/ratings.shop.svc.cluster.local": {{80: {port}}}}}}}
+services:
+- {{name: reviews, namespace: shop, hostname: reviews.shop.svc.cluster.local, vips: ["/10.96.0.10"], ports: {{80: {port}, 81: {port}}},
+   appProtocols: {{80: HTTP11}}, waypoint: {{destination: shop/waypoint.shop.svc.cluster.local}}}}
+- {{name: ratings, namespace: shop, hostname: ratings.shop.svc.cluster.local, vips: ["/10.96.0.12"], ports: {{80: {port}}},
+   waypoint: {{destination: shop/waypoint.shop.svc.cluster.local}}}}
+- {{name: other, namespace: shop, hostname: other.shop.svc.cluster.local, vips: ["/10.96.0.11"], ports: {{80: {port}}}}}
+"#,
+        port = http.port()
+    );
+    std::fs::write(dir.path().join("state.yaml"), &yaml).unwrap();
+    std::fs::write(dir.path().join("policies.yaml"), POLICIES).unwrap();
+
+    // The backend's node proxy (dedicated, in process), its HBONE port moved off 15008.
+    let backend_hbone = free_port();
+    let mut cfg = config(&["--mode", "dedicated", "--workload-info", "shop/backend/backend", "--ca-dir", dir.path().to_str().unwrap()]);
+    cfg.ports = ferry_core::ports::Ports { outbound: free_port(), inbound_plaintext: free_port(), hbone: backend_hbone, ..cfg.ports };
+    cfg.ipv6 = false;
+    cfg.orig_src = Some(false);
+    let state = StateStore::from_input(ferry_core::local_config::parse(&yaml, "test").unwrap());
+    let inputs = ProxyInputs::new(Arc::new(cfg), state, cert_manager(dir.path()));
+    let sockets = Arc::new(LocalSockets { opts: SocketOptions { mark: None, reuse_port: true, keepalive: Keepalive::default() } });
+    let info = ferry::config::parse_workload_info("shop/backend/backend").unwrap();
+    let (px, listeners) = WorkloadProxy::bind(inputs, info, sockets).unwrap();
+    let (trigger, drain) = ferry::drain::new();
+    tokio::spawn(px.run(listeners, drain));
+
+    let waypoint: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let addr = |p: u16| format!("127.0.0.1:{p}");
+    let log = std::fs::File::create(dir.path().join("waypoint.log")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["waypoint", "--gateway", "waypoint", "--namespace", "shop"])
+        .args(["--hbone-addr", &waypoint.to_string(), "--upstream-hbone-port", &backend_hbone.to_string()])
+        .args(["--local-xds-path", dir.path().join("state.yaml").to_str().unwrap()])
+        .args(["--policies", dir.path().join("policies.yaml").to_str().unwrap()])
+        .args(["--ca-dir", dir.path().to_str().unwrap()])
+        .args(["--admin-addr", &addr(free_port()), "--stats-addr", &addr(free_port()), "--readiness-addr", &addr(free_port())])
+        .env_clear()
+        .env("LOG_FORMAT", "json")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let s = Setup { dir, waypoint, child, _drain: trigger };
+    for _ in 0..200 {
+        if TcpStream::connect(s.waypoint).await.is_ok() {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the waypoint never listened: {:?}", s.log());
+}
+
+/// A CONNECT to `authority` through the waypoint as `client`; the status, and for a 200 the
+/// response to one HTTP/1.1 GET of `path` sent on the stream.
+async fn get(s: &Setup, client: &str, authority: &str, path: &str) -> (StatusCode, String) {
+    let cert = cert_manager(s.dir.path()).fetch(&id("front", client)).await.unwrap();
+    let tcp = TcpStream::connect(s.waypoint).await.unwrap();
+    let cfg = cert.client_config(vec![id("shop", "waypoint")]);
+    let tls = tokio_rustls::TlsConnector::from(cfg).connect(ferry::tls::dummy_server_name(), tcp).await.unwrap();
+    let (send, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let req = Request::builder().method(Method::CONNECT).uri(authority).body(()).unwrap();
+    let (resp, mut stream) = send.send_request(req, false).unwrap();
+    let resp = resp.await.unwrap();
+    if resp.status() != StatusCode::OK {
+        return (resp.status(), String::new());
+    }
+    let http = format!("GET {path} HTTP/1.1\r\nHost: reviews.shop.svc.cluster.local\r\nConnection: close\r\n\r\n");
+    stream.send_data(Bytes::from(http), false).unwrap();
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+    let read = async {
+        while let Some(Ok(chunk)) = body.data().await {
+            let _ = body.flow_control().release_capacity(chunk.len());
+            got.extend_from_slice(&chunk);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read).await.expect("the response ends");
+    (StatusCode::OK, String::from_utf8_lossy(&got).into_owned())
+}
+
+fn status_line(resp: &str) -> &str {
+    resp.lines().next().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn http_through_the_waypoint_is_authorized_per_request() {
+    let s = setup().await;
+
+    let (status, resp) = get(&s, "client", "10.96.0.10:80", "/hello").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(status_line(&resp), "HTTP/1.1 200 OK", "{resp}");
+    assert!(resp.ends_with("backend saw /hello"), "the backend's body comes through: {resp}");
+
+    let (_, resp) = get(&s, "client", "10.96.0.10:80", "/admin/users").await;
+    assert_eq!(status_line(&resp), "HTTP/1.1 403 Forbidden", "{resp}");
+    assert!(resp.ends_with("RBAC: access denied"), "{resp}");
+
+    let (_, resp) = get(&s, "client", "10.96.0.10:80", "/public/../admin").await;
+    assert_eq!(status_line(&resp), "HTTP/1.1 403 Forbidden", "a dot segment does not escape the DENY: {resp}");
+
+    // The ALLOW names the client's principal: the waypoint sees the client, not itself.
+    let (_, resp) = get(&s, "stranger", "10.96.0.10:80", "/hello").await;
+    assert_eq!(status_line(&resp), "HTTP/1.1 403 Forbidden", "another client is not allowed: {resp}");
+
+    // Port 81 declares no protocol: TCP, where the DENY on a path cannot be checked, so it
+    // denies (fail closed) rather than letting bytes past a rule it cannot see.
+    let (status, _) = get(&s, "client", "10.96.0.10:81", "/hello").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a TCP port under an L7 DENY is denied");
+
+    // A TCP service no policy denies: its bytes are copied to the endpoint and back.
+    let (status, resp) = get(&s, "client", "10.96.0.12:80", "/over-tcp").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(resp.starts_with("HTTP/1.1 200 OK") && resp.ends_with("backend saw /over-tcp"), "{resp}");
+
+    let (status, _) = get(&s, "client", "10.96.0.11:80", "/hello").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "a service whose waypoint is not this one is refused");
+
+    // A TCP stream's line is written when its copy ends, which may follow the client's close.
+    let access = |pred: &dyn Fn(&serde_json::Value) -> bool| {
+        for _ in 0..400 {
+            if let Some(r) = s.log().into_iter().find(|r| r["scope"] == "access" && pred(r)) {
+                return Some(r);
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        None
+    };
+    let denied = access(&|r| r["path"] == "/admin/users").expect("an access-log line for the denied request");
+    assert_eq!((denied["status"].as_u64(), denied["response_flags"].as_str()), (Some(403), Some("DENY")), "{denied}");
+    assert!(denied["error"].as_str().is_some_and(|e| e.contains("denied by shop/deny-admin")), "{denied}");
+    assert_eq!(denied["src.identity"], "spiffe://cluster.local/ns/front/sa/client", "{denied}");
+    let ok = access(&|r| r["path"] == "/hello" && r["status"] == 200).expect("an access-log line for the allowed request");
+    assert_eq!(ok["dst.identity"], "spiffe://cluster.local/ns/shop/sa/backend", "{ok}");
+    assert_eq!(ok["method"], "GET", "{ok}");
+    let stranger = access(&|r| r["src.identity"] == "spiffe://cluster.local/ns/front/sa/stranger").expect("the stranger's line");
+    assert!(stranger["error"].as_str().is_some_and(|e| e.contains("no ALLOW policy matched (shop/allow-client)")), "{stranger}");
+    let tcp = access(&|r| r["dst.addr"] == "10.96.0.12:80").expect("a line for the TCP stream");
+    assert_eq!((tcp["status"].as_u64(), tcp["response_flags"].as_str()), (Some(200), Some("-")), "{tcp}");
+    assert_eq!(tcp["dst.identity"], "spiffe://cluster.local/ns/shop/sa/backend", "{tcp}");
+    let refused = access(&|r| r["error"].as_str().is_some_and(|e| e.starts_with("10.96.0.11:80 is service shop/other")))
+        .expect("a line for the refused target");
+    assert!(refused["error"].as_str().is_some_and(|e| e.contains("whose waypoint is not this one (it has none)")), "{refused}");
+    assert_eq!(refused["status"].as_u64(), Some(400), "{refused}");
+}
