@@ -96,7 +96,12 @@ async fn setup() -> Setup {
 workloads:
 - {{uid: c//Pod/shop/backend, name: backend, namespace: shop, serviceAccount: backend, workloadIps: ["{BACKEND_IP}"], protocol: HBONE,
    services: {{"shop/reviews.shop.svc.cluster.local": {{80: {port}}}, "shop/ratings.shop.svc.cluster.local": {{80: {port}}}}}}}
+# The waypoint itself: the backend's node proxy admits HBONE to a waypoint-enrolled workload
+# only from the identities of the waypoint Service's pods.
+- {{uid: c//Pod/shop/waypoint-1, name: waypoint-1, namespace: shop, serviceAccount: waypoint, workloadIps: ["127.0.0.1"],
+   services: {{"shop/waypoint.shop.svc.cluster.local": {{15008: 15008}}}}}}
 services:
+- {{name: waypoint, namespace: shop, hostname: waypoint.shop.svc.cluster.local, vips: ["/10.96.0.20"], ports: {{15008: 15008}}}}
 - {{name: reviews, namespace: shop, hostname: reviews.shop.svc.cluster.local, vips: ["/10.96.0.10"], ports: {{80: {port}, 81: {port}}},
    appProtocols: {{80: HTTP11}}, waypoint: {{destination: shop/waypoint.shop.svc.cluster.local}}}}
 - {{name: ratings, namespace: shop, hostname: ratings.shop.svc.cluster.local, vips: ["/10.96.0.12"], ports: {{80: {port}}},

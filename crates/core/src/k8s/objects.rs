@@ -131,6 +131,8 @@ pub struct ServicePort {
     pub target_port: Option<IntOrString>,
     #[serde(default)]
     pub protocol: String,
+    #[serde(default)]
+    pub app_protocol: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]

@@ -8,13 +8,13 @@ use std::net::IpAddr;
 
 use super::capture::{decide, Capture, REDIRECTION_ANNOTATION, REDIRECTION_ENABLED};
 use super::endpoint_slices;
-use super::objects::{ClusterState, IntOrString, Pod, Service as K8sService};
+use super::objects::{ClusterState, IntOrString, Pod, Service as K8sService, ServicePort};
 use super::peer_auth::{self, PeerAuthn};
 use super::policy::{self, TranslatedPolicy};
 use super::waypoint::{self, WaypointUnavailable, Waypoints};
 use crate::model::{
-    Authorization, HealthStatus, Locality, NetworkAddress, NetworkMode, PolicyKey, PortMap, Service, ServiceKey, TunnelProtocol, Workload,
-    WorkloadType,
+    AppProtocol, Authorization, HealthStatus, Locality, NetworkAddress, NetworkMode, PolicyKey, PortMap, Service, ServiceKey,
+    TunnelProtocol, Workload, WorkloadType,
 };
 use crate::state::StateInput;
 
@@ -99,6 +99,24 @@ pub fn translate(c: &ClusterState, o: &TranslateOptions) -> (StateInput, Vec<Str
         .collect();
     let policies = authz.into_iter().map(|t| t.policy).chain(generated.into_values()).collect();
     (StateInput { workloads, services, policies }, notes)
+}
+
+/// The protocol a waypoint serves a Service port with, as istiod's protocol conversion reads
+/// it: `appProtocol` first, else the port name's prefix before `-` (`http-web`, `grpc`). None:
+/// undeclared, served as TCP (a waypoint never sniffs).
+fn app_protocol(p: &ServicePort) -> Option<AppProtocol> {
+    let of = |v: &str| match v.to_ascii_lowercase().as_str() {
+        "http" => Some(AppProtocol::Http11),
+        "http2" | "kubernetes.io/h2c" => Some(AppProtocol::Http2),
+        "grpc" => Some(AppProtocol::Grpc),
+        "tcp" => Some(AppProtocol::Tcp),
+        "tls" | "https" => Some(AppProtocol::Tls),
+        _ => None,
+    };
+    match p.app_protocol.as_deref() {
+        Some(a) => of(a),
+        None => of(p.name.split('-').next().unwrap_or_default()),
+    }
 }
 
 /// Selector-less Services' endpoints (`endpoint_slices`): a pod's workload gains the Service;
@@ -273,6 +291,9 @@ fn service(s: &K8sService, o: &TranslateOptions) -> Service {
             Some(IntOrString::Str(_)) => 0,
         };
         svc.ports.insert(port.port, target);
+        if let Some(p) = app_protocol(port) {
+            svc.app_protocols.insert(port.port, p);
+        }
     }
     svc.canonical = true;
     svc

@@ -200,3 +200,26 @@ endpoints: [{addresses: [10.60.0.1]}]
     assert_eq!(by_ip("10.50.0.8").unwrap().status, HealthStatus::Healthy, "an unset ready condition means ready");
     assert!(by_ip("10.60.0.1").is_none(), "slices of a Service with a selector are ignored");
 }
+
+#[test]
+fn service_ports_declare_their_protocol_by_app_protocol_else_name() {
+    let svc = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: multi, namespace: shop}
+spec:
+  clusterIP: 198.19.0.30
+  ports:
+  - {name: http-web, port: 80}
+  - {name: grpc, port: 81}
+  - {name: web, port: 82, appProtocol: kubernetes.io/h2c}
+  - {name: http-but, port: 83, appProtocol: tcp}
+  - {name: db, port: 84}
+  - {name: web2, port: 85, appProtocol: mongo}
+"#;
+    let c = parse_documents(&format!("{MANIFESTS}---{svc}"), "t").unwrap();
+    let s = to_state(&c, &TranslateOptions::default());
+    let multi = s.services.iter().find(|s| s.name == "multi").unwrap();
+    let want = BTreeMap::from([(80, AppProtocol::Http11), (81, AppProtocol::Grpc), (82, AppProtocol::Http2), (83, AppProtocol::Tcp)]);
+    assert_eq!(multi.app_protocols, want, "appProtocol wins over the name; undeclared and unknown ports are TCP");
+}
