@@ -455,8 +455,35 @@ impl Sim {
         self.spawn_program_in_pod(ns, name, &self.opts.ferry_bin.clone(), args)
     }
 
+    /// Runs `ferry waypoint` for Gateway `gateway` inside pod `ns/name` (a pod the agent does not
+    /// capture: `istio.io/dataplane-mode: none`), as a waypoint Deployment would: its state
+    /// from the cluster-state files, its certificate from the cluster's CA, policies from the
+    /// same files; its log in `waypoint-<name>.log` of the work directory.
+    pub fn spawn_waypoint(&self, ns: &str, name: &str, gateway: &str) -> Result<std::process::Child> {
+        let pod = self.pod(ns, name);
+        let sa = self.pods_state_service_account(ns, name);
+        let log = nodes::log_file(&self.work.join(format!("waypoint-{name}.log")))?;
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &pod.netns, "setpriv", "--pdeathsig", "KILL", "--"]).arg(&self.opts.ferry_bin).arg("waypoint");
+        c.args(["--gateway", gateway, "--namespace", ns, "--service-account", &sa, "--address", &pod.ip.to_string()]);
+        c.arg("--cluster-state").arg(&self.state_dir).arg("--policies").arg(&self.state_dir).arg("--ca-dir").arg(&self.ca_dir);
+        c.args(["--local-xds-poll", &format!("{}ms", self.opts.poll.as_millis())]);
+        c.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").env("LOG_FORMAT", "json");
+        c.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(log);
+        let child = c.spawn()?;
+        self.cleanup.pid(child.id());
+        Ok(child)
+    }
+
+    fn pods_state_service_account(&self, ns: &str, name: &str) -> String {
+        ferry_cni::cluster_state::load(&self.state_dir)
+            .ok()
+            .and_then(|s| s.pod(ns, name).map(|p| p.service_account().to_string()))
+            .unwrap_or_else(|| "default".into())
+    }
+
     /// Starts `program <args>` inside a pod's namespace (pinned with its node), stdout piped.
-    pub(crate) fn spawn_program_in_pod(&self, ns: &str, name: &str, program: &Path, args: &[String]) -> Result<std::process::Child> {
+    pub fn spawn_program_in_pod(&self, ns: &str, name: &str, program: &Path, args: &[String]) -> Result<std::process::Child> {
         let pod = self.pod(ns, name);
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &pod.netns]);

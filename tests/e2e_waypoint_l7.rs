@@ -1,0 +1,149 @@
+//! Issue 13 end to end on the simulated cluster (root only; fails without): client, waypoint and
+//! server on three nodes. The client's node proxy sends the enrolled service's traffic in HBONE
+//! to the `ferry waypoint` pod, which authorizes each HTTP/1.1 request with the client's
+//! identity (a DENY by path gets `403 RBAC: access denied`) and forwards the rest in HBONE to
+//! the server's node proxy, which admits it because it comes from the waypoint.
+
+mod common;
+
+use std::time::Duration;
+
+use common::sim::*;
+use ferry_harness::sim::{apps, observe, Sim, SimOptions};
+
+const SCENARIO: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: front, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
+---
+{apiVersion: v1, kind: ServiceAccount, metadata: {name: client, namespace: front}}
+---
+{apiVersion: v1, kind: ServiceAccount, metadata: {name: backend, namespace: shop}}
+---
+{apiVersion: v1, kind: ServiceAccount, metadata: {name: waypoint, namespace: shop}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: shop}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: waypoint, namespace: shop, labels: {gateway.istio.io/managed: istio.io-mesh-controller}}
+spec: {selector: {gateway.networking.k8s.io/gateway-name: waypoint}, clusterIP: 198.19.0.40, ports: [{name: mesh, port: 15008}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: backend, namespace: shop}
+spec: {selector: {app: backend}, clusterIP: 198.19.0.41, ports: [{name: http, port: 80, targetPort: 8081}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: shop}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: front}
+spec: {nodeName: node-1, serviceAccountName: client}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: waypoint-1, namespace: shop, labels: {gateway.networking.k8s.io/gateway-name: waypoint, istio.io/dataplane-mode: none}}
+spec: {nodeName: node-2, serviceAccountName: waypoint}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: backend, namespace: shop, labels: {app: backend}}
+spec: {nodeName: node-3, serviceAccountName: backend}
+"#;
+
+#[test]
+fn http_goes_through_the_waypoint_on_another_node_with_l7_policy() {
+    common::netns::require_root();
+    let _guard = cluster_lock();
+    let mut sim = Sim::new(SimOptions::new(ferry_bin(), 3)).expect("build the simulated cluster");
+    sim.start().expect("start agents and proxies");
+    sim.apply(SCENARIO).expect("apply the scenario");
+    let site = std::env::temp_dir().join(format!("ferry-wp-site-{}", std::process::id()));
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("hello.txt"), "HELLO-FROM-BACKEND").unwrap();
+    let args: Vec<String> = ["-m", "http.server", "8081", "--bind", "0.0.0.0", "--directory"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([site.display().to_string()])
+        .collect();
+    let mut http = sim.spawn_program_in_pod("shop", "backend", std::path::Path::new("python3"), &args).unwrap();
+    let mut waypoint = sim.spawn_waypoint("shop", "waypoint-1", "waypoint").unwrap();
+    for p in sim.pods.values() {
+        sim.wait_known(p.ip).expect("proxies learn every pod");
+    }
+    let client = sim.pod("front", "client").netns_path();
+    let vip: std::net::SocketAddr = "198.19.0.41:80".parse().unwrap();
+    let get = |path: &str| {
+        apps::http_bytes(&client, vip, "GET", path, Duration::from_secs(5)).map(|(s, b)| (s, String::from_utf8_lossy(&b).into_owned()))
+    };
+    let mut last = None;
+    eventually("an allowed request through the waypoint reaches the backend", || {
+        last = get("/hello.txt").ok();
+        last.as_ref().is_some_and(|(s, b)| *s == 200 && b.contains("HELLO-FROM-BACKEND"))
+    });
+    assert_eq!(get("/missing").map(|r| r.0).ok(), Some(404), "the backend's own 404: the request reached it");
+    let (status, body) = get("/admin/users").unwrap();
+    assert_eq!((status, body.trim()), (403, "RBAC: access denied"), "the waypoint's L7 DENY");
+
+    // Who saw what: the waypoint the client's identity, the server's node proxy the waypoint's.
+    let log = sim.work.join("waypoint-waypoint-1.log");
+    let records = observe::access_log(&log);
+    let denied = records
+        .iter()
+        .find(|r| r["path"] == "/admin/users")
+        .unwrap_or_else(|| panic!("a waypoint record for the denied request: {records:?}"));
+    assert_eq!(denied["src.identity"], "spiffe://cluster.local/ns/front/sa/client", "{denied}");
+    let backend = sim.pod("shop", "backend").clone();
+    let inbound = observe::access_log(&sim.nodes[backend.node].proxy_log());
+    let via = inbound.iter().find(|r| r["direction"] == "inbound" && r["dst.hbone_addr"] == backend.addr(8081).to_string());
+    let via = via.unwrap_or_else(|| panic!("the server's node proxy logged the waypoint's tunnel: {inbound:?}"));
+    assert_eq!(via["src.identity"], "spiffe://cluster.local/ns/shop/sa/waypoint", "{via}");
+
+    // Istio's HTTP metric from the waypoint, with both identities.
+    let wp_netns = sim.pod("shop", "waypoint-1").netns_path();
+    let wp_ip = sim.pod("shop", "waypoint-1").ip;
+    let (_, metrics) =
+        apps::http_bytes(&wp_netns, std::net::SocketAddr::new(wp_ip, 15020), "GET", "/metrics", Duration::from_secs(5)).unwrap();
+    let metrics = String::from_utf8_lossy(&metrics).into_owned();
+    let count = |code: &str| {
+        observe::metric(
+            &metrics,
+            "istio_requests_total",
+            &[
+                ("reporter", "waypoint"),
+                ("source_principal", "spiffe://cluster.local/ns/front/sa/client"),
+                ("response_code", code),
+                ("destination_service_name", "backend"),
+            ],
+        )
+    };
+    assert_eq!(count("403"), Some(1.0), "{metrics}");
+    assert!(count("200").is_some_and(|n| n >= 1.0), "{metrics}");
+    let ok = metrics.lines().find(|l| l.starts_with("istio_requests_total{") && l.contains("response_code=\"200\"")).unwrap();
+    assert!(ok.contains("destination_principal=\"spiffe://cluster.local/ns/shop/sa/backend\""), "{ok}");
+
+    // The waypoint process gone (its pod still listed): the traffic fails, it never goes direct.
+    let _ = waypoint.kill();
+    let _ = waypoint.wait();
+    let after = get("/hello.txt");
+    assert!(after.as_ref().map_or(true, |(s, _)| *s != 200), "no waypoint, no way through: {after:?}");
+    let _ = http.kill();
+    let _ = http.wait();
+    let _ = std::fs::remove_dir_all(&site);
+}
