@@ -220,11 +220,21 @@ fn scenario(sim: &mut Sim, hold: bool) -> Result<(), String> {
     }
     let wire = capture.finish()?;
     report(sim, &rows, &wire);
+    println!(
+        "\n  waypoint act: namespace store (istio.io/use-waypoint: waypoint), its waypoint `ferry waypoint` on node-2, shelf on node-1"
+    );
+    let (checks, _waypoint) = crate::demo_waypoint::run(sim)?;
+    for c in &checks {
+        println!("  {:<60} {:<42} {}", c.label, c.path, if c.ok { "ok" } else { "UNEXPECTED" });
+        if !c.ok {
+            println!("      {}", c.note);
+        }
+    }
     if hold {
         println!("\n  the cluster stays up; press Enter to tear it down");
         let _ = std::io::stdin().read_line(&mut String::new());
     }
-    let failed = rows.iter().filter(|r| !r.ok).count() + usize::from(!wire.ok);
+    let failed = rows.iter().filter(|r| !r.ok).count() + usize::from(!wire.ok) + checks.iter().filter(|c| !c.ok).count();
     if failed == 0 {
         println!("\n  result: every flow behaved as expected");
         Ok(())

@@ -7,4 +7,5 @@
 
 pub mod bench;
 pub mod demo;
+mod demo_waypoint;
 pub mod sim;

@@ -115,3 +115,43 @@ pub fn http_bytes(
         Ok((status, body))
     })?
 }
+
+/// An HTTP/1.1 server on `port` in the namespace at `path`: answers every request `200` with
+/// the body `<name> saw <request target>`, then closes.
+pub fn http_server(path: &std::path::Path, port: u16, name: &str) -> std::io::Result<()> {
+    let ns = Netns::open(path)?;
+    let name = name.to_string();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let l = match ns.enter().and_then(|_| TcpListener::bind(("0.0.0.0", port))) {
+            Ok(l) => {
+                let _ = tx.send(Ok(()));
+                l
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        for s in l.incoming().flatten() {
+            let name = name.clone();
+            std::thread::spawn(move || serve_http(s, &name));
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5)).map_err(|_| std::io::Error::other("http server did not start"))?
+}
+
+fn serve_http(mut s: TcpStream, name: &str) {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_string();
+    let body = format!("{name} saw {}", line.split(' ').nth(1).unwrap_or("?"));
+    let _ = write!(s, "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+}
