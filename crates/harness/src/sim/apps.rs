@@ -32,13 +32,18 @@ impl Peers {
 
 /// An echo server on `port` in the namespace at `path`: reads to EOF, echoes, closes.
 pub fn echo_server(path: &std::path::Path, port: u16) -> std::io::Result<Peers> {
-    let ns = Netns::open(path)?;
     let peers = Peers::default();
     let p = peers.clone();
+    serve_in(path, port, "echo server", move |s| serve_echo(s, p.clone()))?;
+    Ok(peers)
+}
+
+/// Listens on `port` in the namespace at `path` and handles each connection on its own thread.
+fn serve_in(path: &std::path::Path, port: u16, what: &str, handle: impl Fn(TcpStream) + Send + Clone + 'static) -> std::io::Result<()> {
+    let ns = Netns::open(path)?;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let listener = ns.enter().and_then(|_| TcpListener::bind(("0.0.0.0", port)));
-        let l = match listener {
+        let l = match ns.enter().and_then(|_| TcpListener::bind(("0.0.0.0", port))) {
             Ok(l) => {
                 let _ = tx.send(Ok(()));
                 l
@@ -49,12 +54,11 @@ pub fn echo_server(path: &std::path::Path, port: u16) -> std::io::Result<Peers> 
             }
         };
         for s in l.incoming().flatten() {
-            let p = p.clone();
-            std::thread::spawn(move || serve_echo(s, p));
+            let handle = handle.clone();
+            std::thread::spawn(move || handle(s));
         }
     });
-    rx.recv_timeout(Duration::from_secs(5)).map_err(|_| std::io::Error::other("echo server did not start"))??;
-    Ok(peers)
+    rx.recv_timeout(Duration::from_secs(5)).map_err(|_| std::io::Error::other(format!("{what} did not start")))?
 }
 
 fn serve_echo(mut s: TcpStream, peers: Peers) {
@@ -119,26 +123,8 @@ pub fn http_bytes(
 /// An HTTP/1.1 server on `port` in the namespace at `path`: answers every request `200` with
 /// the body `<name> saw <request target>`, then closes.
 pub fn http_server(path: &std::path::Path, port: u16, name: &str) -> std::io::Result<()> {
-    let ns = Netns::open(path)?;
     let name = name.to_string();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let l = match ns.enter().and_then(|_| TcpListener::bind(("0.0.0.0", port))) {
-            Ok(l) => {
-                let _ = tx.send(Ok(()));
-                l
-            }
-            Err(e) => {
-                let _ = tx.send(Err(e));
-                return;
-            }
-        };
-        for s in l.incoming().flatten() {
-            let name = name.clone();
-            std::thread::spawn(move || serve_http(s, &name));
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(5)).map_err(|_| std::io::Error::other("http server did not start"))?
+    serve_in(path, port, "http server", move |s| serve_http(s, &name))
 }
 
 fn serve_http(mut s: TcpStream, name: &str) {
