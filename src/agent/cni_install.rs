@@ -156,7 +156,8 @@ impl CniInstall {
     pub(crate) async fn keep_installed(self, every: std::time::Duration, installed: std::sync::Arc<std::sync::atomic::AtomicBool>) {
         let mut said_waiting = false;
         loop {
-            match self.install_binary().and_then(|_| self.chain()) {
+            let pass = self.install_binary().and_then(|_| self.chain());
+            match &pass {
                 Ok(Chained::Added(conf)) => {
                     tracing::info!(conf = %conf.display(), bin = %self.bin_dir.join(PLUGIN).display(), "ferry-cni chained into the node's network configuration")
                 }
@@ -168,11 +169,8 @@ impl CniInstall {
                 Ok(Chained::NoConfiguration) => {}
                 Err(e) => tracing::error!(error = %e, "cannot install ferry-cni; retrying"),
             }
-            let chained = primary(&self.net_dir)
-                .ok()
-                .flatten()
-                .and_then(|c| std::fs::read_to_string(c).ok())
-                .is_some_and(|t| chain(&t, &entry(&self.agent_socket)) == Ok(None));
+            // Chained exactly when this pass added the entry or found it in place.
+            let chained = matches!(pass, Ok(Chained::Added(_) | Chained::Already(_)));
             installed.store(chained, std::sync::atomic::Ordering::Release);
             tokio::time::sleep(every).await;
         }

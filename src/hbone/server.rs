@@ -60,7 +60,7 @@ pub(crate) enum ServeError {
     H2(#[from] h2::Error),
 }
 
-/// Handles one CONNECT stream; implemented by the inbound proxy.
+/// Handles one CONNECT stream; implemented by the inbound proxy and by `ferry waypoint`.
 pub(crate) trait StreamHandler: Send + Sync + 'static {
     fn handle(
         self: Arc<Self>,
