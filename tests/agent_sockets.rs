@@ -83,7 +83,15 @@ impl Agent {
 fn cni_status(socket: &Path, uid: Option<u32>) -> (bool, String) {
     let bin = PathBuf::from(FERRY).with_file_name("ferry-cni");
     assert!(bin.exists(), "ferry-cni must be built next to ferry (cargo test --workspace builds it)");
-    let mut cmd = Command::new(bin);
+    // Another user runs a copy in /tmp: the checkout may sit under a directory only root can
+    // enter (a `mktemp -d` clone), which would refuse the exec, not the socket.
+    let copy = uid.map(|u| std::env::temp_dir().join(format!("ferry-cni-as-{u}-{}", std::process::id())));
+    if let Some(c) = &copy {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::copy(&bin, c).unwrap();
+        std::fs::set_permissions(c, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut cmd = Command::new(copy.as_ref().unwrap_or(&bin));
     cmd.env_clear().env("CNI_COMMAND", "STATUS").env("CNI_PATH", "/opt/cni/bin");
     if let Some(uid) = uid {
         cmd.uid(uid).gid(uid);
@@ -93,6 +101,9 @@ fn cni_status(socket: &Path, uid: Option<u32>) -> (bool, String) {
         serde_json::json!({"cniVersion": "1.1.0", "name": "t", "type": "ferry-cni", "agent_socket": socket, "agent_timeout_seconds": 5});
     child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
+    if let Some(c) = &copy {
+        let _ = std::fs::remove_file(c);
+    }
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
