@@ -3,7 +3,9 @@
 //! proxy (in process). Allowed requests reach the backend and its body comes back; a DENY
 //! path gets `403 RBAC: access denied` and an access-log line naming the policy; an ALLOW on
 //! principals sees the client's identity (not the waypoint's); a target the waypoint does not
-//! front is refused.
+//! front is refused. Bad input: malformed, oversized and slow requests are answered or cut by
+//! the waypoint and never reach the backend; a policy file that does not read keeps the last
+//! good set in force, and a policy that does not compile fails closed, both reported.
 
 mod common;
 
@@ -41,12 +43,17 @@ spec:
   rules: [{from: [{source: {principals: [cluster.local/ns/front/sa/client]}}]}]
 "#;
 
-/// An HTTP/1.1 backend answering every request with the path it saw.
-async fn http_backend() -> SocketAddr {
+type Counter = Arc<std::sync::atomic::AtomicUsize>;
+
+/// An HTTP/1.1 backend answering every request with the path it saw; how many it was sent.
+async fn http_backend() -> (SocketAddr, Counter) {
     let l = TcpListener::bind((BACKEND_IP, 0)).await.unwrap();
     let addr = l.local_addr().unwrap();
+    let seen = Counter::default();
+    let counter = seen.clone();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
+            let seen = seen.clone();
             tokio::spawn(async move {
                 let mut head = Vec::new();
                 let mut buf = [0u8; 1024];
@@ -56,6 +63,7 @@ async fn http_backend() -> SocketAddr {
                         Ok(n) => head.extend_from_slice(&buf[..n]),
                     }
                 }
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_string();
                 let body = format!("backend saw {}", line.split(' ').nth(1).unwrap_or("?"));
                 let resp = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
@@ -63,12 +71,15 @@ async fn http_backend() -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, counter)
 }
 
 struct Setup {
     dir: TempDir,
     waypoint: SocketAddr,
+    admin: SocketAddr,
+    stats: SocketAddr,
+    backend_requests: Counter,
     child: Child,
     _drain: ferry::drain::DrainTrigger,
 }
@@ -90,7 +101,7 @@ impl Setup {
 async fn setup() -> Setup {
     let dir = TempDir::new("waypoint");
     new_ca(dir.path());
-    let http = http_backend().await;
+    let (http, backend_requests) = http_backend().await;
     let yaml = format!(
         r#"
 workloads:
@@ -129,6 +140,7 @@ services:
 
     let waypoint: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let addr = |p: u16| format!("127.0.0.1:{p}");
+    let (admin, stats) = (addr(free_port()), addr(free_port()));
     let log = std::fs::File::create(dir.path().join("waypoint.log")).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args(["waypoint", "--gateway", "waypoint", "--namespace", "shop"])
@@ -136,7 +148,8 @@ services:
         .args(["--local-xds-path", dir.path().join("state.yaml").to_str().unwrap()])
         .args(["--policies", dir.path().join("policies.yaml").to_str().unwrap()])
         .args(["--ca-dir", dir.path().to_str().unwrap()])
-        .args(["--admin-addr", &addr(free_port()), "--stats-addr", &addr(free_port()), "--readiness-addr", &addr(free_port())])
+        .args(["--admin-addr", &admin, "--stats-addr", &stats, "--readiness-addr", &addr(free_port())])
+        .args(["--http-header-timeout", "1s", "--local-xds-poll", "200ms"])
         .env_clear()
         .env("LOG_FORMAT", "json")
         .stdout(log.try_clone().unwrap())
@@ -144,7 +157,8 @@ services:
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    let s = Setup { dir, waypoint, child, _drain: trigger };
+    let (admin, stats) = (admin.parse().unwrap(), stats.parse().unwrap());
+    let s = Setup { dir, waypoint, admin, stats, backend_requests, child, _drain: trigger };
     for _ in 0..200 {
         if TcpStream::connect(s.waypoint).await.is_ok() {
             return s;
@@ -157,6 +171,14 @@ services:
 /// A CONNECT to `authority` through the waypoint as `client`; the status, and for a 200 the
 /// response to one HTTP/1.1 GET of `path` sent on the stream.
 async fn get(s: &Setup, client: &str, authority: &str, path: &str) -> (StatusCode, String) {
+    let http = format!("GET {path} HTTP/1.1\r\nHost: reviews.shop.svc.cluster.local\r\nConnection: close\r\n\r\n");
+    raw(s, client, authority, vec![http.into_bytes()], Duration::ZERO).await
+}
+
+/// A CONNECT to `authority` as `client`, then `chunks` sent on the stream `gap` apart (the
+/// stream left open); the CONNECT status and everything read back until the waypoint ends
+/// the stream.
+async fn raw(s: &Setup, client: &str, authority: &str, chunks: Vec<Vec<u8>>, gap: Duration) -> (StatusCode, String) {
     let cert = cert_manager(s.dir.path()).fetch(&id("front", client)).await.unwrap();
     let tcp = TcpStream::connect(s.waypoint).await.unwrap();
     let cfg = cert.client_config(vec![id("shop", "waypoint")]);
@@ -170,18 +192,40 @@ async fn get(s: &Setup, client: &str, authority: &str, path: &str) -> (StatusCod
     if resp.status() != StatusCode::OK {
         return (resp.status(), String::new());
     }
-    let http = format!("GET {path} HTTP/1.1\r\nHost: reviews.shop.svc.cluster.local\r\nConnection: close\r\n\r\n");
-    stream.send_data(Bytes::from(http), false).unwrap();
     let mut body = resp.into_body();
     let mut got = Vec::new();
+    // Sending stops at the first refused write: the waypoint has ended the stream.
+    let write = async move {
+        for c in chunks {
+            stream.reserve_capacity(c.len());
+            if stream.send_data(Bytes::from(c), false).is_err() {
+                break;
+            }
+            tokio::time::sleep(gap).await;
+        }
+        std::future::pending::<()>().await
+    };
     let read = async {
         while let Some(Ok(chunk)) = body.data().await {
             let _ = body.flow_control().release_capacity(chunk.len());
             got.extend_from_slice(&chunk);
         }
     };
-    tokio::time::timeout(Duration::from_secs(20), read).await.expect("the response ends");
+    let ended = tokio::select! {
+        r = tokio::time::timeout(Duration::from_secs(20), read) => r.is_ok(),
+        _ = write => unreachable!(),
+    };
+    assert!(ended, "the waypoint ends the stream");
     (StatusCode::OK, String::from_utf8_lossy(&got).into_owned())
+}
+
+/// A GET of `path` on a management port.
+async fn management(addr: SocketAddr, path: &str) -> String {
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).await.unwrap();
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
 }
 
 fn status_line(resp: &str) -> &str {
@@ -247,4 +291,102 @@ async fn http_through_the_waypoint_is_authorized_per_request() {
         .expect("a line for the refused target");
     assert!(refused["error"].as_str().is_some_and(|e| e.contains("whose waypoint is not this one (it has none)")), "{refused}");
     assert_eq!(refused["status"].as_u64(), Some(400), "{refused}");
+}
+
+#[tokio::test]
+async fn malformed_oversized_and_slow_requests_never_reach_the_backend() {
+    let s = setup().await;
+    let (_, resp) = get(&s, "client", "10.96.0.10:80", "/hello").await;
+    assert!(resp.ends_with("backend saw /hello"), "the path works: {resp}");
+    let before = s.backend_requests.load(std::sync::atomic::Ordering::SeqCst);
+    let send = |bytes: Vec<u8>| raw(&s, "client", "10.96.0.10:80", vec![bytes], Duration::ZERO);
+
+    let (_, resp) = send(b"GET /a b c HTTP/1.1\r\nHost: reviews\r\n\r\n".to_vec()).await;
+    assert_eq!(status_line(&resp), "HTTP/1.1 400 Bad Request", "a malformed request line: {resp}");
+    let (_, resp) = send(b"GET / HTTP/1.1\r\nHost: reviews\r\nBad Header\r\n\r\n".to_vec()).await;
+    assert_eq!(status_line(&resp), "HTTP/1.1 400 Bad Request", "a header without a colon: {resp}");
+    let (_, resp) = send(b"GET /%zz HTTP/1.1\r\nHost: reviews\r\n\r\n".to_vec()).await;
+    assert_eq!(status_line(&resp), "HTTP/1.1 400 Bad Request", "a path that does not decode: {resp}");
+
+    // A header flood (more than 100 headers) and an oversized head (over 64 KiB).
+    let mut flood = b"GET / HTTP/1.1\r\nHost: reviews\r\n".to_vec();
+    for i in 0..101 {
+        flood.extend_from_slice(format!("x-flood-{i}: 1\r\n").as_bytes());
+    }
+    flood.extend_from_slice(b"\r\n");
+    let (_, resp) = send(flood).await;
+    assert_eq!(status_line(&resp), "HTTP/1.1 431 Request Header Fields Too Large", "101 headers: {resp}");
+    let big = format!("GET / HTTP/1.1\r\nHost: reviews\r\nx-big: {}\r\n\r\n", "a".repeat(70 * 1024));
+    let (_, resp) = send(big.into_bytes()).await;
+    assert_eq!(status_line(&resp), "HTTP/1.1 431 Request Header Fields Too Large", "a 70 KiB header: {resp}");
+
+    // A slow client: one header byte every 100 ms for 60 s would outlast the 1 s header
+    // timeout many times; the waypoint ends the stream long before the client is done.
+    let mut slow = vec![b"GET / HTTP/1.1\r\nHost: reviews\r\n".to_vec()];
+    slow.extend(std::iter::repeat_n(b"x".to_vec(), 600));
+    let sent = std::time::Instant::now();
+    let (_, resp) = raw(&s, "client", "10.96.0.10:80", slow, Duration::from_millis(100)).await;
+    assert!(sent.elapsed() < Duration::from_secs(60), "cut before the client finished sending: {resp}");
+    assert!(!resp.contains("backend saw"), "{resp}");
+
+    assert_eq!(s.backend_requests.load(std::sync::atomic::Ordering::SeqCst), before, "none of them reached the backend");
+}
+
+#[tokio::test]
+async fn a_policy_file_that_does_not_read_keeps_the_last_good_set_and_is_reported() {
+    let s = setup().await;
+    let path = s.dir.path().join("policies.yaml");
+    let metric = |text: &str, name: &str, labels: &[(&str, &str)]| {
+        text.lines()
+            .filter(|l| l.starts_with(name) && labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+            .find_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    type Pred = Box<dyn Fn(&serde_json::Value, &str) -> bool>;
+    let until = |what: &'static str, pred: Pred| {
+        let (admin, stats) = (s.admin, s.stats);
+        async move {
+            for _ in 0..200 {
+                let dump: serde_json::Value = serde_json::from_str(&management(admin, "/config_dump").await).unwrap();
+                let metrics = management(stats, "/metrics").await;
+                if pred(&dump["waypoint"]["policies"], &metrics) {
+                    return (dump, metrics);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("{what}");
+        }
+    };
+    let (dump, _) = until(
+        "the first load is in /config_dump",
+        Box::new(|p, m| p["policies"].as_array().is_some_and(|a| a.len() == 2) && m.contains("ferry_waypoint_policies 2")),
+    )
+    .await;
+    assert_eq!(dump["waypoint"]["identity"], "spiffe://cluster.local/ns/shop/sa/waypoint", "{dump}");
+    assert!(dump["waypoint"]["policies"]["lastError"].is_null(), "{dump}");
+
+    // Broken YAML: reported, and the DENY in force before still denies.
+    std::fs::write(&path, format!("{POLICIES}\n---\nkind: AuthorizationPolicy\nspec: [unclosed\n")).unwrap();
+    let (dump, metrics) = until("the failed reload is reported", Box::new(|p, _| p["lastError"].is_string())).await;
+    let policies = &dump["waypoint"]["policies"];
+    assert!(policies["lastError"].as_str().unwrap().contains("policies.yaml"), "names the file: {policies}");
+    assert_eq!(policies["policies"].as_array().map(Vec::len), Some(2), "the last good set stays: {policies}");
+    assert!(metric(&metrics, "ferry_waypoint_policy_loads_total", &[("result", "error")]).is_some_and(|n| n >= 1.0), "{metrics}");
+    let (_, resp) = get(&s, "client", "10.96.0.10:80", "/admin/users").await;
+    assert_eq!(status_line(&resp), "HTTP/1.1 403 Forbidden", "the last good DENY still holds: {resp}");
+
+    // A policy that reads but does not compile (an unknown action): in force as a DENY of
+    // what it targets, with a note, counted.
+    let bad = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: typo, namespace: shop}\nspec:\n  targetRefs: [{kind: Service, group: \"\", name: reviews}]\n  action: ALOW\n";
+    std::fs::write(&path, format!("{POLICIES}\n---\n{bad}")).unwrap();
+    let (dump, _) = until(
+        "the uncompilable policy is in force, failing closed",
+        Box::new(|p, m| p["lastError"].is_null() && m.contains("ferry_waypoint_policies_failing_closed 1")),
+    )
+    .await;
+    let typo = dump["waypoint"]["policies"]["policies"].as_array().unwrap().iter().find(|p| p["name"] == "typo").cloned().unwrap();
+    assert!(typo["notes"][0].as_str().is_some_and(|n| n.contains("failing closed")), "{typo}");
+    let (_, resp) = get(&s, "client", "10.96.0.10:80", "/hello").await;
+    assert_eq!(status_line(&resp), "HTTP/1.1 403 Forbidden", "the service it targets is denied: {resp}");
+    let (status, resp) = get(&s, "client", "10.96.0.12:80", "/hello").await;
+    assert!(status == StatusCode::OK && resp.ends_with("backend saw /hello"), "another service is not: {resp}");
 }

@@ -85,6 +85,7 @@ fn local_reply(e: &WaypointError) -> Response<Body> {
     let (status, body) = match e {
         WaypointError::Denied(_) => (StatusCode::FORBIDDEN, "RBAC: access denied"),
         WaypointError::BadRequest(_) => (StatusCode::BAD_REQUEST, "Bad Request"),
+        WaypointError::HeadTooLarge { .. } => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "Request Header Fields Too Large"),
         WaypointError::ResponseTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
         WaypointError::Front(_) => (StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
         _ => (StatusCode::SERVICE_UNAVAILABLE, "upstream connect error or disconnect/reset before headers"),
@@ -141,6 +142,12 @@ async fn forward(
 /// Normalizes the path (forwarding exactly what policy saw), authorizes, and prepares the
 /// request for the upstream.
 fn check(wp: &Waypoint, conn: &ConnInfo, t: &Target, req: &mut Request<Incoming>) -> Result<(), WaypointError> {
+    // hyper checks its buffer only while a head is incomplete, so a head that arrives in one
+    // read may exceed it; the limit is what was parsed, as Envoy's max_request_headers_kb.
+    let size = head_size(req);
+    if size > MAX_HEAD {
+        return Err(WaypointError::HeadTooLarge { size, limit: MAX_HEAD });
+    }
     let raw = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let (normalized, query) = path::normalize(raw).map_err(|e| WaypointError::BadRequest(e.to_string()))?;
     let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string);
@@ -156,6 +163,12 @@ fn check(wp: &Waypoint, conn: &ConnInfo, t: &Target, req: &mut Request<Incoming>
     *req.uri_mut() = uri;
     strip_hop_by_hop(req.headers_mut());
     Ok(())
+}
+
+/// The request line's target and every header as sent (`name: value\r\n`).
+fn head_size<B>(req: &Request<B>) -> usize {
+    let target = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+    target + req.method().as_str().len() + req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>()
 }
 
 /// Removes the headers that describe one hop (RFC 9110 §7.6.1), including those the

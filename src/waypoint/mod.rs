@@ -101,6 +101,17 @@ fn refuse_proxy_only(a: &ProxyArgs) -> Result<(), AppError> {
     }
 }
 
+/// The `waypoint` section of `/config_dump`: who this waypoint is and the policies in force.
+fn dump_section(wp: &Arc<Waypoint>, loaded: policy::Loaded) -> crate::config_dump::DumpExtra {
+    let (me, identity) = (wp.me.clone(), wp.identity.to_string());
+    Arc::new(move || {
+        serde_json::json!({"waypoint": {
+            "gateway": me.name, "namespace": me.namespace, "hostname": me.hostname, "addresses": me.addresses,
+            "identity": identity, "policies": loaded.dump(),
+        }})
+    })
+}
+
 pub fn run_waypoint(args: WaypointArgs) -> Result<(), AppError> {
     refuse_proxy_only(&args.proxy)?;
     let (log_format, log_level) = args.proxy.log_settings();
@@ -131,7 +142,7 @@ async fn serve(args: WaypointArgs, cfg: Arc<Config>, log: Arc<LogHandle>) -> Res
     let certs = CertManager::new(ca_client(&cfg, false)?, cfg.secret_ttl);
     certs.prefetch(&identity);
     let policy_path = args.policies.clone().or_else(|| cfg.cluster_state_path());
-    let policies = policy::load(policy_path, cfg.local_poll).map_err(|e| AppError::Unsupported(e.to_string()))?;
+    let loaded = policy::load(policy_path, cfg.local_poll).map_err(|e| AppError::Unsupported(e.to_string()))?;
     let sockets = Arc::new(LocalSockets { opts: SocketOptions { mark: None, reuse_port: true, keepalive: cfg.keepalive } });
     let budget = crate::hbone::budget::TotalBudget::new(
         cfg.limits.hbone_buffer_total,
@@ -153,7 +164,7 @@ async fn serve(args: WaypointArgs, cfg: Arc<Config>, log: Arc<LogHandle>) -> Res
         identity: identity.clone(),
         state: state.clone(),
         certs: certs.clone(),
-        policies,
+        policies: loaded.policies.clone(),
         pool,
         setups: Arc::new(tokio::sync::Semaphore::new(cfg.limits.hbone_setups)),
         response_timeout: Some(args.response_timeout).filter(|d| !d.is_zero()),
@@ -172,7 +183,9 @@ async fn serve(args: WaypointArgs, cfg: Arc<Config>, log: Arc<LogHandle>) -> Res
     tokio::spawn(stream::accept_loop(wp.clone(), listener, gate, drain));
     let runtime = tokio::runtime::Handle::current();
     let conns = Default::default();
-    let admin = Arc::new(AdminState { cfg: cfg.clone(), state, certs, log, metrics, runtime, ready, quit: quit_tx, conns, extra: None });
+    let extra = dump_section(&wp, loaded);
+    let admin =
+        Arc::new(AdminState { cfg: cfg.clone(), state, certs, log, metrics, runtime, ready, quit: quit_tx, conns, extra: Some(extra) });
     let addrs =
         admin::start(admin).map_err(|source| AppError::Io { what: "cannot bind the admin, metrics or readiness port".into(), source })?;
     drop(listener_block);

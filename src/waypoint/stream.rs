@@ -51,6 +51,8 @@ pub(crate) enum WaypointError {
     Upstream { upstream: SocketAddr, reason: String },
     #[error("request refused: {0}")]
     BadRequest(String),
+    #[error("request head of {size} bytes is over the {limit}-byte limit")]
+    HeadTooLarge { size: usize, limit: usize },
 }
 
 impl WaypointError {
@@ -63,6 +65,7 @@ impl WaypointError {
             }
             WaypointError::Denied(_) => StatusCode::UNAUTHORIZED,
             WaypointError::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            WaypointError::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             WaypointError::Front(FrontError::NoEndpoint(_) | FrontError::BadIdentity(..))
             | WaypointError::Hbone(_)
             | WaypointError::Cert(_)
@@ -82,7 +85,7 @@ impl WaypointError {
             WaypointError::Shed => "UO",
             WaypointError::ResponseTimeout { .. } => "UT",
             WaypointError::Upstream { .. } => "UF",
-            WaypointError::BadRequest(_) => "DPE",
+            WaypointError::BadRequest(_) | WaypointError::HeadTooLarge { .. } => "DPE",
         }
     }
 }
