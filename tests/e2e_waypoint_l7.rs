@@ -65,6 +65,18 @@ spec:
   # with one would hold there for every connection (Istio's semantics too).
   rules: [{to: [{operation: {paths: ["/admin*"], ports: ["80"]}}]}]
 ---
+# By method and by header (port 80 only, as above).
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-writes-and-blocked-testers, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, group: "", name: backend}]
+  action: DENY
+  rules:
+  - to: [{operation: {methods: ["DELETE", "PUT"], ports: ["80"]}}]
+  - to: [{operation: {ports: ["80"]}}]
+    when: [{key: "request.headers[x-tester]", values: ["blocked*"]}]
+---
 apiVersion: v1
 kind: Pod
 metadata: {name: client, namespace: front}
@@ -115,6 +127,12 @@ fn http_goes_through_the_waypoint_on_another_node_with_l7_policy() {
     assert_eq!(get("/missing").map(|r| r.0).ok(), Some(404), "the backend's own 404: the request reached it");
     let (status, body) = get("/admin/users").unwrap();
     assert_eq!((status, body.trim()), (403, "RBAC: access denied"), "the waypoint's L7 DENY");
+    let send = |method: &str, headers: &[(&str, &str)]| {
+        apps::http_request(&client, vip, method, "/hello.txt", headers, Duration::from_secs(5)).map(|(s, _)| s).ok()
+    };
+    assert_eq!(send("DELETE", &[]), Some(403), "a DENY by method");
+    assert_eq!(send("GET", &[("x-tester", "blocked-42")]), Some(403), "a DENY by header");
+    assert_eq!(send("GET", &[("x-tester", "welcome")]), Some(200), "another value of the header is allowed");
 
     // Who saw what: the waypoint the client's identity, the server's node proxy the waypoint's.
     let log = sim.work.join("waypoint-waypoint-1.log");
@@ -124,6 +142,9 @@ fn http_goes_through_the_waypoint_on_another_node_with_l7_policy() {
         .find(|r| r["path"] == "/admin/users")
         .unwrap_or_else(|| panic!("a waypoint record for the denied request: {records:?}"));
     assert_eq!(denied["src.identity"], "spiffe://cluster.local/ns/front/sa/client", "{denied}");
+    let by_method = records.iter().find(|r| r["method"] == "DELETE").unwrap_or_else(|| panic!("the DELETE's record: {records:?}"));
+    assert_eq!((by_method["status"].as_u64(), by_method["response_flags"].as_str()), (Some(403), Some("DENY")), "{by_method}");
+    assert!(by_method["error"].as_str().is_some_and(|e| e.contains("shop/deny-writes-and-blocked-testers")), "the reason: {by_method}");
     let backend = sim.pod("shop", "backend").clone();
     let inbound = observe::access_log(&sim.nodes[backend.node].proxy_log());
     let via = inbound.iter().find(|r| r["direction"] == "inbound" && r["dst.hbone_addr"] == backend.addr(8081).to_string());
@@ -162,7 +183,7 @@ fn http_goes_through_the_waypoint_on_another_node_with_l7_policy() {
             ],
         )
     };
-    assert_eq!(count("403"), Some(1.0), "{metrics}");
+    assert_eq!(count("403"), Some(3.0), "the path, method and header DENYs: {metrics}");
     assert!(count("200").is_some_and(|n| n >= 1.0), "{metrics}");
     let ok = metrics.lines().find(|l| l.starts_with("istio_requests_total{") && l.contains("response_code=\"200\"")).unwrap();
     assert!(ok.contains("destination_principal=\"spiffe://cluster.local/ns/shop/sa/backend\""), "{ok}");

@@ -105,11 +105,24 @@ pub fn http_bytes(
     target: &str,
     read_timeout: Duration,
 ) -> std::io::Result<(u16, Vec<u8>)> {
+    http_request(path, addr, method, target, &[], read_timeout)
+}
+
+/// [`http_bytes`] with extra request headers.
+pub fn http_request(
+    path: &std::path::Path,
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    read_timeout: Duration,
+) -> std::io::Result<(u16, Vec<u8>)> {
     let (method, target) = (method.to_string(), target.to_string());
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     in_netns(path, move || -> std::io::Result<(u16, Vec<u8>)> {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         s.set_read_timeout(Some(read_timeout))?;
-        write!(s, "{method} {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+        write!(s, "{method} {target} HTTP/1.1\r\nHost: x\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n")?;
         let mut resp = Vec::new();
         s.read_to_end(&mut resp)?;
         let split = resp.windows(4).position(|w| w == b"\r\n\r\n");
