@@ -45,33 +45,43 @@ spec:
 
 type Counter = Arc<std::sync::atomic::AtomicUsize>;
 
-/// An HTTP/1.1 backend answering every request with the path it saw; how many it was sent.
-async fn http_backend() -> (SocketAddr, Counter) {
+/// An HTTP/1.1 keep-alive backend answering every request with the path it saw (closing
+/// when the request asks); the requests and the connections it was sent.
+async fn http_backend() -> (SocketAddr, Counter, Counter) {
     let l = TcpListener::bind((BACKEND_IP, 0)).await.unwrap();
     let addr = l.local_addr().unwrap();
-    let seen = Counter::default();
-    let counter = seen.clone();
+    let (seen, conns) = (Counter::default(), Counter::default());
+    let counters = (seen.clone(), conns.clone());
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
+            conns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let seen = seen.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    buf.drain(..end + 4);
+                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let close = head.contains("\r\nconnection: close");
+                    let body = format!("backend saw {}", head.lines().next().unwrap_or_default().split(' ').nth(1).unwrap_or("?"));
+                    let connection = if close { "close" } else { "keep-alive" };
+                    let resp = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: {connection}\r\n\r\n{body}", body.len());
+                    if s.write_all(resp.as_bytes()).await.is_err() || close {
+                        return;
                     }
                 }
-                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_string();
-                let body = format!("backend saw {}", line.split(' ').nth(1).unwrap_or("?"));
-                let resp = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
-                let _ = s.write_all(resp.as_bytes()).await;
             });
         }
     });
-    (addr, counter)
+    (addr, counters.0, counters.1)
 }
 
 struct Setup {
@@ -80,6 +90,7 @@ struct Setup {
     admin: SocketAddr,
     stats: SocketAddr,
     backend_requests: Counter,
+    backend_connections: Counter,
     child: Child,
     _drain: ferry::drain::DrainTrigger,
 }
@@ -101,7 +112,7 @@ impl Setup {
 async fn setup() -> Setup {
     let dir = TempDir::new("waypoint");
     new_ca(dir.path());
-    let (http, backend_requests) = http_backend().await;
+    let (http, backend_requests, backend_connections) = http_backend().await;
     let yaml = format!(
         r#"
 workloads:
@@ -158,7 +169,7 @@ services:
         .spawn()
         .unwrap();
     let (admin, stats) = (admin.parse().unwrap(), stats.parse().unwrap());
-    let s = Setup { dir, waypoint, admin, stats, backend_requests, child, _drain: trigger };
+    let s = Setup { dir, waypoint, admin, stats, backend_requests, backend_connections, child, _drain: trigger };
     for _ in 0..200 {
         if TcpStream::connect(s.waypoint).await.is_ok() {
             return s;
@@ -389,4 +400,19 @@ async fn a_policy_file_that_does_not_read_keeps_the_last_good_set_and_is_reporte
     assert_eq!(status_line(&resp), "HTTP/1.1 403 Forbidden", "the service it targets is denied: {resp}");
     let (status, resp) = get(&s, "client", "10.96.0.12:80", "/hello").await;
     assert!(status == StatusCode::OK && resp.ends_with("backend saw /hello"), "another service is not: {resp}");
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused_across_client_connections() {
+    let s = setup().await;
+    let count = |c: &Counter| c.load(std::sync::atomic::Ordering::SeqCst);
+    for i in 0..6 {
+        // Each request on its own client connection and HBONE stream, which it closes.
+        let (_, resp) = get(&s, "client", "10.96.0.10:80", &format!("/r{i}")).await;
+        assert!(resp.ends_with(&format!("backend saw /r{i}")), "{resp}");
+    }
+    assert_eq!(count(&s.backend_requests), 6);
+    assert_eq!(count(&s.backend_connections), 1, "one upstream connection carried all six requests");
+    let dump: serde_json::Value = serde_json::from_str(&management(s.admin, "/config_dump").await).unwrap();
+    assert_eq!(dump["waypoint"]["pooledUpstreamConnections"], 1, "{}", dump["waypoint"]);
 }

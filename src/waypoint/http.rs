@@ -6,7 +6,8 @@
 //! Bounds (ARCHITECTURE.md, Limits): the request head must arrive within
 //! `FERRY_HTTP_HEADER_TIMEOUT` (also what an idle keep-alive connection may wait) and fit in
 //! 64 KiB with at most 100 headers; bodies are streamed, never buffered; the upstream must
-//! start its response within `FERRY_WAYPOINT_RESPONSE_TIMEOUT`.
+//! start its response within `FERRY_WAYPOINT_RESPONSE_TIMEOUT`. Upstream connections are
+//! pooled per endpoint ([`super::upstream`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,11 +19,13 @@ use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 
 use super::io::H2Io;
-use super::stream::{authorize, open_upstream, setup_places, Access, Target, WaypointError};
+use super::stream::{authorize, dial_endpoint, pick_endpoint, setup_places, Access, Target, WaypointError};
+use super::upstream;
 use super::Waypoint;
 use crate::drain::DrainWatch;
 use crate::hbone::server::ConnInfo;
@@ -106,37 +109,77 @@ async fn forward(
     if let Err(e) = check(wp, conn, t, &mut req) {
         return (Err(e), None);
     }
-    let opened = async {
-        let _places = setup_places(wp, conn).await?;
-        open_upstream(wp, conn, t).await
-    };
-    let (stream, ep, inflight) = match opened.await {
+    let (ep, inflight) = match pick_endpoint(wp, t) {
         Ok(x) => x,
         Err(e) => return (Err(e), None),
     };
-    let sent = async {
-        let upstream = ep.target;
-        let io = TokioIo::new(H2Io::from_stream(stream));
-        let mut b = hyper::client::conn::http1::Builder::new();
-        b.max_buf_size(MAX_HEAD).max_headers(MAX_HEADERS);
-        let (mut sender, c) = b.handshake(io).await.map_err(|e| WaypointError::Upstream { upstream, reason: e.to_string() })?;
-        // The connection task ends with the response body; it holds the in-flight count.
-        tokio::spawn(async move {
-            let _inflight = inflight;
-            if let Err(e) = c.await {
-                tracing::debug!(%upstream, error = %e, "upstream HTTP/1.1 connection ended with an error");
-            }
-        });
-        let response = sender.send_request(req);
+    let result = send(wp, conn, t, &ep, req).await.map(|resp| {
+        // The request is in flight (for balancing) until its response body is done.
+        resp.map(|b| {
+            b.map_frame(move |f| {
+                let _held = &inflight;
+                f
+            })
+            .boxed()
+        })
+    });
+    (result, Some(ep))
+}
+
+/// Sends `req` to `ep` on a pooled connection, or a new one; once more on a new connection
+/// when a pooled one turns out closed before anything of the request was written.
+async fn send(
+    wp: &Arc<Waypoint>,
+    conn: &ConnInfo,
+    t: &Target,
+    ep: &Endpoint,
+    mut req: Request<Incoming>,
+) -> Result<Response<Incoming>, WaypointError> {
+    let upstream = ep.target;
+    let key: upstream::Key = (ep.target, ep.identities[0].clone());
+    let mut pooled = wp.h1.take(&key);
+    loop {
+        let reused = pooled.is_some();
+        let mut sender = match pooled.take() {
+            Some(s) => s,
+            None => dial(wp, conn, t, ep).await?,
+        };
+        let response = sender.try_send_request(req);
         let resp = match wp.response_timeout {
             Some(d) => tokio::time::timeout(d, response).await.map_err(|_| WaypointError::ResponseTimeout { upstream, waited: d })?,
             None => response.await,
         };
-        let mut resp = resp.map_err(|e| WaypointError::Upstream { upstream, reason: e.to_string() })?;
-        strip_hop_by_hop(resp.headers_mut());
-        Ok(resp.map(|b| b.boxed()))
+        match resp {
+            Ok(mut resp) => {
+                wp.h1.put(key, sender);
+                strip_hop_by_hop(resp.headers_mut());
+                return Ok(resp);
+            }
+            Err(mut e) => match e.take_message() {
+                Some(back) if reused => req = back,
+                _ => return Err(WaypointError::Upstream { upstream, reason: e.into_error().to_string() }),
+            },
+        }
+    }
+}
+
+/// A new HTTP/1.1 connection to `ep` over a new HBONE stream (within the set-up limit).
+async fn dial(wp: &Arc<Waypoint>, conn: &ConnInfo, t: &Target, ep: &Endpoint) -> Result<SendRequest<Incoming>, WaypointError> {
+    let upstream = ep.target;
+    let stream = {
+        let _places = setup_places(wp, conn).await?;
+        dial_endpoint(wp, None, t, ep).await?
     };
-    (sent.await, Some(ep))
+    let io = TokioIo::new(H2Io::from_stream(stream));
+    let mut b = hyper::client::conn::http1::Builder::new();
+    b.max_buf_size(MAX_HEAD).max_headers(MAX_HEADERS);
+    let (sender, c) = b.handshake(io).await.map_err(|e| WaypointError::Upstream { upstream, reason: e.to_string() })?;
+    tokio::spawn(async move {
+        if let Err(e) = c.await {
+            tracing::debug!(%upstream, error = %e, "upstream HTTP/1.1 connection ended with an error");
+        }
+    });
+    Ok(sender)
 }
 
 /// Normalizes the path (forwarding exactly what policy saw), authorizes, and prepares the

@@ -10,6 +10,7 @@ mod http;
 mod io;
 mod policy;
 mod stream;
+mod upstream;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -62,6 +63,9 @@ pub struct WaypointArgs {
     /// HBONE listener.
     #[arg(long, env = "FERRY_WAYPOINT_HBONE_ADDR", default_value = "[::]:15008")]
     hbone_addr: SocketAddr,
+    /// How long a pooled upstream HTTP/1.1 connection may stay unused before it is closed.
+    #[arg(long, env = "FERRY_WAYPOINT_UPSTREAM_IDLE_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
+    upstream_idle_timeout: Duration,
     /// How long an upstream may take to start its response to a request (0 = no limit).
     #[arg(long, env = "FERRY_WAYPOINT_RESPONSE_TIMEOUT", value_parser = parse_duration, default_value = "60s")]
     response_timeout: Duration,
@@ -81,6 +85,8 @@ pub(crate) struct Waypoint {
     pub(crate) certs: Arc<CertManager>,
     pub(crate) policies: policy::Policies,
     pub(crate) pool: Arc<Pool>,
+    /// Upstream HTTP/1.1 connections, per endpoint.
+    pub(crate) h1: Arc<upstream::H1Pool>,
     pub(crate) setups: Arc<tokio::sync::Semaphore>,
     pub(crate) response_timeout: Option<Duration>,
     /// Requests in flight per endpoint, for least-request balancing.
@@ -103,11 +109,11 @@ fn refuse_proxy_only(a: &ProxyArgs) -> Result<(), AppError> {
 
 /// The `waypoint` section of `/config_dump`: who this waypoint is and the policies in force.
 fn dump_section(wp: &Arc<Waypoint>, loaded: policy::Loaded) -> crate::config_dump::DumpExtra {
-    let (me, identity) = (wp.me.clone(), wp.identity.to_string());
+    let (me, identity, h1) = (wp.me.clone(), wp.identity.to_string(), wp.h1.clone());
     Arc::new(move || {
         serde_json::json!({"waypoint": {
             "gateway": me.name, "namespace": me.namespace, "hostname": me.hostname, "addresses": me.addresses,
-            "identity": identity, "policies": loaded.dump(),
+            "identity": identity, "policies": loaded.dump(), "pooledUpstreamConnections": h1.len(),
         }})
     })
 }
@@ -166,6 +172,7 @@ async fn serve(args: WaypointArgs, cfg: Arc<Config>, log: Arc<LogHandle>) -> Res
         certs: certs.clone(),
         policies: loaded.policies.clone(),
         pool,
+        h1: upstream::H1Pool::start(args.upstream_idle_timeout),
         setups: Arc::new(tokio::sync::Semaphore::new(cfg.limits.hbone_setups)),
         response_timeout: Some(args.response_timeout).filter(|d| !d.is_zero()),
         load: Default::default(),

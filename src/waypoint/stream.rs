@@ -266,15 +266,25 @@ pub(crate) async fn open_upstream(
     conn: &ConnInfo,
     t: &Target,
 ) -> Result<(H2Stream, Endpoint, InFlight), WaypointError> {
+    let (ep, inflight) = pick_endpoint(wp, t)?;
+    let stream = dial_endpoint(wp, Some(conn), t, &ep).await?;
+    Ok((stream, ep, inflight))
+}
+
+/// Picks an endpoint of `t` (least requests in flight) and counts a request to it.
+pub(crate) fn pick_endpoint(wp: &Arc<Waypoint>, t: &Target) -> Result<(Endpoint, InFlight), WaypointError> {
     let eps = wp_core::endpoints(&wp.state.snapshot(), &t.fronted, wp.upstream_hbone_port)?;
-    let ep = {
-        let mut load = wp.load.lock().unwrap_or_else(|e| e.into_inner());
-        let ep = wp_core::pick(&eps, &|e| load.get(&e.target).copied().unwrap_or(0), &mut |n| fastrand::usize(..n)).cloned();
-        let ep = ep.ok_or_else(|| FrontError::NoEndpoint(t.authority.to_string()))?;
-        *load.entry(ep.target).or_default() += 1;
-        ep
-    };
-    let inflight = InFlight { wp: wp.clone(), key: ep.target };
+    let mut load = wp.load.lock().unwrap_or_else(|e| e.into_inner());
+    let ep = wp_core::pick(&eps, &|e| load.get(&e.target).copied().unwrap_or(0), &mut |n| fastrand::usize(..n)).cloned();
+    let ep = ep.ok_or_else(|| FrontError::NoEndpoint(t.authority.to_string()))?;
+    *load.entry(ep.target).or_default() += 1;
+    Ok((ep.clone(), InFlight { wp: wp.clone(), key: ep.target }))
+}
+
+/// Opens an HBONE stream to `ep` as the waypoint. `conn` names the client in `forwarded`
+/// when the stream is that client's alone (TCP); a stream HTTP requests of many clients
+/// share names none.
+pub(crate) async fn dial_endpoint(wp: &Waypoint, conn: Option<&ConnInfo>, t: &Target, ep: &Endpoint) -> Result<H2Stream, WaypointError> {
     let cert = wp.certs.fetch(&wp.identity).await?;
     let key = PoolKey::new(
         wp.identity.clone(),
@@ -287,14 +297,13 @@ pub(crate) async fn open_upstream(
     *req.version_mut() = http::Version::HTTP_2;
     *req.uri_mut() = http::Uri::try_from(ep.target.to_string()).map_err(|e| WaypointError::BadRequest(e.to_string()))?;
     let host = t.fronted.service().map(|s| s.hostname.as_str());
-    if let Ok(v) = HeaderValue::try_from(crate::hbone::forwarded(conn.peer, host)) {
+    if let Some(v) = conn.and_then(|c| HeaderValue::try_from(crate::hbone::forwarded(c.peer, host)).ok()) {
         req.headers_mut().insert("forwarded", v);
     }
     if let Ok(v) = HeaderValue::try_from(crate::hbone::traceparent()) {
         req.headers_mut().insert("traceparent", v);
     }
-    let stream = wp.pool.connect(&key, &cert, req).await?;
-    Ok((stream, ep, inflight))
+    Ok(wp.pool.connect(&key, &cert, req).await?)
 }
 
 /// One access-log line (scope `access`): per request on HTTP ports, per stream on TCP ports.
