@@ -15,6 +15,8 @@ use crate::sim::{apps, Sim};
 pub(crate) const ECHO_PORT: u16 = 7000;
 pub(crate) const SINK_PORT: u16 = 7001;
 pub(crate) const IPERF_PORT: u16 = 5201;
+/// `ferry bench serve`'s HTTP/1.1 port (its echo port + 2).
+pub(crate) const HTTP_PORT: u16 = ECHO_PORT + 2;
 
 /// Where a measurement's traffic goes.
 #[derive(Clone, Debug)]
@@ -24,11 +26,17 @@ pub(crate) struct Target {
     pub(crate) namespace: String,
     /// Whether node proxies carry this target's traffic (CPU and memory are reported).
     pub(crate) proxied: bool,
+    /// The server's Service address, when the traffic is addressed to the service (a
+    /// waypoint serves service-addressed traffic); otherwise the server pod's IP.
+    pub(crate) vip: Option<std::net::IpAddr>,
 }
 
 impl Target {
     pub(crate) fn server_addr(&self, sim: &Sim, port: u16) -> SocketAddr {
-        sim.pod(&self.namespace, "server").addr(port)
+        match self.vip {
+            Some(ip) => SocketAddr::new(ip, port),
+            None => sim.pod(&self.namespace, "server").addr(port),
+        }
     }
 }
 
@@ -117,6 +125,31 @@ pub(crate) fn rr(sim: &Sim, t: &Target, conns: usize, rate: u64, size: usize, d:
         return Err(format!("rr measured nothing: {v}"));
     }
     Ok((v, [0, 1].map(|i| (after[i] - before[i]) as f64 / 1e9 / wall), rss))
+}
+
+/// HTTP/1.1 requests (1 KiB responses, keep-alive) over `conns` connections at `rate`
+/// requests/s (0: closed loop); with the waypoint's CPU (fraction of a core) and RSS (KiB)
+/// when `waypoint` is its pid.
+pub(crate) fn http(sim: &Sim, t: &Target, conns: usize, rate: u64, d: Duration, waypoint: Option<u32>) -> Res<(Value, f64, u64)> {
+    let before = waypoint.and_then(cpu_ns).unwrap_or(0);
+    let start = Instant::now();
+    let args = [
+        ("--to", s(t.server_addr(sim, HTTP_PORT))),
+        ("--host", format!("server.{}.svc.cluster.local", t.namespace)),
+        ("--conns", s(conns)),
+        ("--rate", s(rate)),
+        ("--duration", secs(d)),
+        ("--warmup", s("500ms")),
+    ];
+    let args: Vec<String> = [s("bench"), s("http")].into_iter().chain(args.into_iter().flat_map(|(k, v)| [s(k), v])).collect();
+    let v = tool(sim, t, &args)?;
+    let wall = start.elapsed().as_secs_f64();
+    let rss = waypoint.and_then(rss_kb).unwrap_or(0);
+    let cpu = waypoint.and_then(cpu_ns).unwrap_or(0).saturating_sub(before) as f64 / 1e9 / wall;
+    if v["count"].as_u64().unwrap_or(0) == 0 || v["errors"].as_u64().unwrap_or(0) > 0 {
+        return Err(format!("http: no clean measurement: {v}"));
+    }
+    Ok((v, cpu, rss))
 }
 
 /// New connections per second (connect, 64-byte echo, close).

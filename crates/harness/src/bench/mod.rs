@@ -1,6 +1,7 @@
 //! `ferry bench`: load tools that run inside simulated pods (`serve`, `stream`, `rr`, `crr`,
-//! `hold`) and the suite that runs them over the simulated cluster (`run`).
+//! `hold`, `http`) and the suite that runs them over the simulated cluster (`run`).
 
+pub mod http;
 pub mod measure;
 pub mod procstat;
 pub mod report;
@@ -15,7 +16,7 @@ use ferry_core::timefmt::parse_duration;
 
 #[derive(Clone, Debug, clap::Subcommand)]
 pub enum BenchCmd {
-    /// Echo server on PORT and a verifying sink on PORT+1.
+    /// Echo server on PORT, a verifying sink on PORT+1, an HTTP/1.1 server on PORT+2.
     Serve {
         #[arg(long, default_value_t = measure::ECHO_PORT)]
         port: u16,
@@ -55,6 +56,23 @@ pub enum BenchCmd {
         size: usize,
         #[arg(long, value_parser = parse_duration, default_value = "5s")]
         duration: Duration,
+    },
+    /// HTTP/1.1 requests over keep-alive connections: open loop at --rate requests/s in total
+    /// (0 = closed loop); every response must be a 200 with the server's body.
+    Http {
+        #[arg(long)]
+        to: SocketAddr,
+        /// The Host header (a service's name, for a waypoint's routing and policy).
+        #[arg(long, default_value = "bench")]
+        host: String,
+        #[arg(long, default_value_t = 16)]
+        conns: usize,
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        #[arg(long, value_parser = parse_duration, default_value = "5s")]
+        duration: Duration,
+        #[arg(long, value_parser = parse_duration, default_value = "1s")]
+        warmup: Duration,
     },
     /// Opens N idle connections (each proven open by a one-byte echo) and holds them until
     /// stdin closes.
@@ -98,6 +116,10 @@ pub fn run(cmd: BenchCmd) -> Result<(), String> {
             BenchCmd::Rr { to, conns, rate, size, duration, warmup } => tools::rr(to, conns, rate, size, duration, warmup).await.map(Some),
             BenchCmd::Crr { to, concurrency, size, duration } => tools::crr(to, concurrency, size, duration).await.map(Some),
             BenchCmd::Hold { to, conns } => tools::hold(to, conns).await.map(|_| None),
+            BenchCmd::Http { to, host, conns, rate, duration, warmup } => {
+                let load = http::HttpLoad { to, host, conns, rate, duration, warmup };
+                tokio::task::spawn_blocking(move || http::run(load)).await.map_err(std::io::Error::other).and_then(|r| r).map(Some)
+            }
             BenchCmd::Run(_) | BenchCmd::Cluster => Ok(None),
         };
         match out {

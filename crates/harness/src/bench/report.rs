@@ -61,6 +61,19 @@ fn targets_section(r: &Results) -> String {
             m("connections.unpooled", "ferry").is_some_and(|v| v >= 1500.0),
         ),
     ];
+    let wp = super::runner::WAYPOINT_TARGET;
+    let wp_idle = m("http.waypoint_idle_rss", wp);
+    let wp_rps = m("http.rps_per_waypoint_core", wp);
+    let wp_added = m("http.latency_1000rps.p50", wp).zip(m("http.latency_1000rps.p50", "ferry")).map(|(w, l4)| w - l4);
+    let mut rows = rows;
+    rows.push(("waypoint idle RSS (MiB)", wp_idle, "≤ 20", wp_idle.is_some_and(|v| v <= 20.0)));
+    rows.push(("waypoint HTTP/1.1 requests/s per waypoint core, keep-alive", wp_rps, "≥ 10000", wp_rps.is_some_and(|v| v >= 10000.0)));
+    rows.push((
+        "waypoint added p50 over the L4 mesh path, HTTP/1.1 at 1000 rps (µs)",
+        wp_added,
+        "≤ 150",
+        wp_added.is_some_and(|v| v <= 150.0),
+    ));
     let mut out = String::from("| target | measured | goal | met |\n|---|---|---|---|\n");
     for (what, v, goal, met) in rows {
         let _ = writeln!(out, "| {what} | {} | {goal} | {} |", v.map(fmt).unwrap_or("–".into()), if met { "yes" } else { "no" });
@@ -134,6 +147,15 @@ pub(crate) fn missing(r: &Results, targets: &[Target], only: &[Group]) -> Vec<St
         let per_conn = r.metrics.iter().any(|m| m.name.starts_with("memory.per_idle_connection") && r.summary(&m.name, &t.name).is_some());
         if t.proxied && !per_conn {
             out.push(format!("memory.per_idle_connection ({})", t.name));
+        }
+    }
+    let http = ["http.rps_16conns", "http.latency_1000rps.p50", "http.latency_1000rps.p99"];
+    for t in ["direct", "ferry", super::runner::WAYPOINT_TARGET] {
+        out.extend(http.iter().filter(|n| r.summary(n, t).is_none()).map(|n| format!("{n} ({t})")));
+    }
+    for n in ["http.waypoint_idle_rss", "http.rps_per_waypoint_core", "http.latency_1000rps.waypoint_cpu"] {
+        if r.summary(n, super::runner::WAYPOINT_TARGET).is_none() {
+            out.push(format!("{n} ({})", super::runner::WAYPOINT_TARGET));
         }
     }
     if r.summary("connections.unpooled", "ferry").is_none() {

@@ -3,13 +3,19 @@
 //! another ZDS-speaking proxy (`FERRY_BENCH_ALT_PROXY`). Node 1's processes are pinned to one
 //! CPU and node 2's to the other, each proxy with one worker thread; targets are interleaved
 //! within each repetition. Nothing here asserts a time: the output is numbers and ratios.
+//!
+//! The HTTP group measures HTTP/1.1 through a `ferry waypoint` (a pod on node 2, pinned with
+//! it, one worker thread) against the L4 mesh path and `direct`: namespace `bench-wp` uses the
+//! waypoint, and its client addresses the server's Service, as waypoint traffic is addressed.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
 use super::measure::{self, Target};
 use super::results::{Better, Results};
-use crate::sim::{AltProxy, Sim, SimOptions};
+use crate::sim::{apps, AltProxy, Sim, SimOptions};
 
 const SCENARIO: &str = r#"
 apiVersion: v1
@@ -27,7 +33,38 @@ metadata: {name: bench-mesh, labels: {istio.io/dataplane-mode: ambient}}
 {apiVersion: v1, kind: Pod, metadata: {name: client, namespace: bench-mesh}, spec: {nodeName: node-1, serviceAccountName: client}}
 ---
 {apiVersion: v1, kind: Pod, metadata: {name: server, namespace: bench-mesh}, spec: {nodeName: node-2, serviceAccountName: server}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: bench-wp, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: bench-wp}
+spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: waypoint, namespace: bench-wp, labels: {gateway.istio.io/managed: istio.io-mesh-controller}}
+spec: {selector: {gateway.networking.k8s.io/gateway-name: waypoint}, clusterIP: 198.19.0.60, ports: [{name: mesh, port: 15008}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: server, namespace: bench-wp}
+spec: {selector: {app: server}, clusterIP: 198.19.0.61, ports: [{name: http, port: 7002, targetPort: 7002}]}
+---
+{apiVersion: v1, kind: Pod, metadata: {name: client, namespace: bench-wp}, spec: {nodeName: node-1, serviceAccountName: client}}
+---
+{apiVersion: v1, kind: Pod, metadata: {name: server, namespace: bench-wp, labels: {app: server}}, spec: {nodeName: node-2, serviceAccountName: server}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: waypoint-1, namespace: bench-wp, labels: {gateway.networking.k8s.io/gateway-name: waypoint, istio.io/dataplane-mode: none}}
+spec: {nodeName: node-2, serviceAccountName: waypoint}
 "#;
+
+/// The waypoint target's Service address (`server.bench-wp`).
+const WAYPOINT_VIP: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(198, 19, 0, 61));
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct RunArgs {
@@ -57,6 +94,7 @@ pub(crate) enum Group {
     Concurrency,
     Memory,
     Startup,
+    Http,
 }
 
 impl Group {
@@ -69,6 +107,7 @@ impl Group {
             "concurrency" => Some(Group::Concurrency),
             "memory" => Some(Group::Memory),
             "startup" => Some(Group::Startup),
+            "http" => Some(Group::Http),
             _ => None,
         }
     }
@@ -160,6 +199,7 @@ fn build_cluster(alt: &Option<(String, AltProxy)>) -> Result<(Sim, Vec<Target>),
     // The default poll interval, not the tests' fast one: background work skews CPU numbers.
     opts.poll = Duration::from_secs(1);
     opts.proxy_env = vec![("ZTUNNEL_WORKER_THREADS".into(), "1".into())];
+    opts.waypoint_env = vec![("ZTUNNEL_WORKER_THREADS".into(), "1".into())];
     // Extra settings for ferry's proxies, e.g. to profile one configuration by hand.
     opts.proxy_env.extend(env_pairs("FERRY_BENCH_PROXY_ENV"));
     let mut sim = Sim::new(opts).map_err(|e| e.to_string())?;
@@ -167,13 +207,13 @@ fn build_cluster(alt: &Option<(String, AltProxy)>) -> Result<(Sim, Vec<Target>),
     sim.start().map_err(|e| e.to_string())?;
     sim.apply(SCENARIO).map_err(|e| e.to_string())?;
     let mut targets = vec![
-        Target { name: "direct".into(), namespace: "bench-direct".into(), proxied: false },
-        Target { name: "ferry".into(), namespace: "bench-mesh".into(), proxied: true },
+        Target { name: "direct".into(), namespace: "bench-direct".into(), proxied: false, vip: None },
+        Target { name: "ferry".into(), namespace: "bench-mesh".into(), proxied: true, vip: None },
     ];
     if let Some((name, _)) = alt {
-        targets.push(Target { name: name.clone(), namespace: "bench-mesh".into(), proxied: true });
+        targets.push(Target { name: name.clone(), namespace: "bench-mesh".into(), proxied: true, vip: None });
     }
-    for t in &targets[..2] {
+    for t in targets[..2].iter().chain([&waypoint_target()]) {
         measure::start_servers(&sim, t)?;
     }
     for p in sim.pods.values() {
@@ -182,6 +222,13 @@ fn build_cluster(alt: &Option<(String, AltProxy)>) -> Result<(Sim, Vec<Target>),
     }
     Ok((sim, targets))
 }
+
+/// HTTP through the waypoint: `bench-wp`'s client to its server's Service.
+fn waypoint_target() -> Target {
+    Target { name: WAYPOINT_TARGET.into(), namespace: "bench-wp".into(), proxied: true, vip: Some(WAYPOINT_VIP) }
+}
+
+pub(crate) const WAYPOINT_TARGET: &str = "ferry+waypoint";
 
 /// `ferry bench cluster`: the benchmark cluster, held until Enter, for profiling by hand.
 pub(crate) fn hold_cluster() -> Result<(), String> {
@@ -218,9 +265,14 @@ pub(crate) fn run(args: RunArgs) -> Result<(), String> {
     let alt = alt_from_env();
     let (sim, targets) = build_cluster(&alt)?;
     let mut r = Results::default();
-    let mut bench = Bench { sim, alt, plan, current_alt: false };
+    let waypoint = bench_waypoint(&sim)?;
+    let mut bench = Bench { sim, alt, plan, current_alt: false, waypoint: waypoint.id() };
     bench.all(&targets, &mut r);
-    let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
+    drop(waypoint);
+    let mut names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
+    if bench.plan.wants(Group::Http) {
+        names.push(WAYPOINT_TARGET.into());
+    }
     super::report::write(&args, &r, &names, bench.plan.reps)?;
     let missing = super::report::missing(&r, &targets, &args.only);
     if !r.errors.is_empty() || !missing.is_empty() {
@@ -235,11 +287,24 @@ pub(crate) fn run(args: RunArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// The waypoint pod's `ferry waypoint`, once the node proxies know every pod.
+fn bench_waypoint(sim: &Sim) -> Result<std::process::Child, String> {
+    let child = sim.spawn_waypoint("bench-wp", "waypoint-1", "waypoint").map_err(|e| e.to_string())?;
+    let ip = sim.pod("bench-wp", "waypoint-1").ip;
+    let netns = sim.pod("bench-wp", "waypoint-1").netns_path();
+    let ready =
+        || apps::http_bytes(&netns, SocketAddr::new(ip, 15021), "GET", "/healthz/ready", Duration::from_secs(2)).is_ok_and(|r| r.0 == 200);
+    crate::sim::wait(Duration::from_secs(20), "the bench waypoint's readiness", ready).map_err(|e| e.to_string())?;
+    Ok(child)
+}
+
 struct Bench {
     sim: Sim,
     alt: Option<(String, AltProxy)>,
     plan: Plan,
     current_alt: bool,
+    /// The waypoint's pid (the HTTP group's CPU and RSS).
+    waypoint: u32,
 }
 
 impl Bench {
@@ -265,6 +330,9 @@ impl Bench {
             if self.plan.wants(Group::Startup) {
                 self.startup(t, r);
             }
+        }
+        if self.plan.wants(Group::Http) {
+            self.http(targets, r);
         }
         if self.plan.wants(Group::Connections) {
             self.unpooled(targets, r);
@@ -420,6 +488,48 @@ impl Bench {
         }
     }
 
+    /// HTTP/1.1 keep-alive through the waypoint, the L4 mesh path and direct, interleaved:
+    /// closed-loop requests/s (and the waypoint's cores), and latency at 1000 requests/s.
+    fn http(&mut self, targets: &[Target], r: &mut Results) {
+        let Some(ferry) = targets.iter().find(|t| t.name == "ferry") else { return };
+        self.use_proxy(ferry);
+        let wp = Some(self.waypoint);
+        match super::procstat::rss_kb(self.waypoint) {
+            Some(kb) => r.add("http.waypoint_idle_rss", "MiB", Better::Lower, WAYPOINT_TARGET, kb as f64 / 1024.0),
+            None => r.error("waypoint idle RSS", "no waypoint process".into()),
+        }
+        let http_targets = [targets[0].clone(), ferry.clone(), waypoint_target()];
+        for _ in 0..self.plan.reps {
+            for t in &http_targets {
+                let via = t.vip.is_some().then_some(self.waypoint);
+                match measure::http(&self.sim, t, 16, 0, self.plan.rr, via) {
+                    Ok((v, cpu, _)) => {
+                        let rps = v["requests_per_s"].as_f64().unwrap_or(0.0);
+                        r.add("http.rps_16conns", "req/s", Better::Higher, &t.name, rps);
+                        if via.is_some() && cpu > 0.0 {
+                            r.add("http.rps_16conns.waypoint_cpu", "cores", Better::Lower, &t.name, cpu);
+                            r.add("http.rps_per_waypoint_core", "req/s", Better::Higher, &t.name, rps / cpu);
+                        }
+                    }
+                    Err(e) => r.error(&format!("http closed loop ({})", t.name), e),
+                }
+                match measure::http(&self.sim, t, 16, 1000, self.plan.rr, via.and(wp)) {
+                    Ok((v, cpu, rss)) => {
+                        for q in ["p50", "p90", "p99"] {
+                            let us = v[format!("{q}_us")].as_f64().unwrap_or(0.0);
+                            r.add(&format!("http.latency_1000rps.{q}"), "µs", Better::Lower, &t.name, us);
+                        }
+                        if via.is_some() {
+                            r.add("http.latency_1000rps.waypoint_cpu", "cores", Better::Lower, &t.name, cpu);
+                            r.add("http.latency_1000rps.waypoint_rss", "MiB", Better::Lower, &t.name, rss as f64 / 1024.0);
+                        }
+                    }
+                    Err(e) => r.error(&format!("http at 1000 rps ({})", t.name), e),
+                }
+            }
+        }
+    }
+
     /// Connection rate with a fresh mTLS tunnel per connection (no pooling).
     fn unpooled(&mut self, targets: &[Target], r: &mut Results) {
         let Some(ferry) = targets.iter().find(|t| t.name == "ferry") else { return };
@@ -464,6 +574,7 @@ mod tests {
             ("concurrency.1000.p99", Some(Group::Concurrency)),
             ("memory.per_idle_connection (ferry)", Some(Group::Memory)),
             ("startup.proxy_ready", Some(Group::Startup)),
+            ("http.latency_1000rps.p50", Some(Group::Http)),
             ("nonsense", None),
         ];
         for (metric, want) in cases {

@@ -25,20 +25,21 @@ fn fill_pattern(buf: &mut [u8], offset: u64) {
     }
 }
 
-/// Echo on `port`, verifying sink on `port + 1`.
+/// Echo on `port`, verifying sink on `port + 1`, HTTP/1.1 on `port + 2` ([`super::http`]).
 pub(crate) async fn serve(port: u16) -> std::io::Result<()> {
     let echo = TcpListener::bind(("0.0.0.0", port)).await?;
     let sink = TcpListener::bind(("0.0.0.0", port + 1)).await?;
-    println!("{}", json!({"listening": {"echo": port, "sink": port + 1}}));
+    let http = tokio::spawn(super::http::serve(port + 2));
+    println!("{}", json!({"listening": {"echo": port, "sink": port + 1, "http": port + 2}}));
     let e = tokio::spawn(accept(echo, |s| Box::pin(echo_conn(s))));
     let k = tokio::spawn(accept(sink, |s| Box::pin(sink_conn(s))));
-    let _ = tokio::join!(e, k);
+    let _ = tokio::join!(e, k, http);
     Ok(())
 }
 
-type ConnFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+pub(crate) type ConnFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
-async fn accept(l: TcpListener, handle: fn(TcpStream) -> ConnFuture) {
+pub(crate) async fn accept(l: TcpListener, handle: fn(TcpStream) -> ConnFuture) {
     loop {
         match l.accept().await {
             Ok((s, _)) => {
@@ -137,11 +138,11 @@ async fn one_stream(to: SocketAddr, duration: Duration) -> std::io::Result<(u64,
     Ok((got, ok))
 }
 
-fn new_hist() -> Histogram<u64> {
+pub(crate) fn new_hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
-fn summary(h: &Histogram<u64>) -> serde_json::Value {
+pub(crate) fn summary(h: &Histogram<u64>) -> serde_json::Value {
     json!({
         "count": h.len(),
         "p50_us": h.value_at_quantile(0.50),
@@ -202,6 +203,14 @@ fn open_loop(
             std::thread::spawn(move || open_loop_conn(to, start, interval, size, warmup, duration, errors))
         })
         .collect();
+    Ok(join_histograms(threads, &errors))
+}
+
+/// The threads' histograms merged; a thread that failed counts as an error.
+pub(crate) fn join_histograms(
+    threads: Vec<std::thread::JoinHandle<std::io::Result<Histogram<u64>>>>,
+    errors: &AtomicU64,
+) -> Histogram<u64> {
     let mut h = new_hist();
     for t in threads {
         match t.join() {
@@ -213,7 +222,7 @@ fn open_loop(
             }
         }
     }
-    Ok(h)
+    h
 }
 
 fn open_loop_conn(

@@ -55,6 +55,8 @@ pub struct SimOptions {
     pub(crate) poll: Duration,
     /// Extra environment for every node proxy.
     pub(crate) proxy_env: Vec<(String, String)>,
+    /// Extra environment for waypoints started with [`Sim::spawn_waypoint`].
+    pub(crate) waypoint_env: Vec<(String, String)>,
     /// Extra environment for the controller (its settings, e.g. `FERRY_WAYPOINT_UNAVAILABLE`).
     pub(crate) controller_env: Vec<(String, String)>,
     /// Keep the work directory (logs) after cleanup.
@@ -90,6 +92,7 @@ impl SimOptions {
             cni_dirs: vec![dir, "/usr/lib/cni".into(), "/opt/cni/bin".into()],
             poll: Duration::from_millis(100),
             proxy_env: Vec::new(),
+            waypoint_env: Vec::new(),
             controller_env: Vec::new(),
             keep_work_dir: false,
             pin_cpus: false,
@@ -464,11 +467,15 @@ impl Sim {
         let sa = self.pods_state_service_account(ns, name);
         let log = nodes::log_file(&self.work.join(format!("waypoint-{name}.log")))?;
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &pod.netns, "setpriv", "--pdeathsig", "KILL", "--"]).arg(&self.opts.ferry_bin).arg("waypoint");
+        c.args(["netns", "exec", &pod.netns]);
+        if let Some(cpu) = self.cpu_of(pod.node) {
+            c.args(["taskset", "-c", &cpu.to_string()]);
+        }
+        c.args(["setpriv", "--pdeathsig", "KILL", "--"]).arg(&self.opts.ferry_bin).arg("waypoint");
         c.args(["--gateway", gateway, "--namespace", ns, "--service-account", &sa, "--address", &pod.ip.to_string()]);
         c.arg("--cluster-state").arg(&self.state_dir).arg("--policies").arg(&self.state_dir).arg("--ca-dir").arg(&self.ca_dir);
         c.args(["--local-xds-poll", &format!("{}ms", self.opts.poll.as_millis())]);
-        c.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").env("LOG_FORMAT", "json");
+        c.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").env("LOG_FORMAT", "json").envs(self.opts.waypoint_env.iter().cloned());
         c.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(log);
         let child = c.spawn()?;
         self.cleanup.pid(child.id());
