@@ -123,7 +123,7 @@ async fn serve(cfg: Arc<Config>, log: Arc<LogHandle>) -> Result<(), AppError> {
     let state_block = ready.block("state manager");
     let proxy_block = ready.block("proxy");
     let state = load_state(&cfg)?;
-    let xds_status = start_xds(&cfg, &state, &ready);
+    let xds_status = start_xds(&cfg, &state, &ready, None);
     drop(state_block);
     let certs = CertManager::new(ca_client(&cfg, cfg.mode == ProxyMode::Shared)?, cfg.secret_ttl);
     let inputs = ProxyInputs::new(cfg.clone(), state.clone(), certs.clone());
@@ -170,9 +170,16 @@ async fn serve(cfg: Arc<Config>, log: Arc<LogHandle>) -> Result<(), AppError> {
 }
 
 /// The xDS client, when state comes from a control plane; readiness waits for its first state.
-pub(crate) fn start_xds(cfg: &Config, state: &StateStore, ready: &Readiness) -> Option<crate::xds::ads::SharedStatus> {
+/// The xDS client, when the state comes from a control plane; a waypoint passes where its
+/// policies go.
+pub(crate) fn start_xds(
+    cfg: &Config,
+    state: &StateStore,
+    ready: &Readiness,
+    waypoint_policies: Option<crate::xds::ads::WaypointPolicies>,
+) -> Option<crate::xds::ads::SharedStatus> {
     cfg.xds.clone().map(|settings| {
-        let (client, status) = AdsClient::new(settings.clone(), state.clone(), ready);
+        let (client, status) = AdsClient::new(settings.clone(), state.clone(), ready, waypoint_policies);
         tracing::info!(address = %settings.target.url, tls_name = %settings.target.tls_name, node = %settings.node.id, "state from xDS");
         tokio::spawn(client.run());
         status

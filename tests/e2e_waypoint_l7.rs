@@ -2,7 +2,8 @@
 //! server on three nodes. The client's node proxy sends the enrolled service's traffic in HBONE
 //! to the `ferry waypoint` pod, which authorizes each HTTP/1.1 request with the client's
 //! identity (a DENY by path gets `403 RBAC: access denied`) and forwards the rest in HBONE to
-//! the server's node proxy, which admits it because it comes from the waypoint.
+//! the server's node proxy, which admits it because it comes from the waypoint. The waypoint
+//! runs as on a cluster: state, policies and certificate from `ferry controller`.
 
 mod common;
 
@@ -187,6 +188,21 @@ fn http_goes_through_the_waypoint_on_another_node_with_l7_policy() {
     assert!(count("200").is_some_and(|n| n >= 1.0), "{metrics}");
     let ok = metrics.lines().find(|l| l.starts_with("istio_requests_total{") && l.contains("response_code=\"200\"")).unwrap();
     assert!(ok.contains("destination_principal=\"spiffe://cluster.local/ns/shop/sa/backend\""), "{ok}");
+
+    // The waypoint's policies came from the controller over xDS (as its own account, which
+    // sees its namespace's policies), and a change there applies to the next request.
+    let local = std::net::SocketAddr::from(([127, 0, 0, 1], 15000));
+    let (_, dump) = apps::http_bytes(&wp_netns, local, "GET", "/config_dump", Duration::from_secs(5)).unwrap();
+    let dump: serde_json::Value = serde_json::from_slice(&dump).unwrap();
+    let policies = &dump["waypoint"]["policies"];
+    assert_eq!(policies["source"], "xds", "{policies}");
+    let names: Vec<&str> = policies["policies"].as_array().unwrap().iter().filter_map(|p| p["name"].as_str()).collect();
+    assert!(names.contains(&"deny-admin") && names.contains(&"deny-91"), "{names:?}");
+    let new_deny = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-hello, namespace: shop}\nspec:\n  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]\n  action: DENY\n  rules: [{to: [{operation: {paths: [/hello.txt], ports: [\"80\"]}}]}]\n";
+    sim.apply(new_deny).expect("apply a new policy");
+    eventually("the new DENY reaches the waypoint over xDS", || get("/hello.txt").is_ok_and(|(s, _)| s == 403));
+    sim.delete_object("AuthorizationPolicy", "shop", "deny-hello").unwrap();
+    eventually("its removal too", || get("/hello.txt").is_ok_and(|(s, _)| s == 200));
 
     // The waypoint process gone (its pod still listed): the traffic fails, it never goes direct.
     let _ = waypoint.kill();

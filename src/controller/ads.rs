@@ -1,6 +1,8 @@
 //! The WDS server: delta ADS (`DeltaAggregatedResources`, protocols.md §4.4) over the
 //! controller's current [`Resources`]. Each stream is authenticated by its token and must come
-//! from a node proxy account; it then gets one [`Subscriber`] per type, so every push is the
+//! from a node proxy account (WDS: `Address`, `Authorization`) or a waypoint's account
+//! (`Address` and ferry's waypoint policies of its namespace and the root namespace,
+//! `ferry_core::waypoint_xds`); it then gets one [`Subscriber`] per type, so every push is the
 //! delta against what that client holds (a pod change sends that pod), and a reconnecting
 //! client's `initial_resource_versions` are honoured (no full push). NACKs are logged with the
 //! client's reason and counted; the rejected resources are not re-sent until they change.
@@ -9,7 +11,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use ferry_core::k8s::objects::ClusterState;
 use ferry_core::proto::xds::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as WireResource};
+use ferry_core::waypoint_xds::{self, WAYPOINT_POLICY_TYPE};
 use ferry_core::wds::{ADDRESS_TYPE, AUTHORIZATION_TYPE};
 use ferry_core::xds::{Resources, Subscriber};
 use tokio::sync::{mpsc, watch};
@@ -24,6 +28,8 @@ pub(crate) struct Ads {
     pub(crate) reviewer: Arc<dyn TokenReviewer>,
     /// `namespace/service-account` of the accounts allowed to receive WDS (node proxies).
     pub(crate) proxy_accounts: Vec<String>,
+    /// The cluster, to tell waypoint accounts.
+    pub(crate) cluster: watch::Receiver<Arc<ClusterState>>,
     pub(crate) nonce: Arc<AtomicU64>,
     /// Turns true when the controller stops: every stream ends, so clients reconnect
     /// elsewhere and graceful shutdown does not wait on streams that never finish.
@@ -40,7 +46,7 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         req: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let caller = match authenticate(self.reviewer.as_ref(), &req, &self.proxy_accounts).await {
+        let caller = match authenticate(self.reviewer.as_ref(), &req, &self.proxy_accounts, &self.cluster).await {
             Ok(c) => c,
             Err(status) => {
                 metrics::counter!("ferry_xds_streams_refused_total").increment(1);
@@ -49,8 +55,10 @@ impl AggregatedDiscoveryService for Ads {
             }
         };
         let (tx, rx) = mpsc::channel(16);
+        let (caller, role) = caller;
         let stream = Stream {
             caller,
+            role,
             tx,
             resources: self.resources.clone(),
             nonce: self.nonce.clone(),
@@ -62,21 +70,56 @@ impl AggregatedDiscoveryService for Ads {
     }
 }
 
-async fn authenticate<T>(reviewer: &dyn TokenReviewer, req: &Request<T>, allowed: &[String]) -> Result<Caller, Status> {
+/// What a stream's caller may subscribe to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Role {
+    NodeProxy,
+    /// A waypoint of this namespace.
+    Waypoint(String),
+}
+
+impl Role {
+    fn serves(&self, type_url: &str) -> bool {
+        match self {
+            Role::NodeProxy => type_url == ADDRESS_TYPE || type_url == AUTHORIZATION_TYPE,
+            Role::Waypoint(_) => type_url == ADDRESS_TYPE || type_url == WAYPOINT_POLICY_TYPE,
+        }
+    }
+
+    /// Whether this caller may see the resource `name` of `type_url`.
+    fn sees(&self, type_url: &str, name: &str) -> bool {
+        match self {
+            Role::Waypoint(ns) if type_url == WAYPOINT_POLICY_TYPE => waypoint_xds::visible_to(name, ns),
+            _ => true,
+        }
+    }
+}
+
+async fn authenticate<T>(
+    reviewer: &dyn TokenReviewer,
+    req: &Request<T>,
+    allowed: &[String],
+    cluster: &watch::Receiver<Arc<ClusterState>>,
+) -> Result<(Caller, Role), Status> {
     let token = bearer(req.metadata()).map_err(|e| Status::unauthenticated(e.to_string()))?;
     let caller = reviewer.review(token).await.map_err(|e| Status::unauthenticated(e.to_string()))?;
-    if !allowed.contains(&caller.account()) {
-        return Err(Status::permission_denied(format!(
-            "{} is not a node proxy account (allowed: {})",
-            caller.account(),
-            allowed.join(", ")
-        )));
+    if allowed.contains(&caller.account()) {
+        return Ok((caller, Role::NodeProxy));
     }
-    Ok(caller)
+    if waypoint_xds::is_waypoint_account(&cluster.borrow(), &caller.namespace, &caller.service_account) {
+        let ns = caller.namespace.clone();
+        return Ok((caller, Role::Waypoint(ns)));
+    }
+    Err(Status::permission_denied(format!(
+        "{} is neither a node proxy account (allowed: {}) nor the account of a waypoint's pods",
+        caller.account(),
+        allowed.join(", ")
+    )))
 }
 
 struct Stream {
     caller: Caller,
+    role: Role,
     tx: mpsc::Sender<Out>,
     resources: watch::Receiver<Arc<Resources>>,
     nonce: Arc<AtomicU64>,
@@ -119,8 +162,8 @@ impl Stream {
     /// Handles one request; `false` when the client is gone.
     async fn request(&mut self, req: DeltaDiscoveryRequest) -> bool {
         let type_url = req.type_url.clone();
-        if type_url != ADDRESS_TYPE && type_url != AUTHORIZATION_TYPE {
-            tracing::debug!(client = %self.caller.account(), %type_url, "ignoring a subscription to an unserved type");
+        if !self.role.serves(&type_url) {
+            tracing::debug!(client = %self.caller.account(), role = ?self.role, %type_url, "ignoring a subscription to a type not served to this caller");
             return true;
         }
         if !req.response_nonce.is_empty() {
@@ -159,7 +202,14 @@ impl Stream {
     async fn push(&mut self, type_url: &str, first: bool) -> bool {
         let snapshot = self.resources.borrow().clone();
         let empty = Default::default();
-        let now = snapshot.of_type(type_url).unwrap_or(&empty);
+        let all = snapshot.of_type(type_url).unwrap_or(&empty);
+        let visible: std::collections::BTreeMap<_, _>;
+        let now = if self.role == Role::NodeProxy {
+            all
+        } else {
+            visible = all.iter().filter(|(n, _)| self.role.sees(type_url, n)).map(|(n, r)| (n.clone(), r.clone())).collect();
+            &visible
+        };
         let Some(sub) = self.subs.get_mut(type_url) else { return true };
         let delta = sub.delta(now);
         if delta.is_empty() && !first {
@@ -190,9 +240,62 @@ impl Stream {
 }
 
 fn short(type_url: &str) -> &'static str {
-    if type_url == ADDRESS_TYPE {
-        "address"
-    } else {
-        "authorization"
+    match type_url {
+        ADDRESS_TYPE => "address",
+        WAYPOINT_POLICY_TYPE => "waypoint_policy",
+        _ => "authorization",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::auth::AuthError;
+    use crate::tls::ca::BoxFuture;
+
+    /// Every token names the account it is.
+    struct AccountTokens;
+
+    impl TokenReviewer for AccountTokens {
+        fn review<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Caller, AuthError>> {
+            let (namespace, service_account) = token.split_once('/').unwrap_or(("", token));
+            let caller = Caller { namespace: namespace.into(), service_account: service_account.into(), pod: None, pod_uid: None };
+            Box::pin(async move { Ok(caller) })
+        }
+    }
+
+    const CLUSTER: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: waypoint, namespace: shop}\nspec: {gatewayClassName: istio-waypoint}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: waypoint-1, namespace: shop, labels: {gateway.networking.k8s.io/gateway-name: waypoint}}\nspec: {serviceAccountName: waypoint}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: app, namespace: shop}\nspec: {serviceAccountName: app}\n";
+
+    #[tokio::test]
+    async fn node_proxies_get_wds_waypoints_their_policies_and_nobody_else_anything() {
+        let state = ferry_core::k8s::manifests::parse_documents(CLUSTER, "t").unwrap();
+        let (_tx, cluster) = watch::channel(Arc::new(state));
+        let allowed = vec!["istio-system/ztunnel".to_string()];
+        let role = |account: &str| {
+            let mut req = Request::new(());
+            req.metadata_mut().insert("authorization", format!("Bearer {account}").parse().unwrap());
+            let cluster = cluster.clone();
+            let allowed = allowed.clone();
+            async move { authenticate(&AccountTokens, &req, &allowed, &cluster).await.map(|(_, r)| r).map_err(|s| s.code()) }
+        };
+        assert_eq!(role("istio-system/ztunnel").await, Ok(Role::NodeProxy));
+        assert_eq!(role("shop/waypoint").await, Ok(Role::Waypoint("shop".into())));
+        assert_eq!(role("shop/app").await, Err(tonic::Code::PermissionDenied), "an app's account");
+        assert_eq!(role("other/waypoint").await, Err(tonic::Code::PermissionDenied), "the same name elsewhere");
+
+        let wp = Role::Waypoint("shop".into());
+        let cases = [
+            (Role::NodeProxy, AUTHORIZATION_TYPE, true),
+            (Role::NodeProxy, WAYPOINT_POLICY_TYPE, false),
+            (wp.clone(), ADDRESS_TYPE, true),
+            (wp.clone(), AUTHORIZATION_TYPE, false),
+            (wp.clone(), WAYPOINT_POLICY_TYPE, true),
+        ];
+        for (role, type_url, want) in cases {
+            assert_eq!(role.serves(type_url), want, "{role:?} {type_url}");
+        }
+        assert!(wp.sees(WAYPOINT_POLICY_TYPE, "shop/AuthorizationPolicy/a"));
+        assert!(wp.sees(WAYPOINT_POLICY_TYPE, "istio-system/AuthorizationPolicy/mesh"));
+        assert!(!wp.sees(WAYPOINT_POLICY_TYPE, "front/AuthorizationPolicy/theirs"));
     }
 }

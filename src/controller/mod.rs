@@ -33,6 +33,7 @@ use ferry_core::k8s::objects::ClusterState;
 use ferry_core::k8s::translate::{translate, TranslateOptions};
 use ferry_core::k8s::waypoint::WaypointUnavailable;
 use ferry_core::timefmt::parse_duration;
+use ferry_core::waypoint_xds::WAYPOINT_POLICY_TYPE;
 use ferry_core::xds::Resources;
 use tokio::sync::watch;
 
@@ -337,6 +338,7 @@ pub(crate) async fn bind(args: ControllerArgs) -> Result<Running, ControllerErro
         resources: resources.clone(),
         reviewer: reviewer.clone(),
         proxy_accounts: args.proxy_accounts.clone(),
+        cluster: cluster.clone(),
         nonce: Arc::new(AtomicU64::new(1)),
         closing: closing_rx,
     };
@@ -364,13 +366,15 @@ pub(crate) async fn bind(args: ControllerArgs) -> Result<Running, ControllerErro
     Ok(Running { addr, listener, router, ready, closing, _source: source, writers })
 }
 
-/// Re-translates and re-encodes the state on every change; returns the current resources.
+/// Re-translates and re-encodes the state on every change (the waypoints' policies as they
+/// are); returns the current resources.
 fn publish(mut cluster: watch::Receiver<Arc<ClusterState>>, opts: TranslateOptions) -> watch::Receiver<Arc<Resources>> {
     let mut said: Vec<String> = Vec::new();
     let mut build = move |c: &ClusterState| {
         let (state, notes) = translate(c, &opts);
         log_new_notes(&mut said, notes);
-        let r = Arc::new(Resources::from_state(&state));
+        let waypoint_policies = ferry_core::waypoint_xds::resources(c);
+        let r = Arc::new(Resources::from_state(&state).with_type(WAYPOINT_POLICY_TYPE, waypoint_policies));
         metrics::gauge!("ferry_controller_resources").set(r.len() as f64);
         r
     };

@@ -40,7 +40,9 @@ CA_ADDRESS, without impersonation: the waypoint's own identity), limits and the 
 readiness (15021) ports are set as for `ferry proxy` (heading Proxy). PROXY_MODE=dedicated, PROXY_WORKLOAD_INFO, \
 PACKET_MARK and ENABLE_ORIG_SRC=true are refused; INPOD_UDS and INPOD_PORT_REUSE have no effect. \
 Policies: AuthorizationPolicy objects with targetRefs (this Gateway, a Service it fronts, or the istio-waypoint \
-GatewayClass in istio-system) from FERRY_WAYPOINT_POLICIES, or from FERRY_CLUSTER_STATE when that is the state source.")]
+GatewayClass in istio-system) from FERRY_WAYPOINT_POLICIES, or from FERRY_CLUSTER_STATE when that is the state source, \
+else with XDS_ADDRESS from `ferry controller` over xDS (ferry's type ferry.waypoint.Policy: the waypoint is ready only \
+once it has its policies; a control plane that does not serve the type, such as istiod, leaves it unready).")]
 pub struct WaypointArgs {
     /// The waypoint's Gateway name: policies bind to it, and its service is named after it.
     #[arg(long, env = "GATEWAY_NAME")]
@@ -140,15 +142,26 @@ async fn serve(args: WaypointArgs, cfg: Arc<Config>, log: Arc<LogHandle>) -> Res
     let ready = Readiness::new();
     let (state_block, listener_block) = (ready.block("state manager"), ready.block("waypoint"));
     let state = load_state(&cfg)?;
-    let _xds = crate::app::start_xds(&cfg, &state, &ready);
+    // Policies from files when given (or the cluster state), else from the controller.
+    let policy_path = args.policies.clone().or_else(|| cfg.cluster_state_path());
+    let (from_xds, received) = match (&policy_path, &cfg.xds) {
+        (None, Some(_)) => {
+            let (tx, rx) = tokio::sync::watch::channel(Arc::new(Vec::new()));
+            (Some(tx), Some(rx))
+        }
+        _ => (None, None),
+    };
+    let _xds = crate::app::start_xds(&cfg, &state, &ready, from_xds);
     drop(state_block);
     let sa = args.service_account.clone().unwrap_or_else(|| args.gateway.clone());
     let identity =
         Identity::new(&cfg.trust_domain, &args.namespace, &sa).map_err(|e| AppError::Unsupported(format!("waypoint identity: {e}")))?;
     let certs = CertManager::new(ca_client(&cfg, false)?, cfg.secret_ttl);
     certs.prefetch(&identity);
-    let policy_path = args.policies.clone().or_else(|| cfg.cluster_state_path());
-    let loaded = policy::load(policy_path, cfg.local_poll).map_err(|e| AppError::Unsupported(e.to_string()))?;
+    let loaded = match received {
+        Some(rx) => policy::from_xds(rx),
+        None => policy::load(policy_path, cfg.local_poll).map_err(|e| AppError::Unsupported(e.to_string()))?,
+    };
     let sockets = Arc::new(LocalSockets { opts: SocketOptions { mark: None, reuse_port: true, keepalive: cfg.keepalive } });
     let budget = crate::hbone::budget::TotalBudget::new(
         cfg.limits.hbone_buffer_total,

@@ -1,6 +1,7 @@
 //! The waypoint's L7 policies: every `AuthorizationPolicy` with `targetRefs` in a manifest
-//! file or directory (the cluster-state layout), compiled by `ferry_core::l7authz`, re-read
-//! when the files change. A set that does not read keeps the last good one in force (as the
+//! file or directory (the cluster-state layout), re-read when the files change, or received
+//! from the controller over xDS (`ferry_core::waypoint_xds`); compiled by
+//! `ferry_core::l7authz`. A set that does not read keeps the last good one in force (as the
 //! local config does); a policy that reads but does not compile fails closed on its own.
 //! Either is reported three ways: a log line, `ferry_waypoint_policy_*` metrics, and the
 //! `waypoint.policies` section of `/config_dump` (the set in force, its notes, the last error).
@@ -59,11 +60,35 @@ impl Loaded {
 fn read(path: &std::path::Path) -> Result<Vec<L7Policy>, PolicyFileError> {
     let state =
         ferry_cni::cluster_state::load(path).map_err(|e| PolicyFileError { path: path.display().to_string(), source: Box::new(e) })?;
-    let compiled = compile_all(state.other.values());
+    Ok(compile(state.other.values()))
+}
+
+fn compile<'a>(objects: impl Iterator<Item = &'a serde_json::Value>) -> Vec<L7Policy> {
+    let compiled = compile_all(objects);
     for p in compiled.iter().filter(|p| !p.notes.is_empty()) {
         tracing::warn!(policy = %p.key(), notes = ?p.notes, "waypoint policy changed from what it says (failing closed)");
     }
-    Ok(compiled)
+    compiled
+}
+
+/// The policies the xDS client receives (`received`), compiled as each set arrives. Until
+/// the first arrives there are none, and the waypoint is not ready (the client's readiness
+/// waits for the first response of each type).
+pub(crate) fn from_xds(mut received: watch::Receiver<Arc<Vec<serde_json::Value>>>) -> Loaded {
+    describe();
+    let status = Arc::new(Mutex::new(LoadStatus { path: Some("xds".into()), ..Default::default() }));
+    let (tx, rx) = watch::channel(Arc::new(Vec::new()));
+    let shared = status.clone();
+    tokio::spawn(async move {
+        while received.changed().await.is_ok() {
+            let objects = received.borrow_and_update().clone();
+            let set = compile(objects.iter());
+            tracing::info!(policies = set.len(), "waypoint policies received over xDS");
+            record_good(&shared, &set);
+            tx.send_replace(Arc::new(set));
+        }
+    });
+    Loaded { policies: rx, status }
 }
 
 fn describe() {

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_core::proto::xds::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node};
+use ferry_core::waypoint_xds::WAYPOINT_POLICY_TYPE;
 use ferry_core::wds::{ADDRESS_TYPE, AUTHORIZATION_TYPE};
 use ferry_core::xds::ClientState;
 use prost::Message;
@@ -23,8 +24,13 @@ use crate::proto::xds::aggregated_discovery_service_client::AggregatedDiscoveryS
 use crate::readiness::{BlockReady, Readiness};
 use crate::state::{PolicyNotes, StateStore};
 
-/// The types subscribed, in the order Istio sends them.
+/// The types a node proxy subscribes to, in the order Istio sends them.
 const TYPES: [&str; 2] = [ADDRESS_TYPE, AUTHORIZATION_TYPE];
+/// A waypoint's: the addresses, and its policies (ferry's type, `ferry_core::waypoint_xds`).
+const WAYPOINT_TYPES: [&str; 2] = [ADDRESS_TYPE, WAYPOINT_POLICY_TYPE];
+
+/// A waypoint's policies as received (Kubernetes objects).
+pub(crate) type WaypointPolicies = tokio::sync::watch::Sender<Arc<Vec<serde_json::Value>>>;
 const BACKOFF_START: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(15);
 
@@ -58,7 +64,10 @@ pub(crate) type SharedStatus = Arc<Mutex<XdsStatus>>;
 
 pub(crate) struct AdsClient {
     settings: Arc<XdsSettings>,
+    types: &'static [&'static str],
     store: StateStore,
+    /// Set for a waypoint: where its policies go.
+    waypoint_policies: Option<WaypointPolicies>,
     held: ClientState,
     notes: PolicyNotes,
     /// One pending readiness component per type until its first response.
@@ -75,11 +84,20 @@ enum Ended {
 }
 
 impl AdsClient {
-    pub(crate) fn new(settings: Arc<XdsSettings>, store: StateStore, ready: &Readiness) -> (AdsClient, SharedStatus) {
-        let waiting = TYPES.iter().map(|t| (*t, ready.block(&format!("xds {}", short(t))))).collect();
+    /// A client for a node proxy, or for a waypoint when `waypoint_policies` is given (its
+    /// readiness then also waits for the first policy response).
+    pub(crate) fn new(
+        settings: Arc<XdsSettings>,
+        store: StateStore,
+        ready: &Readiness,
+        waypoint_policies: Option<WaypointPolicies>,
+    ) -> (AdsClient, SharedStatus) {
+        let types: &'static [&'static str] = if waypoint_policies.is_some() { &WAYPOINT_TYPES } else { &TYPES };
+        let waiting = types.iter().map(|t| (*t, ready.block(&format!("xds {}", short(t))))).collect();
         let status = Arc::new(Mutex::new(XdsStatus { address: settings.target.url.clone(), ..Default::default() }));
+        let held = ClientState::default();
         let client =
-            AdsClient { settings, store, held: ClientState::default(), notes: PolicyNotes::default(), waiting, status: status.clone() };
+            AdsClient { settings, types, store, waypoint_policies, held, notes: PolicyNotes::default(), waiting, status: status.clone() };
         (client, status)
     }
 
@@ -121,8 +139,8 @@ impl AdsClient {
             Ok(c) => c,
             Err(e) => return Ended::Error("ConnectionError", e.to_string()),
         };
-        let (tx, rx) = mpsc::channel(TYPES.len() + 4);
-        for t in TYPES {
+        let (tx, rx) = mpsc::channel(self.types.len() + 4);
+        for t in self.types {
             // Cannot fail: the channel has room for every initial request.
             let _ = tx.try_send(self.initial_request(t));
         }
@@ -177,7 +195,7 @@ impl AdsClient {
         metrics::counter!("istio_xds_message_total", "url" => type_url.clone()).increment(1);
         metrics::counter!("istio_xds_message_bytes_total", "url" => type_url.clone()).increment(resp.encoded_len() as u64);
         let mut ack = DeltaDiscoveryRequest { type_url: type_url.clone(), response_nonce: resp.nonce.clone(), ..Default::default() };
-        if !TYPES.contains(&type_url.as_str()) {
+        if !self.types.contains(&type_url.as_str()) {
             tracing::warn!(%type_url, "xDS response for a type ferry did not subscribe to; acknowledged and ignored");
             return ack;
         }
@@ -193,10 +211,16 @@ impl AdsClient {
         }
         let applied = self.held.apply(&type_url, good, &resp.removed_resources);
         refused.extend(applied.refused.iter().cloned());
-        if applied.changed {
-            let input = self.held.state();
-            self.notes.log(&input);
-            self.store.replace(input);
+        match (&self.waypoint_policies, applied.changed) {
+            (Some(tx), true) if type_url == WAYPOINT_POLICY_TYPE => {
+                tx.send_replace(Arc::new(self.held.waypoint_policies()));
+            }
+            (_, true) => {
+                let input = self.held.state();
+                self.notes.log(&input);
+                self.store.replace(input);
+            }
+            (_, false) => {}
         }
         let nack = (!refused.is_empty()).then(|| refused.join("; "));
         if let Some(msg) = &nack {

@@ -131,7 +131,7 @@ impl Fixture {
             },
         };
         let (store, ready) = (StateStore::new(), Readiness::new());
-        let (client, status) = AdsClient::new(Arc::new(settings), store.clone(), &ready);
+        let (client, status) = AdsClient::new(Arc::new(settings), store.clone(), &ready, None);
         tokio::spawn(client.run());
         (store, ready, status)
     }

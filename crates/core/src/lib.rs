@@ -20,6 +20,7 @@ pub mod route;
 pub mod state;
 pub mod timefmt;
 pub mod waypoint;
+pub mod waypoint_xds;
 pub mod wds;
 pub mod xds;
 pub mod yaml;

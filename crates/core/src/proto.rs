@@ -18,3 +18,7 @@ pub mod ca {
 pub mod xds {
     include!(concat!(env!("OUT_DIR"), "/envoy.service.discovery.v3.rs"));
 }
+
+pub mod waypoint {
+    include!(concat!(env!("OUT_DIR"), "/ferry.waypoint.rs"));
+}

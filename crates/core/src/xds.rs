@@ -14,6 +14,7 @@ use prost::Message;
 
 use crate::model::Authorization;
 use crate::state::StateInput;
+use crate::waypoint_xds::WAYPOINT_POLICY_TYPE;
 use crate::wds::{self, ADDRESS_TYPE, AUTHORIZATION_TYPE};
 
 /// One encoded resource.
@@ -47,6 +48,11 @@ fn resource<T: Message>(n: wds::Named<T>) -> Resource {
     Resource { name: n.name, aliases: n.aliases, version: version_of(&body), body }
 }
 
+/// A resource of an encoded message, versioned by its bytes.
+pub fn encoded(name: String, body: Vec<u8>) -> Resource {
+    Resource { name, aliases: Vec::new(), version: version_of(&body), body }
+}
+
 impl Resources {
     pub fn from_state(s: &StateInput) -> Resources {
         let mut r = Resources::default();
@@ -65,6 +71,12 @@ impl Resources {
             policies.insert(res.name.clone(), res);
         }
         r
+    }
+
+    /// The resources of another type (the waypoints' policies), replacing any held.
+    pub fn with_type(mut self, type_url: &'static str, resources: BTreeMap<String, Resource>) -> Resources {
+        self.by_type.insert(type_url, resources);
+        self
     }
 
     pub fn of_type(&self, type_url: &str) -> Option<&BTreeMap<String, Resource>> {
@@ -172,6 +184,8 @@ impl Subscriber {
 pub struct ClientState {
     addresses: BTreeMap<String, (String, wds::Decoded)>,
     policies: BTreeMap<String, (String, Authorization)>,
+    /// A waypoint's policies (Kubernetes objects, compiled by the waypoint).
+    waypoint_policies: BTreeMap<String, (String, serde_json::Value)>,
 }
 
 /// The outcome of applying one response.
@@ -200,6 +214,7 @@ impl ClientState {
             let result = match type_url {
                 ADDRESS_TYPE => self.apply_address(&name, version, &body),
                 AUTHORIZATION_TYPE => self.apply_policy(&name, version, &body),
+                WAYPOINT_POLICY_TYPE => self.apply_waypoint_policy(&name, version, &body),
                 other => Err(format!("unknown type {other}")),
             };
             match result {
@@ -211,6 +226,7 @@ impl ClientState {
             let gone = match type_url {
                 ADDRESS_TYPE => self.addresses.remove(name).is_some(),
                 AUTHORIZATION_TYPE => self.policies.remove(name).is_some(),
+                WAYPOINT_POLICY_TYPE => self.waypoint_policies.remove(name).is_some(),
                 _ => false,
             };
             out.changed |= gone;
@@ -240,9 +256,21 @@ impl ClientState {
         }
     }
 
+    /// Kept even when it does not decode: as a policy failing closed in its namespace.
+    fn apply_waypoint_policy(&mut self, name: &str, version: String, body: &[u8]) -> Result<(), String> {
+        let (object, refused) = crate::waypoint_xds::decode(name, body);
+        self.waypoint_policies.insert(name.to_string(), (version, object));
+        refused.map_or(Ok(()), Err)
+    }
+
+    /// The waypoint policies held (Kubernetes objects).
+    pub fn waypoint_policies(&self) -> Vec<serde_json::Value> {
+        self.waypoint_policies.values().map(|(_, v)| v.clone()).collect()
+    }
+
     /// Resources held, of every type.
     pub fn len(&self) -> usize {
-        self.addresses.len() + self.policies.len()
+        self.addresses.len() + self.policies.len() + self.waypoint_policies.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -254,6 +282,7 @@ impl ClientState {
         match type_url {
             ADDRESS_TYPE => self.addresses.iter().map(|(n, (v, _))| (n.clone(), v.clone())).collect(),
             AUTHORIZATION_TYPE => self.policies.iter().map(|(n, (v, _))| (n.clone(), v.clone())).collect(),
+            WAYPOINT_POLICY_TYPE => self.waypoint_policies.iter().map(|(n, (v, _))| (n.clone(), v.clone())).collect(),
             _ => BTreeMap::new(),
         }
     }

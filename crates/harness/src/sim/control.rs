@@ -80,9 +80,20 @@ impl Sim {
 
     /// The environment pointing a node proxy (ferry or ztunnel) at the controller.
     pub(crate) fn control_plane_env(&self, i: usize) -> Vec<(String, String)> {
+        let n = &self.nodes[i];
+        self.controller_env_for(&self.node_token(i), &format!("ztunnel-{}", n.name), "istio-system", n.ip.into())
+    }
+
+    /// The controller's addresses and roots, with a caller's token file and pod.
+    pub(crate) fn controller_env_for(
+        &self,
+        token: &std::path::Path,
+        pod: &str,
+        namespace: &str,
+        ip: std::net::IpAddr,
+    ) -> Vec<(String, String)> {
         let url = format!("https://{CONTROLLER_IP}:{XDS_PORT}");
         let root = self.ca_dir.join("root-cert.pem").display().to_string();
-        let n = &self.nodes[i];
         [
             ("XDS_ADDRESS", url.clone()),
             ("CA_ADDRESS", url),
@@ -90,10 +101,10 @@ impl Sim {
             ("ALT_CA_HOSTNAME", CONTROLLER_NAME.into()),
             ("XDS_ROOT_CA", root.clone()),
             ("CA_ROOT_CA", root),
-            ("AUTH_TOKEN", self.node_token(i).display().to_string()),
-            ("POD_NAME", format!("ztunnel-{}", n.name)),
-            ("POD_NAMESPACE", "istio-system".into()),
-            ("INSTANCE_IP", n.ip.to_string()),
+            ("AUTH_TOKEN", token.display().to_string()),
+            ("POD_NAME", pod.to_string()),
+            ("POD_NAMESPACE", namespace.to_string()),
+            ("INSTANCE_IP", ip.to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))

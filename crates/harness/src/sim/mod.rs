@@ -466,6 +466,11 @@ impl Sim {
         let pod = self.pod(ns, name);
         let sa = self.pods_state_service_account(ns, name);
         let log = nodes::log_file(&self.work.join(format!("waypoint-{name}.log")))?;
+        // As a waypoint pod on a cluster: its own service account's token, its state,
+        // policies and certificate from the controller.
+        let token = self.issue_token(&format!("{ns}/{sa}/{name}/uid-{name}"), None)?;
+        let token_path = self.work.join(format!("waypoint-{name}.token"));
+        std::fs::write(&token_path, token)?;
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &pod.netns]);
         if let Some(cpu) = self.cpu_of(pod.node) {
@@ -473,9 +478,8 @@ impl Sim {
         }
         c.args(["setpriv", "--pdeathsig", "KILL", "--"]).arg(&self.opts.ferry_bin).arg("waypoint");
         c.args(["--gateway", gateway, "--namespace", ns, "--service-account", &sa, "--address", &pod.ip.to_string()]);
-        c.arg("--cluster-state").arg(&self.state_dir).arg("--policies").arg(&self.state_dir).arg("--ca-dir").arg(&self.ca_dir);
-        c.args(["--local-xds-poll", &format!("{}ms", self.opts.poll.as_millis())]);
-        c.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").env("LOG_FORMAT", "json").envs(self.opts.waypoint_env.iter().cloned());
+        c.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").env("LOG_FORMAT", "json");
+        c.envs(self.controller_env_for(&token_path, name, ns, pod.ip)).envs(self.opts.waypoint_env.iter().cloned());
         c.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(log);
         let child = c.spawn()?;
         self.cleanup.pid(child.id());
