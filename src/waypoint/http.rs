@@ -7,7 +7,7 @@
 //! `FERRY_HTTP_HEADER_TIMEOUT` (also what an idle keep-alive connection may wait) and fit in
 //! 64 KiB with at most 100 headers; bodies are streamed, never buffered; the upstream must
 //! start its response within `FERRY_WAYPOINT_RESPONSE_TIMEOUT`. Upstream connections are
-//! pooled per endpoint ([`super::upstream`]).
+//! pooled per endpoint ([`super::h1_pool`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -25,7 +25,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 
 use super::io::H2Io;
 use super::stream::{authorize, dial_endpoint, pick_endpoint, setup_places, Access, Target, WaypointError};
-use super::upstream;
+use super::h1_pool;
 use super::Waypoint;
 use crate::drain::DrainWatch;
 use crate::hbone::server::ConnInfo;
@@ -136,7 +136,7 @@ async fn send(
     mut req: Request<Incoming>,
 ) -> Result<Response<Incoming>, WaypointError> {
     let upstream = ep.target;
-    let key: upstream::Key = (ep.target, ep.identities[0].clone());
+    let key: h1_pool::Key = (ep.target, ep.identities[0].clone());
     let mut pooled = wp.h1.take(&key);
     loop {
         let reused = pooled.is_some();

@@ -10,7 +10,7 @@ mod http;
 mod io;
 mod policy;
 mod stream;
-mod upstream;
+mod h1_pool;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -88,7 +88,7 @@ pub(crate) struct Waypoint {
     pub(crate) policies: policy::Policies,
     pub(crate) pool: Arc<Pool>,
     /// Upstream HTTP/1.1 connections, per endpoint.
-    pub(crate) h1: Arc<upstream::H1Pool>,
+    pub(crate) h1: Arc<h1_pool::H1Pool>,
     pub(crate) setups: Arc<tokio::sync::Semaphore>,
     pub(crate) response_timeout: Option<Duration>,
     /// Requests in flight per endpoint, for least-request balancing.
@@ -185,7 +185,7 @@ async fn serve(args: WaypointArgs, cfg: Arc<Config>, log: Arc<LogHandle>) -> Res
         certs: certs.clone(),
         policies: loaded.policies.clone(),
         pool,
-        h1: upstream::H1Pool::start(args.upstream_idle_timeout),
+        h1: h1_pool::H1Pool::start(args.upstream_idle_timeout),
         setups: Arc::new(tokio::sync::Semaphore::new(cfg.limits.hbone_setups)),
         response_timeout: Some(args.response_timeout).filter(|d| !d.is_zero()),
         load: Default::default(),
