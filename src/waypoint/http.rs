@@ -34,7 +34,7 @@ const MAX_HEAD: usize = 64 * 1024;
 /// Most request or response headers.
 const MAX_HEADERS: usize = 100;
 
-type Body = BoxBody<Bytes, hyper::Error>;
+pub(super) type Body = BoxBody<Bytes, hyper::Error>;
 
 /// Serves HTTP/1.1 requests on one CONNECT stream until the client closes it or the drain ends it.
 pub(crate) async fn serve(wp: Arc<Waypoint>, io: H2Io, conn: Arc<ConnInfo>, t: Target, drain: DrainWatch) {
@@ -66,7 +66,8 @@ async fn request(wp: Arc<Waypoint>, conn: Arc<ConnInfo>, t: Arc<Target>, req: Re
     let method = req.method().to_string();
     let target = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
     let (result, ep) = forward(&wp, &conn, &t, req).await;
-    let access = Access { conn: &conn, target: Some(&t), upstream: ep.as_ref(), start, method: Some(&method), path: Some(&target) };
+    let (method, path) = (Some(method.as_str()), Some(target.as_str()));
+    let access = Access { conn: &conn, target: Some(&t), upstream: ep.as_ref(), start, method, path, protocol: "http", grpc_status: None };
     Ok(match result {
         Ok(resp) => {
             access.log(None, resp.status().as_u16());
@@ -81,7 +82,7 @@ async fn request(wp: Arc<Waypoint>, conn: Arc<ConnInfo>, t: Arc<Target>, req: Re
 }
 
 /// Envoy's local replies, which clients and tests of Istio's waypoint recognise.
-fn local_reply(e: &WaypointError) -> Response<Body> {
+pub(super) fn local_reply(e: &WaypointError) -> Response<Body> {
     let (status, body) = match e {
         WaypointError::Denied(_) => (StatusCode::FORBIDDEN, "RBAC: access denied"),
         WaypointError::BadRequest(_) => (StatusCode::BAD_REQUEST, "Bad Request"),
@@ -140,7 +141,7 @@ async fn forward(
 
 /// Normalizes the path (forwarding exactly what policy saw), authorizes, and prepares the
 /// request for the upstream.
-fn check(wp: &Waypoint, conn: &ConnInfo, t: &Target, req: &mut Request<Incoming>) -> Result<(), WaypointError> {
+pub(super) fn check(wp: &Waypoint, conn: &ConnInfo, t: &Target, req: &mut Request<Incoming>) -> Result<(), WaypointError> {
     let raw = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let (normalized, query) = path::normalize(raw).map_err(|e| WaypointError::BadRequest(e.to_string()))?;
     let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string);
@@ -160,7 +161,7 @@ fn check(wp: &Waypoint, conn: &ConnInfo, t: &Target, req: &mut Request<Incoming>
 
 /// Removes the headers that describe one hop (RFC 9110 §7.6.1), including those the
 /// `Connection` header names; hyper frames each hop itself.
-fn strip_hop_by_hop(h: &mut HeaderMap) {
+pub(super) fn strip_hop_by_hop(h: &mut HeaderMap) {
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()

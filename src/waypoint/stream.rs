@@ -1,7 +1,7 @@
 //! One CONNECT stream at the waypoint: accept the TLS connection as the waypoint, check the
-//! stream's target is one this waypoint fronts, then serve it as HTTP/1.1 ([`super::http`]) or
-//! as TCP (authorize at L4, dial an endpoint over HBONE, answer 200, copy). Refusals are
-//! answered with a status and logged once, with the reason.
+//! stream's target is one this waypoint fronts, then serve it as HTTP/1.1 ([`super::http`]),
+//! HTTP/2 ([`super::h2`]) or TCP (authorize at L4, dial an endpoint over HBONE, answer 200,
+//! copy). Refusals are answered with a status and logged once, with the reason.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -51,6 +51,10 @@ pub(crate) enum WaypointError {
     Upstream { upstream: SocketAddr, reason: String },
     #[error("request refused: {0}")]
     BadRequest(String),
+    #[error("upstream {upstream} reset the response: {reason}")]
+    UpstreamReset { upstream: SocketAddr, reason: String },
+    #[error("the client reset the stream before the response ended")]
+    ClientReset,
 }
 
 impl WaypointError {
@@ -67,7 +71,9 @@ impl WaypointError {
             | WaypointError::Hbone(_)
             | WaypointError::Cert(_)
             | WaypointError::Shed
-            | WaypointError::Upstream { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | WaypointError::Upstream { .. }
+            | WaypointError::UpstreamReset { .. }
+            | WaypointError::ClientReset => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -83,6 +89,8 @@ impl WaypointError {
             WaypointError::ResponseTimeout { .. } => "UT",
             WaypointError::Upstream { .. } => "UF",
             WaypointError::BadRequest(_) => "DPE",
+            WaypointError::UpstreamReset { .. } => "UR",
+            WaypointError::ClientReset => "DC",
         }
     }
 }
@@ -168,6 +176,10 @@ async fn one_stream(wp: Arc<Waypoint>, req: Request<RecvStream>, mut respond: Se
         wp_core::Protocol::Http1 => {
             let Ok(send) = ok(&mut respond) else { return };
             super::http::serve(wp, H2Io::new(send, req.into_body()), conn, t, drain).await
+        }
+        wp_core::Protocol::Http2 => {
+            let Ok(send) = ok(&mut respond) else { return };
+            super::h2::serve(wp, H2Io::new(send, req.into_body()), conn, t, drain).await
         }
         wp_core::Protocol::Tcp => tcp(wp, req, respond, conn, t, drain, start).await,
     }
@@ -263,15 +275,25 @@ pub(crate) async fn open_upstream(
     conn: &ConnInfo,
     t: &Target,
 ) -> Result<(H2Stream, Endpoint, InFlight), WaypointError> {
+    let (ep, inflight) = choose(wp, t)?;
+    let stream = dial(wp, Some(conn.peer), t, &ep).await?;
+    Ok((stream, ep, inflight))
+}
+
+/// The less loaded of two random endpoints for `t`, counted in flight until the guard drops.
+pub(crate) fn choose(wp: &Arc<Waypoint>, t: &Target) -> Result<(Endpoint, InFlight), WaypointError> {
     let eps = wp_core::endpoints(&wp.state.snapshot(), &t.fronted, wp.upstream_hbone_port)?;
-    let ep = {
-        let mut load = wp.load.lock().unwrap_or_else(|e| e.into_inner());
-        let ep = wp_core::pick(&eps, &|e| load.get(&e.target).copied().unwrap_or(0), &mut |n| fastrand::usize(..n)).cloned();
-        let ep = ep.ok_or_else(|| FrontError::NoEndpoint(t.authority.to_string()))?;
-        *load.entry(ep.target).or_default() += 1;
-        ep
-    };
-    let inflight = InFlight { wp: wp.clone(), key: ep.target };
+    let mut load = wp.load.lock().unwrap_or_else(|e| e.into_inner());
+    let ep = wp_core::pick(&eps, &|e| load.get(&e.target).copied().unwrap_or(0), &mut |n| fastrand::usize(..n)).cloned();
+    let ep = ep.ok_or_else(|| FrontError::NoEndpoint(t.authority.to_string()))?;
+    *load.entry(ep.target).or_default() += 1;
+    let key = ep.target;
+    Ok((ep, InFlight { wp: wp.clone(), key }))
+}
+
+/// Opens an HBONE stream to `ep` as the waypoint. `client` goes in `Forwarded` when the stream
+/// carries one client's traffic (not on an HTTP/2 connection shared by many).
+pub(crate) async fn dial(wp: &Waypoint, client: Option<SocketAddr>, t: &Target, ep: &Endpoint) -> Result<H2Stream, WaypointError> {
     let cert = wp.certs.fetch(&wp.identity).await?;
     let key = PoolKey::new(
         wp.identity.clone(),
@@ -284,14 +306,18 @@ pub(crate) async fn open_upstream(
     *req.version_mut() = http::Version::HTTP_2;
     *req.uri_mut() = http::Uri::try_from(ep.target.to_string()).map_err(|e| WaypointError::BadRequest(e.to_string()))?;
     let host = t.fronted.service().map(|s| s.hostname.as_str());
-    if let Ok(v) = HeaderValue::try_from(crate::hbone::forwarded(conn.peer, host)) {
+    let forwarded = match (client, host) {
+        (Some(c), h) => Some(crate::hbone::forwarded(c, h)),
+        (None, Some(h)) => Some(format!("host={h}")),
+        (None, None) => None,
+    };
+    if let Some(v) = forwarded.and_then(|f| HeaderValue::try_from(f).ok()) {
         req.headers_mut().insert("forwarded", v);
     }
     if let Ok(v) = HeaderValue::try_from(crate::hbone::traceparent()) {
         req.headers_mut().insert("traceparent", v);
     }
-    let stream = wp.pool.connect(&key, &cert, req).await?;
-    Ok((stream, ep, inflight))
+    Ok(wp.pool.connect(&key, &cert, req).await?)
 }
 
 /// One access-log line (scope `access`): per request on HTTP ports, per stream on TCP ports.
@@ -302,11 +328,15 @@ pub(crate) struct Access<'a> {
     pub(crate) start: Instant,
     pub(crate) method: Option<&'a str>,
     pub(crate) path: Option<&'a str>,
+    /// Istio's `request_protocol`: `tcp`, `http` or `grpc`.
+    pub(crate) protocol: &'static str,
+    /// The gRPC status the response ended with (gRPC requests only).
+    pub(crate) grpc_status: Option<&'a str>,
 }
 
 impl<'a> Access<'a> {
     pub(crate) fn tcp(conn: &'a ConnInfo, target: Option<&'a Target>, upstream: Option<&'a Endpoint>, start: Instant) -> Self {
-        Access { conn, target, upstream, start, method: None, path: None }
+        Access { conn, target, upstream, start, method: None, path: None, protocol: "tcp", grpc_status: None }
     }
 
     pub(crate) fn log(&self, error: Option<&WaypointError>, status: u16) {
@@ -314,8 +344,7 @@ impl<'a> Access<'a> {
         let dst_identity = self.upstream.map(|e| e.identities[0].to_string());
         let duration = format!("{}ms", self.start.elapsed().as_millis());
         let flags = error.map(WaypointError::flags).unwrap_or("-");
-        let protocol = if self.method.is_some() { "http" } else { "tcp" };
-        requests_total(self, service, dst_identity.as_deref(), status, flags, protocol);
+        requests_total(self, service, dst_identity.as_deref(), status, flags);
         macro_rules! line {
             ($lvl:expr) => {
                 tracing::event!(
@@ -329,7 +358,9 @@ impl<'a> Access<'a> {
                     dst.identity = dst_identity.as_deref(),
                     method = self.method,
                     path = self.path,
+                    protocol = self.protocol,
                     status,
+                    grpc_status = self.grpc_status,
                     response_flags = flags,
                     duration = %duration,
                     error = error.map(tracing::field::display),
@@ -345,14 +376,7 @@ impl<'a> Access<'a> {
 }
 
 /// `istio_requests_total` with `reporter="waypoint"` (TCP streams count as one request each).
-fn requests_total(
-    a: &Access<'_>,
-    service: Option<&str>,
-    dst_principal: Option<&str>,
-    status: u16,
-    flags: &'static str,
-    protocol: &'static str,
-) {
+fn requests_total(a: &Access<'_>, service: Option<&str>, dst_principal: Option<&str>, status: u16, flags: &'static str) {
     let svc = a.target.and_then(|t| t.fronted.service());
     let labels = [
         ("reporter", "waypoint".to_string()),
@@ -362,8 +386,9 @@ fn requests_total(
         ("destination_service", service.unwrap_or("unknown").to_string()),
         ("destination_service_name", svc.map(|s| s.name.clone()).unwrap_or_else(|| "unknown".into())),
         ("destination_service_namespace", svc.map(|s| s.namespace.clone()).unwrap_or_else(|| "unknown".into())),
-        ("request_protocol", protocol.to_string()),
+        ("request_protocol", a.protocol.to_string()),
         ("response_code", status.to_string()),
+        ("grpc_response_status", a.grpc_status.unwrap_or_default().to_string()),
         ("response_flags", flags.to_string()),
         ("connection_security_policy", "mutual_tls".to_string()),
     ];
