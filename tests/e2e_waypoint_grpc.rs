@@ -85,6 +85,12 @@ fn grpc_and_http2_go_through_the_waypoint_with_l7_policy() {
         assert_eq!(r.grpc_status.as_deref(), Some("0"), "{r:?}");
     }
     assert_eq!(accepted.count(), before, "the calls reused the waypoint's connection to the server");
+    // The server drops that connection: the waypoint dials a new one for the next calls.
+    let _ = grpc::call(&client, vip, "/ferry.Echo/Close", vec![b"x".to_vec()], false);
+    eventually("a call after the server dropped the shared connection succeeds", || {
+        grpc::call(&client, vip, "/ferry.Echo/Unary", vec![b"AFTER".to_vec()], false).is_ok_and(|r| r.grpc_status.as_deref() == Some("0"))
+    });
+    assert_eq!(accepted.count(), before + 1, "one new connection replaced the dropped one");
 
     let denied = grpc::call(&client, vip, "/ferry.Echo/Admin", vec![b"x".to_vec()], false).unwrap();
     assert_eq!(

@@ -169,18 +169,28 @@ async fn forward(
     record.upstream = Some(ep.clone());
     record._guards.1 = Some(inflight);
     let upstream = ep.target;
+    let failed = |e: hyper::Error| WaypointError::Upstream { upstream, reason: e.to_string() };
     let mut sender = wp.upstreams.sender(wp, conn, t, &ep).await?;
-    let response = async {
-        sender.ready().await?;
-        sender.send_request(req).await
+    let mut resp = match timed(wp.response_timeout, upstream, sender.try_send_request(req)).await? {
+        Ok(resp) => resp,
+        Err(mut e) => {
+            // The shared connection closed before it took the request (its peer went away
+            // since the last one): nothing was sent, so one fresh connection may carry it.
+            let Some(req) = e.take_message() else { return Err(failed(e.into_error())) };
+            let mut fresh = wp.upstreams.sender(wp, conn, t, &ep).await?;
+            timed(wp.response_timeout, upstream, fresh.send_request(req)).await?.map_err(failed)?
+        }
     };
-    let resp = match wp.response_timeout {
-        Some(d) => tokio::time::timeout(d, response).await.map_err(|_| WaypointError::ResponseTimeout { upstream, waited: d })?,
-        None => response.await,
-    };
-    let mut resp = resp.map_err(|e| WaypointError::Upstream { upstream, reason: e.to_string() })?;
     strip_hop_by_hop(resp.headers_mut());
     Ok(resp.map(http_body_util::BodyExt::boxed))
+}
+
+/// `f`, within the response timeout when there is one.
+async fn timed<F: std::future::Future>(limit: Option<Duration>, upstream: std::net::SocketAddr, f: F) -> Result<F::Output, WaypointError> {
+    match limit {
+        Some(d) => tokio::time::timeout(d, f).await.map_err(|_| WaypointError::ResponseTimeout { upstream, waited: d }),
+        None => Ok(f.await),
+    }
 }
 
 fn host(req: &Request<Incoming>) -> Option<String> {

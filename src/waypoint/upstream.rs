@@ -4,7 +4,8 @@
 //!
 //! Bounded: at most [`MAX_CONNECTIONS`] entries (the least recently used one is released for a
 //! new one); an entry unused for `FERRY_HBONE_IDLE_TIMEOUT` is released at the next look-up; a
-//! connection that closed or failed is dropped and re-dialled by the next request. Releasing an
+//! connection that closed or failed is dropped and re-dialled by the next request (and a request
+//! it closed under before taking it is sent once on the new one, [`super::h2`]). Releasing an
 //! entry never cuts a request: the connection closes once its last stream ends. An endpoint's
 //! entry is keyed by its address and the identities its certificate must name, so a changed
 //! identity never reuses a connection verified for the old one.

@@ -5,6 +5,7 @@
 //! * `/ferry.Echo/Unary`: one message back, the request's bytes;
 //! * `/ferry.Echo/Stream`: each message echoed as soon as it arrives (bidirectional streaming);
 //! * `/ferry.Echo/Admin`: one message `ADMIN` (policies are meant to deny it);
+//! * `/ferry.Echo/Close`: the server drops the connection the call came on, unanswered;
 //! * other gRPC methods: trailers-only `grpc-status: 12` (UNIMPLEMENTED);
 //! * anything not gRPC: `200 PLAIN-H2:<path>`.
 //!
@@ -119,8 +120,14 @@ pub fn serve(netns: &Path, port: u16) -> std::io::Result<Accepted> {
             while let Ok((s, _)) = l.accept().await {
                 count.0.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(handle);
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(s), svc).await;
+                    let close = Arc::new(tokio::sync::Notify::new());
+                    let c = close.clone();
+                    let svc = hyper::service::service_fn(move |req| handle(req, c.clone()));
+                    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(s), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = close.notified() => {}
+                    }
                 });
             }
         };
@@ -133,7 +140,7 @@ pub fn serve(netns: &Path, port: u16) -> std::io::Result<Accepted> {
     Ok(accepted)
 }
 
-async fn handle(req: Request<Incoming>) -> Result<Response<ChannelBody>, Infallible> {
+async fn handle(req: Request<Incoming>, close: Arc<tokio::sync::Notify>) -> Result<Response<ChannelBody>, Infallible> {
     let te = req.headers().get(http::header::TE).cloned().unwrap_or(HeaderValue::from_static("none"));
     let grpc = req.headers().get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     let path = req.uri().path().to_string();
@@ -148,6 +155,10 @@ async fn handle(req: Request<Incoming>) -> Result<Response<ChannelBody>, Infalli
     let reply: fn(&[u8]) -> Option<Vec<u8>> = match path.as_str() {
         "/ferry.Echo/Unary" | "/ferry.Echo/Stream" => |m| Some(m.to_vec()),
         "/ferry.Echo/Admin" => |_| Some(b"ADMIN".to_vec()),
+        "/ferry.Echo/Close" => {
+            close.notify_one();
+            return Ok(resp);
+        }
         _ => {
             resp.headers_mut().insert("grpc-status", HeaderValue::from_static("12"));
             return Ok(resp);
