@@ -154,7 +154,16 @@ async fn forward(
 ) -> Result<Response<Body>, WaypointError> {
     // `check` strips hop-by-hop headers, `TE` among them, and leaves an origin-form URI; HTTP/2
     // needs the authority and scheme in the URI, and gRPC needs `TE: trailers` end to end.
-    let authority = req.uri().authority().map(|a| a.as_str().to_string()).or_else(|| host(&req));
+    let authority = req.uri().authority().map(|a| a.as_str().to_string());
+    // Policy reads the Host header first and the upstream gets `:authority`: a request whose
+    // two differ (malformed, RFC 9113 §8.3.1) is refused rather than authorized on one name
+    // and sent to the other.
+    if let (Some(a), Some(h)) = (authority.as_deref(), host(&req)) {
+        if !a.eq_ignore_ascii_case(&h) {
+            return Err(WaypointError::BadRequest(format!("Host {h:?} differs from :authority {a:?}")));
+        }
+    }
+    let authority = authority.or_else(|| host(&req));
     let trailers = req.headers().get_all(header::TE).iter().any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     check(wp, conn, t, &mut req)?;
     let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");

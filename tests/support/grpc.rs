@@ -257,19 +257,40 @@ pub fn call(netns: &Path, addr: SocketAddr, method: &str, sent: Vec<Vec<u8>>, lo
     in_netns(netns, timed).map_err(|e| e.to_string())?
 }
 
-/// A plain HTTP/2 (prior knowledge) GET: the status and the body.
-pub fn get(netns: &Path, addr: SocketAddr, path: &str) -> Result<(u16, Vec<u8>), String> {
-    let path = path.to_string();
+/// A plain HTTP/2 (prior knowledge) GET, with a `Host` header when given: the status and the body.
+pub fn get(netns: &Path, addr: SocketAddr, path: &str, host: Option<&str>) -> Result<(u16, Vec<u8>), String> {
+    let (path, host) = (path.to_string(), host.map(HeaderValue::from_str).transpose().map_err(|e| e.to_string())?);
     let run = async move {
         let mut sender = connect(addr).await?;
         let (tx, body) = channel();
         drop(tx);
         let mut req = Request::new(body);
         *req.uri_mut() = format!("http://{addr}{path}").parse().map_err(|e| format!("{e}"))?;
+        if let Some(h) = host {
+            req.headers_mut().insert(http::header::HOST, h);
+        }
         let resp = sender.send_request(req).await.map_err(|e| format!("response: {e}"))?;
         let status = resp.status().as_u16();
         let body = resp.into_body().collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
         Ok((status, body.to_vec()))
+    };
+    let timed = async move { tokio::time::timeout(Duration::from_secs(10), run).await.unwrap_or_else(|_| Err("timed out".into())) };
+    in_netns(netns, timed).map_err(|e| e.to_string())?
+}
+
+/// The SETTINGS_MAX_CONCURRENT_STREAMS the server at `addr` advertises, read with h2 after one
+/// request (so its SETTINGS have arrived).
+pub fn max_concurrent_streams(netns: &Path, addr: SocketAddr) -> Result<usize, String> {
+    let run = async move {
+        let s = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+        let (mut send, mut conn) = h2::client::handshake(s).await.map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+        let req = Request::get(format!("http://{addr}/settings")).body(()).map_err(|e| e.to_string())?;
+        let (resp, _) = send.send_request(req, true).map_err(|e| format!("request: {e}"))?;
+        tokio::select! {
+            r = &mut conn => return Err(format!("connection ended: {r:?}")),
+            r = resp => drop(r.map_err(|e| format!("response: {e}"))?),
+        }
+        Ok(conn.max_concurrent_send_streams())
     };
     let timed = async move { tokio::time::timeout(Duration::from_secs(10), run).await.unwrap_or_else(|_| Err("timed out".into())) };
     in_netns(netns, timed).map_err(|e| e.to_string())?
