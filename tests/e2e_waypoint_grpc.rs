@@ -27,6 +27,12 @@ spec:
   clusterIP: 198.19.0.42
   ports: [{name: grpc, port: 50051, targetPort: 9000}, {name: web, port: 81, targetPort: 9000, appProtocol: kubernetes.io/h2c}]
 ---
+# A gRPC service with no pod behind it.
+apiVersion: v1
+kind: Service
+metadata: {name: gone, namespace: shop}
+spec: {selector: {app: gone}, clusterIP: 198.19.0.43, ports: [{name: grpc-api, port: 50051, targetPort: 9000}]}
+---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: deny-admin, namespace: shop}
@@ -50,7 +56,8 @@ fn grpc_and_http2_go_through_the_waypoint_with_l7_policy() {
     let mut sim = Sim::new(SimOptions::new(ferry_bin(), 3)).expect("build the simulated cluster");
     sim.start().expect("start agents and proxies");
     sim.apply(&format!("{WAYPOINT_THREE_NODES}---\n{SCENARIO}")).expect("apply the scenario");
-    let mut waypoint = sim.spawn_waypoint("shop", "waypoint-1", "waypoint").unwrap();
+    // A response timeout well above what a call needs here, so only `Hang` reaches it.
+    let mut waypoint = sim.spawn_waypoint_with("shop", "waypoint-1", "waypoint", &["--response-timeout", "5s"]).unwrap();
     let accepted = grpc::serve(&sim.pod("shop", "echo").netns_path(), 9000).unwrap();
     for p in sim.pods.values() {
         sim.wait_known(p.ip).expect("proxies learn every pod");
@@ -99,6 +106,12 @@ fn grpc_and_http2_go_through_the_waypoint_with_l7_policy() {
         "the waypoint's L7 DENY as a gRPC status: {denied:?}"
     );
     assert!(denied.messages.is_empty(), "the server never answered: {denied:?}");
+    let hang = grpc::call(&client, vip, "/ferry.Echo/Hang", vec![b"x".to_vec()], false).unwrap();
+    let hang = (hang.http_status, hang.grpc_status, hang.grpc_message);
+    assert_eq!(hang, (200, Some("4".into()), Some("upstream request timeout".into())), "the waypoint's response timeout");
+    let gone = grpc::call(&client, "198.19.0.43:50051".parse().unwrap(), "/ferry.Echo/Unary", vec![b"x".to_vec()], false).unwrap();
+    let gone = (gone.http_status, gone.grpc_status, gone.grpc_message);
+    assert_eq!(gone, (200, Some("14".into()), Some("no healthy upstream".into())), "a service without endpoints");
 
     // Plain HTTP/2 on the h2c port.
     let web: SocketAddr = "198.19.0.42:81".parse().unwrap();

@@ -6,6 +6,7 @@
 //! * `/ferry.Echo/Stream`: each message echoed as soon as it arrives (bidirectional streaming);
 //! * `/ferry.Echo/Admin`: one message `ADMIN` (policies are meant to deny it);
 //! * `/ferry.Echo/Close`: the server drops the connection the call came on, unanswered;
+//! * `/ferry.Echo/Hang`: never answered (the connection stays open);
 //! * other gRPC methods: trailers-only `grpc-status: 12` (UNIMPLEMENTED);
 //! * anything not gRPC: `200 PLAIN-H2:<path>`.
 //!
@@ -159,6 +160,7 @@ async fn handle(req: Request<Incoming>, close: Arc<tokio::sync::Notify>) -> Resu
             close.notify_one();
             return Ok(resp);
         }
+        "/ferry.Echo/Hang" => std::future::pending().await,
         _ => {
             resp.headers_mut().insert("grpc-status", HeaderValue::from_static("12"));
             return Ok(resp);

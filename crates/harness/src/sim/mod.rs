@@ -460,6 +460,11 @@ impl Sim {
     /// from the cluster-state files, its certificate from the cluster's CA, policies from the
     /// same files; its log in `waypoint-<name>.log` of the work directory.
     pub fn spawn_waypoint(&self, ns: &str, name: &str, gateway: &str) -> Result<std::process::Child> {
+        self.spawn_waypoint_with(ns, name, gateway, &[])
+    }
+
+    /// [`Sim::spawn_waypoint`] with more `ferry waypoint` arguments (`--response-timeout 5s`).
+    pub fn spawn_waypoint_with(&self, ns: &str, name: &str, gateway: &str, extra: &[&str]) -> Result<std::process::Child> {
         let pod = self.pod(ns, name);
         let sa = self.pods_state_service_account(ns, name);
         let log = nodes::log_file(&self.work.join(format!("waypoint-{name}.log")))?;
@@ -467,7 +472,7 @@ impl Sim {
         c.args(["netns", "exec", &pod.netns, "setpriv", "--pdeathsig", "KILL", "--"]).arg(&self.opts.ferry_bin).arg("waypoint");
         c.args(["--gateway", gateway, "--namespace", ns, "--service-account", &sa, "--address", &pod.ip.to_string()]);
         c.arg("--cluster-state").arg(&self.state_dir).arg("--policies").arg(&self.state_dir).arg("--ca-dir").arg(&self.ca_dir);
-        c.args(["--local-xds-poll", &format!("{}ms", self.opts.poll.as_millis())]);
+        c.args(["--local-xds-poll", &format!("{}ms", self.opts.poll.as_millis())]).args(extra);
         c.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").env("LOG_FORMAT", "json");
         c.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(log);
         let child = c.spawn()?;
