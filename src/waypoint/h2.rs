@@ -152,28 +152,7 @@ async fn forward(
     mut req: Request<Incoming>,
     record: &mut Record,
 ) -> Result<Response<Body>, WaypointError> {
-    // `check` strips hop-by-hop headers, `TE` among them, and leaves an origin-form URI; HTTP/2
-    // needs the authority and scheme in the URI, and gRPC needs `TE: trailers` end to end.
-    let authority = req.uri().authority().map(|a| a.as_str().to_string());
-    // Policy reads the Host header first and the upstream gets `:authority`: a request whose
-    // two differ (malformed, RFC 9113 §8.3.1) is refused rather than authorized on one name
-    // and sent to the other.
-    if let (Some(a), Some(h)) = (authority.as_deref(), host(&req)) {
-        if !a.eq_ignore_ascii_case(&h) {
-            return Err(WaypointError::BadRequest(format!("Host {h:?} differs from :authority {a:?}")));
-        }
-    }
-    let authority = authority.or_else(|| host(&req));
-    let trailers = req.headers().get_all(header::TE).iter().any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    check(wp, conn, t, &mut req)?;
-    let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let authority = authority.ok_or_else(|| WaypointError::BadRequest("no :authority".into()))?;
-    *req.uri_mut() =
-        format!("http://{authority}{pq}").parse().map_err(|e: http::uri::InvalidUri| WaypointError::BadRequest(e.to_string()))?;
-    *req.version_mut() = http::Version::HTTP_2;
-    if trailers {
-        req.headers_mut().insert(header::TE, HeaderValue::from_static("trailers"));
-    }
+    prepare(wp, conn, t, &mut req)?;
     let (ep, inflight) = choose(wp, t)?;
     record.upstream = Some(ep.clone());
     record._guards.1 = Some(inflight);
@@ -192,6 +171,33 @@ async fn forward(
     };
     strip_hop_by_hop(resp.headers_mut());
     Ok(resp.map(http_body_util::BodyExt::boxed))
+}
+
+/// Authorizes `req` ([`check`], shared with HTTP/1.1) and makes it an HTTP/2 request for the
+/// upstream: `check` strips hop-by-hop headers, `TE` among them, and leaves an origin-form URI,
+/// but HTTP/2 needs the scheme and authority in the URI and gRPC needs `TE: trailers`.
+fn prepare(wp: &Waypoint, conn: &ConnInfo, t: &Target, req: &mut Request<Incoming>) -> Result<(), WaypointError> {
+    let authority = req.uri().authority().map(|a| a.as_str().to_string());
+    // Policy reads the Host header first and the upstream gets `:authority`: a request whose
+    // two differ (malformed, RFC 9113 §8.3.1) is refused rather than authorized on one name
+    // and sent to the other.
+    if let (Some(a), Some(h)) = (authority.as_deref(), host(req)) {
+        if !a.eq_ignore_ascii_case(&h) {
+            return Err(WaypointError::BadRequest(format!("Host {h:?} differs from :authority {a:?}")));
+        }
+    }
+    let authority = authority.or_else(|| host(req));
+    let trailers = req.headers().get_all(header::TE).iter().any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    check(wp, conn, t, req)?;
+    let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let authority = authority.ok_or_else(|| WaypointError::BadRequest("no :authority".into()))?;
+    *req.uri_mut() =
+        format!("http://{authority}{pq}").parse().map_err(|e: http::uri::InvalidUri| WaypointError::BadRequest(e.to_string()))?;
+    *req.version_mut() = http::Version::HTTP_2;
+    if trailers {
+        req.headers_mut().insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    Ok(())
 }
 
 /// `f`, within the response timeout when there is one.
