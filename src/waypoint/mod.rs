@@ -97,6 +97,15 @@ pub(crate) struct Waypoint {
     pub(crate) upstreams: upstream::Upstreams,
 }
 
+/// Releases idle upstream HTTP/2 connections even when no request comes to look them up.
+async fn sweep_upstreams(wp: Arc<Waypoint>) {
+    let idle = wp.cfg.limits.hbone_idle_timeout;
+    loop {
+        tokio::time::sleep(idle).await;
+        wp.upstreams.sweep(idle);
+    }
+}
+
 fn refuse_proxy_only(a: &ProxyArgs) -> Result<(), AppError> {
     let bad = |what: &str| Err(AppError::Unsupported(format!("{what} is a node-proxy setting; `ferry waypoint` refuses it")));
     match a {
@@ -178,6 +187,7 @@ async fn serve(args: WaypointArgs, cfg: Arc<Config>, log: Arc<LogHandle>) -> Res
     let max = cfg.limits.connections(nofile);
     let gate = Gate::new("waypoint", max, cfg.limits.max_connections_per_source);
     tokio::spawn(stream::accept_loop(wp.clone(), listener, gate, drain));
+    tokio::spawn(sweep_upstreams(wp.clone()));
     let runtime = tokio::runtime::Handle::current();
     let conns = Default::default();
     let admin = Arc::new(AdminState { cfg: cfg.clone(), state, certs, log, metrics, runtime, ready, quit: quit_tx, conns, extra: None });

@@ -3,7 +3,8 @@
 //! sends there, so a request costs a stream, not a dial (the point of HTTP/2).
 //!
 //! Bounded: at most [`MAX_CONNECTIONS`] entries (the least recently used one is released for a
-//! new one); an entry unused for `FERRY_HBONE_IDLE_TIMEOUT` is released at the next look-up; a
+//! new one); an entry unused for `FERRY_HBONE_IDLE_TIMEOUT` is released (by [`Upstreams::sweep`],
+//! run as often, and at every look-up); a
 //! connection that closed or failed is dropped and re-dialled by the next request (and a request
 //! it closed under before taking it is sent once on the new one, [`super::h2`]). Releasing an
 //! entry never cuts a request: the connection closes once its last stream ends. An endpoint's
@@ -76,9 +77,16 @@ impl Upstreams {
         Ok(sender)
     }
 
-    fn reuse(&self, key: &Key, idle: Duration) -> Option<SendRequest<Incoming>> {
+    /// Releases the connections that closed or were unused for `idle`, keeping every
+    /// connection the waypoint holds open (and its HBONE stream) in use or recent.
+    pub(crate) fn sweep(&self, idle: Duration) {
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         conns.retain(|_, e| !e.sender.is_closed() && e.used.elapsed() < idle);
+    }
+
+    fn reuse(&self, key: &Key, idle: Duration) -> Option<SendRequest<Incoming>> {
+        self.sweep(idle);
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         let e = conns.get_mut(key)?;
         e.used = Instant::now();
         Some(e.sender.clone())
