@@ -28,8 +28,8 @@ enum Cmd {
     /// certificates over Istio's CA API, to node proxies (ferry's or Istio's ztunnel), on 15012.
     Controller(Box<ferry::controller::ControllerArgs>),
     /// Run a waypoint: the per-namespace L7 proxy of ambient mode (Istio's `istio-waypoint`
-    /// Gateway). Terminates HBONE on 15008, serves HTTP/1.1 ports with L7 AuthorizationPolicy
-    /// and other ports as TCP, and forwards to the destination pods over HBONE.
+    /// Gateway). Terminates HBONE on 15008, serves HTTP/1.1 and HTTP/2 (gRPC, h2c) ports with L7
+    /// AuthorizationPolicy and other ports as TCP, and forwards to the destination pods over HBONE.
     Waypoint(Box<ferry::waypoint::WaypointArgs>),
     /// Run the mesh on this machine without Kubernetes (as root): two simulated nodes, pods in
     /// and outside the mesh, traffic between them, and a report of what was encrypted.

@@ -13,31 +13,7 @@ use common::sim::*;
 use ferry_harness::sim::{apps, observe, Sim, SimOptions};
 
 const SCENARIO: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: front, labels: {istio.io/dataplane-mode: ambient}}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
----
-{apiVersion: v1, kind: ServiceAccount, metadata: {name: client, namespace: front}}
----
 {apiVersion: v1, kind: ServiceAccount, metadata: {name: backend, namespace: shop}}
----
-{apiVersion: v1, kind: ServiceAccount, metadata: {name: waypoint, namespace: shop}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: waypoint, namespace: shop}
-spec:
-  gatewayClassName: istio-waypoint
-  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: waypoint, namespace: shop, labels: {gateway.istio.io/managed: istio.io-mesh-controller}}
-spec: {selector: {gateway.networking.k8s.io/gateway-name: waypoint}, clusterIP: 198.19.0.40, ports: [{name: mesh, port: 15008}]}
 ---
 apiVersion: v1
 kind: Service
@@ -80,16 +56,6 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: client, namespace: front}
-spec: {nodeName: node-1, serviceAccountName: client}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: waypoint-1, namespace: shop, labels: {gateway.networking.k8s.io/gateway-name: waypoint, istio.io/dataplane-mode: none}}
-spec: {nodeName: node-2, serviceAccountName: waypoint}
----
-apiVersion: v1
-kind: Pod
 metadata: {name: backend, namespace: shop, labels: {app: backend}}
 spec: {nodeName: node-3, serviceAccountName: backend}
 "#;
@@ -100,7 +66,7 @@ fn http_goes_through_the_waypoint_on_another_node_with_l7_policy() {
     let _guard = cluster_lock();
     let mut sim = Sim::new(SimOptions::new(ferry_bin(), 3)).expect("build the simulated cluster");
     sim.start().expect("start agents and proxies");
-    sim.apply(SCENARIO).expect("apply the scenario");
+    sim.apply(&format!("{WAYPOINT_THREE_NODES}---\n{SCENARIO}")).expect("apply the scenario");
     let site = std::env::temp_dir().join(format!("ferry-wp-site-{}", std::process::id()));
     std::fs::create_dir_all(&site).unwrap();
     std::fs::write(site.join("hello.txt"), "HELLO-FROM-BACKEND").unwrap();

@@ -23,9 +23,9 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 
-use super::io::H2Io;
-use super::stream::{authorize, dial_endpoint, pick_endpoint, setup_places, Access, Target, WaypointError};
 use super::h1_pool;
+use super::io::H2Io;
+use super::stream::{self, authorize, choose, setup_places, Access, Target, WaypointError};
 use super::Waypoint;
 use crate::drain::DrainWatch;
 use crate::hbone::server::ConnInfo;
@@ -37,7 +37,7 @@ const MAX_HEAD: usize = 64 * 1024;
 /// Most request or response headers.
 const MAX_HEADERS: usize = 100;
 
-type Body = BoxBody<Bytes, hyper::Error>;
+pub(super) type Body = BoxBody<Bytes, hyper::Error>;
 
 /// Serves HTTP/1.1 requests on one CONNECT stream until the client closes it or the drain ends it.
 pub(crate) async fn serve(wp: Arc<Waypoint>, io: H2Io, conn: Arc<ConnInfo>, t: Target, drain: DrainWatch) {
@@ -69,7 +69,8 @@ async fn request(wp: Arc<Waypoint>, conn: Arc<ConnInfo>, t: Arc<Target>, req: Re
     let method = req.method().to_string();
     let target = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
     let (result, ep) = forward(&wp, &conn, &t, req).await;
-    let access = Access { conn: &conn, target: Some(&t), upstream: ep.as_ref(), start, method: Some(&method), path: Some(&target) };
+    let (method, path) = (Some(method.as_str()), Some(target.as_str()));
+    let access = Access { conn: &conn, target: Some(&t), upstream: ep.as_ref(), start, method, path, protocol: "http", grpc_status: None };
     Ok(match result {
         Ok(resp) => {
             access.log(None, resp.status().as_u16());
@@ -84,7 +85,7 @@ async fn request(wp: Arc<Waypoint>, conn: Arc<ConnInfo>, t: Arc<Target>, req: Re
 }
 
 /// Envoy's local replies, which clients and tests of Istio's waypoint recognise.
-fn local_reply(e: &WaypointError) -> Response<Body> {
+pub(super) fn local_reply(e: &WaypointError) -> Response<Body> {
     let (status, body) = match e {
         WaypointError::Denied(_) => (StatusCode::FORBIDDEN, "RBAC: access denied"),
         WaypointError::BadRequest(_) => (StatusCode::BAD_REQUEST, "Bad Request"),
@@ -109,7 +110,7 @@ async fn forward(
     if let Err(e) = check(wp, conn, t, &mut req) {
         return (Err(e), None);
     }
-    let (ep, inflight) = match pick_endpoint(wp, t) {
+    let (ep, inflight) = match choose(wp, t) {
         Ok(x) => x,
         Err(e) => return (Err(e), None),
     };
@@ -142,7 +143,7 @@ async fn send(
         let reused = pooled.is_some();
         let mut sender = match pooled.take() {
             Some(s) => s,
-            None => dial(wp, conn, t, ep).await?,
+            None => connect(wp, conn, t, ep).await?,
         };
         let response = sender.try_send_request(req);
         let resp = match wp.response_timeout {
@@ -164,11 +165,11 @@ async fn send(
 }
 
 /// A new HTTP/1.1 connection to `ep` over a new HBONE stream (within the set-up limit).
-async fn dial(wp: &Arc<Waypoint>, conn: &ConnInfo, t: &Target, ep: &Endpoint) -> Result<SendRequest<Incoming>, WaypointError> {
+async fn connect(wp: &Arc<Waypoint>, conn: &ConnInfo, t: &Target, ep: &Endpoint) -> Result<SendRequest<Incoming>, WaypointError> {
     let upstream = ep.target;
     let stream = {
         let _places = setup_places(wp, conn).await?;
-        dial_endpoint(wp, None, t, ep).await?
+        stream::dial(wp, None, t, ep).await?
     };
     let io = TokioIo::new(H2Io::from_stream(stream));
     let mut b = hyper::client::conn::http1::Builder::new();
@@ -184,7 +185,7 @@ async fn dial(wp: &Arc<Waypoint>, conn: &ConnInfo, t: &Target, ep: &Endpoint) ->
 
 /// Normalizes the path (forwarding exactly what policy saw), authorizes, and prepares the
 /// request for the upstream.
-fn check(wp: &Waypoint, conn: &ConnInfo, t: &Target, req: &mut Request<Incoming>) -> Result<(), WaypointError> {
+pub(super) fn check(wp: &Waypoint, conn: &ConnInfo, t: &Target, req: &mut Request<Incoming>) -> Result<(), WaypointError> {
     // hyper checks its buffer only while a head is incomplete, so a head that arrives in one
     // read may exceed it; the limit is what was parsed, as Envoy's max_request_headers_kb.
     let size = head_size(req);
@@ -216,7 +217,7 @@ fn head_size<B>(req: &Request<B>) -> usize {
 
 /// Removes the headers that describe one hop (RFC 9110 §7.6.1), including those the
 /// `Connection` header names; hyper frames each hop itself.
-fn strip_hop_by_hop(h: &mut HeaderMap) {
+pub(super) fn strip_hop_by_hop(h: &mut HeaderMap) {
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()

@@ -1,16 +1,21 @@
 //! `ferry waypoint`: the per-namespace L7 proxy of Istio's ambient mode. It terminates HBONE
 //! from node proxies (the client's identity as the TLS peer), accepts only CONNECT targets it
-//! fronts, and forwards each to a chosen endpoint over a new HBONE stream as itself: HTTP/1.1
-//! ports request by request with L7 authorization, other ports as TCP with the L4 part of it.
+//! fronts, and forwards each to a chosen endpoint over HBONE as itself: HTTP/1.1 and HTTP/2
+//! (gRPC) ports request by request with L7 authorization, other ports as TCP with the L4 part
+//! of it.
 //!
 //! State, certificates, limits and the management ports are the node proxy's own machinery
-//! (`app`, `hbone`, `tls`, `admin`); only the per-stream decisions differ ([`stream`], [`http`]).
+//! (`app`, `hbone`, `tls`, `admin`); only the per-stream decisions differ ([`stream`], [`http`],
+//! [`h2`]).
 
+mod grpc;
+mod h1_pool;
+mod h2;
 mod http;
 mod io;
 mod policy;
 mod stream;
-mod h1_pool;
+mod upstream;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -96,6 +101,17 @@ pub(crate) struct Waypoint {
     pub(crate) upstream_hbone_port: u16,
     /// Bytes queued for HBONE peers, over the waypoint (both directions' connections).
     pub(crate) budget: crate::hbone::budget::TotalBudget,
+    /// Upstream HTTP/2 connections, one per endpoint, shared by HTTP/2 requests.
+    pub(crate) upstreams: upstream::Upstreams,
+}
+
+/// Releases idle upstream HTTP/2 connections even when no request comes to look them up.
+async fn sweep_upstreams(wp: Arc<Waypoint>) {
+    let idle = wp.cfg.limits.hbone_idle_timeout;
+    loop {
+        tokio::time::sleep(idle).await;
+        wp.upstreams.sweep(idle);
+    }
 }
 
 fn refuse_proxy_only(a: &ProxyArgs) -> Result<(), AppError> {
@@ -191,6 +207,7 @@ async fn serve(args: WaypointArgs, cfg: Arc<Config>, log: Arc<LogHandle>) -> Res
         load: Default::default(),
         upstream_hbone_port: args.upstream_hbone_port,
         budget,
+        upstreams: Default::default(),
     });
     let listener = crate::net::SocketFactory::listen(sockets.as_ref(), args.hbone_addr, false)
         .map_err(|source| AppError::Io { what: format!("cannot bind the HBONE port {}", args.hbone_addr), source })?
@@ -201,6 +218,7 @@ async fn serve(args: WaypointArgs, cfg: Arc<Config>, log: Arc<LogHandle>) -> Res
     let max = cfg.limits.connections(nofile);
     let gate = Gate::new("waypoint", max, cfg.limits.max_connections_per_source);
     tokio::spawn(stream::accept_loop(wp.clone(), listener, gate, drain));
+    tokio::spawn(sweep_upstreams(wp.clone()));
     let runtime = tokio::runtime::Handle::current();
     let conns = Default::default();
     let extra = dump_section(&wp, loaded);

@@ -1,7 +1,7 @@
 //! One CONNECT stream at the waypoint: accept the TLS connection as the waypoint, check the
-//! stream's target is one this waypoint fronts, then serve it as HTTP/1.1 ([`super::http`]) or
-//! as TCP (authorize at L4, dial an endpoint over HBONE, answer 200, copy). Refusals are
-//! answered with a status and logged once, with the reason.
+//! stream's target is one this waypoint fronts, then serve it as HTTP/1.1 ([`super::http`]),
+//! HTTP/2 ([`super::h2`]) or TCP (authorize at L4, dial an endpoint over HBONE, answer 200,
+//! copy). Refusals are answered with a status and logged once, with the reason.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -53,6 +53,10 @@ pub(crate) enum WaypointError {
     BadRequest(String),
     #[error("request head of {size} bytes is over the {limit}-byte limit")]
     HeadTooLarge { size: usize, limit: usize },
+    #[error("upstream {upstream} reset the response: {reason}")]
+    UpstreamReset { upstream: SocketAddr, reason: String },
+    #[error("the client reset the stream before the response ended")]
+    ClientReset,
 }
 
 impl WaypointError {
@@ -70,7 +74,9 @@ impl WaypointError {
             | WaypointError::Hbone(_)
             | WaypointError::Cert(_)
             | WaypointError::Shed
-            | WaypointError::Upstream { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | WaypointError::Upstream { .. }
+            | WaypointError::UpstreamReset { .. }
+            | WaypointError::ClientReset => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -86,6 +92,8 @@ impl WaypointError {
             WaypointError::ResponseTimeout { .. } => "UT",
             WaypointError::Upstream { .. } => "UF",
             WaypointError::BadRequest(_) | WaypointError::HeadTooLarge { .. } => "DPE",
+            WaypointError::UpstreamReset { .. } => "UR",
+            WaypointError::ClientReset => "DC",
         }
     }
 }
@@ -171,6 +179,10 @@ async fn one_stream(wp: Arc<Waypoint>, req: Request<RecvStream>, mut respond: Se
         wp_core::Protocol::Http1 => {
             let Ok(send) = ok(&mut respond) else { return };
             super::http::serve(wp, H2Io::new(send, req.into_body()), conn, t, drain).await
+        }
+        wp_core::Protocol::Http2 => {
+            let Ok(send) = ok(&mut respond) else { return };
+            super::h2::serve(wp, H2Io::new(send, req.into_body()), conn, t, drain).await
         }
         wp_core::Protocol::Tcp => tcp(wp, req, respond, conn, t, drain, start).await,
     }
@@ -266,25 +278,25 @@ pub(crate) async fn open_upstream(
     conn: &ConnInfo,
     t: &Target,
 ) -> Result<(H2Stream, Endpoint, InFlight), WaypointError> {
-    let (ep, inflight) = pick_endpoint(wp, t)?;
-    let stream = dial_endpoint(wp, Some(conn), t, &ep).await?;
+    let (ep, inflight) = choose(wp, t)?;
+    let stream = dial(wp, Some(conn.peer), t, &ep).await?;
     Ok((stream, ep, inflight))
 }
 
-/// Picks an endpoint of `t` (least requests in flight) and counts a request to it.
-pub(crate) fn pick_endpoint(wp: &Arc<Waypoint>, t: &Target) -> Result<(Endpoint, InFlight), WaypointError> {
+/// The less loaded of two random endpoints for `t`, counted in flight until the guard drops.
+pub(crate) fn choose(wp: &Arc<Waypoint>, t: &Target) -> Result<(Endpoint, InFlight), WaypointError> {
     let eps = wp_core::endpoints(&wp.state.snapshot(), &t.fronted, wp.upstream_hbone_port)?;
     let mut load = wp.load.lock().unwrap_or_else(|e| e.into_inner());
     let ep = wp_core::pick(&eps, &|e| load.get(&e.target).copied().unwrap_or(0), &mut |n| fastrand::usize(..n)).cloned();
     let ep = ep.ok_or_else(|| FrontError::NoEndpoint(t.authority.to_string()))?;
     *load.entry(ep.target).or_default() += 1;
-    Ok((ep.clone(), InFlight { wp: wp.clone(), key: ep.target }))
+    let key = ep.target;
+    Ok((ep, InFlight { wp: wp.clone(), key }))
 }
 
-/// Opens an HBONE stream to `ep` as the waypoint. `conn` names the client in `forwarded`
-/// when the stream is that client's alone (TCP); a stream HTTP requests of many clients
-/// share names none.
-pub(crate) async fn dial_endpoint(wp: &Waypoint, conn: Option<&ConnInfo>, t: &Target, ep: &Endpoint) -> Result<H2Stream, WaypointError> {
+/// Opens an HBONE stream to `ep` as the waypoint. `client` goes in `Forwarded` when the stream
+/// carries one client's traffic (not on an HTTP/2 connection shared by many).
+pub(crate) async fn dial(wp: &Waypoint, client: Option<SocketAddr>, t: &Target, ep: &Endpoint) -> Result<H2Stream, WaypointError> {
     let cert = wp.certs.fetch(&wp.identity).await?;
     let key = PoolKey::new(
         wp.identity.clone(),
@@ -297,7 +309,12 @@ pub(crate) async fn dial_endpoint(wp: &Waypoint, conn: Option<&ConnInfo>, t: &Ta
     *req.version_mut() = http::Version::HTTP_2;
     *req.uri_mut() = http::Uri::try_from(ep.target.to_string()).map_err(|e| WaypointError::BadRequest(e.to_string()))?;
     let host = t.fronted.service().map(|s| s.hostname.as_str());
-    if let Some(v) = conn.and_then(|c| HeaderValue::try_from(crate::hbone::forwarded(c.peer, host)).ok()) {
+    let forwarded = match (client, host) {
+        (Some(c), h) => Some(crate::hbone::forwarded(c, h)),
+        (None, Some(h)) => Some(format!("host={h}")),
+        (None, None) => None,
+    };
+    if let Some(v) = forwarded.and_then(|f| HeaderValue::try_from(f).ok()) {
         req.headers_mut().insert("forwarded", v);
     }
     if let Ok(v) = HeaderValue::try_from(crate::hbone::traceparent()) {
@@ -314,11 +331,15 @@ pub(crate) struct Access<'a> {
     pub(crate) start: Instant,
     pub(crate) method: Option<&'a str>,
     pub(crate) path: Option<&'a str>,
+    /// Istio's `request_protocol`: `tcp`, `http` or `grpc`.
+    pub(crate) protocol: &'static str,
+    /// The gRPC status the response ended with (gRPC requests only).
+    pub(crate) grpc_status: Option<&'a str>,
 }
 
 impl<'a> Access<'a> {
     pub(crate) fn tcp(conn: &'a ConnInfo, target: Option<&'a Target>, upstream: Option<&'a Endpoint>, start: Instant) -> Self {
-        Access { conn, target, upstream, start, method: None, path: None }
+        Access { conn, target, upstream, start, method: None, path: None, protocol: "tcp", grpc_status: None }
     }
 
     pub(crate) fn log(&self, error: Option<&WaypointError>, status: u16) {
@@ -326,8 +347,7 @@ impl<'a> Access<'a> {
         let dst_identity = self.upstream.map(|e| e.identities[0].to_string());
         let duration = format!("{}ms", self.start.elapsed().as_millis());
         let flags = error.map(WaypointError::flags).unwrap_or("-");
-        let protocol = if self.method.is_some() { "http" } else { "tcp" };
-        requests_total(self, service, dst_identity.as_deref(), status, flags, protocol);
+        requests_total(self, service, dst_identity.as_deref(), status, flags);
         macro_rules! line {
             ($lvl:expr) => {
                 tracing::event!(
@@ -341,7 +361,9 @@ impl<'a> Access<'a> {
                     dst.identity = dst_identity.as_deref(),
                     method = self.method,
                     path = self.path,
+                    protocol = self.protocol,
                     status,
+                    grpc_status = self.grpc_status,
                     response_flags = flags,
                     duration = %duration,
                     error = error.map(tracing::field::display),
@@ -357,14 +379,7 @@ impl<'a> Access<'a> {
 }
 
 /// `istio_requests_total` with `reporter="waypoint"` (TCP streams count as one request each).
-fn requests_total(
-    a: &Access<'_>,
-    service: Option<&str>,
-    dst_principal: Option<&str>,
-    status: u16,
-    flags: &'static str,
-    protocol: &'static str,
-) {
+fn requests_total(a: &Access<'_>, service: Option<&str>, dst_principal: Option<&str>, status: u16, flags: &'static str) {
     let svc = a.target.and_then(|t| t.fronted.service());
     let labels = [
         ("reporter", "waypoint".to_string()),
@@ -374,8 +389,9 @@ fn requests_total(
         ("destination_service", service.unwrap_or("unknown").to_string()),
         ("destination_service_name", svc.map(|s| s.name.clone()).unwrap_or_else(|| "unknown".into())),
         ("destination_service_namespace", svc.map(|s| s.namespace.clone()).unwrap_or_else(|| "unknown".into())),
-        ("request_protocol", protocol.to_string()),
+        ("request_protocol", a.protocol.to_string()),
         ("response_code", status.to_string()),
+        ("grpc_response_status", a.grpc_status.unwrap_or_default().to_string()),
         ("response_flags", flags.to_string()),
         ("connection_security_policy", "mutual_tls".to_string()),
     ];

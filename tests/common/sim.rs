@@ -51,6 +51,45 @@ metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
 {apiVersion: v1, kind: Pod, metadata: {name: backend, namespace: shop, labels: {app: backend}}, spec: {nodeName: node-2, serviceAccountName: backend}}
 "#;
 
+/// Issue 13's three nodes: `front/client` on node-1, the `shop/waypoint` Gateway's pod
+/// `waypoint-1` on node-2 (with its Service), namespace `shop` enrolled to it; a scenario adds
+/// its server (on node-3), services and policies.
+pub const WAYPOINT_THREE_NODES: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: front, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
+---
+{apiVersion: v1, kind: ServiceAccount, metadata: {name: client, namespace: front}}
+---
+{apiVersion: v1, kind: ServiceAccount, metadata: {name: waypoint, namespace: shop}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: shop}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: waypoint, namespace: shop, labels: {gateway.istio.io/managed: istio.io-mesh-controller}}
+spec: {selector: {gateway.networking.k8s.io/gateway-name: waypoint}, clusterIP: 198.19.0.40, ports: [{name: mesh, port: 15008}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: front}
+spec: {nodeName: node-1, serviceAccountName: client}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: waypoint-1, namespace: shop, labels: {gateway.networking.k8s.io/gateway-name: waypoint, istio.io/dataplane-mode: none}}
+spec: {nodeName: node-2, serviceAccountName: waypoint}
+"#;
+
 /// A started two-node cluster with `scenario` applied and an echo server on 8080 in every pod.
 pub fn cluster(scenario: &str) -> TestSim {
     super::netns::require_root();

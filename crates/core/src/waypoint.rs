@@ -1,7 +1,8 @@
 //! The waypoint's decisions as pure functions over a state snapshot: whether a CONNECT
 //! authority is something this waypoint fronts (a service VIP:port or a workload IP:port whose
-//! `waypoint` names it), how the port is served (HTTP/1.1 or TCP), and which endpoint a request
-//! goes to (the less loaded of two random HBONE endpoints).
+//! `waypoint` names it), how the port is served (HTTP/1.1, HTTP/2 prior knowledge or TCP, from
+//! the port's declared protocol only: never sniffed), and which endpoint a request goes to (the
+//! less loaded of two random HBONE endpoints).
 //!
 //! Fail closed: a target whose waypoint is another (or none) is refused, never forwarded; an
 //! endpoint that is not HBONE-capable is never chosen, so nothing leaves the waypoint in
@@ -44,8 +45,22 @@ impl WaypointSelf {
 pub enum Protocol {
     /// Requests are parsed, authorized and forwarded one by one.
     Http1,
+    /// The same, as HTTP/2 with prior knowledge (h2c) on both sides: `http2`, `grpc`.
+    Http2,
     /// Bytes are copied; only the L4 part of policy applies.
     Tcp,
+}
+
+impl Protocol {
+    /// How a service port declaring `p` is served: HTTP/1.1 for `http`, HTTP/2 for `http2` and
+    /// `grpc` (Istio's `IsHTTP2`), TCP for everything else, undeclared included.
+    pub fn of(p: Option<AppProtocol>) -> Protocol {
+        match p {
+            Some(AppProtocol::Http11) => Protocol::Http1,
+            Some(AppProtocol::Http2 | AppProtocol::Grpc) => Protocol::Http2,
+            Some(AppProtocol::Tcp | AppProtocol::Tls) | None => Protocol::Tcp,
+        }
+    }
 }
 
 /// What the client addressed.
@@ -105,12 +120,7 @@ pub fn fronted(snap: &Snapshot, me: &WaypointSelf, authority: SocketAddr) -> Res
         if !svc.ports.contains_key(&port) {
             return Err(FrontError::NoPort { service: svc.key().to_string(), port });
         }
-        let protocol = match svc.app_protocols.get(&port) {
-            Some(AppProtocol::Http11) => Protocol::Http1,
-            // HTTP/2 and gRPC are not parsed yet: served as TCP, so only the L4 part of policy
-            // applies and an ALLOW that needs a request attribute matches nothing (fail closed).
-            _ => Protocol::Tcp,
-        };
+        let protocol = Protocol::of(svc.app_protocols.get(&port).copied());
         return Ok(Fronted::Service { service: svc, port, protocol });
     }
     let w = snap.workload_by_addr(&me.network, ip).ok_or(FrontError::Unknown(authority))?;

@@ -40,8 +40,8 @@ services:
   namespace: shop
   hostname: reviews.shop.svc.cluster.local
   vips: ["/10.96.0.10"]
-  ports: {9080: 8080, 9090: 9090}
-  appProtocols: {9080: HTTP11}
+  ports: {9080: 8080, 9090: 9090, 9091: 9091, 9092: 9092, 9093: 9093}
+  appProtocols: {9080: HTTP11, 9091: GRPC, 9092: HTTP2, 9093: TLS}
   waypoint: {destination: shop/waypoint.shop.svc.cluster.local}
 - name: plain
   namespace: shop
@@ -85,6 +85,9 @@ fn what_the_waypoint_fronts() {
     let cases: Vec<(&str, &str, Expected)> = vec![
         ("service by hostname, HTTP port", "10.96.0.10:9080", Ok(("reviews", Protocol::Http1))),
         ("service port without a protocol is TCP", "10.96.0.10:9090", Ok(("reviews", Protocol::Tcp))),
+        ("gRPC port is HTTP/2", "10.96.0.10:9091", Ok(("reviews", Protocol::Http2))),
+        ("HTTP/2 port", "10.96.0.10:9092", Ok(("reviews", Protocol::Http2))),
+        ("TLS port is bytes", "10.96.0.10:9093", Ok(("reviews", Protocol::Tcp))),
         ("service by waypoint address", "10.96.0.11:80", Ok(("plain", Protocol::Tcp))),
         ("workload-addressed", "10.0.0.14:8080", Ok(("pod-wp", Protocol::Tcp))),
         ("service port it does not have", "10.96.0.10:1", Err("service shop/reviews.shop.svc.cluster.local has no port 1")),
@@ -103,6 +106,21 @@ fn what_the_waypoint_fronts() {
         });
         let got = got.as_ref().map(|(n, p)| (n.as_str(), *p)).map_err(|e| e.to_string());
         assert_eq!(got, want.map_err(String::from), "{name}");
+    }
+}
+
+#[test]
+fn how_each_declared_protocol_is_served() {
+    let cases = [
+        (Some(AppProtocol::Http11), Protocol::Http1),
+        (Some(AppProtocol::Http2), Protocol::Http2),
+        (Some(AppProtocol::Grpc), Protocol::Http2),
+        (Some(AppProtocol::Tcp), Protocol::Tcp),
+        (Some(AppProtocol::Tls), Protocol::Tcp),
+        (None, Protocol::Tcp),
+    ];
+    for (declared, want) in cases {
+        assert_eq!(Protocol::of(declared), want, "{declared:?}");
     }
 }
 

@@ -101,21 +101,27 @@ pub fn translate(c: &ClusterState, o: &TranslateOptions) -> (StateInput, Vec<Str
     (StateInput { workloads, services, policies }, notes)
 }
 
-/// The protocol a waypoint serves a Service port with, as istiod's protocol conversion reads
-/// it: `appProtocol` first, else the port name's prefix before `-` (`http-web`, `grpc`). None:
-/// undeclared, served as TCP (a waypoint never sniffs).
+/// The protocol a waypoint serves a Service port with, as istiod's `ConvertProtocol` reads it:
+/// `appProtocol` first, else the port name; Kubernetes' standard names (`kubernetes.io/h2c`,
+/// `kubernetes.io/ws`, `kubernetes.io/wss`) as themselves, a `grpc-web` prefix as gRPC (WDS has
+/// no gRPC-Web: both are HTTP/2 to the upstream), else the prefix before `-` (`http-web`,
+/// `grpc`). None: undeclared, served as TCP (a waypoint never sniffs).
 fn app_protocol(p: &ServicePort) -> Option<AppProtocol> {
-    let of = |v: &str| match v.to_ascii_lowercase().as_str() {
+    let name = p.app_protocol.as_deref().unwrap_or(&p.name).to_ascii_lowercase();
+    match name.as_str() {
+        "kubernetes.io/h2c" if p.app_protocol.is_some() => return Some(AppProtocol::Http2),
+        "kubernetes.io/ws" if p.app_protocol.is_some() => return Some(AppProtocol::Http11),
+        "kubernetes.io/wss" if p.app_protocol.is_some() => return Some(AppProtocol::Tls),
+        n if n.starts_with("grpc-web") => return Some(AppProtocol::Grpc),
+        _ => {}
+    }
+    match name.split('-').next().unwrap_or_default() {
         "http" => Some(AppProtocol::Http11),
-        "http2" | "kubernetes.io/h2c" => Some(AppProtocol::Http2),
+        "http2" => Some(AppProtocol::Http2),
         "grpc" => Some(AppProtocol::Grpc),
         "tcp" => Some(AppProtocol::Tcp),
         "tls" | "https" => Some(AppProtocol::Tls),
         _ => None,
-    };
-    match p.app_protocol.as_deref() {
-        Some(a) => of(a),
-        None => of(p.name.split('-').next().unwrap_or_default()),
     }
 }
 

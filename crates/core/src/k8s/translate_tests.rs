@@ -223,3 +223,37 @@ spec:
     let want = BTreeMap::from([(80, AppProtocol::Http11), (81, AppProtocol::Grpc), (82, AppProtocol::Http2), (83, AppProtocol::Tcp)]);
     assert_eq!(multi.app_protocols, want, "appProtocol wins over the name; undeclared and unknown ports are TCP");
 }
+
+#[test]
+fn port_protocol_follows_istiod_conversion() {
+    use crate::k8s::objects::ServicePort;
+    let port = |name: &str, app: Option<&str>| {
+        let mut p: ServicePort = serde_json::from_value(serde_json::json!({"name": name, "port": 80})).unwrap();
+        p.app_protocol = app.map(str::to_string);
+        app_protocol(&p)
+    };
+    let cases = [
+        ("http", None, Some(AppProtocol::Http11)),
+        ("HTTP-web", None, Some(AppProtocol::Http11)),
+        ("http2-api", None, Some(AppProtocol::Http2)),
+        ("grpc", None, Some(AppProtocol::Grpc)),
+        ("grpc-web", None, Some(AppProtocol::Grpc)),
+        ("grpc-webapp", None, Some(AppProtocol::Grpc)),
+        ("grpc-x", None, Some(AppProtocol::Grpc)),
+        ("web", Some("kubernetes.io/h2c"), Some(AppProtocol::Http2)),
+        ("web", Some("kubernetes.io/ws"), Some(AppProtocol::Http11)),
+        ("web", Some("kubernetes.io/wss"), Some(AppProtocol::Tls)),
+        ("web", Some("http2"), Some(AppProtocol::Http2)),
+        ("web", Some("grpc-web"), Some(AppProtocol::Grpc)),
+        ("web", Some("h2c"), None),
+        ("http", Some("mongo"), None),
+        ("http", Some("tcp"), Some(AppProtocol::Tcp)),
+        ("kubernetes.io/h2c", None, None),
+        ("h2c", None, None),
+        ("db", None, None),
+        ("https-x", None, Some(AppProtocol::Tls)),
+    ];
+    for (name, app, want) in cases {
+        assert_eq!(port(name, app), want, "name {name:?}, appProtocol {app:?}");
+    }
+}

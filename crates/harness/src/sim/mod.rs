@@ -459,10 +459,15 @@ impl Sim {
     }
 
     /// Runs `ferry waypoint` for Gateway `gateway` inside pod `ns/name` (a pod the agent does not
-    /// capture: `istio.io/dataplane-mode: none`), as a waypoint Deployment would: its state
-    /// from the cluster-state files, its certificate from the cluster's CA, policies from the
-    /// same files; its log in `waypoint-<name>.log` of the work directory.
+    /// capture: `istio.io/dataplane-mode: none`), as a waypoint Deployment would: with a token
+    /// for its pod's service account, its state, policies and certificate from the controller;
+    /// its log in `waypoint-<name>.log` of the work directory.
     pub fn spawn_waypoint(&self, ns: &str, name: &str, gateway: &str) -> Result<std::process::Child> {
+        self.spawn_waypoint_with(ns, name, gateway, &[])
+    }
+
+    /// [`Sim::spawn_waypoint`] with more `ferry waypoint` arguments (`--response-timeout 5s`).
+    pub fn spawn_waypoint_with(&self, ns: &str, name: &str, gateway: &str, extra: &[&str]) -> Result<std::process::Child> {
         let pod = self.pod(ns, name);
         let sa = self.pods_state_service_account(ns, name);
         let log = nodes::log_file(&self.work.join(format!("waypoint-{name}.log")))?;
@@ -478,6 +483,7 @@ impl Sim {
         }
         c.args(["setpriv", "--pdeathsig", "KILL", "--"]).arg(&self.opts.ferry_bin).arg("waypoint");
         c.args(["--gateway", gateway, "--namespace", ns, "--service-account", &sa, "--address", &pod.ip.to_string()]);
+        c.args(extra);
         c.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").env("LOG_FORMAT", "json");
         c.envs(self.controller_env_for(&token_path, name, ns, pod.ip)).envs(self.opts.waypoint_env.iter().cloned());
         c.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(log);
