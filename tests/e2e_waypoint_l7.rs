@@ -147,6 +147,7 @@ fn http_goes_through_the_waypoint_on_another_node_with_l7_policy() {
                 ("source_principal", "spiffe://cluster.local/ns/front/sa/client"),
                 ("response_code", code),
                 ("destination_service_name", "backend"),
+                ("request_protocol", "http"),
             ],
         )
     };
@@ -154,6 +155,17 @@ fn http_goes_through_the_waypoint_on_another_node_with_l7_policy() {
     assert!(count("200").is_some_and(|n| n >= 1.0), "{metrics}");
     let ok = metrics.lines().find(|l| l.starts_with("istio_requests_total{") && l.contains("response_code=\"200\"")).unwrap();
     assert!(ok.contains("destination_principal=\"spiffe://cluster.local/ns/shop/sa/backend\""), "{ok}");
+    // Duration and sizes, with the same labels: every 200 observed, each carrying at least
+    // the file's 18 bytes back and a request head.
+    let family = |name: &str| {
+        let labels =
+            [("reporter", "waypoint"), ("source_principal", "spiffe://cluster.local/ns/front/sa/client"), ("response_code", "200")];
+        observe::metric(&metrics, name, &labels)
+    };
+    let ok_count = count("200").unwrap();
+    assert_eq!(family("istio_request_duration_milliseconds_count"), Some(ok_count), "{metrics}");
+    assert!(family("istio_response_bytes_sum").is_some_and(|b| b >= 18.0 * ok_count), "{metrics}");
+    assert!(family("istio_request_bytes_sum").is_some_and(|b| b >= 20.0 * ok_count), "{metrics}");
 
     // The waypoint's policies came from the controller over xDS (as its own account, which
     // sees its namespace's policies), and a change there applies to the next request.

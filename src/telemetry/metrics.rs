@@ -77,12 +77,24 @@ pub(crate) fn install(role: Role) -> PrometheusHandle {
 
 /// Histograms are exported as Prometheus histograms (the exporter's default is a summary,
 /// which cannot be aggregated across nodes). A CNI ADD may wait up to `FERRY_POD_WAIT` for
-/// its pod, so the buckets reach 30 s.
+/// its pod, so the buckets reach 30 s. The waypoint's request duration and sizes use Istio's
+/// buckets, so dashboards' quantiles read the same.
 fn buckets(b: PrometheusBuilder) -> PrometheusBuilder {
     const CNI: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
-    let matcher = metrics_exporter_prometheus::Matcher::Full(CNI_DURATION.to_string());
-    // Only an empty bucket list is refused, and this one is not empty.
-    b.set_buckets_for_metric(matcher, CNI).unwrap_or_else(|_| PrometheusBuilder::new())
+    const MILLISECONDS: &[f64] =
+        &[0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1e3, 2.5e3, 5e3, 1e4, 3e4, 6e4, 3e5, 6e5, 1.8e6, 3.6e6];
+    const BYTES: &[f64] = &[1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
+    let sets = [
+        (CNI_DURATION, CNI),
+        ("istio_request_duration_milliseconds", MILLISECONDS),
+        ("istio_request_bytes", BYTES),
+        ("istio_response_bytes", BYTES),
+    ];
+    sets.into_iter().fold(b, |b, (name, buckets)| {
+        let matcher = metrics_exporter_prometheus::Matcher::Full(name.to_string());
+        // Only an empty bucket list is refused, and none of these is empty.
+        b.set_buckets_for_metric(matcher, buckets).unwrap_or_else(|_| PrometheusBuilder::new())
+    })
 }
 
 /// `# HELP` text for the families dashboards read, worded as ztunnel's.
@@ -95,6 +107,9 @@ fn describe() {
     metrics::describe_counter!(RECEIVED, "The size of total bytes received during request in case of a TCP connection");
     metrics::describe_counter!(SENT, "The size of total bytes sent during response in case of a TCP connection");
     metrics::describe_gauge!(SOCKETS_OPEN, "The number of TCP connections currently open");
+    metrics::describe_histogram!("istio_request_duration_milliseconds", "Request duration, from the request to the end of the response");
+    metrics::describe_histogram!("istio_request_bytes", "Request sizes (head and body)");
+    metrics::describe_histogram!("istio_response_bytes", "Response sizes (head and body)");
     metrics::describe_counter!(
         "ferry_waypoint_bypass_refused_total",
         "Inbound HBONE streams refused because the destination uses a waypoint and the peer is not one of its pods"

@@ -15,8 +15,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
+
+use super::record::Counted;
 
 use ferry_core::identity::Identity;
 
@@ -27,7 +28,7 @@ pub(crate) const MAX_PER_ENDPOINT: usize = 128;
 pub(crate) type Key = (SocketAddr, Identity);
 
 struct Pooled {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<Counted>,
     since: Instant,
 }
 
@@ -45,7 +46,7 @@ impl H1Pool {
     }
 
     /// A connection to `key` ready for a request, if one is pooled.
-    pub(crate) fn take(&self, key: &Key) -> Option<SendRequest<Incoming>> {
+    pub(crate) fn take(&self, key: &Key) -> Option<SendRequest<Counted>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.get_mut(key)?;
         list.retain(|p| !p.sender.is_closed());
@@ -57,7 +58,7 @@ impl H1Pool {
     }
 
     /// Keeps `sender` for the next request to `key` (dropped when the endpoint has enough).
-    pub(crate) fn put(&self, key: Key, sender: SendRequest<Incoming>) {
+    pub(crate) fn put(&self, key: Key, sender: SendRequest<Counted>) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.entry(key).or_default();
         if list.len() < MAX_PER_ENDPOINT {

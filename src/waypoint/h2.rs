@@ -15,26 +15,23 @@
 //! queue; the upstream must start its response within `FERRY_WAYPOINT_RESPONSE_TIMEOUT`.
 
 use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
-use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::http::{check, local_reply, strip_hop_by_hop, Body};
 use super::io::H2Io;
-use super::stream::{choose, Access, InFlight, Target, WaypointError};
+use super::record::{Counted, Observed, Record};
+use super::stream::{choose, Target, WaypointError};
 use super::{grpc, Waypoint};
 use crate::drain::DrainWatch;
 use crate::hbone::server::ConnInfo;
-use ferry_core::waypoint::Endpoint;
 
 /// Most requests in flight on one downstream HTTP/2 connection (SETTINGS_MAX_CONCURRENT_STREAMS).
 pub(crate) const MAX_CONCURRENT_STREAMS: u32 = 100;
@@ -115,31 +112,18 @@ async fn request(
     req: Request<Incoming>,
 ) -> Result<Response<Observed>, Infallible> {
     let grpc = grpc::is_grpc(req.headers());
-    let path = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
-    let mut record = Record {
-        conn: conn.clone(),
-        target: t.clone(),
-        upstream: None,
-        start: Instant::now(),
-        method: req.method().to_string(),
-        path,
-        protocol: if grpc { "grpc" } else { "http" },
-        status: 0,
-        grpc_status: None,
-        _guards: (busy, None),
-    };
+    let mut record = Record::new(conn.clone(), t.clone(), &req, if grpc { "grpc" } else { "http" });
+    record.held.1 = Some(Box::new(busy));
     match forward(&wp, &conn, &t, req, &mut record).await {
         Ok(resp) => {
-            record.status = resp.status().as_u16();
-            record.grpc_status = grpc.then(|| grpc::status_in(resp.headers())).flatten();
-            Ok(resp.map(|b| Observed { inner: b, record: Some(record), failure: None }))
+            record.respond(&resp);
+            Ok(resp.map(|b| Observed::new(b, Some(record))))
         }
         Err(e) => {
             let resp = if grpc { grpc::local_reply(&e) } else { local_reply(&e) };
-            record.status = resp.status().as_u16();
-            record.grpc_status = grpc.then(|| grpc::status_in(resp.headers())).flatten();
+            record.respond(&resp);
             record.emit(Some(&e));
-            Ok(resp.map(|b| Observed { inner: b, record: None, failure: None }))
+            Ok(resp.map(|b| Observed::new(b, None)))
         }
     }
 }
@@ -155,7 +139,8 @@ async fn forward(
     prepare(wp, conn, t, &mut req)?;
     let (ep, inflight) = choose(wp, t)?;
     record.upstream = Some(ep.clone());
-    record._guards.1 = Some(inflight);
+    record.held.0 = Some(inflight);
+    let req = req.map(|b| Counted::new(b, record.request_bytes.clone()));
     let upstream = ep.target;
     let failed = |e: hyper::Error| WaypointError::Upstream { upstream, reason: e.to_string() };
     let mut sender = wp.upstreams.sender(wp, conn, t, &ep).await?;
@@ -210,100 +195,4 @@ async fn timed<F: std::future::Future>(limit: Option<Duration>, upstream: std::n
 
 fn host(req: &Request<Incoming>) -> Option<String> {
     req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string)
-}
-
-/// What the access-log line and the metric of one request say, written once when it ends.
-struct Record {
-    conn: Arc<ConnInfo>,
-    target: Arc<Target>,
-    upstream: Option<Endpoint>,
-    start: Instant,
-    method: String,
-    path: String,
-    protocol: &'static str,
-    status: u16,
-    grpc_status: Option<String>,
-    /// Held until the response ends: the connection's activity and the endpoint's load.
-    _guards: (Busy, Option<InFlight>),
-}
-
-impl Record {
-    fn emit(&self, error: Option<&WaypointError>) {
-        Access {
-            conn: &self.conn,
-            target: Some(&self.target),
-            upstream: self.upstream.as_ref(),
-            start: self.start,
-            method: Some(&self.method),
-            path: Some(&self.path),
-            protocol: self.protocol,
-            grpc_status: self.grpc_status.as_deref(),
-        }
-        .log(error, self.status)
-    }
-}
-
-/// A response body that writes its request's record when it ends, fails or is dropped, with
-/// the gRPC status its trailers carry.
-pub(crate) struct Observed {
-    inner: Body,
-    record: Option<Record>,
-    failure: Option<WaypointError>,
-}
-
-impl Observed {
-    fn finish(&mut self, ended: bool) {
-        let Some(r) = self.record.take() else { return };
-        let failure = match self.failure.take() {
-            Some(f) => Some(f),
-            None if !ended => Some(WaypointError::ClientReset),
-            None => None,
-        };
-        r.emit(failure.as_ref());
-    }
-}
-
-impl hyper::body::Body for Observed {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        match &frame {
-            Some(Ok(f)) => {
-                if let (Some(t), Some(r)) = (f.trailers_ref(), this.record.as_mut()) {
-                    r.grpc_status = (r.protocol == "grpc").then(|| grpc::status_in(t)).flatten();
-                }
-            }
-            Some(Err(e)) => {
-                let upstream = this.record.as_ref().and_then(|r| r.upstream.as_ref()).map(|e| e.target);
-                let upstream = upstream.unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-                this.failure = Some(WaypointError::UpstreamReset { upstream, reason: e.to_string() });
-                this.finish(true);
-            }
-            None => this.finish(true),
-        }
-        if this.inner.is_end_stream() {
-            this.finish(true);
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for Observed {
-    fn drop(&mut self) {
-        // Dropped before its end was read: hyper stopped sending it, the client having reset
-        // the stream or gone away; unless it was empty from the start (a trailers-only reply).
-        let ended = self.inner.is_end_stream();
-        self.finish(ended);
-    }
 }

@@ -11,7 +11,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
@@ -25,7 +24,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 
 use super::h1_pool;
 use super::io::H2Io;
-use super::stream::{self, authorize, choose, setup_places, Access, Target, WaypointError};
+use super::record::{head_size, Counted, Observed, Record};
+use super::stream::{self, authorize, choose, setup_places, Target, WaypointError};
 use super::Waypoint;
 use crate::drain::DrainWatch;
 use crate::hbone::server::ConnInfo;
@@ -64,24 +64,20 @@ fn done(r: Result<(), hyper::Error>) {
     }
 }
 
-async fn request(wp: Arc<Waypoint>, conn: Arc<ConnInfo>, t: Arc<Target>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    let start = Instant::now();
-    let method = req.method().to_string();
-    let target = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
-    let (result, ep) = forward(&wp, &conn, &t, req).await;
-    let (method, path) = (Some(method.as_str()), Some(target.as_str()));
-    let access = Access { conn: &conn, target: Some(&t), upstream: ep.as_ref(), start, method, path, protocol: "http", grpc_status: None };
-    Ok(match result {
+async fn request(wp: Arc<Waypoint>, conn: Arc<ConnInfo>, t: Arc<Target>, req: Request<Incoming>) -> Result<Response<Observed>, Infallible> {
+    let mut record = Record::new(conn.clone(), t.clone(), &req, "http");
+    match forward(&wp, &conn, &t, req, &mut record).await {
         Ok(resp) => {
-            access.log(None, resp.status().as_u16());
-            resp
+            record.respond(&resp);
+            Ok(resp.map(|b| Observed::new(b, Some(record))))
         }
         Err(e) => {
             let resp = local_reply(&e);
-            access.log(Some(&e), resp.status().as_u16());
-            resp
+            record.respond(&resp);
+            record.emit(Some(&e));
+            Ok(resp.map(|b| Observed::new(b, None)))
         }
-    })
+    }
 }
 
 /// Envoy's local replies, which clients and tests of Istio's waypoint recognise.
@@ -100,31 +96,21 @@ pub(super) fn local_reply(e: &WaypointError) -> Response<Body> {
     resp
 }
 
-/// Authorizes and forwards one request; the endpoint it went to, if one was chosen.
+/// Authorizes and forwards one request; the endpoint and its in-flight count go in `record`.
 async fn forward(
     wp: &Arc<Waypoint>,
     conn: &ConnInfo,
     t: &Target,
     mut req: Request<Incoming>,
-) -> (Result<Response<Body>, WaypointError>, Option<Endpoint>) {
-    if let Err(e) = check(wp, conn, t, &mut req) {
-        return (Err(e), None);
-    }
-    let (ep, inflight) = match choose(wp, t) {
-        Ok(x) => x,
-        Err(e) => return (Err(e), None),
-    };
-    let result = send(wp, conn, t, &ep, req).await.map(|resp| {
-        // The request is in flight (for balancing) until its response body is done.
-        resp.map(|b| {
-            b.map_frame(move |f| {
-                let _held = &inflight;
-                f
-            })
-            .boxed()
-        })
-    });
-    (result, Some(ep))
+    record: &mut Record,
+) -> Result<Response<Body>, WaypointError> {
+    check(wp, conn, t, &mut req)?;
+    let (ep, inflight) = choose(wp, t)?;
+    record.upstream = Some(ep.clone());
+    // The request is in flight (for balancing) until its response body is done.
+    record.held.0 = Some(inflight);
+    let req = req.map(|b| Counted::new(b, record.request_bytes.clone()));
+    Ok(send(wp, conn, t, &ep, req).await?.map(BodyExt::boxed))
 }
 
 /// Sends `req` to `ep` on a pooled connection, or a new one; once more on a new connection
@@ -134,7 +120,7 @@ async fn send(
     conn: &ConnInfo,
     t: &Target,
     ep: &Endpoint,
-    mut req: Request<Incoming>,
+    mut req: Request<Counted>,
 ) -> Result<Response<Incoming>, WaypointError> {
     let upstream = ep.target;
     let key: h1_pool::Key = (ep.target, ep.identities[0].clone());
@@ -165,7 +151,7 @@ async fn send(
 }
 
 /// A new HTTP/1.1 connection to `ep` over a new HBONE stream (within the set-up limit).
-async fn connect(wp: &Arc<Waypoint>, conn: &ConnInfo, t: &Target, ep: &Endpoint) -> Result<SendRequest<Incoming>, WaypointError> {
+async fn connect(wp: &Arc<Waypoint>, conn: &ConnInfo, t: &Target, ep: &Endpoint) -> Result<SendRequest<Counted>, WaypointError> {
     let upstream = ep.target;
     let stream = {
         let _places = setup_places(wp, conn).await?;
@@ -188,7 +174,7 @@ async fn connect(wp: &Arc<Waypoint>, conn: &ConnInfo, t: &Target, ep: &Endpoint)
 pub(super) fn check(wp: &Waypoint, conn: &ConnInfo, t: &Target, req: &mut Request<Incoming>) -> Result<(), WaypointError> {
     // hyper checks its buffer only while a head is incomplete, so a head that arrives in one
     // read may exceed it; the limit is what was parsed, as Envoy's max_request_headers_kb.
-    let size = head_size(req);
+    let size = head_size(req.uri(), req.method().as_str(), req.headers());
     if size > MAX_HEAD {
         return Err(WaypointError::HeadTooLarge { size, limit: MAX_HEAD });
     }
@@ -207,12 +193,6 @@ pub(super) fn check(wp: &Waypoint, conn: &ConnInfo, t: &Target, req: &mut Reques
     *req.uri_mut() = uri;
     strip_hop_by_hop(req.headers_mut());
     Ok(())
-}
-
-/// The request line's target and every header as sent (`name: value\r\n`).
-fn head_size<B>(req: &Request<B>) -> usize {
-    let target = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
-    target + req.method().as_str().len() + req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>()
 }
 
 /// Removes the headers that describe one hop (RFC 9110 §7.6.1), including those the

@@ -14,6 +14,7 @@ mod h2;
 mod http;
 mod io;
 mod policy;
+mod record;
 mod stream;
 mod upstream;
 

@@ -335,11 +335,13 @@ pub(crate) struct Access<'a> {
     pub(crate) protocol: &'static str,
     /// The gRPC status the response ended with (gRPC requests only).
     pub(crate) grpc_status: Option<&'a str>,
+    /// HTTP only: the request's and the response's bytes (heads and bodies).
+    pub(crate) bytes: Option<(u64, u64)>,
 }
 
 impl<'a> Access<'a> {
     pub(crate) fn tcp(conn: &'a ConnInfo, target: Option<&'a Target>, upstream: Option<&'a Endpoint>, start: Instant) -> Self {
-        Access { conn, target, upstream, start, method: None, path: None, protocol: "tcp", grpc_status: None }
+        Access { conn, target, upstream, start, method: None, path: None, protocol: "tcp", grpc_status: None, bytes: None }
     }
 
     pub(crate) fn log(&self, error: Option<&WaypointError>, status: u16) {
@@ -396,4 +398,13 @@ fn requests_total(a: &Access<'_>, service: Option<&str>, dst_principal: Option<&
         ("connection_security_policy", "mutual_tls".to_string()),
     ];
     metrics::counter!("istio_requests_total", &labels).increment(1);
+    if let Some((request, response)) = a.bytes {
+        metrics::histogram!(REQUEST_DURATION, &labels).record(a.start.elapsed().as_secs_f64() * 1000.0);
+        metrics::histogram!(REQUEST_BYTES, &labels).record(request as f64);
+        metrics::histogram!(RESPONSE_BYTES, &labels).record(response as f64);
+    }
 }
+
+const REQUEST_DURATION: &str = "istio_request_duration_milliseconds";
+const REQUEST_BYTES: &str = "istio_request_bytes";
+const RESPONSE_BYTES: &str = "istio_response_bytes";

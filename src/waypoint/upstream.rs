@@ -16,11 +16,11 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use hyper::body::Incoming;
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::io::H2Io;
+use super::record::Counted;
 use super::stream::{dial, setup_places, Target, WaypointError};
 use super::Waypoint;
 use crate::hbone::server::ConnInfo;
@@ -46,7 +46,7 @@ impl Key {
 }
 
 struct Entry {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<Counted>,
     used: Instant,
 }
 
@@ -64,7 +64,7 @@ impl Upstreams {
         conn: &ConnInfo,
         t: &Target,
         ep: &Endpoint,
-    ) -> Result<SendRequest<Incoming>, WaypointError> {
+    ) -> Result<SendRequest<Counted>, WaypointError> {
         let key = Key::of(ep);
         let idle = wp.cfg.limits.hbone_idle_timeout;
         if let Some(s) = self.reuse(&key, idle) {
@@ -84,7 +84,7 @@ impl Upstreams {
         conns.retain(|_, e| !e.sender.is_closed() && e.used.elapsed() < idle);
     }
 
-    fn reuse(&self, key: &Key, idle: Duration) -> Option<SendRequest<Incoming>> {
+    fn reuse(&self, key: &Key, idle: Duration) -> Option<SendRequest<Counted>> {
         self.sweep(idle);
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         let e = conns.get_mut(key)?;
@@ -92,7 +92,7 @@ impl Upstreams {
         Some(e.sender.clone())
     }
 
-    fn insert(&self, key: Key, sender: SendRequest<Incoming>) {
+    fn insert(&self, key: Key, sender: SendRequest<Counted>) {
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         if conns.len() >= MAX_CONNECTIONS && !conns.contains_key(&key) {
             let oldest = conns.iter().min_by_key(|(_, e)| e.used).map(|(k, _)| k.clone());
@@ -106,7 +106,7 @@ impl Upstreams {
     }
 }
 
-async fn handshake(io: H2Io, upstream: SocketAddr) -> Result<SendRequest<Incoming>, WaypointError> {
+async fn handshake(io: H2Io, upstream: SocketAddr) -> Result<SendRequest<Counted>, WaypointError> {
     let mut b = http2::Builder::new(TokioExecutor::new());
     b.timer(TokioTimer::new()).max_header_list_size(MAX_HEADER_LIST);
     let (sender, c) = b.handshake(TokioIo::new(io)).await.map_err(|e| WaypointError::Upstream { upstream, reason: e.to_string() })?;
