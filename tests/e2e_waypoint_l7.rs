@@ -54,10 +54,24 @@ spec:
   - to: [{operation: {ports: ["80"]}}]
     when: [{key: "request.headers[x-tester]", values: ["blocked*"]}]
 ---
+# Only front/client may call the backend: the waypoint must see the client's identity (the
+# HBONE peer the client's node proxy presents), not its own, for this to allow anything.
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-front-client, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, group: "", name: backend}]
+  action: ALLOW
+  rules: [{from: [{source: {principals: ["cluster.local/ns/front/sa/client"]}}]}]
+---
 apiVersion: v1
 kind: Pod
 metadata: {name: backend, namespace: shop, labels: {app: backend}}
 spec: {nodeName: node-3, serviceAccountName: backend}
+---
+{apiVersion: v1, kind: ServiceAccount, metadata: {name: stranger, namespace: front}}
+---
+{apiVersion: v1, kind: Pod, metadata: {name: stranger, namespace: front}, spec: {nodeName: node-1, serviceAccountName: stranger}}
 "#;
 
 #[test]
@@ -100,6 +114,9 @@ fn http_goes_through_the_waypoint_on_another_node_with_l7_policy() {
     assert_eq!(send("DELETE", &[]), Some(403), "a DENY by method");
     assert_eq!(send("GET", &[("x-tester", "blocked-42")]), Some(403), "a DENY by header");
     assert_eq!(send("GET", &[("x-tester", "welcome")]), Some(200), "another value of the header is allowed");
+    let stranger = sim.pod("front", "stranger").netns_path();
+    let theirs = apps::http_bytes(&stranger, vip, "GET", "/hello.txt", Duration::from_secs(5)).map(|(s, _)| s).ok();
+    assert_eq!(theirs, Some(403), "the ALLOW names front/client's principal: another client is refused");
 
     // Who saw what: the waypoint the client's identity, the server's node proxy the waypoint's.
     let log = sim.work.join("waypoint-waypoint-1.log");
@@ -109,6 +126,9 @@ fn http_goes_through_the_waypoint_on_another_node_with_l7_policy() {
         .find(|r| r["path"] == "/admin/users")
         .unwrap_or_else(|| panic!("a waypoint record for the denied request: {records:?}"));
     assert_eq!(denied["src.identity"], "spiffe://cluster.local/ns/front/sa/client", "{denied}");
+    let refused = records.iter().find(|r| r["src.identity"] == "spiffe://cluster.local/ns/front/sa/stranger");
+    let refused = refused.unwrap_or_else(|| panic!("the stranger's record: {records:?}"));
+    assert!(refused["error"].as_str().is_some_and(|e| e.contains("no ALLOW policy matched (shop/allow-front-client)")), "{refused}");
     let by_method = records.iter().find(|r| r["method"] == "DELETE").unwrap_or_else(|| panic!("the DELETE's record: {records:?}"));
     assert_eq!((by_method["status"].as_u64(), by_method["response_flags"].as_str()), (Some(403), Some("DENY")), "{by_method}");
     assert!(by_method["error"].as_str().is_some_and(|e| e.contains("shop/deny-writes-and-blocked-testers")), "the reason: {by_method}");
