@@ -71,7 +71,10 @@ async fn http_backend() -> (SocketAddr, Counter, Counter) {
                     buf.drain(..end + 4);
                     seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let close = head.contains("\r\nconnection: close");
-                    let body = format!("backend saw {}", head.lines().next().unwrap_or_default().split(' ').nth(1).unwrap_or("?"));
+                    let mut body = format!("backend saw {}", head.lines().next().unwrap_or_default().split(' ').nth(1).unwrap_or("?"));
+                    if let Some(t) = head.lines().find_map(|l| l.strip_prefix("traceparent: ")) {
+                        body.push_str(&format!(" traceparent={t}"));
+                    }
                     let connection = if close { "close" } else { "keep-alive" };
                     let resp = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: {connection}\r\n\r\n{body}", body.len());
                     if s.write_all(resp.as_bytes()).await.is_err() || close {
@@ -415,4 +418,13 @@ async fn upstream_connections_are_reused_across_client_connections() {
     assert_eq!(count(&s.backend_connections), 1, "one upstream connection carried all six requests");
     let dump: serde_json::Value = serde_json::from_str(&management(s.admin, "/config_dump").await).unwrap();
     assert_eq!(dump["waypoint"]["pooledUpstreamConnections"], 1, "{}", dump["waypoint"]);
+}
+
+#[tokio::test]
+async fn a_w3c_traceparent_reaches_the_backend_unchanged() {
+    let s = setup().await;
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let req = format!("GET /traced HTTP/1.1\r\nHost: reviews.shop.svc.cluster.local\r\ntraceparent: {trace}\r\nConnection: close\r\n\r\n");
+    let (_, resp) = raw(&s, "client", "10.96.0.10:80", vec![req.into_bytes()], Duration::ZERO).await;
+    assert!(resp.ends_with(&format!("backend saw /traced traceparent={trace}")), "{resp}");
 }
