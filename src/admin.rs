@@ -34,7 +34,12 @@ pub(crate) struct AdminState {
     /// Open inbound connections, for the dump's `workloadState`.
     pub(crate) conns: Arc<crate::proxy::connections::ConnectionManager>,
     pub(crate) extra: Option<crate::config_dump::DumpExtra>,
+    /// A role's own `/debug/authorization` (the waypoint's L7 one); the node proxy's otherwise.
+    pub(crate) explain: Option<Explain>,
 }
+
+/// Answers `/debug/authorization` from its query: the JSON answer, or a status and a message.
+pub(crate) type Explain = Arc<dyn Fn(&str) -> Result<serde_json::Value, (StatusCode, String)> + Send + Sync>;
 
 impl AdminState {
     fn dump_sources(&self) -> crate::config_dump::Sources<'_> {
@@ -219,6 +224,12 @@ fn logging(log: &LogHandle, method: &Method, query: &str) -> Resp {
 /// Explains, without sending traffic, what the destination proxy would decide for a connection
 /// (the same evaluation the data path runs).
 fn explain(a: &AdminState, query: &str) -> Resp {
+    if let Some(own) = &a.explain {
+        return match own(query) {
+            Ok(v) => json_resp(v),
+            Err((status, msg)) => text(status, msg),
+        };
+    }
     let params: std::collections::HashMap<String, String> =
         query.split('&').filter_map(|p| p.split_once('=')).map(|(k, v)| (k.to_string(), percent_decode(v))).collect();
     let usage = "usage: /debug/authorization?destination=<ip:port>&source_ip=<ip>[&source_identity=<spiffe id>]\n";
@@ -252,7 +263,7 @@ fn explain(a: &AdminState, query: &str) -> Resp {
     }))
 }
 
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

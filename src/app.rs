@@ -150,8 +150,19 @@ async fn serve(cfg: Arc<Config>, log: Arc<LogHandle>) -> Result<(), AppError> {
     };
     let conns = inputs.conns.clone();
     let runtime = tokio::runtime::Handle::current();
-    let admin =
-        Arc::new(AdminState { cfg: cfg.clone(), state, certs, log, metrics, runtime, ready: ready.clone(), quit: quit_tx, conns, extra });
+    let admin = Arc::new(AdminState {
+        cfg: cfg.clone(),
+        state,
+        certs,
+        log,
+        metrics,
+        runtime,
+        ready: ready.clone(),
+        quit: quit_tx,
+        conns,
+        extra,
+        explain: None,
+    });
     let addrs = admin::start(admin).map_err(io("cannot bind the admin, metrics or readiness port"))?;
     drop(proxy_block);
     tracing::info!(admin = %addrs[0], metrics = %addrs[1], readiness = %addrs[2], mode = ?cfg.mode, "ferry proxy started");

@@ -428,3 +428,37 @@ async fn a_w3c_traceparent_reaches_the_backend_unchanged() {
     let (_, resp) = raw(&s, "client", "10.96.0.10:80", vec![req.into_bytes()], Duration::ZERO).await;
     assert!(resp.ends_with(&format!("backend saw /traced traceparent={trace}")), "{resp}");
 }
+
+#[tokio::test]
+async fn the_explain_endpoint_answers_l7_questions_as_the_data_path_decides() {
+    let s = setup().await;
+    let ask = |q: String| async move {
+        let mut c = TcpStream::connect(s.admin).await.unwrap();
+        c.write_all(format!("GET /debug/authorization?{q} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).await.unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap_or_default();
+        (head.split_whitespace().nth(1).unwrap_or_default().to_string(), body.to_string())
+    };
+    let client = "source_identity=spiffe://cluster.local/ns/front/sa/client";
+    let decision = |body: &str| serde_json::from_str::<serde_json::Value>(body).map(|v| v["decision"].clone()).unwrap_or_default();
+    let (status, body) = ask(format!("destination=10.96.0.10:80&{client}&path=/public/../admin/users")).await;
+    assert_eq!(status, "200", "{body}");
+    let d = decision(&body);
+    assert_eq!(
+        (d["result"].as_str(), d["policy"].as_str()),
+        (Some("deny"), Some("shop/deny-admin")),
+        "normalized as the data path: {body}"
+    );
+    let (_, body) = ask(format!("destination=10.96.0.10:80&{client}&method=POST&path=/hello&header=x-a:1")).await;
+    assert_eq!(decision(&body)["result"], "allow", "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["request"]["headers"], serde_json::json!([["x-a", "1"]]), "{body}");
+    let (_, body) = ask("destination=10.96.0.10:80&source_identity=spiffe://cluster.local/ns/front/sa/stranger&path=/hello".into()).await;
+    let d = decision(&body);
+    assert!(d["reason"].as_str().is_some_and(|r| r.contains("no ALLOW policy matched")), "the ALLOW's principal: {body}");
+    let (status, body) = ask(format!("destination=10.96.0.11:80&{client}")).await;
+    assert_eq!(status, "404", "a service this waypoint does not front: {body}");
+    let (status, _) = ask("destination=nonsense".into()).await;
+    assert_eq!(status, "400");
+}

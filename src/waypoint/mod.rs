@@ -8,6 +8,7 @@
 //! (`app`, `hbone`, `tls`, `admin`); only the per-stream decisions differ ([`stream`], [`http`],
 //! [`h2`]).
 
+mod explain;
 mod grpc;
 mod h1_pool;
 mod h2;
@@ -223,8 +224,21 @@ async fn serve(args: WaypointArgs, cfg: Arc<Config>, log: Arc<LogHandle>) -> Res
     let runtime = tokio::runtime::Handle::current();
     let conns = Default::default();
     let extra = dump_section(&wp, loaded);
-    let admin =
-        Arc::new(AdminState { cfg: cfg.clone(), state, certs, log, metrics, runtime, ready, quit: quit_tx, conns, extra: Some(extra) });
+    let explained = wp.clone();
+    let explain: crate::admin::Explain = Arc::new(move |q: &str| explain::explain(&explained, q));
+    let admin = Arc::new(AdminState {
+        cfg: cfg.clone(),
+        state,
+        certs,
+        log,
+        metrics,
+        runtime,
+        ready,
+        quit: quit_tx,
+        conns,
+        extra: Some(extra),
+        explain: Some(explain),
+    });
     let addrs =
         admin::start(admin).map_err(|source| AppError::Io { what: "cannot bind the admin, metrics or readiness port".into(), source })?;
     drop(listener_block);
