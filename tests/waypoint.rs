@@ -418,6 +418,10 @@ async fn upstream_connections_are_reused_across_client_connections() {
     assert_eq!(count(&s.backend_connections), 1, "one upstream connection carried all six requests");
     let dump: serde_json::Value = serde_json::from_str(&management(s.admin, "/config_dump").await).unwrap();
     assert_eq!(dump["waypoint"]["pooledUpstreamConnections"], 1, "{}", dump["waypoint"]);
+    // Its listener, with what it fronts and how each port is served.
+    let fronts = &dump["waypoint"]["listeners"][0]["fronts"];
+    let reviews = fronts.as_array().and_then(|f| f.iter().find(|f| f["service"] == "reviews.shop.svc.cluster.local"));
+    assert_eq!(reviews.map(|r| r["ports"].clone()), Some(serde_json::json!({"80": "Http1", "81": "Tcp"})), "{fronts}");
 }
 
 #[tokio::test]

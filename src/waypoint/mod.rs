@@ -94,6 +94,8 @@ pub(crate) struct Waypoint {
     pub(crate) certs: Arc<CertManager>,
     pub(crate) policies: policy::Policies,
     pub(crate) pool: Arc<Pool>,
+    /// The HBONE listener's address.
+    pub(crate) hbone_addr: SocketAddr,
     /// Upstream HTTP/1.1 connections, per endpoint.
     pub(crate) h1: Arc<h1_pool::H1Pool>,
     pub(crate) setups: Arc<tokio::sync::Semaphore>,
@@ -129,11 +131,14 @@ fn refuse_proxy_only(a: &ProxyArgs) -> Result<(), AppError> {
 
 /// The `waypoint` section of `/config_dump`: who this waypoint is and the policies in force.
 fn dump_section(wp: &Arc<Waypoint>, loaded: policy::Loaded) -> crate::config_dump::DumpExtra {
-    let (me, identity, h1) = (wp.me.clone(), wp.identity.to_string(), wp.h1.clone());
+    let (me, identity, h1, state) = (wp.me.clone(), wp.identity.to_string(), wp.h1.clone(), wp.state.clone());
+    let hbone = wp.hbone_addr;
     Arc::new(move || {
         serde_json::json!({"waypoint": {
             "gateway": me.name, "namespace": me.namespace, "hostname": me.hostname, "addresses": me.addresses,
-            "identity": identity, "policies": loaded.dump(), "pooledUpstreamConnections": h1.len(),
+            "identity": identity,
+            "listeners": [{"address": hbone.to_string(), "protocol": "HBONE", "fronts": ferry_core::waypoint::fronted_services(&state.snapshot(), &me)}],
+            "policies": loaded.dump(), "pooledUpstreamConnections": h1.len(),
         }})
     })
 }
@@ -204,6 +209,7 @@ async fn serve(args: WaypointArgs, cfg: Arc<Config>, log: Arc<LogHandle>) -> Res
         policies: loaded.policies.clone(),
         pool,
         h1: h1_pool::H1Pool::start(args.upstream_idle_timeout),
+        hbone_addr: args.hbone_addr,
         setups: Arc::new(tokio::sync::Semaphore::new(cfg.limits.hbone_setups)),
         response_timeout: Some(args.response_timeout).filter(|d| !d.is_zero()),
         load: Default::default(),

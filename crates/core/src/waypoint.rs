@@ -41,7 +41,7 @@ impl WaypointSelf {
 }
 
 /// How a fronted port is served.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum Protocol {
     /// Requests are parsed, authorized and forwarded one by one.
     Http1,
@@ -110,6 +110,29 @@ fn describe(g: &Option<GatewayAddress>) -> String {
 }
 
 /// Resolves a CONNECT authority to what this waypoint fronts, or refuses it.
+/// One service this waypoint fronts, as `/config_dump` lists it: its hostname and how each
+/// port is served.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FrontedService {
+    pub service: String,
+    pub ports: std::collections::BTreeMap<u16, Protocol>,
+}
+
+/// Every service whose `waypoint` names this one (the waypoint's "listeners").
+pub fn fronted_services(snap: &Snapshot, me: &WaypointSelf) -> Vec<FrontedService> {
+    let mut out: Vec<FrontedService> = snap
+        .services()
+        .filter(|s| s.waypoint.as_ref().is_some_and(|g| me.is(g)))
+        .map(|s| FrontedService {
+            service: s.hostname.clone(),
+            ports: s.ports.keys().map(|p| (*p, Protocol::of(s.app_protocols.get(p).copied()))).collect(),
+        })
+        .collect();
+    out.sort_by(|a, b| a.service.cmp(&b.service));
+    out
+}
+
 pub fn fronted(snap: &Snapshot, me: &WaypointSelf, authority: SocketAddr) -> Result<Fronted, FrontError> {
     let (ip, port) = (authority.ip(), authority.port());
     if let Some(svc) = snap.service_by_vip(&me.network, ip, &me.namespace) {

@@ -155,3 +155,14 @@ fn least_request_of_two() {
     assert_eq!(pick(&eps, &load, &mut same).unwrap().target.to_string(), "10.0.0.14:8080", "both draws the same: that one");
     assert!(pick(&[], &load, &mut same).is_none());
 }
+
+#[test]
+fn the_services_it_fronts_with_each_ports_protocol() {
+    let listed = fronted_services(&snap(), &me());
+    let want: std::collections::BTreeMap<u16, Protocol> =
+        [(9080, Protocol::Http1), (9090, Protocol::Tcp), (9091, Protocol::Http2), (9092, Protocol::Http2), (9093, Protocol::Tcp)].into();
+    // plain names this waypoint by address; other and none are not its.
+    let names: Vec<&str> = listed.iter().map(|f| f.service.as_str()).collect();
+    assert_eq!(names, ["plain.shop.svc.cluster.local", "reviews.shop.svc.cluster.local"]);
+    assert_eq!(listed[1].ports, want);
+}
