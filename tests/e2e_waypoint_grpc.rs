@@ -121,6 +121,15 @@ fn grpc_and_http2_go_through_the_waypoint_with_l7_policy() {
     let (status, body) = grpc::get(&client, web, "/spoofed", Some("admin.shop")).unwrap();
     assert_eq!((status, String::from_utf8_lossy(&body).into_owned()), (400, "Bad Request".to_string()));
     assert_eq!(grpc::max_concurrent_streams(&client, web), Ok(100), "the waypoint's stream limit, as the client sees it");
+    // Bounded heads on HTTP/2 too: a 70 KiB header and a flood of 2000 headers never reach
+    // the server (431 from the waypoint's HTTP/2 server), while a normal request on the port still works.
+    let big = grpc::get_with(&client, web, "/big", &[("x-big", "a".repeat(70 * 1024))]);
+    assert_eq!(big.map(|r| r.0), Ok(431), "a 70 KiB header");
+    let flood: Vec<(String, String)> = (0..2000).map(|i| (format!("x-flood-{i}"), "0123456789abcdef".repeat(2))).collect();
+    let flood: Vec<(&str, String)> = flood.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
+    let flooded = grpc::get_with(&client, web, "/flood", &flood);
+    assert_eq!(flooded.map(|r| r.0), Ok(431), "2000 headers");
+    assert_eq!(grpc::get(&client, web, "/plain", None).map(|r| r.0), Ok(200), "the port still serves");
 
     let records = observe::access_log(&log);
     let admin = records.iter().find(|r| r["path"] == "/ferry.Echo/Admin");

@@ -261,15 +261,30 @@ pub fn call(netns: &Path, addr: SocketAddr, method: &str, sent: Vec<Vec<u8>>, lo
 
 /// A plain HTTP/2 (prior knowledge) GET, with a `Host` header when given: the status and the body.
 pub fn get(netns: &Path, addr: SocketAddr, path: &str, host: Option<&str>) -> Result<(u16, Vec<u8>), String> {
-    let (path, host) = (path.to_string(), host.map(HeaderValue::from_str).transpose().map_err(|e| e.to_string())?);
+    let host: Vec<(&str, String)> = host.map(|h| ("host", h.to_string())).into_iter().collect();
+    get_with(netns, addr, path, &host)
+}
+
+/// [`get`] with these request headers.
+pub fn get_with(netns: &Path, addr: SocketAddr, path: &str, headers: &[(&str, String)]) -> Result<(u16, Vec<u8>), String> {
+    let path = path.to_string();
+    let headers: Vec<(http::HeaderName, HeaderValue)> = headers
+        .iter()
+        .map(|(n, v)| {
+            Ok((
+                http::HeaderName::from_bytes(n.as_bytes()).map_err(|e| e.to_string())?,
+                HeaderValue::from_str(v).map_err(|e| e.to_string())?,
+            ))
+        })
+        .collect::<Result<_, String>>()?;
     let run = async move {
         let mut sender = connect(addr).await?;
         let (tx, body) = channel();
         drop(tx);
         let mut req = Request::new(body);
         *req.uri_mut() = format!("http://{addr}{path}").parse().map_err(|e| format!("{e}"))?;
-        if let Some(h) = host {
-            req.headers_mut().insert(http::header::HOST, h);
+        for (n, v) in headers {
+            req.headers_mut().append(n, v);
         }
         let resp = sender.send_request(req).await.map_err(|e| format!("response: {e}"))?;
         let status = resp.status().as_u16();
