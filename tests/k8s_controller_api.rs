@@ -257,8 +257,8 @@ fn without_a_token_file_callers_are_reviewed_by_the_kubernetes_api() {
         let refusals = [
             ("unknown", tonic::Code::Unauthenticated, "invalid bearer token"),
             ("other-audience", tonic::Code::Unauthenticated, "is invalid for the target audiences"),
-            // Authenticated, but not as a node proxy: reviewed, then refused.
-            ("not-a-proxy", tonic::Code::PermissionDenied, "shop/web is not a node proxy account"),
+            // Authenticated, but neither as a node proxy nor as a waypoint: reviewed, then refused.
+            ("not-a-proxy", tonic::Code::PermissionDenied, "shop/web is neither a node proxy account"),
         ];
         for (token, code, why) in refusals {
             let status = first_response(&xds, &root, token).await.err().unwrap_or_else(|| panic!("{token}: refused"));

@@ -20,7 +20,6 @@ use crate::k8s::objects::ClusterState;
 use crate::k8s::waypoint::{GATEWAY_NAME, WAYPOINT_CLASS};
 use crate::l7authz::ROOT_NAMESPACE;
 use crate::proto::waypoint::Policy;
-use crate::xds::Resource;
 
 pub const WAYPOINT_POLICY_TYPE: &str = "type.googleapis.com/ferry.waypoint.Policy";
 
@@ -28,7 +27,7 @@ pub const WAYPOINT_POLICY_TYPE: &str = "type.googleapis.com/ferry.waypoint.Polic
 const KINDS: [&str; 2] = ["AuthorizationPolicy", "RequestAuthentication"];
 
 /// Every waypoint policy in the cluster, encoded, by resource name.
-pub fn resources(c: &ClusterState) -> BTreeMap<String, Resource> {
+pub fn resources(c: &ClusterState) -> BTreeMap<String, Vec<u8>> {
     c.other
         .values()
         .filter(|o| o.get("kind").and_then(Value::as_str).is_some_and(|k| KINDS.contains(&k)))
@@ -38,8 +37,7 @@ pub fn resources(c: &ClusterState) -> BTreeMap<String, Resource> {
             let (kind, name) = (text("/kind"), text("/metadata/name"));
             let namespace = Some(text("/metadata/namespace")).filter(|n| !n.is_empty()).unwrap_or_else(|| "default".into());
             let key = format!("{namespace}/{kind}/{name}");
-            let body = Policy { kind, namespace, name, json: o.to_string() }.encode_to_vec();
-            (key.clone(), crate::xds::encoded(key, body))
+            (key, Policy { kind, namespace, name, json: o.to_string() }.encode_to_vec())
         })
         .collect()
 }
@@ -148,7 +146,7 @@ spec: {targetRefs: [{kind: Service, group: "", name: s}]}
         let shop: Vec<&str> = names.iter().copied().filter(|n| visible_to(n, "shop")).collect();
         assert_eq!(shop, ["istio-system/AuthorizationPolicy/mesh-wide", "shop/AuthorizationPolicy/deny-admin"]);
         // What the waypoint decodes compiles to what the file source would give.
-        let decoded: Vec<Value> = all.iter().map(|(n, r)| decode(n, &r.body)).map(|(v, e)| (assert!(e.is_none()), v).1).collect();
+        let decoded: Vec<Value> = all.iter().map(|(n, body)| decode(n, body)).map(|(v, e)| (assert!(e.is_none()), v).1).collect();
         assert_eq!(compile_all(&decoded), compile_all(c.other.values()));
     }
 

@@ -48,11 +48,6 @@ fn resource<T: Message>(n: wds::Named<T>) -> Resource {
     Resource { name: n.name, aliases: n.aliases, version: version_of(&body), body }
 }
 
-/// A resource of an encoded message, versioned by its bytes.
-pub fn encoded(name: String, body: Vec<u8>) -> Resource {
-    Resource { name, aliases: Vec::new(), version: version_of(&body), body }
-}
-
 impl Resources {
     pub fn from_state(s: &StateInput) -> Resources {
         let mut r = Resources::default();
@@ -73,8 +68,13 @@ impl Resources {
         r
     }
 
-    /// The resources of another type (the waypoints' policies), replacing any held.
-    pub fn with_type(mut self, type_url: &'static str, resources: BTreeMap<String, Resource>) -> Resources {
+    /// The encoded messages of another type (the waypoints' policies), by name, each
+    /// versioned by its bytes; replaces any held.
+    pub fn with_type(mut self, type_url: &'static str, encoded: BTreeMap<String, Vec<u8>>) -> Resources {
+        let resources = encoded
+            .into_iter()
+            .map(|(name, body)| (name.clone(), Resource { name, aliases: Vec::new(), version: version_of(&body), body }))
+            .collect();
         self.by_type.insert(type_url, resources);
         self
     }
