@@ -227,7 +227,7 @@ pub(crate) async fn setup_places(wp: &Waypoint, conn: &ConnInfo) -> Result<[toki
 
 /// Decides `http` (or a TCP connection) against the policies bound to this target.
 pub(crate) fn authorize(wp: &Waypoint, conn: &ConnInfo, t: &Target, http: Option<l7authz::HttpAttrs<'_>>) -> Result<(), WaypointError> {
-    let attrs = RequestAttrs { src_ip: conn.peer.ip(), src_identity: Some(&conn.identity), dst: t.authority, http };
+    let attrs = RequestAttrs { src_ip: conn.peer.ip(), src_identity: Some(&conn.identity), dst: t.authority, http, auth: None };
     let policies = wp.policies.borrow().clone();
     let verdict = l7authz::evaluate(policies.iter(), &t.scope(wp), &attrs);
     if !verdict.audited.is_empty() || !verdict.dry_run_matched.is_empty() {
