@@ -9,34 +9,10 @@ mod common;
 use std::time::Duration;
 
 use common::sim::*;
-use ferry_harness::sim::{apps, observe, Sim, SimOptions};
+use ferry_harness::sim::{apps, observe};
 
+/// Appended to `three_node_waypoint()`.
 const SCENARIO: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: front, labels: {istio.io/dataplane-mode: ambient}}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
----
-{apiVersion: v1, kind: ServiceAccount, metadata: {name: client, namespace: front}}
----
-{apiVersion: v1, kind: ServiceAccount, metadata: {name: backend, namespace: shop}}
----
-{apiVersion: v1, kind: ServiceAccount, metadata: {name: waypoint, namespace: shop}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: waypoint, namespace: shop}
-spec:
-  gatewayClassName: istio-waypoint
-  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: waypoint, namespace: shop, labels: {gateway.istio.io/managed: istio.io-mesh-controller}}
-spec: {selector: {gateway.networking.k8s.io/gateway-name: waypoint}, clusterIP: 198.19.0.40, ports: [{name: mesh, port: 15008}]}
 ---
 apiVersion: v1
 kind: Service
@@ -64,30 +40,11 @@ spec:
   # Scoped to port 80: on a TCP port a path condition cannot be evaluated, so a DENY rule
   # with one would hold there for every connection (Istio's semantics too).
   rules: [{to: [{operation: {paths: ["/admin*"], ports: ["80"]}}]}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: client, namespace: front}
-spec: {nodeName: node-1, serviceAccountName: client}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: waypoint-1, namespace: shop, labels: {gateway.networking.k8s.io/gateway-name: waypoint, istio.io/dataplane-mode: none}}
-spec: {nodeName: node-2, serviceAccountName: waypoint}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: backend, namespace: shop, labels: {app: backend}}
-spec: {nodeName: node-3, serviceAccountName: backend}
 "#;
 
 #[test]
 fn http_goes_through_the_waypoint_on_another_node_with_l7_policy() {
-    common::netns::require_root();
-    let _guard = cluster_lock();
-    let mut sim = Sim::new(SimOptions::new(ferry_bin(), 3)).expect("build the simulated cluster");
-    sim.start().expect("start agents and proxies");
-    sim.apply(SCENARIO).expect("apply the scenario");
+    let sim = waypoint_cluster(SCENARIO);
     let site = std::env::temp_dir().join(format!("ferry-wp-site-{}", std::process::id()));
     std::fs::create_dir_all(&site).unwrap();
     std::fs::write(site.join("hello.txt"), "HELLO-FROM-BACKEND").unwrap();
