@@ -9,12 +9,9 @@ mod common;
 
 use std::time::Duration;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
+use common::jwt::Issuer;
 use common::sim::*;
 use ferry_harness::sim::{apps, observe};
-use ring::rand::SystemRandom;
-use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde_json::json;
 
 const ISSUER: &str = "https://issuer.example";
@@ -35,37 +32,6 @@ spec:
     to: [{operation: {paths: ["/secure*"]}}]
   - to: [{operation: {notPaths: ["/secure*"]}}]
 "#;
-
-/// The issuer's signing key and its JWKS.
-struct Issuer {
-    key: EcdsaKeyPair,
-}
-
-impl Issuer {
-    fn new() -> Issuer {
-        let rng = SystemRandom::new();
-        let pk8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-        Issuer { key: EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pk8.as_ref(), &rng).unwrap() }
-    }
-
-    fn jwks(&self) -> String {
-        let p = self.key.public_key().as_ref();
-        let b = |v: &[u8]| URL_SAFE_NO_PAD.encode(v);
-        json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256", "x": b(&p[1..33]), "y": b(&p[33..65])}]}).to_string()
-    }
-
-    /// A signed ES256 token for `iss`/`sub`, expiring `exp_in` seconds from now (negative:
-    /// in the past).
-    fn token(&self, iss: &str, sub: &str, exp_in: i64) -> String {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-        let b = |v: &[u8]| URL_SAFE_NO_PAD.encode(v);
-        let head = json!({"alg": "ES256", "kid": "k1", "typ": "JWT"}).to_string();
-        let claims = json!({"iss": iss, "sub": sub, "iat": now, "exp": now + exp_in}).to_string();
-        let signed = format!("{}.{}", b(head.as_bytes()), b(claims.as_bytes()));
-        let sig = self.key.sign(&SystemRandom::new(), signed.as_bytes()).unwrap();
-        format!("{signed}.{}", b(sig.as_ref()))
-    }
-}
 
 fn request_authentication(jwks: &str) -> String {
     let ra = json!({
