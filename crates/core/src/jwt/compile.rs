@@ -16,8 +16,11 @@ pub type JwksReader<'a> = &'a dyn Fn(&str) -> Result<String, String>;
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct Spec {
     selector: Option<serde_json::Value>,
-    target_ref: Option<serde_json::Value>,
-    target_refs: Option<serde_json::Value>,
+    // Read by `targets` before the spec; named here so `deny_unknown_fields` accepts them.
+    #[serde(rename = "targetRef")]
+    _target_ref: Option<serde_json::Value>,
+    #[serde(rename = "targetRefs")]
+    _target_refs: Option<serde_json::Value>,
     jwt_rules: Option<Vec<RuleSpec>>,
 }
 
@@ -43,8 +46,8 @@ struct RuleSpec {
     #[serde(default)]
     output_claim_to_headers: Vec<ClaimHeaderSpec>,
     /// The fetch timeout of a network `jwksUri`; ferry does not fetch, so it has no effect.
-    #[allow(dead_code)]
-    timeout: Option<String>,
+    #[serde(rename = "timeout")]
+    _timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,7 +95,6 @@ pub fn compile(obj: &serde_json::Value, read: JwksReader<'_>) -> Option<RequestA
     let result = targets(&spec, &ra.namespace).map_err(|e| CompileError::Spec(e.to_string())).and_then(|t| {
         ra.targets = t;
         let s: Spec = serde_json::from_value(spec).map_err(|e| CompileError::Spec(e.to_string()))?;
-        let _ = (&s.target_ref, &s.target_refs);
         if s.selector.is_some() {
             return Err(CompileError::SelectorAndTargets);
         }
