@@ -20,8 +20,9 @@ use std::collections::BTreeSet;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
+pub use crate::l7authz::Claims;
 use crate::l7authz::{Scope, Target};
 
 pub use compile::{compile, compile_all, JwksReader};
@@ -134,57 +135,6 @@ pub struct Request<'a> {
     pub query: &'a str,
 }
 
-/// A verified token's principal and claims.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Claims {
-    principal: String,
-    payload: Map<String, Value>,
-}
-
-impl Claims {
-    /// A verified payload's claims; the principal is `<iss>/<sub>` (`sub` may be empty).
-    pub(crate) fn from_payload(payload: Map<String, Value>) -> Claims {
-        let text = |k: &str| payload.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-        Claims { principal: format!("{}/{}", text("iss"), text("sub")), payload }
-    }
-
-    /// `<iss>/<sub>`.
-    pub fn principal(&self) -> &str {
-        &self.principal
-    }
-
-    /// `aud`, a string or a list of strings.
-    pub fn audiences(&self) -> Vec<&str> {
-        strings(self.payload.get("aud"))
-    }
-
-    /// `azp`.
-    pub fn presenter(&self) -> Option<&str> {
-        self.payload.get("azp").and_then(Value::as_str)
-    }
-
-    /// A claim by path (`[a][b]` is `["a", "b"]`): its string, or the strings of a list.
-    pub fn claim(&self, path: &[String]) -> Vec<&str> {
-        let (first, rest) = match path.split_first() {
-            Some(x) => x,
-            None => return Vec::new(),
-        };
-        let mut v = self.payload.get(first.as_str());
-        for p in rest {
-            v = v.and_then(|v| v.get(p.as_str()));
-        }
-        strings(v)
-    }
-}
-
-fn strings(v: Option<&Value>) -> Vec<&str> {
-    match v {
-        Some(Value::String(s)) => vec![s.as_str()],
-        Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).collect(),
-        _ => Vec::new(),
-    }
-}
-
 /// The result of authenticating a request: its claims (none without a token) and what to
 /// change in the request before it is forwarded.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -264,7 +214,7 @@ fn outputs(rule: &JwtRule, claims: &Claims, token: &str, set: &mut Vec<(String, 
         set.push((h.clone(), canonical));
     }
     for (header, claim) in &rule.claim_headers {
-        let value = match claims.payload.get(claim.as_str()) {
+        let value = match claims.top_level(claim) {
             Some(Value::String(s)) => s.clone(),
             Some(v @ (Value::Number(_) | Value::Bool(_))) => v.to_string(),
             _ => continue,

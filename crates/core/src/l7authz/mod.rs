@@ -12,6 +12,7 @@
 //! CVE-2026-26308); on a connection with no HTTP attributes (a TCP port) a condition on them
 //! never holds in an ALLOW rule and always holds in a DENY rule.
 
+mod claims;
 pub(crate) mod compile;
 pub mod path;
 
@@ -21,9 +22,9 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::identity::Identity;
-use crate::jwt::Claims;
 use crate::model::StringMatch;
 
+pub use claims::Claims;
 pub use compile::{compile, compile_all, ROOT_NAMESPACE, WAYPOINT_CLASS};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
