@@ -14,9 +14,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::sim::*;
-use ferry_harness::sim::{apps, observe, Sim, SimOptions};
+use ferry_harness::sim::{apps, observe};
 
+/// Appended to `three_node_waypoint()`.
 const SCENARIO: &str = r#"
+---
 {apiVersion: v1, kind: ServiceAccount, metadata: {name: echo, namespace: shop}}
 ---
 apiVersion: v1
@@ -51,11 +53,7 @@ const CLIENT: &str = "spiffe://cluster.local/ns/front/sa/client";
 
 #[test]
 fn grpc_and_http2_go_through_the_waypoint_with_l7_policy() {
-    common::netns::require_root();
-    let _guard = cluster_lock();
-    let mut sim = Sim::new(SimOptions::new(ferry_bin(), 3)).expect("build the simulated cluster");
-    sim.start().expect("start agents and proxies");
-    sim.apply(&format!("{WAYPOINT_THREE_NODES}---\n{SCENARIO}")).expect("apply the scenario");
+    let sim = waypoint_cluster(SCENARIO);
     // A response timeout well above what a call needs here, so only `Hang` reaches it.
     let mut waypoint = sim.spawn_waypoint_with("shop", "waypoint-1", "waypoint", &["--response-timeout", "5s"]).unwrap();
     let accepted = grpc::serve(&sim.pod("shop", "echo").netns_path(), 9000).unwrap();

@@ -10,10 +10,10 @@ mod common;
 use std::time::Duration;
 
 use common::sim::*;
-use ferry_harness::sim::{apps, observe, Sim, SimOptions};
+use ferry_harness::sim::{apps, observe};
 
+/// Appended to `three_node_waypoint()`.
 const SCENARIO: &str = r#"
-{apiVersion: v1, kind: ServiceAccount, metadata: {name: backend, namespace: shop}}
 ---
 apiVersion: v1
 kind: Service
@@ -64,11 +64,6 @@ spec:
   action: ALLOW
   rules: [{from: [{source: {principals: ["cluster.local/ns/front/sa/client"]}}]}]
 ---
-apiVersion: v1
-kind: Pod
-metadata: {name: backend, namespace: shop, labels: {app: backend}}
-spec: {nodeName: node-3, serviceAccountName: backend}
----
 {apiVersion: v1, kind: ServiceAccount, metadata: {name: stranger, namespace: front}}
 ---
 {apiVersion: v1, kind: Pod, metadata: {name: stranger, namespace: front}, spec: {nodeName: node-1, serviceAccountName: stranger}}
@@ -76,11 +71,7 @@ spec: {nodeName: node-3, serviceAccountName: backend}
 
 #[test]
 fn http_goes_through_the_waypoint_on_another_node_with_l7_policy() {
-    common::netns::require_root();
-    let _guard = cluster_lock();
-    let mut sim = Sim::new(SimOptions::new(ferry_bin(), 3)).expect("build the simulated cluster");
-    sim.start().expect("start agents and proxies");
-    sim.apply(&format!("{WAYPOINT_THREE_NODES}---\n{SCENARIO}")).expect("apply the scenario");
+    let mut sim = waypoint_cluster(SCENARIO);
     let site = std::env::temp_dir().join(format!("ferry-wp-site-{}", std::process::id()));
     std::fs::create_dir_all(&site).unwrap();
     std::fs::write(site.join("hello.txt"), "HELLO-FROM-BACKEND").unwrap();
@@ -109,7 +100,7 @@ fn http_goes_through_the_waypoint_on_another_node_with_l7_policy() {
     let (status, body) = get("/admin/users").unwrap();
     assert_eq!((status, body.trim()), (403, "RBAC: access denied"), "the waypoint's L7 DENY");
     let send = |method: &str, headers: &[(&str, &str)]| {
-        apps::http_request(&client, vip, method, "/hello.txt", headers, Duration::from_secs(5)).map(|(s, _)| s).ok()
+        apps::http_exchange(&client, vip, method, "/hello.txt", headers, Duration::from_secs(5)).map(|r| r.status).ok()
     };
     assert_eq!(send("DELETE", &[]), Some(403), "a DENY by method");
     assert_eq!(send("GET", &[("x-tester", "blocked-42")]), Some(403), "a DENY by header");

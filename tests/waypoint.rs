@@ -113,6 +113,11 @@ impl Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with("").await
+}
+
+/// The waypoint with `extra` appended to its policies (`{DIR}` names the test's directory).
+async fn setup_with(extra: &str) -> Setup {
     let dir = TempDir::new("waypoint");
     new_ca(dir.path());
     let (http, backend_requests, backend_connections) = http_backend().await;
@@ -136,7 +141,8 @@ services:
         port = http.port()
     );
     std::fs::write(dir.path().join("state.yaml"), &yaml).unwrap();
-    std::fs::write(dir.path().join("policies.yaml"), POLICIES).unwrap();
+    let extra = extra.replace("{DIR}", dir.path().to_str().unwrap());
+    std::fs::write(dir.path().join("policies.yaml"), format!("{POLICIES}{extra}")).unwrap();
 
     // The backend's node proxy (dedicated, in process), its HBONE port moved off 15008.
     let backend_hbone = free_port();
@@ -185,7 +191,12 @@ services:
 /// A CONNECT to `authority` through the waypoint as `client`; the status, and for a 200 the
 /// response to one HTTP/1.1 GET of `path` sent on the stream.
 async fn get(s: &Setup, client: &str, authority: &str, path: &str) -> (StatusCode, String) {
-    let http = format!("GET {path} HTTP/1.1\r\nHost: reviews.shop.svc.cluster.local\r\nConnection: close\r\n\r\n");
+    get_with(s, client, authority, path, "").await
+}
+
+/// As [`get`], with `headers` (`Name: value\r\n` lines) added to the request.
+async fn get_with(s: &Setup, client: &str, authority: &str, path: &str, headers: &str) -> (StatusCode, String) {
+    let http = format!("GET {path} HTTP/1.1\r\nHost: reviews.shop.svc.cluster.local\r\nConnection: close\r\n{headers}\r\n");
     raw(s, client, authority, vec![http.into_bytes()], Duration::ZERO).await
 }
 
@@ -465,4 +476,76 @@ async fn the_explain_endpoint_answers_l7_questions_as_the_data_path_decides() {
     assert_eq!(status, "404", "a service this waypoint does not front: {body}");
     let (status, _) = ask("destination=nonsense".into()).await;
     assert_eq!(status, "400");
+}
+
+/// Keys from a `jwksUri` file, replaced with the policies: tokens of the old key get 401 once
+/// the new set is in force, an unreadable set keeps the last good one; claims decide a DENY.
+#[tokio::test]
+async fn jwt_keys_from_a_file_are_reloaded_with_the_policies() {
+    const ISS: &str = "https://issuer.example";
+    const RA: &str = r#"
+---
+apiVersion: security.istio.io/v1beta1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, group: "", name: reviews}]
+  jwtRules: [{issuer: "https://issuer.example", jwksUri: "file://{DIR}/jwks.json"}]
+---
+{apiVersion: security.istio.io/v1, kind: AuthorizationPolicy, metadata: {name: deny-banned, namespace: shop}, spec: {
+  targetRefs: [{kind: Service, group: "", name: reviews}], action: DENY,
+  rules: [{when: [{key: "request.auth.claims[groups]", values: [banned]}]}]}}
+"#;
+    let (old, new) = (jwt::Issuer::new(), jwt::Issuer::new());
+    let s = setup_with(RA).await;
+    let jwks = s.dir.path().join("jwks.json");
+    let policies = s.dir.path().join("policies.yaml");
+    // Written after the start: the first read found no file, so the issuer's tokens failed.
+    std::fs::write(&jwks, old.jwks()).unwrap();
+    let text = std::fs::read_to_string(&policies).unwrap();
+    std::fs::write(&policies, format!("{text}\n# keys written\n")).unwrap();
+    let bearer = |t: String| format!("Authorization: Bearer {t}\r\n");
+    let status = |resp: String| status_line(&resp).to_string();
+    let until = |want: &'static str, token: String| {
+        let s = &s;
+        async move {
+            let mut last = String::new();
+            for _ in 0..200 {
+                last = status(get_with(s, "client", "10.96.0.10:80", "/hello", &bearer(token.clone())).await.1);
+                if last == want {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("never {want}, last {last}: {:?}", s.log().iter().rev().take(5).collect::<Vec<_>>());
+        }
+    };
+    until("HTTP/1.1 200 OK", old.token(ISS, "alice", 600)).await;
+    let banned = old.sign(&serde_json::json!({"iss": ISS, "sub": "mallory", "exp": jwt::now() + 600, "groups": ["dev", "banned"]}));
+    let (_, resp) = get_with(&s, "client", "10.96.0.10:80", "/hello", &bearer(banned)).await;
+    assert_eq!(status_line(&resp), "HTTP/1.1 403 Forbidden", "a DENY on a claim: {resp}");
+
+    std::fs::write(&jwks, new.jwks()).unwrap();
+    std::fs::write(&policies, format!("{text}\n# keys rotated\n")).unwrap();
+    until("HTTP/1.1 200 OK", new.token(ISS, "alice", 600)).await;
+    let (_, resp) = get_with(&s, "client", "10.96.0.10:80", "/hello", &bearer(old.token(ISS, "alice", 600))).await;
+    assert_eq!(status_line(&resp), "HTTP/1.1 401 Unauthorized", "the rotated-out key: {resp}");
+    assert!(resp.ends_with("Jwt verification fails"), "{resp}");
+
+    // A policy file that does not read: the last good set, keys included, stays in force.
+    std::fs::write(&policies, "kind: [unclosed").unwrap();
+    let refused = || s.log().iter().any(|r| r["message"].as_str().is_some_and(|m| m.contains("not reloaded")));
+    for _ in 0..200 {
+        if refused() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(refused(), "the unreadable file was read and refused");
+    let (_, resp) = get_with(&s, "client", "10.96.0.10:80", "/hello", &bearer(new.token(ISS, "alice", 600))).await;
+    assert_eq!(status_line(&resp), "HTTP/1.1 200 OK", "{resp}");
+    let (_, resp) = get_with(&s, "client", "10.96.0.10:80", "/hello", "").await;
+    assert_eq!(status_line(&resp), "HTTP/1.1 200 OK", "no token: no request principal needed here: {resp}");
+    let ok = s.log().into_iter().rev().find(|r| r["scope"] == "access" && r["request.principal"] == "https://issuer.example/alice");
+    assert!(ok.is_some_and(|r| r["status"] == 200), "the request principal in the access log");
 }

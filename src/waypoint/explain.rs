@@ -1,7 +1,7 @@
 //! `/debug/authorization` on a waypoint: what it would decide for a request, without sending
 //! one — the target resolved as a CONNECT's would be, the request's attributes (method, path,
 //! host, headers) normalized as the data path normalizes them, and the same evaluation over
-//! the policies in force. Nothing here has effects.
+//! the policies in force, as for a request carrying no JWT. Nothing here has effects.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -49,11 +49,12 @@ pub(crate) fn explain(wp: &Waypoint, query: &str) -> Answer {
     let header_refs: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
     let method = one("method").unwrap_or("GET");
     let http = (protocol != Protocol::Tcp).then_some(HttpAttrs { method, path: &normalized, host: &host, headers: &header_refs });
-    let attrs = RequestAttrs { src_ip, src_identity: src_identity.as_ref(), dst, http };
+    // As a request without a token: no request principal or claims.
+    let attrs = RequestAttrs { src_ip, src_identity: src_identity.as_ref(), dst, http, auth: None };
     let policies = wp.policies.borrow().clone();
     let scope = t.scope(wp);
-    let considered: Vec<String> = policies.iter().filter(|p| p.applies(&scope)).map(|p| p.key()).collect();
-    let verdict = l7authz::evaluate(policies.iter(), &scope, &attrs);
+    let considered: Vec<String> = policies.authz.iter().filter(|p| p.applies(&scope)).map(|p| p.key()).collect();
+    let verdict = l7authz::evaluate(policies.authz.iter(), &scope, &attrs);
     Ok(json!({
         "destination": {"address": dst.to_string(), "service": t.fronted.service().map(|s| s.hostname.clone()), "protocol": format!("{protocol:?}")},
         "source": {"ip": src_ip.to_string(), "identity": src_identity.map(|i| i.to_string())},

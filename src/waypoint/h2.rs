@@ -136,7 +136,7 @@ async fn forward(
     mut req: Request<Incoming>,
     record: &mut Record,
 ) -> Result<Response<Body>, WaypointError> {
-    prepare(wp, conn, t, &mut req)?;
+    prepare(wp, conn, t, &mut req, &mut record.principal)?;
     let (ep, inflight) = choose(wp, t)?;
     record.upstream = Some(ep.clone());
     record.held.0 = Some(inflight);
@@ -161,7 +161,13 @@ async fn forward(
 /// Authorizes `req` ([`check`], shared with HTTP/1.1) and makes it an HTTP/2 request for the
 /// upstream: `check` strips hop-by-hop headers, `TE` among them, and leaves an origin-form URI,
 /// but HTTP/2 needs the scheme and authority in the URI and gRPC needs `TE: trailers`.
-fn prepare(wp: &Waypoint, conn: &ConnInfo, t: &Target, req: &mut Request<Incoming>) -> Result<(), WaypointError> {
+fn prepare(
+    wp: &Waypoint,
+    conn: &ConnInfo,
+    t: &Target,
+    req: &mut Request<Incoming>,
+    principal: &mut Option<String>,
+) -> Result<(), WaypointError> {
     let authority = req.uri().authority().map(|a| a.as_str().to_string());
     // Policy reads the Host header first and the upstream gets `:authority`: a request whose
     // two differ (malformed, RFC 9113 §8.3.1) is refused rather than authorized on one name
@@ -173,7 +179,7 @@ fn prepare(wp: &Waypoint, conn: &ConnInfo, t: &Target, req: &mut Request<Incomin
     }
     let authority = authority.or_else(|| host(req));
     let trailers = req.headers().get_all(header::TE).iter().any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    check(wp, conn, t, req)?;
+    check(wp, conn, t, req, principal)?;
     let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let authority = authority.ok_or_else(|| WaypointError::BadRequest("no :authority".into()))?;
     *req.uri_mut() =

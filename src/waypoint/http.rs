@@ -1,7 +1,9 @@
-//! HTTP/1.1 on a CONNECT stream: each request is authorized with its method, normalized path,
-//! host and headers (the source principal is the HBONE peer: the client, as the node proxy
-//! presents the client's certificate), then forwarded on a new HBONE stream to an endpoint and
-//! its response streamed back. Denied requests get Envoy's `403 RBAC: access denied`.
+//! HTTP/1.1 on a CONNECT stream: each request's JWT is verified (RequestAuthentication), then
+//! the request is authorized with its method, normalized path, host, headers and request
+//! principal (the source principal is the HBONE peer: the client, as the node proxy presents
+//! the client's certificate), then forwarded on a new HBONE stream to an endpoint and its
+//! response streamed back. A token that does not verify gets Envoy's `401` with jwt_authn's
+//! message; denied requests get Envoy's `403 RBAC: access denied`.
 //!
 //! Bounds (ARCHITECTURE.md, Limits): the request head must arrive within
 //! `FERRY_HTTP_HEADER_TIMEOUT` (also what an idle keep-alive connection may wait) and fit in
@@ -29,6 +31,7 @@ use super::stream::{self, authorize, choose, setup_places, Target, WaypointError
 use super::Waypoint;
 use crate::drain::DrainWatch;
 use crate::hbone::server::ConnInfo;
+use ferry_core::jwt;
 use ferry_core::l7authz::{path, HttpAttrs};
 use ferry_core::waypoint::Endpoint;
 
@@ -83,6 +86,7 @@ async fn request(wp: Arc<Waypoint>, conn: Arc<ConnInfo>, t: Arc<Target>, req: Re
 /// Envoy's local replies, which clients and tests of Istio's waypoint recognise.
 pub(super) fn local_reply(e: &WaypointError) -> Response<Body> {
     let (status, body) = match e {
+        WaypointError::Unauthenticated { body, realm, .. } => return unauthenticated(body, realm),
         WaypointError::Denied(_) => (StatusCode::FORBIDDEN, "RBAC: access denied"),
         WaypointError::BadRequest(_) => (StatusCode::BAD_REQUEST, "Bad Request"),
         WaypointError::HeadTooLarge { .. } => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "Request Header Fields Too Large"),
@@ -90,9 +94,23 @@ pub(super) fn local_reply(e: &WaypointError) -> Response<Body> {
         WaypointError::Front(_) => (StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
         _ => (StatusCode::SERVICE_UNAVAILABLE, "upstream connect error or disconnect/reset before headers"),
     };
-    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())).map_err(|never| match never {}).boxed());
+    text_reply(status, Bytes::from_static(body.as_bytes()))
+}
+
+fn text_reply(status: StatusCode, body: Bytes) -> Response<Body> {
+    let mut resp = Response::new(Full::new(body).map_err(|never| match never {}).boxed());
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+    resp
+}
+
+/// Envoy jwt_authn's refusal: `401`, its message as the body, and a Bearer challenge naming
+/// the request's URI as the realm (RFC 6750 §3).
+fn unauthenticated(body: &str, realm: &str) -> Response<Body> {
+    let mut resp = text_reply(StatusCode::UNAUTHORIZED, Bytes::from(body.to_string()));
+    let challenge = format!("Bearer realm=\"{realm}\", error=\"invalid_token\"");
+    let value = http::HeaderValue::try_from(challenge).unwrap_or_else(|_| http::HeaderValue::from_static("Bearer error=\"invalid_token\""));
+    resp.headers_mut().insert(header::WWW_AUTHENTICATE, value);
     resp
 }
 
@@ -104,7 +122,7 @@ async fn forward(
     mut req: Request<Incoming>,
     record: &mut Record,
 ) -> Result<Response<Body>, WaypointError> {
-    check(wp, conn, t, &mut req)?;
+    check(wp, conn, t, &mut req, &mut record.principal)?;
     let (ep, inflight) = choose(wp, t)?;
     record.upstream = Some(ep.clone());
     // The request is in flight (for balancing) until its response body is done.
@@ -169,9 +187,16 @@ async fn connect(wp: &Arc<Waypoint>, conn: &ConnInfo, t: &Target, ep: &Endpoint)
     Ok(sender)
 }
 
-/// Normalizes the path (forwarding exactly what policy saw), authorizes, and prepares the
-/// request for the upstream.
-pub(super) fn check(wp: &Waypoint, conn: &ConnInfo, t: &Target, req: &mut Request<Incoming>) -> Result<(), WaypointError> {
+/// Normalizes the path (forwarding exactly what policy saw), verifies the request's JWT,
+/// authorizes, and prepares the request for the upstream. `principal` is set as soon as a
+/// token verifies, so the log of a request denied after that names it.
+pub(super) fn check(
+    wp: &Waypoint,
+    conn: &ConnInfo,
+    t: &Target,
+    req: &mut Request<Incoming>,
+    principal: &mut Option<String>,
+) -> Result<(), WaypointError> {
     // hyper checks its buffer only while a head is incomplete, so a head that arrives in one
     // read may exceed it; the limit is what was parsed, as Envoy's max_request_headers_kb.
     let size = head_size(req.uri(), req.method().as_str(), req.headers());
@@ -180,6 +205,7 @@ pub(super) fn check(wp: &Waypoint, conn: &ConnInfo, t: &Target, req: &mut Reques
     }
     let raw = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let (normalized, query) = path::normalize(raw).map_err(|e| WaypointError::BadRequest(e.to_string()))?;
+    let query = query.to_string();
     let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string);
     let host = host.or_else(|| req.uri().authority().map(|a| a.to_string())).ok_or_else(|| WaypointError::BadRequest("no Host".into()))?;
     // Header values as text; bytes that are not UTF-8 are replaced, so a DENY on a header
@@ -187,12 +213,42 @@ pub(super) fn check(wp: &Waypoint, conn: &ConnInfo, t: &Target, req: &mut Reques
     let owned: Vec<(String, String)> =
         req.headers().iter().map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
     let headers: Vec<(&str, &str)> = owned.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    let authn = authenticate(wp, t, &headers, &query, &format!("http://{host}{normalized}"))?;
+    *principal = authn.claims.as_ref().map(|c| c.principal().to_string());
     let attrs = HttpAttrs { method: req.method().as_str(), path: &normalized, host: &host, headers: &headers };
-    authorize(wp, conn, t, Some(attrs))?;
+    authorize(wp, conn, t, Some(attrs), authn.claims.as_ref())?;
     let uri = format!("{normalized}{query}").parse::<http::Uri>().map_err(|e| WaypointError::BadRequest(e.to_string()))?;
     *req.uri_mut() = uri;
+    apply(&authn, req.headers_mut());
     strip_hop_by_hop(req.headers_mut());
     Ok(())
+}
+
+/// Verifies the request's JWT against the RequestAuthentications bound to this target.
+fn authenticate(wp: &Waypoint, t: &Target, headers: &[(&str, &str)], query: &str, realm: &str) -> Result<jwt::Outcome, WaypointError> {
+    let set = wp.policies.borrow().clone();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let req = jwt::Request { headers, query: query.strip_prefix('?').unwrap_or(query) };
+    jwt::authenticate(set.authn.iter(), &t.scope(wp), &req, now).map_err(|e| {
+        let reason = match &e {
+            jwt::JwtError::Broken(why) => why.clone(),
+            other => other.to_string(),
+        };
+        WaypointError::Unauthenticated { body: e.to_string(), reason, realm: realm.to_string() }
+    })
+}
+
+/// What authentication changes before forwarding: the token (unless `forwardOriginalToken`)
+/// and client-supplied claim headers removed, the verified claims' headers set.
+fn apply(authn: &jwt::Outcome, h: &mut HeaderMap) {
+    for name in &authn.remove {
+        h.remove(name.as_str());
+    }
+    for (name, value) in &authn.set {
+        if let (Ok(n), Ok(v)) = (HeaderName::try_from(name.as_str()), http::HeaderValue::try_from(value.as_str())) {
+            h.insert(n, v);
+        }
+    }
 }
 
 /// Removes the headers that describe one hop (RFC 9110 §7.6.1), including those the

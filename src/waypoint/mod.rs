@@ -1,8 +1,8 @@
 //! `ferry waypoint`: the per-namespace L7 proxy of Istio's ambient mode. It terminates HBONE
 //! from node proxies (the client's identity as the TLS peer), accepts only CONNECT targets it
 //! fronts, and forwards each to a chosen endpoint over HBONE as itself: HTTP/1.1 and HTTP/2
-//! (gRPC) ports request by request with L7 authorization, other ports as TCP with the L4 part
-//! of it.
+//! (gRPC) ports request by request with JWT authentication and L7 authorization, other ports
+//! as TCP with the L4 part of it.
 //!
 //! State, certificates, limits and the management ports are the node proxy's own machinery
 //! (`app`, `hbone`, `tls`, `admin`); only the per-stream decisions differ ([`stream`], [`http`],
@@ -46,10 +46,12 @@ use ferry_core::waypoint::WaypointSelf;
 CA_ADDRESS, without impersonation: the waypoint's own identity), limits and the admin (15000), metrics (15020) and \
 readiness (15021) ports are set as for `ferry proxy` (heading Proxy). PROXY_MODE=dedicated, PROXY_WORKLOAD_INFO, \
 PACKET_MARK and ENABLE_ORIG_SRC=true are refused; INPOD_UDS and INPOD_PORT_REUSE have no effect. \
-Policies: AuthorizationPolicy objects with targetRefs (this Gateway, a Service it fronts, or the istio-waypoint \
-GatewayClass in istio-system) from FERRY_WAYPOINT_POLICIES, or from FERRY_CLUSTER_STATE when that is the state source, \
-else with XDS_ADDRESS from `ferry controller` over xDS (ferry's type ferry.waypoint.Policy: the waypoint is ready only \
-once it has its policies; a control plane that does not serve the type, such as istiod, leaves it unready).")]
+Policies: AuthorizationPolicy and RequestAuthentication objects with targetRefs (this Gateway, a Service it fronts, or \
+the istio-waypoint GatewayClass in istio-system) from FERRY_WAYPOINT_POLICIES, or from FERRY_CLUSTER_STATE when that is \
+the state source, else with XDS_ADDRESS from `ferry controller` over xDS (ferry's type ferry.waypoint.Policy: the waypoint \
+is ready only once it has its policies; a control plane that does not serve the type, such as istiod, leaves it unready). \
+A RequestAuthentication's keys come from jwks (inline) or a jwksUri naming a file (file:///path or /path, at most 64 KiB, \
+re-read with the policies); an http(s) jwksUri is not fetched and that issuer's tokens get 401.")]
 pub struct WaypointArgs {
     /// The waypoint's Gateway name: policies bind to it, and its service is named after it.
     #[arg(long, env = "GATEWAY_NAME")]
@@ -66,7 +68,7 @@ pub struct WaypointArgs {
     /// Addresses WDS may name this waypoint by (comma-separated), besides its hostname.
     #[arg(long, env = "INSTANCE_IPS", value_delimiter = ',')]
     address: Vec<IpAddr>,
-    /// AuthorizationPolicy manifests (a file or a directory), re-read when they change.
+    /// AuthorizationPolicy and RequestAuthentication manifests (a file or a directory), re-read when they change.
     #[arg(long, env = "FERRY_WAYPOINT_POLICIES", value_name = "PATH")]
     policies: Option<PathBuf>,
     /// HBONE listener.

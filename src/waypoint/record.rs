@@ -30,6 +30,8 @@ pub(crate) struct Record {
     pub(crate) protocol: &'static str,
     pub(crate) status: u16,
     pub(crate) grpc_status: Option<String>,
+    /// The request principal of its verified JWT.
+    pub(crate) principal: Option<String>,
     /// The request's head, then its body as it is sent upstream ([`Counted`]).
     pub(crate) request_bytes: Arc<AtomicU64>,
     /// The response's head, then its body as it is sent to the client.
@@ -51,6 +53,7 @@ impl Record {
             protocol,
             status: 0,
             grpc_status: None,
+            principal: None,
             request_bytes: Arc::new(AtomicU64::new(head_size(req.uri(), req.method().as_str(), req.headers()) as u64)),
             response_bytes: 0,
             held: (None, None),
@@ -75,6 +78,7 @@ impl Record {
             protocol: self.protocol,
             grpc_status: self.grpc_status.as_deref(),
             bytes: Some((self.request_bytes.load(Ordering::Relaxed), self.response_bytes)),
+            principal: self.principal.as_deref(),
         }
         .log(error, self.status)
     }

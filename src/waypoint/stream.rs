@@ -23,6 +23,7 @@ use crate::hbone::H2Stream;
 use crate::listen::Gate;
 use crate::tls::certs::CertError;
 use ferry_core::addr::{parse_authority, Authority};
+use ferry_core::jwt::Claims;
 use ferry_core::l7authz::{self, L7Decision, RequestAttrs, Scope};
 use ferry_core::waypoint::{self as wp_core, Endpoint, FrontError, Fronted};
 
@@ -39,6 +40,9 @@ pub(crate) enum WaypointError {
     Front(#[from] FrontError),
     #[error("{0}")]
     Denied(String),
+    /// A JWT did not verify: `body` is Envoy's message for the client, `reason` the operator's.
+    #[error("request authentication refused: {reason}")]
+    Unauthenticated { body: String, reason: String, realm: String },
     #[error(transparent)]
     Hbone(#[from] HboneError),
     #[error(transparent)]
@@ -67,7 +71,7 @@ impl WaypointError {
             WaypointError::Front(FrontError::Unknown(_) | FrontError::OtherWaypoint { .. } | FrontError::NoPort { .. }) => {
                 StatusCode::BAD_REQUEST
             }
-            WaypointError::Denied(_) => StatusCode::UNAUTHORIZED,
+            WaypointError::Denied(_) | WaypointError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
             WaypointError::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             WaypointError::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             WaypointError::Front(FrontError::NoEndpoint(_) | FrontError::BadIdentity(..))
@@ -84,6 +88,8 @@ impl WaypointError {
     pub(crate) fn flags(&self) -> &'static str {
         match self {
             WaypointError::Denied(_) => "DENY",
+            // Envoy's jwt_authn sets no response flag on its 401.
+            WaypointError::Unauthenticated { .. } => "-",
             WaypointError::Front(FrontError::NoEndpoint(_)) => "UH",
             WaypointError::Front(_) | WaypointError::NotConnect(_) | WaypointError::BadAuthority(_) => "NR",
             WaypointError::Hbone(e) => e.response_flags(),
@@ -213,7 +219,7 @@ async fn tcp(
 ) {
     let opened = async {
         let _places = setup_places(&wp, &conn).await?;
-        authorize(&wp, &conn, &t, None)?;
+        authorize(&wp, &conn, &t, None, None)?;
         open_upstream(&wp, &conn, &t).await
     };
     let (up, ep, _inflight) = match opened.await {
@@ -240,11 +246,18 @@ pub(crate) async fn setup_places(wp: &Waypoint, conn: &ConnInfo) -> Result<[toki
     Ok([on_conn, all.ok().and_then(Result::ok).ok_or(WaypointError::Shed)?])
 }
 
-/// Decides `http` (or a TCP connection) against the policies bound to this target.
-pub(crate) fn authorize(wp: &Waypoint, conn: &ConnInfo, t: &Target, http: Option<l7authz::HttpAttrs<'_>>) -> Result<(), WaypointError> {
-    let attrs = RequestAttrs { src_ip: conn.peer.ip(), src_identity: Some(&conn.identity), dst: t.authority, http };
+/// Decides `http` (or a TCP connection) against the policies bound to this target; `auth` is
+/// the request's verified JWT.
+pub(crate) fn authorize(
+    wp: &Waypoint,
+    conn: &ConnInfo,
+    t: &Target,
+    http: Option<l7authz::HttpAttrs<'_>>,
+    auth: Option<&Claims>,
+) -> Result<(), WaypointError> {
+    let attrs = RequestAttrs { src_ip: conn.peer.ip(), src_identity: Some(&conn.identity), dst: t.authority, http, auth };
     let policies = wp.policies.borrow().clone();
-    let verdict = l7authz::evaluate(policies.iter(), &t.scope(wp), &attrs);
+    let verdict = l7authz::evaluate(policies.authz.iter(), &t.scope(wp), &attrs);
     if !verdict.audited.is_empty() || !verdict.dry_run_matched.is_empty() {
         tracing::info!(target: "access", audited = ?verdict.audited, dry_run = ?verdict.dry_run_matched, "policies matched without enforcing");
     }
@@ -337,11 +350,13 @@ pub(crate) struct Access<'a> {
     pub(crate) grpc_status: Option<&'a str>,
     /// HTTP only: the request's and the response's bytes (heads and bodies).
     pub(crate) bytes: Option<(u64, u64)>,
+    /// The request principal (`<iss>/<sub>` of its verified JWT), logged as `request.principal`.
+    pub(crate) principal: Option<&'a str>,
 }
 
 impl<'a> Access<'a> {
     pub(crate) fn tcp(conn: &'a ConnInfo, target: Option<&'a Target>, upstream: Option<&'a Endpoint>, start: Instant) -> Self {
-        Access { conn, target, upstream, start, method: None, path: None, protocol: "tcp", grpc_status: None, bytes: None }
+        Access { conn, target, upstream, start, method: None, path: None, protocol: "tcp", grpc_status: None, bytes: None, principal: None }
     }
 
     pub(crate) fn log(&self, error: Option<&WaypointError>, status: u16) {
@@ -357,6 +372,7 @@ impl<'a> Access<'a> {
                     $lvl,
                     src.addr = %self.conn.peer,
                     src.identity = %self.conn.identity,
+                    request.principal = self.principal,
                     dst.addr = self.target.map(|t| tracing::field::display(t.authority)),
                     dst.service = service,
                     upstream = self.upstream.map(|e| tracing::field::display(e.target)),

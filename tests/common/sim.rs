@@ -51,44 +51,70 @@ metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
 {apiVersion: v1, kind: Pod, metadata: {name: backend, namespace: shop, labels: {app: backend}}, spec: {nodeName: node-2, serviceAccountName: backend}}
 "#;
 
-/// Issue 13's three nodes: `front/client` on node-1, the `shop/waypoint` Gateway's pod
-/// `waypoint-1` on node-2 (with its Service), namespace `shop` enrolled to it; a scenario adds
-/// its server (on node-3), services and policies.
-pub const WAYPOINT_THREE_NODES: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: front, labels: {istio.io/dataplane-mode: ambient}}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
----
-{apiVersion: v1, kind: ServiceAccount, metadata: {name: client, namespace: front}}
----
-{apiVersion: v1, kind: ServiceAccount, metadata: {name: waypoint, namespace: shop}}
+/// A waypoint declared as Istio's deployer declares it: Gateway `waypoint` of class
+/// istio-waypoint in `shop`, and its Service at `vip`.
+pub fn waypoint_gateway(vip: &str) -> String {
+    format!(
+        r#"
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
-metadata: {name: waypoint, namespace: shop}
+metadata: {{name: waypoint, namespace: shop}}
 spec:
   gatewayClassName: istio-waypoint
-  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+  listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]
 ---
 apiVersion: v1
 kind: Service
-metadata: {name: waypoint, namespace: shop, labels: {gateway.istio.io/managed: istio.io-mesh-controller}}
-spec: {selector: {gateway.networking.k8s.io/gateway-name: waypoint}, clusterIP: 198.19.0.40, ports: [{name: mesh, port: 15008}]}
+metadata: {{name: waypoint, namespace: shop, labels: {{gateway.istio.io/managed: istio.io-mesh-controller}}}}
+spec: {{selector: {{gateway.networking.k8s.io/gateway-name: waypoint}}, clusterIP: {vip}, ports: [{{name: mesh, port: 15008}}]}}
+"#
+    )
+}
+
+/// Three nodes: `front/client` on node-1, the `shop` waypoint's pod on node-2 (the waypoint at
+/// 198.19.0.40), `shop/backend` (`app: backend`) on node-3; `shop` uses the waypoint.
+/// Scenarios append the backend's Service and their policies.
+pub fn three_node_waypoint() -> String {
+    let waypoint = waypoint_gateway("198.19.0.40");
+    format!(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {{name: front, labels: {{istio.io/dataplane-mode: ambient}}}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {{name: shop, labels: {{istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}}}
+---
+{{apiVersion: v1, kind: ServiceAccount, metadata: {{name: client, namespace: front}}}}
+---
+{{apiVersion: v1, kind: ServiceAccount, metadata: {{name: backend, namespace: shop}}}}
+---
+{{apiVersion: v1, kind: ServiceAccount, metadata: {{name: waypoint, namespace: shop}}}}
+{waypoint}---
+{{apiVersion: v1, kind: Pod, metadata: {{name: client, namespace: front}}, spec: {{nodeName: node-1, serviceAccountName: client}}}}
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: client, namespace: front}
-spec: {nodeName: node-1, serviceAccountName: client}
+metadata: {{name: waypoint-1, namespace: shop, labels: {{gateway.networking.k8s.io/gateway-name: waypoint, istio.io/dataplane-mode: none}}}}
+spec: {{nodeName: node-2, serviceAccountName: waypoint}}
 ---
-apiVersion: v1
-kind: Pod
-metadata: {name: waypoint-1, namespace: shop, labels: {gateway.networking.k8s.io/gateway-name: waypoint, istio.io/dataplane-mode: none}}
-spec: {nodeName: node-2, serviceAccountName: waypoint}
-"#;
+{{apiVersion: v1, kind: Pod, metadata: {{name: backend, namespace: shop, labels: {{app: backend}}}}, spec: {{nodeName: node-3, serviceAccountName: backend}}}}
+"#
+    )
+}
+
+/// A started three-node cluster with [`three_node_waypoint`] and `scenario` applied (no
+/// waypoint process yet: `spawn_waypoint` starts it).
+pub fn waypoint_cluster(scenario: &str) -> TestSim {
+    super::netns::require_root();
+    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut sim = Sim::new(SimOptions::new(ferry_bin(), 3)).expect("build the simulated cluster");
+    sim.start().expect("start agents and proxies");
+    sim.apply(&format!("{}{scenario}", three_node_waypoint())).expect("apply the scenario");
+    TestSim { sim, _guard: guard }
+}
 
 /// A started two-node cluster with `scenario` applied and an echo server on 8080 in every pod.
 pub fn cluster(scenario: &str) -> TestSim {

@@ -9,6 +9,7 @@
 
 pub mod addr;
 pub mod identity;
+pub mod jwt;
 pub mod k8s;
 pub mod l7authz;
 pub mod local_config;

@@ -9,7 +9,7 @@ use std::str::FromStr;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::{Condition, Key, L7Action, L7Policy, Operation, Pair, Rule, Source, Target, Values};
+use super::{AuthKey, Condition, Key, L7Action, L7Policy, Operation, Pair, Rule, Source, Target, Values};
 use crate::k8s::policy::{
     accounts, rejected_shape, string_match, ApSpec as Spec, Condition as ConditionSpec, Issues, OperationSpec, RuleSpec, SourceSpec, Strs,
     DRY_RUN_ANNOTATION,
@@ -109,7 +109,7 @@ fn fail_closed(p: &mut L7Policy, e: &CompileError) {
 }
 
 /// The targets, or an error when one cannot be read (the policy then covers its namespace).
-fn targets(spec: &serde_json::Value, namespace: &str) -> Result<Vec<Target>, CompileError> {
+pub(crate) fn targets(spec: &serde_json::Value, namespace: &str) -> Result<Vec<Target>, CompileError> {
     let one = spec.get("targetRef").map(std::slice::from_ref).unwrap_or_default();
     let many = match spec.get("targetRefs") {
         None => &[][..],
@@ -238,11 +238,13 @@ fn condition(c: &ConditionSpec) -> Result<Condition, String> {
         "source.namespace" => (Key::SourceNamespace, text()),
         "source.principal" => (Key::SourcePrincipal, Values::Strings(strs(v, n, principal_match))),
         "connection.sni" => (Key::ConnectionSni, text()),
-        "request.auth.principal" | "request.auth.audiences" | "request.auth.presenter" => (Key::Auth(c.key.clone()), text()),
-        k if claim(k) => (Key::Auth(c.key.clone()), text()),
-        k => match header_name(k) {
-            Some(h) => (Key::Header(h), text()),
-            None => return Err(format!("unsupported condition key {k:?}")),
+        "request.auth.principal" => (Key::Auth(AuthKey::Principal), text()),
+        "request.auth.audiences" => (Key::Auth(AuthKey::Audiences), text()),
+        "request.auth.presenter" => (Key::Auth(AuthKey::Presenter), text()),
+        k => match (claim(k), header_name(k)) {
+            (Some(path), _) => (Key::Auth(AuthKey::Claim(path)), text()),
+            (None, Some(h)) => (Key::Header(h), text()),
+            (None, None) => return Err(format!("unsupported condition key {k:?}")),
         },
     };
     Ok(Condition { key, values })
@@ -252,11 +254,11 @@ fn bracketed<'a>(key: &'a str, prefix: &str) -> Option<&'a str> {
     key.strip_prefix(prefix)?.strip_suffix(']').filter(|inner| !inner.is_empty() && !inner.contains(['[', ']']))
 }
 
-/// `request.auth.claims[iss]` or nested `request.auth.claims[a][b]`.
-fn claim(key: &str) -> bool {
-    key.strip_prefix("request.auth.claims[")
-        .and_then(|r| r.strip_suffix(']'))
-        .is_some_and(|inner| inner.split("][").all(|part| !part.is_empty() && !part.contains(['[', ']'])))
+/// `request.auth.claims[iss]` or nested `request.auth.claims[a][b]`: the claim's path.
+fn claim(key: &str) -> Option<Vec<String>> {
+    let inner = key.strip_prefix("request.auth.claims[")?.strip_suffix(']')?;
+    let parts: Vec<String> = inner.split("][").map(str::to_string).collect();
+    parts.iter().all(|part| !part.is_empty() && !part.contains(['[', ']'])).then_some(parts)
 }
 
 /// `request.headers[Name]`, lower-cased; a name with bytes outside HTTP tokens is refused.

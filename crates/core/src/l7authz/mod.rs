@@ -12,7 +12,8 @@
 //! CVE-2026-26308); on a connection with no HTTP attributes (a TCP port) a condition on them
 //! never holds in an ALLOW rule and always holds in a DENY rule.
 
-mod compile;
+mod claims;
+pub(crate) mod compile;
 pub mod path;
 
 use std::net::{IpAddr, SocketAddr};
@@ -23,6 +24,7 @@ use serde::Serialize;
 use crate::identity::Identity;
 use crate::model::StringMatch;
 
+pub use claims::Claims;
 pub use compile::{compile, compile_all, ROOT_NAMESPACE, WAYPOINT_CLASS};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -105,9 +107,18 @@ enum Key {
     SourcePrincipal,
     DestinationIp,
     DestinationPort,
-    /// `request.auth.*`: no request authentication yet, so never present.
-    Auth(String),
+    /// `request.auth.*`, from the request's verified JWT.
+    Auth(AuthKey),
     ConnectionSni,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+enum AuthKey {
+    Principal,
+    Audiences,
+    Presenter,
+    /// `request.auth.claims[a][b]` as `["a", "b"]`.
+    Claim(Vec<String>),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -146,6 +157,8 @@ pub struct RequestAttrs<'a> {
     pub dst: SocketAddr,
     /// `None` on a TCP port: HTTP conditions are unknown.
     pub http: Option<HttpAttrs<'a>>,
+    /// The request's verified JWT; `None` without one (and always on a TCP port).
+    pub auth: Option<&'a Claims>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -180,22 +193,27 @@ impl L7Policy {
 
     /// Whether this policy binds to the request described by `scope`.
     pub fn applies(&self, scope: &Scope<'_>) -> bool {
-        let ns = self.namespace.as_str();
-        let own = ns == scope.namespace;
-        let svc_ns = scope.service.map(|(n, _)| n);
-        self.targets.iter().any(|t| match t {
-            Target::Gateway(g) => own && g == scope.gateway,
-            Target::Service(s) => scope.service == Some((ns, s.as_str())),
-            Target::GatewayClass(c) => ns == ROOT_NAMESPACE && c == WAYPOINT_CLASS,
-            Target::Other(_) => false,
-            Target::Unreadable => own || svc_ns == Some(ns),
-        })
+        targets_apply(&self.targets, &self.namespace, scope)
     }
 
     fn matches(&self, r: &RequestAttrs<'_>) -> bool {
         let ctx = Ctx { req: r, deny: self.action == L7Action::Deny };
         self.rules.iter().any(|rule| ctx.rule(rule))
     }
+}
+
+/// Whether an object in namespace `ns` with these targets binds to `scope` (policies and
+/// RequestAuthentications attach alike).
+pub(crate) fn targets_apply(targets: &[Target], ns: &str, scope: &Scope<'_>) -> bool {
+    let own = ns == scope.namespace;
+    let svc_ns = scope.service.map(|(n, _)| n);
+    targets.iter().any(|t| match t {
+        Target::Gateway(g) => own && g == scope.gateway,
+        Target::Service(s) => scope.service == Some((ns, s.as_str())),
+        Target::GatewayClass(c) => ns == ROOT_NAMESPACE && c == WAYPOINT_CLASS,
+        Target::Other(_) => false,
+        Target::Unreadable => own || svc_ns == Some(ns),
+    })
 }
 
 /// Decides `req` against every policy in `policies` that applies to `scope`.
@@ -270,7 +288,7 @@ impl Ctx<'_, '_> {
         let principal = id.map(|i| i.principal());
         str_pair(&s.principals, principal.as_deref())
             && str_pair(&s.namespaces, id.map(|i| i.namespace()))
-            && str_pair(&s.request_principals, None)
+            && str_pair(&s.request_principals, self.req.auth.map(Claims::principal))
             && net_pair(&s.ip_blocks, self.req.src_ip)
             && net_pair(&s.remote_ip_blocks, self.req.src_ip)
     }
@@ -305,10 +323,27 @@ impl Ctx<'_, '_> {
             (Key::DestinationPort, Values::Ports(p)) => port_pair(p, r.dst.port()),
             (Key::SourceNamespace, Values::Strings(p)) => str_pair(p, r.src_identity.map(|i| i.namespace())),
             (Key::SourcePrincipal, Values::Strings(p)) => str_pair(p, r.src_identity.map(|i| i.principal()).as_deref()),
-            (Key::Auth(_) | Key::ConnectionSni, Values::Strings(p)) => str_pair(p, None),
+            (Key::Auth(k), Values::Strings(p)) => self.auth(p, k),
+            (Key::ConnectionSni, Values::Strings(p)) => str_pair(p, None),
             // The compiler pairs every key with its kind of values; a mismatch is a bug, and
             // the safe answer is the one that denies.
             _ => self.deny,
+        }
+    }
+
+    /// A `request.auth.*` key: a list (audiences, a list claim) holds if any element does,
+    /// as in Istio (the list comes from a verified token, not from the client's headers).
+    fn auth(&self, p: &Pair<StringMatch>, k: &AuthKey) -> bool {
+        let Some(c) = self.req.auth else { return str_pair(p, None) };
+        let values = match k {
+            AuthKey::Principal => vec![c.principal()],
+            AuthKey::Audiences => c.audiences(),
+            AuthKey::Presenter => c.presenter().into_iter().collect(),
+            AuthKey::Claim(path) => c.claim(path),
+        };
+        match values.is_empty() {
+            true => str_pair(p, None),
+            false => pair_holds(p, |m| values.iter().any(|v| m.matches(v))),
         }
     }
 

@@ -30,6 +30,8 @@ struct Req {
     host: &'static str,
     headers: Vec<(&'static str, &'static str)>,
     http: bool,
+    /// The verified JWT's payload, if the request carried one.
+    jwt: Option<serde_json::Value>,
 }
 
 fn get(path: &'static str) -> Req {
@@ -42,13 +44,21 @@ fn get(path: &'static str) -> Req {
         host: "reviews.shop.svc.cluster.local:9080",
         headers: vec![],
         http: true,
+        jwt: None,
     }
 }
 
 fn decide(ps: &[L7Policy], scope: &Scope<'_>, r: &Req) -> Verdict {
     let id: Option<Identity> = r.id.map(|i| i.parse().unwrap());
     let http = r.http.then(|| HttpAttrs { method: r.method, path: r.path, host: r.host, headers: &r.headers });
-    let attrs = RequestAttrs { src_ip: r.src.parse().unwrap(), src_identity: id.as_ref(), dst: r.dst.parse().unwrap(), http };
+    let claims = r.jwt.as_ref().and_then(|j| j.as_object()).map(|j| Claims::from_payload(j.clone()));
+    let attrs = RequestAttrs {
+        src_ip: r.src.parse().unwrap(),
+        src_identity: id.as_ref(),
+        dst: r.dst.parse().unwrap(),
+        http,
+        auth: claims.as_ref(),
+    };
     evaluate(ps, scope, &attrs)
 }
 
@@ -141,9 +151,9 @@ fn when_conditions() {
         ("destination.ip", "[{key: destination.ip, values: [10.96.0.10]}]", get("/"), true),
         ("destination.port", "[{key: destination.port, values: ['9080']}]", get("/"), true),
         ("destination.port miss", "[{key: destination.port, values: ['80']}]", get("/"), false),
-        ("request.auth.principal never matches", "[{key: request.auth.principal, values: ['*']}]", get("/"), false),
-        ("request.auth.claims never match", "[{key: 'request.auth.claims[groups]', values: [admin]}]", get("/"), false),
-        ("nested claims", "[{key: 'request.auth.claims[a][b]', notValues: [x]}]", get("/"), true),
+        ("request.auth.principal never matches without JWT", "[{key: request.auth.principal, values: ['*']}]", get("/"), false),
+        ("request.auth.claims never match without JWT", "[{key: 'request.auth.claims[groups]', values: [admin]}]", get("/"), false),
+        ("nested claims notValues hold without JWT", "[{key: 'request.auth.claims[a][b]', notValues: [x]}]", get("/"), true),
         ("all conditions must hold", "[{key: source.namespace, values: [front]}, {key: destination.port, values: ['1']}]", get("/"), false),
     ];
     for (name, when, req, want) in cases {
@@ -276,4 +286,57 @@ fn deny_matches_any_header_value() {
     assert!(!allowed(&ps, &r), "a DENY matches if any value does");
     let r = Req { headers: vec![("X-User", "root")], ..get("/") };
     assert!(!allowed(&ps, &r), "header names are case-insensitive");
+}
+
+#[test]
+fn request_principals_and_auth_keys() {
+    let token = serde_json::json!({
+        "iss": "https://issuer.example", "sub": "alice", "aud": ["api", "web"], "azp": "spa",
+        "groups": ["dev", "ops"], "role": "admin", "org": {"team": {"name": "payments"}}, "n": 7,
+    });
+    let jwt = || Req { jwt: Some(token.clone()), ..get("/") };
+    let from = |src: &str| format!("[{{from: [{{source: {{{src}}}}}]}}]");
+    let when = |c: &str| format!("[{{when: [{c}]}}]");
+    #[rustfmt::skip]
+    let cases: Vec<(&str, String, Req, bool)> = vec![
+        // (name, ALLOW rules, request, allowed)
+        ("requestPrincipals exact", from("requestPrincipals: ['https://issuer.example/alice']"), jwt(), true),
+        ("requestPrincipals other sub", from("requestPrincipals: ['https://issuer.example/bob']"), jwt(), false),
+        ("requestPrincipals issuer prefix", from("requestPrincipals: ['https://issuer.example/*']"), jwt(), true),
+        ("requestPrincipals other issuer", from("requestPrincipals: ['https://evil.example/*']"), jwt(), false),
+        ("requestPrincipals suffix", from("requestPrincipals: ['*/alice']"), jwt(), true),
+        ("requestPrincipals presence", from("requestPrincipals: ['*']"), jwt(), true),
+        ("requestPrincipals presence, no token", from("requestPrincipals: ['*']"), get("/"), false),
+        ("notRequestPrincipals presence", from("notRequestPrincipals: ['*']"), jwt(), false),
+        ("notRequestPrincipals other", from("notRequestPrincipals: ['https://evil.example/*']"), jwt(), true),
+        ("request.auth.principal", when("{key: request.auth.principal, values: ['https://issuer.example/alice']}"), jwt(), true),
+        ("request.auth.audiences any element", when("{key: request.auth.audiences, values: [web]}"), jwt(), true),
+        ("request.auth.audiences miss", when("{key: request.auth.audiences, values: [admin]}"), jwt(), false),
+        ("request.auth.audiences notValues", when("{key: request.auth.audiences, notValues: [api]}"), jwt(), false),
+        ("request.auth.presenter", when("{key: request.auth.presenter, values: [spa]}"), jwt(), true),
+        ("claim string", when("{key: 'request.auth.claims[role]', values: [admin]}"), jwt(), true),
+        ("claim string prefix", when("{key: 'request.auth.claims[role]', values: ['adm*']}"), jwt(), true),
+        ("claim list element", when("{key: 'request.auth.claims[groups]', values: [ops]}"), jwt(), true),
+        ("claim list miss", when("{key: 'request.auth.claims[groups]', values: [root]}"), jwt(), false),
+        ("claim list notValues", when("{key: 'request.auth.claims[groups]', notValues: [dev]}"), jwt(), false),
+        ("nested claim", when("{key: 'request.auth.claims[org][team][name]', values: [payments]}"), jwt(), true),
+        ("nested claim miss", when("{key: 'request.auth.claims[org][team][name]', values: [sales]}"), jwt(), false),
+        ("nested claim absent", when("{key: 'request.auth.claims[org][dept]', values: ['*']}"), jwt(), false),
+        ("number claim is not a string", when("{key: 'request.auth.claims[n]', values: ['7']}"), jwt(), false),
+        ("claim absent, notValues hold", when("{key: 'request.auth.claims[missing]', notValues: [x]}"), jwt(), true),
+    ];
+    for (name, rules, req, want) in cases {
+        let ps = policies(&gw("p", &format!("action: ALLOW, rules: {rules}}}")));
+        assert!(ps[0].notes.is_empty(), "{name}: {:?}", ps[0].notes);
+        assert_eq!(allowed(&ps, &req), want, "{name}");
+    }
+    // What a user of Istio writes: tokens from one issuer on /secure, a 403 without one.
+    let secure = gw("secure", "action: ALLOW, rules: [{from: [{source: {requestPrincipals: ['https://issuer.example/*']}}], to: [{operation: {paths: ['/secure*']}}]}]}");
+    let ps = policies(&secure);
+    assert!(allowed(&ps, &Req { jwt: Some(token.clone()), ..get("/secure/x") }));
+    let v = decide(&ps, &WAYPOINT, &get("/secure/x"));
+    assert_eq!(v.decision, L7Decision::Deny { policy: None, reason: "no ALLOW policy matched (shop/secure)".into() });
+    let deny = policies(&gw("no-jwt", "action: DENY, rules: [{from: [{source: {notRequestPrincipals: ['*']}}]}]}"));
+    assert!(!allowed(&deny, &get("/")), "DENY notRequestPrincipals '*' refuses requests without a token");
+    assert!(allowed(&deny, &jwt()), "and lets a verified one through");
 }

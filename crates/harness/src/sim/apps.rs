@@ -105,31 +105,40 @@ pub fn http_bytes(
     target: &str,
     read_timeout: Duration,
 ) -> std::io::Result<(u16, Vec<u8>)> {
-    http_request(path, addr, method, target, &[], read_timeout)
+    http_exchange(path, addr, method, target, &[], read_timeout).map(|r| (r.status, r.body))
 }
 
-/// [`http_bytes`] with extra request headers.
-pub fn http_request(
+/// What an HTTP/1.1 server answered.
+#[derive(Clone, Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    /// The status line and headers, as received.
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+/// A blocking HTTP/1.1 request without a body and with these extra headers.
+pub fn http_exchange(
     path: &std::path::Path,
     addr: SocketAddr,
     method: &str,
     target: &str,
     headers: &[(&str, &str)],
     read_timeout: Duration,
-) -> std::io::Result<(u16, Vec<u8>)> {
-    let (method, target) = (method.to_string(), target.to_string());
-    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
-    in_netns(path, move || -> std::io::Result<(u16, Vec<u8>)> {
+) -> std::io::Result<HttpReply> {
+    let extra: String = headers.iter().map(|(n, v)| format!("{n}: {v}\r\n")).collect();
+    let request = format!("{method} {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n{extra}\r\n");
+    in_netns(path, move || -> std::io::Result<HttpReply> {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         s.set_read_timeout(Some(read_timeout))?;
-        write!(s, "{method} {target} HTTP/1.1\r\nHost: x\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n")?;
+        s.write_all(request.as_bytes())?;
         let mut resp = Vec::new();
         s.read_to_end(&mut resp)?;
         let split = resp.windows(4).position(|w| w == b"\r\n\r\n");
         let head = String::from_utf8_lossy(&resp[..split.unwrap_or(resp.len())]).into_owned();
         let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
         let body = split.map(|i| resp[i + 4..].to_vec()).unwrap_or_default();
-        Ok((status, body))
+        Ok(HttpReply { status, head, body })
     })?
 }
 
@@ -140,17 +149,33 @@ pub fn http_server(path: &std::path::Path, port: u16, name: &str) -> std::io::Re
     serve_in(path, port, "http server", move |s| serve_http(s, &name))
 }
 
-fn serve_http(mut s: TcpStream, name: &str) {
+/// An HTTP/1.1 server on `port` in the namespace at `path` that answers every request `200`
+/// with the request's head (request line and headers) as its body, then closes: what an
+/// upstream was sent.
+pub fn http_head_echo_server(path: &std::path::Path, port: u16) -> std::io::Result<()> {
+    serve_in(path, port, "http head echo server", |mut s| {
+        let Some(head) = read_head(&mut s) else { return };
+        let _ = write!(s, "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{head}", head.len());
+    })
+}
+
+/// A request head, up to 16 KiB; `None` if the peer closed first.
+fn read_head(s: &mut TcpStream) -> Option<String> {
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
         match s.read(&mut buf) {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return None,
             Ok(n) => head.extend_from_slice(&buf[..n]),
         }
     }
-    let line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_string();
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+fn serve_http(mut s: TcpStream, name: &str) {
+    let Some(head) = read_head(&mut s) else { return };
+    let line = head.lines().next().unwrap_or_default().to_string();
     let body = format!("{name} saw {}", line.split(' ').nth(1).unwrap_or("?"));
     let _ = write!(s, "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
 }
