@@ -15,8 +15,12 @@
 //! recorded. A pod `PATCH` (JSON merge patch,
 //! RFC 7386, on the pod or its `status` subresource) changes the stored pod like any other
 //! write (`MODIFIED`) and is recorded; the next N can be made to fail with 500. The one field
-//! selector it knows, `spec.nodeName=X`, filters lists and watches as the real server does. It
-//! stores objects, nothing more: no validation, no label selectors, no admission.
+//! selector it knows, `spec.nodeName=X`, filters lists and watches as the real server does. A
+//! server-side apply PATCH (`application/apply-patch+yaml`) of a ServiceAccount, Service or
+//! Deployment stores the object sent (created or replaced, `ADDED`/`MODIFIED`, uid kept) and is
+//! recorded with its field manager, `force` and writer. It
+//! stores objects, nothing more: no validation, no label selectors, no admission, no
+//! garbage collection (owner references are stored, never acted on).
 
 #![allow(dead_code)]
 
@@ -48,7 +52,33 @@ const RESOURCES: &[(&str, &str, &str)] = &[
     ("EndpointSlice", "discovery.k8s.io/v1", "/apis/discovery.k8s.io/v1/endpointslices"),
     ("Lease", "coordination.k8s.io/v1", "/apis/coordination.k8s.io/v1/leases"),
     ("ConfigMap", "v1", "/api/v1/configmaps"),
+    ("Deployment", "apps/v1", "/apis/apps/v1/deployments"),
 ];
+
+/// The content type of a server-side apply PATCH.
+const APPLY_PATCH: &str = "application/apply-patch+yaml";
+
+/// Kinds that take a server-side apply PATCH by name in a namespace: kind, group-version
+/// prefix, plural.
+const APPLIABLE: &[(&str, &str, &str)] =
+    &[("ServiceAccount", "/api/v1", "serviceaccounts"), ("Service", "/api/v1", "services"), ("Deployment", "/apis/apps/v1", "deployments")];
+
+/// One server-side apply PATCH the server received.
+#[derive(Clone, Debug)]
+pub struct Applied {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+    /// The `fieldManager` and `force` query parameters.
+    pub field_manager: String,
+    pub force: bool,
+    /// The client's bearer token, empty without one.
+    pub who: String,
+    /// The object as sent.
+    pub object: Value,
+    /// 200 (updated), 201 (created) or the 4xx a malformed apply gets.
+    pub code: u16,
+}
 
 /// Kinds also served by name in a namespace: kind, group-version prefix, plural.
 const WRITABLE: &[(&str, &str, &str)] = &[("Lease", "/apis/coordination.k8s.io/v1", "leases"), ("ConfigMap", "/api/v1", "configmaps")];
@@ -141,6 +171,7 @@ struct Inner {
     failing_patches: u32,
     /// Gateway status patches: `namespace/name` and the patch.
     gateway_patches: Vec<(String, Value)>,
+    applies: Vec<Applied>,
 }
 
 struct Shared {
@@ -211,7 +242,13 @@ impl FakeApiServer {
                             if req.method() == http::Method::PATCH {
                                 let ct = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
                                 let path = req.uri().path().to_string();
+                                let query = query_of(req.uri().query().unwrap_or(""));
+                                let who = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
+                                let who = who.strip_prefix("Bearer ").unwrap_or(who).to_string();
                                 let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                                if ct == APPLY_PATCH {
+                                    return Ok(server_side_apply(&s, &path, &query, &who, &body));
+                                }
                                 return Ok(patch_pod(&s, &path, &ct, &body));
                             }
                             if let Some(target) = by_name(req.uri().path()) {
@@ -389,6 +426,11 @@ impl FakeApiServer {
         self.shared.inner.lock().unwrap().gateway_patches.clone()
     }
 
+    /// The server-side apply PATCHes received so far, in order.
+    pub fn applies(&self) -> Vec<Applied> {
+        self.shared.inner.lock().unwrap().applies.clone()
+    }
+
     /// The pod PATCHes received so far, in order.
     pub fn pod_patches(&self) -> Vec<PodPatch> {
         self.shared.inner.lock().unwrap().patches.clone()
@@ -537,15 +579,13 @@ fn event_line(kind: &str, object: &Value) -> Bytes {
 
 type Body = BoxBody<Bytes, Infallible>;
 
+fn query_of(query: &str) -> BTreeMap<String, String> {
+    query.split('&').filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), percent_decode(v)))).collect()
+}
+
 fn answer(s: &Arc<Shared>, req: &Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
-    let query: BTreeMap<String, String> = req
-        .uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), percent_decode(v))))
-        .collect();
+    let query = query_of(req.uri().query().unwrap_or(""));
     let seen = Seen { path: path.clone(), query };
     let missing = {
         let mut i = s.inner.lock().unwrap();
@@ -673,6 +713,57 @@ fn patch_pod(s: &Shared, path: &str, content_type: &str, body: &[u8]) -> Respons
         }
         record.status = answer.0.as_u16();
         i.patches.push(record);
+    });
+    json_response(answer.0, &answer.1)
+}
+
+/// A server-side apply of one of [`APPLIABLE`] at `{prefix}/namespaces/{ns}/{plural}/{name}`:
+/// the object sent is stored as it is (one field manager owns all of it, so that is what the
+/// real server would hold), created or replaced at a new resourceVersion, its uid kept. As the
+/// real server: `fieldManager` is required, and the body must name the URL's kind, name and
+/// namespace (else 400).
+fn server_side_apply(s: &Shared, path: &str, query: &BTreeMap<String, String>, who: &str, body: &[u8]) -> Response<Body> {
+    let parts: Vec<&str> = path.rsplitn(5, '/').collect();
+    let [name, plural, ns, "namespaces", prefix] = parts[..] else {
+        return json_response(StatusCode::NOT_FOUND, &status(404, "NotFound", &format!("the fake API server cannot apply {path}")));
+    };
+    let Some(&(kind, ..)) = APPLIABLE.iter().find(|a| a.1 == prefix && a.2 == plural) else {
+        return json_response(StatusCode::NOT_FOUND, &status(404, "NotFound", &format!("the fake API server cannot apply {path}")));
+    };
+    let mut object: Value = serde_json::from_slice(body).unwrap_or_default();
+    let field_manager = query.get("fieldManager").cloned().unwrap_or_default();
+    let meta = &object["metadata"];
+    let bad = if field_manager.is_empty() {
+        Some("fieldManager is required for apply requests".to_string())
+    } else if object["kind"] != kind || meta["name"] != name || meta["namespace"].as_str().is_some_and(|n| n != ns) {
+        Some(format!("the object sent is not {kind} {ns}/{name}"))
+    } else {
+        None
+    };
+    let mut record = Applied {
+        kind,
+        namespace: ns.into(),
+        name: name.into(),
+        field_manager,
+        force: query.get("force").is_some_and(|f| f == "true"),
+        who: who.into(),
+        object: object.clone(),
+        code: 400,
+    };
+    let mut answer = (StatusCode::BAD_REQUEST, status(400, "BadRequest", bad.as_deref().unwrap_or_default()));
+    s.change(|i| {
+        if bad.is_none() {
+            let existing = i.objects.get(path_of(kind)).and_then(|m| m.get(&format!("{ns}/{name}")));
+            let uid = existing.map(|o| o["metadata"]["uid"].clone()).unwrap_or_else(|| json!(format!("uid-{}", i.rv + 1)));
+            let code = if existing.is_some() { StatusCode::OK } else { StatusCode::CREATED };
+            object["metadata"]["namespace"] = json!(ns);
+            object["metadata"]["uid"] = uid;
+            i.store(object.clone());
+            let stored = i.objects[path_of(kind)][&format!("{ns}/{name}")].clone();
+            answer = (code, stored);
+        }
+        record.code = answer.0.as_u16();
+        i.applies.push(record);
     });
     json_response(answer.0, &answer.1)
 }
