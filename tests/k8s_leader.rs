@@ -36,12 +36,17 @@ impl Drop for Replica {
 impl Replica {
     /// The `ferry_controller_leader` gauge's value on `/metrics`, once it is served.
     fn leader_gauge(&self) -> Option<String> {
+        self.metric("ferry_controller_leader")
+    }
+
+    /// The value of the sample `series` (name and labels as exposed) on `/metrics`.
+    fn metric(&self, series: &str) -> Option<String> {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(&self.1).ok()?;
         write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
         let mut out = String::new();
         s.read_to_string(&mut out).ok()?;
-        out.lines().find_map(|l| l.strip_prefix("ferry_controller_leader ")).map(String::from)
+        out.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')).map(String::from)
     }
 }
 
@@ -263,9 +268,10 @@ fn a_leader_stopped_with_sigterm_releases_the_lease_for_an_immediate_takeover() 
 fn the_leader_programs_waypoint_gateways_once_their_pod_runs() {
     let (dir, rt, server, _root) = setup("gateway");
     server.apply(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-                        "metadata": {"name": "waypoint", "namespace": "shop", "generation": 1},
+                        "metadata": {"name": "waypoint", "namespace": "shop", "generation": 1, "uid": WAYPOINT_UID},
                         "spec": {"gatewayClassName": "istio-waypoint", "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}}));
-    let a = replica(&dir, &server, "ferry-a");
+    // The waypoint is deployed by hand here: the status is written, nothing is applied.
+    let a = replica_env(&dir, &server, "ferry-a", &[("FERRY_DEPLOY_WAYPOINTS", "false"), ("FERRY_WAYPOINT_IMAGE", "reg/ferry:1")]);
     let programmed = |s: &FakeApiServer| -> Option<(String, String, serde_json::Value)> {
         let g = s.get("Gateway", "shop", "waypoint")?;
         let c = g["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Programmed")?.clone();
@@ -291,6 +297,7 @@ fn the_leader_programs_waypoint_gateways_once_their_pod_runs() {
         assert!((2..=4).contains(&written), "about one patch per change, got {written}");
         let g = server.get("Gateway", "shop", "waypoint").unwrap();
         assert_eq!(g["spec"]["gatewayClassName"], "istio-waypoint", "only the status changed: {g}");
+        assert!(server.applies().is_empty(), "--deploy-waypoints=false applies nothing: {:?}", server.applies());
     });
     drop(a);
     let _ = std::fs::remove_dir_all(&dir);
@@ -316,6 +323,9 @@ fn the_leader_deploys_each_waypoint_gateway_once_and_again_when_it_changes() {
     let (dir, rt, server, _root) = setup("deploy");
     server.apply(waypoint_gateway("waypoint", "istio-waypoint", json!({"team": "a"})));
     server.apply(waypoint_gateway("ingress", "istio", json!({})));
+    let mut no_uid = waypoint_gateway("nouid", "istio-waypoint", json!({}));
+    no_uid["metadata"].as_object_mut().unwrap().remove("uid");
+    server.apply(no_uid);
     // The replicas' own pods: the image waypoints run is the controller's.
     for who in ["ferry-a", "ferry-b"] {
         server.apply(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": who, "namespace": NS},
@@ -345,6 +355,14 @@ fn the_leader_deploys_each_waypoint_gateway_once_and_again_when_it_changes() {
         let c = &d["spec"]["template"]["spec"]["containers"][0];
         assert_eq!((c["image"].as_str(), c["args"][0].as_str()), (Some("reg.example/ferry:t1"), Some("waypoint")));
         assert!(server.get("ServiceAccount", "shop", "ingress").is_none());
+        let by_leader = &replicas[if leader == "ferry-a" { 0 } else { 1 }];
+        for kind in ["ServiceAccount", "Deployment", "Service"] {
+            let series = format!("ferry_controller_waypoint_deploy_writes_total{{kind=\"{kind}\",result=\"ok\"}}");
+            assert_eq!(by_leader.metric(&series).as_deref(), Some("1"), "{series}");
+        }
+        // The waypoint the API server gave no uid (as a file would): nothing, and the log says why.
+        let log = std::fs::read_to_string(dir.join(format!("{leader}.log"))).unwrap();
+        assert!(log.contains("shop/nouid") && log.contains("metadata.uid"), "{log}");
 
         // Nothing changes (its own applies come back through the watch): nothing is applied
         // again while the leader renews its Lease four more times.
@@ -357,7 +375,7 @@ fn the_leader_deploys_each_waypoint_gateway_once_and_again_when_it_changes() {
         let relabelled =
             |s: &FakeApiServer| s.get("Deployment", "shop", "waypoint").is_some_and(|d| d["metadata"]["labels"]["team"] == "b");
         server.wait_until("the Deployment relabelled", DEADLINE, relabelled).await;
-        assert!(server.applies().iter().all(|a| a.who == leader), "only the leader applies");
+        assert!(server.applies().iter().all(|a| a.who == leader && a.name == "waypoint"), "only the leader applies, only the waypoint's");
     });
     drop(replicas);
     let _ = std::fs::remove_dir_all(&dir);
