@@ -333,15 +333,21 @@ fn the_leader_deploys_each_waypoint_gateway_once_and_again_when_it_changes() {
     }
     // A resync far beyond the test: every apply after the first round is caused by a change.
     let env = [("FERRY_ROOT_CERT_RESYNC", "600s")];
+    // The first apply fails: it is retried on the next round (the others' own events).
+    server.fail_applies(1);
     let replicas = [replica_env(&dir, &server, "ferry-a", &env), replica_env(&dir, &server, "ferry-b", &env)];
     rt.block_on(async {
         let three = |s: &FakeApiServer| applied(s).len() >= 3;
         server.wait_until("the ServiceAccount, Deployment and Service applied", DEADLINE, three).await;
         let leader = holder(&server).unwrap();
         let first = applied(&server);
+        let mut sorted = first.clone();
+        sorted.sort();
         let want: Vec<(String, String)> =
-            ["ServiceAccount", "Deployment", "Service"].iter().map(|k| (k.to_string(), "waypoint".to_string())).collect();
-        assert_eq!(first, want, "one of each, for the waypoint only (not the istio-class Gateway)");
+            ["Deployment", "Service", "ServiceAccount"].iter().map(|k| (k.to_string(), "waypoint".to_string())).collect();
+        assert_eq!(sorted, want, "one of each, for the waypoint only (not the istio-class Gateway)");
+        let failed: Vec<_> = server.applies().iter().filter(|a| a.code == 500).map(|a| a.kind).collect();
+        assert_eq!(failed, ["ServiceAccount"], "the first apply failed, then was retried");
         for a in server.applies() {
             assert_eq!((a.who.as_str(), a.field_manager.as_str(), a.force), (leader.as_str(), "ferry-controller", true), "{a:?}");
         }
@@ -360,6 +366,8 @@ fn the_leader_deploys_each_waypoint_gateway_once_and_again_when_it_changes() {
             let series = format!("ferry_controller_waypoint_deploy_writes_total{{kind=\"{kind}\",result=\"ok\"}}");
             assert_eq!(by_leader.metric(&series).as_deref(), Some("1"), "{series}");
         }
+        let errors = "ferry_controller_waypoint_deploy_writes_total{kind=\"ServiceAccount\",result=\"error\"}";
+        assert_eq!(by_leader.metric(errors).as_deref(), Some("1"), "{errors}");
         // The waypoint the API server gave no uid (as a file would): nothing, and the log says why.
         let log = std::fs::read_to_string(dir.join(format!("{leader}.log"))).unwrap();
         assert!(log.contains("shop/nouid") && log.contains("metadata.uid"), "{log}");

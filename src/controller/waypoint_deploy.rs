@@ -40,7 +40,7 @@ pub struct WaypointDeployArgs {
     /// (POD_NAMESPACE/POD_NAME, container `controller`); nothing is deployed while neither is known].
     #[arg(long, env = "FERRY_WAYPOINT_IMAGE")]
     pub waypoint_image: Option<String>,
-    #[arg(long, env = "FERRY_WAYPOINT_IMAGE_PULL_POLICY", default_value = "IfNotPresent")]
+    #[arg(long, env = "FERRY_WAYPOINT_IMAGE_PULL_POLICY", default_value = "IfNotPresent", value_parser = ["Always", "IfNotPresent", "Never"])]
     pub waypoint_image_pull_policy: String,
     /// The waypoints' XDS_ADDRESS and CA_ADDRESS: this controller's Service (a name on
     /// --serving-names).

@@ -18,7 +18,8 @@
 //! selector it knows, `spec.nodeName=X`, filters lists and watches as the real server does. A
 //! server-side apply PATCH (`application/apply-patch+yaml`) of a ServiceAccount, Service or
 //! Deployment stores the object sent (created or replaced, `ADDED`/`MODIFIED`, uid kept) and is
-//! recorded with its field manager, `force` and writer. It
+//! recorded with its field manager, `force` and writer; the next N can be made to fail with
+//! 500. It
 //! stores objects, nothing more: no validation, no label selectors, no admission, no
 //! garbage collection (owner references are stored, never acted on).
 
@@ -76,7 +77,7 @@ pub struct Applied {
     pub who: String,
     /// The object as sent.
     pub object: Value,
-    /// 200 (updated), 201 (created) or the 4xx a malformed apply gets.
+    /// 200 (updated), 201 (created), the 400 a malformed apply gets, or 500 when made to fail.
     pub code: u16,
 }
 
@@ -172,6 +173,8 @@ struct Inner {
     /// Gateway status patches: `namespace/name` and the patch.
     gateway_patches: Vec<(String, Value)>,
     applies: Vec<Applied>,
+    /// How many of the next server-side applies are answered 500.
+    failing_applies: u32,
 }
 
 struct Shared {
@@ -429,6 +432,11 @@ impl FakeApiServer {
     /// The server-side apply PATCHes received so far, in order.
     pub fn applies(&self) -> Vec<Applied> {
         self.shared.inner.lock().unwrap().applies.clone()
+    }
+
+    /// Answers the next `n` server-side applies 500, as an API server briefly unavailable.
+    pub fn fail_applies(&self, n: u32) {
+        self.shared.change(|i| i.failing_applies = n);
     }
 
     /// The pod PATCHes received so far, in order.
@@ -721,7 +729,7 @@ fn patch_pod(s: &Shared, path: &str, content_type: &str, body: &[u8]) -> Respons
 /// the object sent is stored as it is (one field manager owns all of it, so that is what the
 /// real server would hold), created or replaced at a new resourceVersion, its uid kept. As the
 /// real server: `fieldManager` is required, and the body must name the URL's kind, name and
-/// namespace (else 400).
+/// namespace (else 400). The next N can be made to fail with 500.
 fn server_side_apply(s: &Shared, path: &str, query: &BTreeMap<String, String>, who: &str, body: &[u8]) -> Response<Body> {
     let parts: Vec<&str> = path.rsplitn(5, '/').collect();
     let [name, plural, ns, "namespaces", prefix] = parts[..] else {
@@ -752,7 +760,10 @@ fn server_side_apply(s: &Shared, path: &str, query: &BTreeMap<String, String>, w
     };
     let mut answer = (StatusCode::BAD_REQUEST, status(400, "BadRequest", bad.as_deref().unwrap_or_default()));
     s.change(|i| {
-        if bad.is_none() {
+        if bad.is_none() && i.failing_applies > 0 {
+            i.failing_applies -= 1;
+            answer = (StatusCode::INTERNAL_SERVER_ERROR, status(500, "InternalError", "the fake API server was told to fail this apply"));
+        } else if bad.is_none() {
             let existing = i.objects.get(path_of(kind)).and_then(|m| m.get(&format!("{ns}/{name}")));
             let uid = existing.map(|o| o["metadata"]["uid"].clone()).unwrap_or_else(|| json!(format!("uid-{}", i.rv + 1)));
             let code = if existing.is_some() { StatusCode::OK } else { StatusCode::CREATED };
