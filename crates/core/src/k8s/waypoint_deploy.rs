@@ -4,7 +4,8 @@
 //! applies what this returns and compares it with what it last applied.
 //!
 //! Invariants: only a Gateway of class `istio-waypoint` with the mesh listener, a uid and a
-//! name that can name a Service gets objects; every object carries an owner reference to its
+//! name that can name a Service gets objects, and none while a Service or ServiceAccount of
+//! its name exists that ferry did not create; every object carries an owner reference to its
 //! Gateway (so Kubernetes' garbage collector deletes it with the Gateway, nothing here deletes);
 //! the same state gives the same objects, byte for byte, so an unchanged Gateway is never
 //! re-applied; the waypoint pod is never captured (`istio.io/dataplane-mode: none`).
@@ -82,6 +83,8 @@ pub enum WaypointDeployError {
     NoUid { gateway: String },
     #[error("waypoint Gateway {gateway} has no listener {{name: mesh, port: 15008, protocol: HBONE}}: nothing is deployed for it until it has one")]
     NoMeshListener { gateway: String },
+    #[error("waypoint Gateway {gateway}: a {kind} of that name exists that ferry did not create (no label app.kubernetes.io/managed-by: ferry-controller); nothing is deployed for it, so a hand-made or another controller's waypoint is never overwritten: delete that {kind}, or set --deploy-waypoints=false")]
+    NotOurs { gateway: String, kind: &'static str },
     #[error("waypoint Gateway {gateway}: its name must be a DNS-1035 label (at most 63 lowercase letters, digits or '-', starting with a letter, not ending with '-') to name its Service; nothing is deployed for it, rename the Gateway")]
     BadName { gateway: String },
 }
@@ -98,7 +101,7 @@ pub fn plan(c: &ClusterState, s: &DeploySettings) -> Plan {
     let mut out = Plan::default();
     let gateways = c.other.iter().filter(|(k, _)| k.starts_with("Gateway/")).map(|(_, v)| v);
     for g in gateways.filter(|g| g.pointer("/spec/gatewayClassName").and_then(Value::as_str) == Some(WAYPOINT_CLASS)) {
-        match for_gateway(g, s) {
+        match for_gateway(c, g, s) {
             Ok(objects) => out.objects.extend(objects),
             Err(e) => out.skipped.push(e),
         }
@@ -124,7 +127,7 @@ struct Owner<'a> {
     g: &'a Value,
 }
 
-fn for_gateway(g: &Value, s: &DeploySettings) -> Result<[Desired; 3], WaypointDeployError> {
+fn for_gateway(c: &ClusterState, g: &Value, s: &DeploySettings) -> Result<[Desired; 3], WaypointDeployError> {
     let name = g.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
     let namespace = g.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default");
     let gateway = format!("{namespace}/{name}");
@@ -135,7 +138,17 @@ fn for_gateway(g: &Value, s: &DeploySettings) -> Result<[Desired; 3], WaypointDe
         return Err(WaypointDeployError::NoMeshListener { gateway });
     }
     let uid = g.pointer("/metadata/uid").and_then(Value::as_str).filter(|u| !u.is_empty());
-    let uid = uid.ok_or(WaypointDeployError::NoUid { gateway })?;
+    let uid = uid.ok_or_else(|| WaypointDeployError::NoUid { gateway: gateway.clone() })?;
+    // Only the kinds the controller watches can be checked; the Deployment cannot.
+    let foreign =
+        |labels: &std::collections::BTreeMap<String, String>| labels.get(MANAGED_BY).map(String::as_str) != Some(MANAGED_BY_FERRY);
+    let key = format!("{namespace}/{name}");
+    if c.services.get(&key).is_some_and(|o| foreign(&o.metadata.labels)) {
+        return Err(WaypointDeployError::NotOurs { gateway, kind: "Service" });
+    }
+    if c.service_accounts.get(&key).is_some_and(|o| foreign(&o.metadata.labels)) {
+        return Err(WaypointDeployError::NotOurs { gateway, kind: "ServiceAccount" });
+    }
     let o = Owner { namespace, name, uid, g };
     let desired = |kind: DeployKind, object: Value| Desired { kind, namespace: namespace.into(), name: name.into(), object };
     Ok([

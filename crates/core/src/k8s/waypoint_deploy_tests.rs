@@ -178,3 +178,29 @@ fn the_controllers_own_image_is_read_from_its_pod() {
         assert_eq!(own_image(&c, "istio-system", name, "controller").as_deref(), *want, "{doc} {name}");
     }
 }
+
+#[test]
+fn a_service_or_account_of_that_name_that_ferry_did_not_create_is_never_overwritten() {
+    let svc = |labels: &str| {
+        format!("apiVersion: v1\nkind: Service\nmetadata: {{name: waypoint, namespace: shop, labels: {{{labels}}}}}\nspec: {{ports: [{{port: 15008}}]}}\n")
+    };
+    let sa = |labels: &str| {
+        format!("apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: waypoint, namespace: shop, labels: {{{labels}}}}}\n")
+    };
+    let ours = "app.kubernetes.io/managed-by: ferry-controller";
+    let not_ours = |kind| Some(WaypointDeployError::NotOurs { gateway: "shop/waypoint".into(), kind });
+    #[rustfmt::skip]
+    let cases: Vec<(String, Option<WaypointDeployError>)> = vec![
+        (svc(ours), None),
+        (sa(ours), None),
+        (svc("gateway.istio.io/managed: istio.io-mesh-controller"), not_ours("Service")),
+        (sa(""), not_ours("ServiceAccount")),
+        // Same name, another namespace: not the waypoint's.
+        (sa("").replace("namespace: shop", "namespace: other"), None),
+    ];
+    for (doc, why) in cases {
+        let p = plan_of(&[GW, &doc]);
+        assert_eq!(p.skipped, why.iter().cloned().collect::<Vec<_>>(), "{doc}");
+        assert_eq!(p.objects.len(), if why.is_some() { 0 } else { 3 }, "{doc}");
+    }
+}
