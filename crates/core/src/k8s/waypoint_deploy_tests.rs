@@ -204,3 +204,15 @@ fn a_service_or_account_of_that_name_that_ferry_did_not_create_is_never_overwrit
         assert_eq!(p.objects.len(), if why.is_some() { 0 } else { 3 }, "{doc}");
     }
 }
+
+#[test]
+fn the_deployments_pods_are_what_the_xds_server_admits_as_this_waypoints_account() {
+    let p = plan_of(&[GW]);
+    let template = &object(&p, DeployKind::Deployment)["spec"]["template"];
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+                     "metadata": {"name": "waypoint-5d8f-x", "namespace": "shop", "labels": template["metadata"]["labels"]},
+                     "spec": template["spec"]});
+    let c = parse_documents(&[GW.to_string(), pod.to_string()].join("---\n"), "t").unwrap();
+    assert!(crate::waypoint_xds::is_waypoint_account(&c, "shop", "waypoint"));
+    assert!(!crate::waypoint_xds::is_waypoint_account(&c, "shop", "default"));
+}
