@@ -10,8 +10,10 @@
 //! so a restarted controller never tells proxies that the world is empty.
 //!
 //! On the API, replicas elect a leader with a Lease (`leader`); every replica serves xDS and
-//! the CA, only the leader writes (the root certificate's ConfigMaps, `root_cert`). With
-//! `--cluster-state` there is no API to write to: no election and no publication.
+//! the CA, only the leader writes (the root certificate's ConfigMaps, `root_cert`; waypoint
+//! Gateways' status, `gateway_status`; each waypoint's ServiceAccount, Deployment and Service,
+//! `waypoint_deploy`). With `--cluster-state` there is no API to write to: no election, no
+//! publication, no deployment.
 
 mod ads;
 pub(crate) mod auth;
