@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_core::k8s::objects::ClusterState;
-use ferry_core::k8s::waypoint_deploy::{own_image, plan, DeployKind, DeploySettings, Desired};
+use ferry_core::k8s::waypoint_deploy::{is_quantity, own_image, plan, DeployKind, DeploySettings, Desired};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
 use kube::api::{Patch, PatchParams};
@@ -46,12 +46,20 @@ pub struct WaypointDeployArgs {
     /// --serving-names).
     #[arg(long, env = "FERRY_WAYPOINT_CONTROLLER_ADDRESS", default_value = "https://ferry-controller.istio-system.svc:15012")]
     pub waypoint_controller_address: String,
-    #[arg(long, env = "FERRY_WAYPOINT_CPU_REQUEST", default_value = "100m")]
+    #[arg(long, env = "FERRY_WAYPOINT_CPU_REQUEST", value_parser = quantity, default_value = "100m")]
     pub waypoint_cpu_request: String,
-    #[arg(long, env = "FERRY_WAYPOINT_MEMORY_REQUEST", default_value = "128Mi")]
+    #[arg(long, env = "FERRY_WAYPOINT_MEMORY_REQUEST", value_parser = quantity, default_value = "128Mi")]
     pub waypoint_memory_request: String,
-    #[arg(long, env = "FERRY_WAYPOINT_MEMORY_LIMIT", default_value = "1Gi")]
+    #[arg(long, env = "FERRY_WAYPOINT_MEMORY_LIMIT", value_parser = quantity, default_value = "1Gi")]
     pub waypoint_memory_limit: String,
+}
+
+/// A resource quantity flag, refused at start when the API would refuse every apply.
+fn quantity(q: &str) -> Result<String, String> {
+    match is_quantity(q) {
+        true => Ok(q.to_string()),
+        false => Err(format!("{q:?} is not a Kubernetes quantity (e.g. 100m, 0.5, 128Mi, 1Gi)")),
+    }
 }
 
 /// What the deployer needs besides the API and the state.

@@ -109,6 +109,22 @@ pub fn plan(c: &ClusterState, s: &DeploySettings) -> Plan {
     out
 }
 
+/// Whether `q` is a Kubernetes resource quantity in the forms requests and limits use
+/// (`100m`, `0.5`, `128Mi`, `1G`, `2e3`): checked when the controller starts, so a typo fails
+/// there instead of in every apply.
+pub fn is_quantity(q: &str) -> bool {
+    const SUFFIXES: &[&str] = &["", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"];
+    let digits_end = q.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(q.len());
+    let (number, suffix) = q.split_at(digits_end);
+    let number_ok = !number.is_empty() && number != "." && number.matches('.').count() <= 1;
+    let exponent = suffix.strip_prefix(['e', 'E']).map(|e| e.strip_prefix(['+', '-']).unwrap_or(e));
+    let suffix_ok = match exponent {
+        Some(e) => !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit()),
+        None => SUFFIXES.contains(&suffix),
+    };
+    number_ok && suffix_ok && q.len() <= 32
+}
+
 /// The image of a running pod's container `container` (else of its only container): the
 /// controller's own, read from its pod, so the waypoints run the release the controller does
 /// and follow an image override (`kustomize edit set image`) without a second setting.

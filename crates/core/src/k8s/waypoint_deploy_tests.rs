@@ -216,3 +216,13 @@ fn the_deployments_pods_are_what_the_xds_server_admits_as_this_waypoints_account
     assert!(crate::waypoint_xds::is_waypoint_account(&c, "shop", "waypoint"));
     assert!(!crate::waypoint_xds::is_waypoint_account(&c, "shop", "default"));
 }
+
+#[test]
+fn resource_quantities_are_checked_as_kubernetes_reads_them() {
+    for q in ["100m", "1", "0.5", "128Mi", "1Gi", "2G", "1e3", "5E-2", "250k"] {
+        assert!(is_quantity(q), "{q}");
+    }
+    for q in ["", "m", "1.2.3", "128MB", "1gi", "-1", "1 Gi", "e3", "1e", ".", "100mm"] {
+        assert!(!is_quantity(q), "{q}");
+    }
+}
