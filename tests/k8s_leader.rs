@@ -4,7 +4,9 @@
 //! the race for the Lease (409) writes nothing; a leader that cannot renew stops writing a
 //! lease duration later and resumes once it renews again; the leader keeps `istio-ca-root-cert` (the
 //! CA's root PEM) in every namespace, fixes a tampered one, creates it in a new namespace and
-//! touches no other ConfigMap. Every assertion is on what the fake server holds or was sent.
+//! touches no other ConfigMap; the leader sets waypoint Gateways' status and server-side
+//! applies each one's ServiceAccount, Deployment and Service, owned by the Gateway, once, and
+//! again when the Gateway changes. Every assertion is on what the fake server holds or was sent.
 
 #[path = "support/fake_apiserver.rs"]
 mod fake_apiserver;
@@ -34,12 +36,17 @@ impl Drop for Replica {
 impl Replica {
     /// The `ferry_controller_leader` gauge's value on `/metrics`, once it is served.
     fn leader_gauge(&self) -> Option<String> {
+        self.metric("ferry_controller_leader")
+    }
+
+    /// The value of the sample `series` (name and labels as exposed) on `/metrics`.
+    fn metric(&self, series: &str) -> Option<String> {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(&self.1).ok()?;
         write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
         let mut out = String::new();
         s.read_to_string(&mut out).ok()?;
-        out.lines().find_map(|l| l.strip_prefix("ferry_controller_leader ")).map(String::from)
+        out.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')).map(String::from)
     }
 }
 
@@ -54,6 +61,11 @@ fn replica(dir: &Path, server: &FakeApiServer, who: &str) -> Replica {
 }
 
 fn replica_with(dir: &Path, server: &FakeApiServer, who: &str, lease: &str) -> Replica {
+    replica_env(dir, server, who, &[("FERRY_LEASE_DURATION", lease)])
+}
+
+/// A replica with `extra` environment over the defaults below.
+fn replica_env(dir: &Path, server: &FakeApiServer, who: &str, extra: &[(&str, &str)]) -> Replica {
     let kubeconfig = dir.join(format!("kubeconfig-{who}"));
     let stats = loopback_port();
     std::fs::write(&kubeconfig, server.kubeconfig_as(who)).unwrap();
@@ -69,10 +81,11 @@ fn replica_with(dir: &Path, server: &FakeApiServer, who: &str, lease: &str) -> R
         .env("FERRY_XDS_LISTEN", loopback_port())
         .env("FERRY_READINESS_ADDR", loopback_port())
         .env("FERRY_STATS_ADDR", &stats)
-        .env("FERRY_LEASE_DURATION", lease)
+        .env("FERRY_LEASE_DURATION", "2s")
         .env("FERRY_LEASE_RENEW", "500ms")
         .env("FERRY_LEASE_RETRY", "200ms")
         .env("FERRY_ROOT_CERT_RESYNC", "300ms")
+        .envs(extra.iter().copied())
         .stderr(std::fs::File::create(dir.join(format!("{who}.log"))).unwrap())
         .spawn()
         .unwrap();
@@ -255,9 +268,10 @@ fn a_leader_stopped_with_sigterm_releases_the_lease_for_an_immediate_takeover() 
 fn the_leader_programs_waypoint_gateways_once_their_pod_runs() {
     let (dir, rt, server, _root) = setup("gateway");
     server.apply(json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-                        "metadata": {"name": "waypoint", "namespace": "shop", "generation": 1},
+                        "metadata": {"name": "waypoint", "namespace": "shop", "generation": 1, "uid": WAYPOINT_UID},
                         "spec": {"gatewayClassName": "istio-waypoint", "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}}));
-    let a = replica(&dir, &server, "ferry-a");
+    // The waypoint is deployed by hand here: the status is written, nothing is applied.
+    let a = replica_env(&dir, &server, "ferry-a", &[("FERRY_DEPLOY_WAYPOINTS", "false"), ("FERRY_WAYPOINT_IMAGE", "reg/ferry:1")]);
     let programmed = |s: &FakeApiServer| -> Option<(String, String, serde_json::Value)> {
         let g = s.get("Gateway", "shop", "waypoint")?;
         let c = g["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Programmed")?.clone();
@@ -283,7 +297,94 @@ fn the_leader_programs_waypoint_gateways_once_their_pod_runs() {
         assert!((2..=4).contains(&written), "about one patch per change, got {written}");
         let g = server.get("Gateway", "shop", "waypoint").unwrap();
         assert_eq!(g["spec"]["gatewayClassName"], "istio-waypoint", "only the status changed: {g}");
+        assert!(server.applies().is_empty(), "--deploy-waypoints=false applies nothing: {:?}", server.applies());
     });
     drop(a);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+const WAYPOINT_UID: &str = "9f0c6a52-1111-4222-8333-444455556666";
+
+/// A waypoint Gateway as the API holds one (with a uid), `labels` its infrastructure labels.
+fn waypoint_gateway(name: &str, class: &str, labels: Value) -> Value {
+    json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+           "metadata": {"name": name, "namespace": "shop", "uid": WAYPOINT_UID, "generation": 1},
+           "spec": {"gatewayClassName": class, "infrastructure": {"labels": labels},
+                    "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}})
+}
+
+/// Accepted server-side applies of (kind, name).
+fn applied(server: &FakeApiServer) -> Vec<(String, String)> {
+    server.applies().iter().filter(|a| a.code < 300).map(|a| (a.kind.to_string(), a.name.clone())).collect()
+}
+
+#[test]
+fn the_leader_deploys_each_waypoint_gateway_once_and_again_when_it_changes() {
+    let (dir, rt, server, _root) = setup("deploy");
+    server.apply(waypoint_gateway("waypoint", "istio-waypoint", json!({"team": "a"})));
+    server.apply(waypoint_gateway("ingress", "istio", json!({})));
+    let mut no_uid = waypoint_gateway("nouid", "istio-waypoint", json!({}));
+    no_uid["metadata"].as_object_mut().unwrap().remove("uid");
+    server.apply(no_uid);
+    // The replicas' own pods: the image waypoints run is the controller's.
+    for who in ["ferry-a", "ferry-b"] {
+        server.apply(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": who, "namespace": NS},
+                            "spec": {"nodeName": "node-1", "containers": [{"name": "controller", "image": "reg.example/ferry:t1"}]}}));
+    }
+    // A resync far beyond the test: every apply after the first round is caused by a change.
+    let env = [("FERRY_ROOT_CERT_RESYNC", "600s")];
+    // The first apply fails: it is retried on the next round (the others' own events).
+    server.fail_applies(1);
+    let replicas = [replica_env(&dir, &server, "ferry-a", &env), replica_env(&dir, &server, "ferry-b", &env)];
+    rt.block_on(async {
+        let three = |s: &FakeApiServer| applied(s).len() >= 3;
+        server.wait_until("the ServiceAccount, Deployment and Service applied", DEADLINE, three).await;
+        let leader = holder(&server).unwrap();
+        let first = applied(&server);
+        let mut sorted = first.clone();
+        sorted.sort();
+        let want: Vec<(String, String)> =
+            ["Deployment", "Service", "ServiceAccount"].iter().map(|k| (k.to_string(), "waypoint".to_string())).collect();
+        assert_eq!(sorted, want, "one of each, for the waypoint only (not the istio-class Gateway)");
+        let failed: Vec<_> = server.applies().iter().filter(|a| a.code == 500).map(|a| a.kind).collect();
+        assert_eq!(failed, ["ServiceAccount"], "the first apply failed, then was retried");
+        for a in server.applies() {
+            assert_eq!((a.who.as_str(), a.field_manager.as_str(), a.force), (leader.as_str(), "ferry-controller", true), "{a:?}");
+        }
+        for kind in ["ServiceAccount", "Deployment", "Service"] {
+            let o = server.get(kind, "shop", "waypoint").unwrap_or_else(|| panic!("no {kind} stored"));
+            let owner = &o["metadata"]["ownerReferences"][0];
+            assert_eq!((owner["kind"].as_str(), owner["uid"].as_str()), (Some("Gateway"), Some(WAYPOINT_UID)), "{kind}: {o}");
+            assert_eq!(o["metadata"]["labels"]["team"], "a", "{kind}");
+        }
+        let d = server.get("Deployment", "shop", "waypoint").unwrap();
+        let c = &d["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!((c["image"].as_str(), c["args"][0].as_str()), (Some("reg.example/ferry:t1"), Some("waypoint")));
+        assert!(server.get("ServiceAccount", "shop", "ingress").is_none());
+        let by_leader = &replicas[if leader == "ferry-a" { 0 } else { 1 }];
+        for kind in ["ServiceAccount", "Deployment", "Service"] {
+            let series = format!("ferry_controller_waypoint_deploy_writes_total{{kind=\"{kind}\",result=\"ok\"}}");
+            assert_eq!(by_leader.metric(&series).as_deref(), Some("1"), "{series}");
+        }
+        let errors = "ferry_controller_waypoint_deploy_writes_total{kind=\"ServiceAccount\",result=\"error\"}";
+        assert_eq!(by_leader.metric(errors).as_deref(), Some("1"), "{errors}");
+        // The waypoint the API server gave no uid (as a file would): nothing, and the log says why.
+        let log = std::fs::read_to_string(dir.join(format!("{leader}.log"))).unwrap();
+        assert!(log.contains("shop/nouid") && log.contains("metadata.uid"), "{log}");
+
+        // Nothing changes (its own applies come back through the watch): nothing is applied
+        // again while the leader renews its Lease four more times.
+        let renewed = accepted(&server, "Lease", &leader);
+        server.wait_until("four more renewals", DEADLINE, |s| accepted(s, "Lease", &leader) >= renewed + 4).await;
+        assert_eq!(applied(&server), first, "no apply while nothing changes");
+
+        // The Gateway changes: its objects are applied again, with the new label.
+        server.apply(waypoint_gateway("waypoint", "istio-waypoint", json!({"team": "b"})));
+        let relabelled =
+            |s: &FakeApiServer| s.get("Deployment", "shop", "waypoint").is_some_and(|d| d["metadata"]["labels"]["team"] == "b");
+        server.wait_until("the Deployment relabelled", DEADLINE, relabelled).await;
+        assert!(server.applies().iter().all(|a| a.who == leader && a.name == "waypoint"), "only the leader applies, only the waypoint's");
+    });
+    drop(replicas);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -284,6 +284,61 @@ fn the_dockerfile_runs_the_release_build_x_runs_textual_check() {
     assert!(help("agent").contains("`ferry-cni` next to this executable"), "the default of --cni-plugin");
 }
 
+/// What is wrong in how `workload`'s container `name` is wired to `ferry <role>`: every
+/// variable it sets is one the role reads (a flag's `[env: NAME=]` or, for the node metadata
+/// read without a flag, named in its help); absolute paths it is given are inside volume
+/// mounts; its ports are those of the addresses it is given; its HTTP probes reach one of
+/// them, at a path the role serves.
+fn wiring_problems(w: &Value, name: &str, role: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let c = container(w, name);
+    assert_eq!(c["args"][0], role, "{name} runs `ferry {role}`");
+    let h = help(role);
+    for v in c["env"].as_array().unwrap() {
+        let n = v["name"].as_str().unwrap();
+        if !names_word(&h, n) {
+            problems.push(format!("{name}: `ferry {role}` reads no {n}"));
+        }
+    }
+    // Every absolute path given in the environment is inside a volume mount.
+    for v in c["env"].as_array().unwrap() {
+        if let Some(p) = v["value"].as_str().filter(|p| p.starts_with('/')) {
+            volume_for(w, c, p);
+        }
+    }
+    // Container ports are the ports of the addresses the environment gives; the readiness
+    // probe is on the readiness address, at the path the binary serves.
+    let addrs: Vec<&str> = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["name"].as_str().is_some_and(|n| n.ends_with("_ADDR") || n.ends_with("_LISTEN")))
+        .map(|v| v["value"].as_str().unwrap())
+        .collect();
+    // Loopback addresses are not the pod's ports to declare (the agent's metrics).
+    let addr_ports: BTreeSet<u64> = addrs.iter().filter(|a| !a.starts_with("127.")).map(|a| port_of(a)).collect();
+    let declared: BTreeSet<u64> =
+        c["ports"].as_array().map(|p| p.iter().map(|p| p["containerPort"].as_u64().unwrap()).collect()).unwrap_or_default();
+    if addr_ports != declared {
+        problems.push(format!("{name}: container ports {declared:?}, but the addresses it is given listen on {addr_ports:?}"));
+    }
+    // HTTP probes reach an address the container is given, at a path its help names.
+    for probe in ["readinessProbe", "livenessProbe"] {
+        let Some(get) = c[probe]["httpGet"].as_object() else { continue };
+        let port = get["port"].as_u64().unwrap();
+        let host = get.get("host").and_then(Value::as_str);
+        let served = addrs.iter().any(|a| port_of(a) == port && (a.starts_with("127.") == (host == Some("127.0.0.1"))));
+        if !served {
+            problems.push(format!("{name}: the {probe} on {host:?}:{port} reaches none of its addresses {addrs:?}"));
+        }
+        let path = get["path"].as_str().unwrap();
+        if !h.contains(path) {
+            problems.push(format!("{name}: `ferry {role}` serves no {path}"));
+        }
+    }
+    problems
+}
+
 #[test]
 fn the_manifests_give_the_binaries_the_names_ports_and_paths_they_read() {
     let objs = rendered();
@@ -292,54 +347,8 @@ fn the_manifests_give_the_binaries_the_names_ports_and_paths_they_read() {
     let agent = find(&objs, "DaemonSet", "ferry-node-agent");
     let mut problems = Vec::new();
 
-    // Every variable a main container sets is one its role reads: a flag's `[env: NAME=]` or,
-    // for the node metadata read without a flag (POD_NAME, INSTANCE_IP...), named in its help.
     for (w, name, role) in [(ctl, "controller", "controller"), (proxy, "proxy", "proxy"), (agent, "agent", "agent")] {
-        let c = container(w, name);
-        assert_eq!(c["args"][0], role, "{name} runs `ferry {role}`");
-        let h = help(role);
-        for v in c["env"].as_array().unwrap() {
-            let n = v["name"].as_str().unwrap();
-            if !names_word(&h, n) {
-                problems.push(format!("{name}: `ferry {role}` reads no {n}"));
-            }
-        }
-        // Every absolute path given in the environment is inside a volume mount.
-        for v in c["env"].as_array().unwrap() {
-            if let Some(p) = v["value"].as_str().filter(|p| p.starts_with('/')) {
-                volume_for(w, c, p);
-            }
-        }
-        // Container ports are the ports of the addresses the environment gives; the readiness
-        // probe is on the readiness address, at the path the binary serves.
-        let addrs: Vec<&str> = c["env"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|v| v["name"].as_str().is_some_and(|n| n.ends_with("_ADDR") || n.ends_with("_LISTEN")))
-            .map(|v| v["value"].as_str().unwrap())
-            .collect();
-        // Loopback addresses are not the pod's ports to declare (the agent's metrics).
-        let addr_ports: BTreeSet<u64> = addrs.iter().filter(|a| !a.starts_with("127.")).map(|a| port_of(a)).collect();
-        let declared: BTreeSet<u64> =
-            c["ports"].as_array().map(|p| p.iter().map(|p| p["containerPort"].as_u64().unwrap()).collect()).unwrap_or_default();
-        if addr_ports != declared {
-            problems.push(format!("{name}: container ports {declared:?}, but the addresses it is given listen on {addr_ports:?}"));
-        }
-        // HTTP probes reach an address the container is given, at a path its help names.
-        for probe in ["readinessProbe", "livenessProbe"] {
-            let Some(get) = c[probe]["httpGet"].as_object() else { continue };
-            let port = get["port"].as_u64().unwrap();
-            let host = get.get("host").and_then(Value::as_str);
-            let served = addrs.iter().any(|a| port_of(a) == port && (a.starts_with("127.") == (host == Some("127.0.0.1"))));
-            if !served {
-                problems.push(format!("{name}: the {probe} on {host:?}:{port} reaches none of its addresses {addrs:?}"));
-            }
-            let path = get["path"].as_str().unwrap();
-            if !h.contains(path) {
-                problems.push(format!("{name}: `ferry {role}` serves no {path}"));
-            }
-        }
+        problems.extend(wiring_problems(w, name, role));
     }
 
     // ZDS: one socket path for the proxy and the agent, their defaults, on one host directory.
@@ -405,6 +414,67 @@ fn the_manifests_give_the_binaries_the_names_ports_and_paths_they_read() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The objects `ferry controller` applies for a waypoint Gateway (with its flags' defaults and
+/// the controller Deployment's image) validate against the Kubernetes schema, and the
+/// Deployment is wired to `ferry waypoint` as the DaemonSets are to their roles: the proxy
+/// DaemonSet's controller, root and token settings, a token for the CA's audience, ports of
+/// the addresses it is given, the grace period its drain derives from.
+#[test]
+fn the_waypoints_the_controller_deploys_validate_and_are_wired_to_ferry_waypoint() {
+    use ferry_core::k8s::waypoint_deploy::{plan, DeploySettings};
+    let objs = rendered();
+    let ctl = find(&objs, "Deployment", "ferry-controller");
+    let pc = container(find(&objs, "DaemonSet", "ferry-proxy"), "proxy");
+    let h = help("controller");
+    let settings = DeploySettings {
+        image: container(ctl, "controller")["image"].as_str().unwrap().into(),
+        image_pull_policy: default_of(&h, "FERRY_WAYPOINT_IMAGE_PULL_POLICY").into(),
+        xds_address: default_of(&h, "FERRY_WAYPOINT_CONTROLLER_ADDRESS").into(),
+        ca_address: default_of(&h, "FERRY_WAYPOINT_CONTROLLER_ADDRESS").into(),
+        cluster_domain: default_of(&h, "CLUSTER_DOMAIN").into(),
+        trust_domain: default_of(&h, "TRUST_DOMAIN").into(),
+        cpu_request: default_of(&h, "FERRY_WAYPOINT_CPU_REQUEST").into(),
+        memory_request: default_of(&h, "FERRY_WAYPOINT_MEMORY_REQUEST").into(),
+        memory_limit: default_of(&h, "FERRY_WAYPOINT_MEMORY_LIMIT").into(),
+    };
+    let gateway = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: waypoint, namespace: shop, uid: 0c9e8d7f-aaaa-4bbb-8ccc-123456789abc}\nspec: {gatewayClassName: istio-waypoint, infrastructure: {labels: {team: a}, annotations: {note: b}}, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}\n";
+    let state = ferry_core::k8s::manifests::parse_documents(gateway, "gateway").unwrap();
+    let p = plan(&state, &settings);
+    assert_eq!((p.objects.len(), p.skipped.len()), (3, 0), "{p:?}");
+
+    let tmp = TempDir::new("waypoint-objects");
+    let file = tmp.path().join("waypoint.yaml");
+    let docs: Vec<String> = p.objects.iter().map(|d| serde_json::to_string_pretty(&d.object).unwrap()).collect();
+    std::fs::write(&file, docs.join("\n---\n")).unwrap();
+    let out = run(&validator(), &["--strict", "-k", KUBERNETES_VERSION, file.to_str().unwrap()], &root());
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && !text.contains("WARN"), "the waypoint's objects do not validate:\n{text}");
+    assert_eq!(text.lines().filter(|l| l.contains(" passed for resource ")).count(), 3, "{text}");
+
+    let d = &p.objects.iter().find(|d| d.kind.as_str() == "Deployment").unwrap().object;
+    let problems = wiring_problems(d, "waypoint", "waypoint");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    let wc = container(d, "waypoint");
+    for var in ["XDS_ADDRESS", "CA_ADDRESS", "XDS_ROOT_CA", "CA_ROOT_CA", "AUTH_TOKEN"] {
+        assert_eq!(env(wc, var), env(pc, var), "{var}: as the proxy DaemonSet gives `ferry proxy`");
+    }
+    let (tv, file) = volume_for(d, wc, env(wc, "AUTH_TOKEN"));
+    let sat = &tv["projected"]["sources"][0]["serviceAccountToken"];
+    assert_eq!((sat["audience"].as_str(), sat["path"].as_str()), (Some(TOKEN_AUDIENCE), Some(file.as_str())));
+    let (rv, key) = volume_for(d, wc, env(wc, "XDS_ROOT_CA"));
+    assert_eq!((rv["configMap"]["name"].as_str(), key.as_str()), (Some("istio-ca-root-cert"), "root-cert.pem"));
+    let spec = &d["spec"]["template"]["spec"];
+    assert_eq!(spec["terminationGracePeriodSeconds"].to_string(), env(wc, "TERMINATION_GRACE_PERIOD_SECONDS"));
+    // The waypoint's pods are never captured, and run locked down like the controller.
+    assert_eq!(d["spec"]["template"]["metadata"]["labels"]["istio.io/dataplane-mode"], "none");
+    assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
+    let sc = &wc["securityContext"];
+    assert_eq!(
+        (sc["capabilities"].clone(), sc["allowPrivilegeEscalation"].clone()),
+        (serde_json::json!({"drop": ["ALL"]}), Value::Bool(false))
+    );
 }
 
 /// `ferry agent --install-cni` on a scratch "host": chains ferry-cni once into the primary
@@ -568,7 +638,8 @@ fn no_role_gets_more_than_it_needs() {
 
 /// The controller's writes are exactly what leader election and the root-certificate
 /// publication use: ConfigMaps get/create/update (get and update only `istio-ca-root-cert`),
-/// patch of `gateways/status` only (the waypoints' conditions),
+/// patch of `gateways/status` only (the waypoints' conditions), create and patch of
+/// ServiceAccounts, Services and Deployments (the waypoints' objects, by server-side apply),
 /// Leases get/create/update (get and update only `ferry-controller`) in its namespace only.
 #[test]
 fn the_controller_may_write_only_its_lease_and_the_root_configmaps() {
@@ -596,6 +667,18 @@ fn the_controller_may_write_only_its_lease_and_the_root_configmaps() {
         .cloned()
         .collect();
     assert_eq!(gateway_writes, [(owned(&["gateways/status"]), vec![], owned(&["patch"]))]);
+    // The waypoints' objects: created and patched by server-side apply, nothing more.
+    let deployed = |r: &&(Vec<String>, Vec<String>, Vec<String>)| {
+        r.0.iter().any(|res| ["serviceaccounts", "services", "deployments"].contains(&res.as_str())) && r.2 != ["get", "list", "watch"]
+    };
+    let deploy_writes: Vec<_> = cluster.iter().filter(deployed).cloned().collect();
+    assert_eq!(
+        deploy_writes,
+        [
+            (owned(&["serviceaccounts", "services"]), vec![], owned(&["create", "patch"])),
+            (owned(&["deployments"]), vec![], owned(&["create", "patch"]))
+        ]
+    );
     let leader = rules("Role", "ferry-controller-leader");
     assert_eq!(
         leader,

@@ -10,8 +10,10 @@
 //! so a restarted controller never tells proxies that the world is empty.
 //!
 //! On the API, replicas elect a leader with a Lease (`leader`); every replica serves xDS and
-//! the CA, only the leader writes (the root certificate's ConfigMaps, `root_cert`). With
-//! `--cluster-state` there is no API to write to: no election and no publication.
+//! the CA, only the leader writes (the root certificate's ConfigMaps, `root_cert`; waypoint
+//! Gateways' status, `gateway_status`; each waypoint's ServiceAccount, Deployment and Service,
+//! `waypoint_deploy`). With `--cluster-state` there is no API to write to: no election, no
+//! publication, no deployment.
 
 mod ads;
 pub(crate) mod auth;
@@ -21,6 +23,7 @@ mod health;
 mod leader;
 mod root_cert;
 mod token_review;
+mod waypoint_deploy;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -122,7 +125,8 @@ pub struct ControllerArgs {
     #[arg(long, env = "FERRY_LEASE_RETRY", value_parser = parse_duration, default_value = "2s")]
     pub lease_retry: Duration,
     /// How often the leader re-checks `istio-ca-root-cert` in every namespace, besides on
-    /// every namespace change.
+    /// every namespace change; also how often it re-writes what it last wrote and another
+    /// writer may have changed since (waypoint Gateways' status and their objects).
     #[arg(long, env = "FERRY_ROOT_CERT_RESYNC", value_parser = parse_duration, default_value = "60s")]
     pub root_cert_resync: Duration,
     /// What a Service or Pod enrolled in a waypoint (`istio.io/use-waypoint`) gets while that
@@ -136,6 +140,8 @@ pub struct ControllerArgs {
     pub log_format: LogFormat,
     #[arg(long, env = "FERRY_LOG")]
     pub log_level: Option<String>,
+    #[command(flatten)]
+    pub waypoint_deploy: waypoint_deploy::WaypointDeployArgs,
 }
 
 /// `--waypoint-unavailable` (ferry_core's type has no clap).
@@ -265,7 +271,9 @@ async fn sources(args: &ControllerArgs) -> Result<Sources, ControllerError> {
     Ok(Sources { source, origin, reviewer, writer })
 }
 
-/// On the API: the leader election and, while leading, the root certificate's publication.
+/// On the API: the leader election (first: `Running::serve` waits for it to release the
+/// Lease) and, while leading, the Gateway status, the waypoints' objects and the root
+/// certificate's publication.
 fn writers(
     args: &ControllerArgs,
     timings: Timings,
@@ -283,8 +291,14 @@ fn writers(
     let (leading, elect) = leader::start(client.clone(), election, closing);
     let status =
         gateway_status::start(client.clone(), args.cluster_domain.clone(), leading.clone(), cluster.clone(), args.root_cert_resync);
-    let publish = root_cert::start(client, ca.root_bundle().to_string(), leading, cluster, args.root_cert_resync);
-    vec![AbortOnDrop(elect), AbortOnDrop(publish), AbortOnDrop(status)]
+    let mut tasks = vec![AbortOnDrop(elect), AbortOnDrop(status)];
+    if args.waypoint_deploy.deploy_waypoints {
+        let own_pod = (args.lease_namespace.clone(), leader::default_identity());
+        let config = waypoint_deploy::Config::new(&args.waypoint_deploy, &args.cluster_domain, &args.trust_domain, own_pod);
+        tasks.push(AbortOnDrop(waypoint_deploy::start(client.clone(), config, leading.clone(), cluster.clone(), args.root_cert_resync)));
+    }
+    tasks.push(AbortOnDrop(root_cert::start(client, ca.root_bundle().to_string(), leading, cluster, args.root_cert_resync)));
+    tasks
 }
 
 /// Waits until `source` is complete, saying what it waits for.

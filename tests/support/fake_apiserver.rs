@@ -15,8 +15,13 @@
 //! recorded. A pod `PATCH` (JSON merge patch,
 //! RFC 7386, on the pod or its `status` subresource) changes the stored pod like any other
 //! write (`MODIFIED`) and is recorded; the next N can be made to fail with 500. The one field
-//! selector it knows, `spec.nodeName=X`, filters lists and watches as the real server does. It
-//! stores objects, nothing more: no validation, no label selectors, no admission.
+//! selector it knows, `spec.nodeName=X`, filters lists and watches as the real server does. A
+//! server-side apply PATCH (`application/apply-patch+yaml`) of a ServiceAccount, Service or
+//! Deployment stores the object sent (created or replaced, `ADDED`/`MODIFIED`, uid kept) and is
+//! recorded with its field manager, `force` and writer; the next N can be made to fail with
+//! 500. It
+//! stores objects, nothing more: no validation, no label selectors, no admission, no
+//! garbage collection (owner references are stored, never acted on).
 
 #![allow(dead_code)]
 
@@ -35,6 +40,12 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
+#[path = "fake_apiserver_patch.rs"]
+mod patch;
+
+use patch::{patch_pod, server_side_apply, APPLY_PATCH};
+pub use patch::{Applied, PodPatch};
+
 /// The resources served: kind, apiVersion, cluster-wide collection path.
 const RESOURCES: &[(&str, &str, &str)] = &[
     ("Namespace", "v1", "/api/v1/namespaces"),
@@ -48,6 +59,7 @@ const RESOURCES: &[(&str, &str, &str)] = &[
     ("EndpointSlice", "discovery.k8s.io/v1", "/apis/discovery.k8s.io/v1/endpointslices"),
     ("Lease", "coordination.k8s.io/v1", "/apis/coordination.k8s.io/v1/leases"),
     ("ConfigMap", "v1", "/api/v1/configmaps"),
+    ("Deployment", "apps/v1", "/apis/apps/v1/deployments"),
 ];
 
 /// Kinds also served by name in a namespace: kind, group-version prefix, plural.
@@ -97,19 +109,6 @@ struct Logged {
     object: Value,
 }
 
-/// One pod PATCH the server received.
-#[derive(Clone, Debug)]
-pub struct PodPatch {
-    pub namespace: String,
-    pub name: String,
-    /// `status` for a patch of the status subresource, empty for the pod itself.
-    pub subresource: String,
-    pub content_type: String,
-    pub patch: Value,
-    /// The status answered (200, 404, or 500 when made to fail).
-    pub status: u16,
-}
-
 #[derive(Default)]
 struct Inner {
     rv: u64,
@@ -141,6 +140,9 @@ struct Inner {
     failing_patches: u32,
     /// Gateway status patches: `namespace/name` and the patch.
     gateway_patches: Vec<(String, Value)>,
+    applies: Vec<Applied>,
+    /// How many of the next server-side applies are answered 500.
+    failing_applies: u32,
 }
 
 struct Shared {
@@ -211,7 +213,13 @@ impl FakeApiServer {
                             if req.method() == http::Method::PATCH {
                                 let ct = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
                                 let path = req.uri().path().to_string();
+                                let query = query_of(req.uri().query().unwrap_or(""));
+                                let who = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
+                                let who = who.strip_prefix("Bearer ").unwrap_or(who).to_string();
                                 let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                                if ct == APPLY_PATCH {
+                                    return Ok(server_side_apply(&s, &path, &query, &who, &body));
+                                }
                                 return Ok(patch_pod(&s, &path, &ct, &body));
                             }
                             if let Some(target) = by_name(req.uri().path()) {
@@ -389,6 +397,16 @@ impl FakeApiServer {
         self.shared.inner.lock().unwrap().gateway_patches.clone()
     }
 
+    /// The server-side apply PATCHes received so far, in order.
+    pub fn applies(&self) -> Vec<Applied> {
+        self.shared.inner.lock().unwrap().applies.clone()
+    }
+
+    /// Answers the next `n` server-side applies 500, as an API server briefly unavailable.
+    pub fn fail_applies(&self, n: u32) {
+        self.shared.change(|i| i.failing_applies = n);
+    }
+
     /// The pod PATCHes received so far, in order.
     pub fn pod_patches(&self) -> Vec<PodPatch> {
         self.shared.inner.lock().unwrap().patches.clone()
@@ -537,15 +555,13 @@ fn event_line(kind: &str, object: &Value) -> Bytes {
 
 type Body = BoxBody<Bytes, Infallible>;
 
+fn query_of(query: &str) -> BTreeMap<String, String> {
+    query.split('&').filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), percent_decode(v)))).collect()
+}
+
 fn answer(s: &Arc<Shared>, req: &Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
-    let query: BTreeMap<String, String> = req
-        .uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), percent_decode(v))))
-        .collect();
+    let query = query_of(req.uri().query().unwrap_or(""));
     let seen = Seen { path: path.clone(), query };
     let missing = {
         let mut i = s.inner.lock().unwrap();
@@ -629,92 +645,6 @@ impl FieldSelector {
         match &self.node_name {
             None => true,
             Some(n) => object.get("spec").is_none() || object["spec"]["nodeName"].as_str() == Some(n),
-        }
-    }
-}
-
-/// A JSON merge patch (RFC 7386) of a pod at `/api/v1/namespaces/{ns}/pods/{name}[/status]`,
-/// or of a Gateway's status (`.../gateways/{name}/status`; recorded in `gateway_patches`).
-fn patch_pod(s: &Shared, path: &str, content_type: &str, body: &[u8]) -> Response<Body> {
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let (ns, name, subresource) = match parts[..] {
-        ["api", "v1", "namespaces", ns, "pods", name] => (ns, name, ""),
-        ["api", "v1", "namespaces", ns, "pods", name, "status"] => (ns, name, "status"),
-        ["apis", "gateway.networking.k8s.io", "v1", "namespaces", ns, "gateways", name, "status"] => {
-            return patch_gateway_status(s, ns, name, content_type, body)
-        }
-        _ => return json_response(StatusCode::NOT_FOUND, &status(404, "NotFound", &format!("the fake API server cannot patch {path}"))),
-    };
-    let patch: Value = serde_json::from_slice(body).unwrap_or_default();
-    let mut answer = (StatusCode::NOT_FOUND, status(404, "NotFound", &format!("pods \"{name}\" not found")));
-    let pods = path_of("Pod");
-    s.change(|i| {
-        let mut record = PodPatch {
-            namespace: ns.into(),
-            name: name.into(),
-            subresource: subresource.into(),
-            content_type: content_type.into(),
-            patch: patch.clone(),
-            status: 404,
-        };
-        if i.failing_patches > 0 {
-            i.failing_patches -= 1;
-            answer = (StatusCode::INTERNAL_SERVER_ERROR, status(500, "InternalError", "the fake API server was told to fail this patch"));
-        } else if content_type != "application/merge-patch+json" {
-            answer = (StatusCode::UNSUPPORTED_MEDIA_TYPE, status(415, "UnsupportedMediaType", "only merge patches are supported"));
-        } else if let Some(mut object) = i.objects.get(pods).and_then(|m| m.get(&format!("{ns}/{name}"))).cloned() {
-            merge(&mut object, &patch);
-            i.rv += 1;
-            let rv = i.rv;
-            object["metadata"]["resourceVersion"] = json!(rv.to_string());
-            i.objects.entry(pods).or_default().insert(format!("{ns}/{name}"), object.clone());
-            i.log(pods, rv, "MODIFIED", &object);
-            answer = (StatusCode::OK, object);
-        }
-        record.status = answer.0.as_u16();
-        i.patches.push(record);
-    });
-    json_response(answer.0, &answer.1)
-}
-
-/// A merge patch of a Gateway's status subresource: only `status` changes, as the API server
-/// does for a status subresource.
-fn patch_gateway_status(s: &Shared, ns: &str, name: &str, content_type: &str, body: &[u8]) -> Response<Body> {
-    let patch: Value = serde_json::from_slice(body).unwrap_or_default();
-    let mut answer = (StatusCode::NOT_FOUND, status(404, "NotFound", &format!("gateways \"{name}\" not found")));
-    let gateways = path_of("Gateway");
-    s.change(|i| {
-        i.gateway_patches.push((format!("{ns}/{name}"), patch.clone()));
-        if content_type != "application/merge-patch+json" {
-            answer = (StatusCode::UNSUPPORTED_MEDIA_TYPE, status(415, "UnsupportedMediaType", "only merge patches are supported"));
-        } else if let Some(mut object) = i.objects.get(gateways).and_then(|m| m.get(&format!("{ns}/{name}"))).cloned() {
-            merge(&mut object["status"], patch.get("status").unwrap_or(&Value::Null));
-            i.rv += 1;
-            let rv = i.rv;
-            object["metadata"]["resourceVersion"] = json!(rv.to_string());
-            i.objects.entry(gateways).or_default().insert(format!("{ns}/{name}"), object.clone());
-            i.log(gateways, rv, "MODIFIED", &object);
-            answer = (StatusCode::OK, object);
-        }
-    });
-    json_response(answer.0, &answer.1)
-}
-
-/// RFC 7386: objects merge key by key, `null` removes, anything else replaces.
-fn merge(target: &mut Value, patch: &Value) {
-    let Some(p) = patch.as_object() else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = json!({});
-    }
-    let t = target.as_object_mut().unwrap();
-    for (k, v) in p {
-        if v.is_null() {
-            t.remove(k);
-        } else {
-            merge(t.entry(k.clone()).or_insert(Value::Null), v);
         }
     }
 }

@@ -32,12 +32,7 @@ pub fn patches(c: &ClusterState, cluster_domain: &str, now: &str) -> Vec<StatusP
 fn patch(c: &ClusterState, g: &Value, domain: &str, now: &str) -> Option<StatusPatch> {
     let name = g.pointer("/metadata/name").and_then(Value::as_str)?.to_string();
     let namespace = g.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default").to_string();
-    let has_mesh = g
-        .pointer("/spec/listeners")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .any(|l| l["name"] == "mesh" && l["port"] == 15008 && l["protocol"] == "HBONE");
+    let has_mesh = has_mesh_listener(g);
     let ready = has_mesh && has_running_pod(c, &namespace, &name);
     let accepted = if has_mesh {
         ("True", "Accepted", "a waypoint: listener mesh on 15008 (HBONE)".to_string())
@@ -71,6 +66,12 @@ fn patch(c: &ClusterState, g: &Value, domain: &str, now: &str) -> Option<StatusP
         })
         .collect();
     Some(StatusPatch { namespace, name, patch: json!({"status": {"conditions": conditions, "addresses": addresses}}) })
+}
+
+/// Whether a Gateway has the listener that makes it a waypoint: `mesh`, 15008, HBONE.
+pub fn has_mesh_listener(g: &Value) -> bool {
+    let listeners = g.pointer("/spec/listeners").and_then(Value::as_array);
+    listeners.into_iter().flatten().any(|l| l["name"] == "mesh" && l["port"] == 15008 && l["protocol"] == "HBONE")
 }
 
 fn condition<'a>(status: &'a Value, kind: &str) -> Option<&'a Value> {

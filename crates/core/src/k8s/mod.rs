@@ -13,3 +13,4 @@ pub mod peer_auth;
 pub mod policy;
 pub mod translate;
 pub mod waypoint;
+pub mod waypoint_deploy;
