@@ -99,7 +99,9 @@ const ENV_HELP: &str = "Environment:
                          \"true\": point it at the cluster's `ferry controller` (XDS_ADDRESS,
                          CA_ADDRESS, ...) as ferry's proxies are; otherwise it reads a
                          local config (LOCAL_XDS_PATH) and uses FAKE_CA
-  FERRY_BENCH_PROXY_ENV  extra environment for ferry's node proxies, whitespace-separated K=V";
+  FERRY_BENCH_PROXY_ENV  extra environment for ferry's node proxies, whitespace-separated K=V
+  FERRY_BENCH_WAYPOINT_ENV
+                         extra environment for the HTTP group's waypoint, whitespace-separated K=V";
 
 pub fn run(cmd: BenchCmd) -> Result<(), String> {
     match cmd {

@@ -200,6 +200,7 @@ fn build_cluster(alt: &Option<(String, AltProxy)>) -> Result<(Sim, Vec<Target>),
     opts.poll = Duration::from_secs(1);
     opts.proxy_env = vec![("ZTUNNEL_WORKER_THREADS".into(), "1".into())];
     opts.waypoint_env = vec![("ZTUNNEL_WORKER_THREADS".into(), "1".into())];
+    opts.waypoint_env.extend(env_pairs("FERRY_BENCH_WAYPOINT_ENV"));
     // Extra settings for ferry's proxies, e.g. to profile one configuration by hand.
     opts.proxy_env.extend(env_pairs("FERRY_BENCH_PROXY_ENV"));
     let mut sim = Sim::new(opts).map_err(|e| e.to_string())?;
